@@ -1,0 +1,28 @@
+"""CLI: `inits` (list the registry) and `fetch-imagenet` (download weights for offline use)."""
+from __future__ import annotations
+
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("inits", help="list available initializations (random, imagenet, checkpoints)")
+    p.add_argument("--arch", default=None, help="arch for random/imagenet (default resnet18)")
+    p.set_defaults(func=_inits)
+    p = sub.add_parser("fetch-imagenet", help="download torchvision ImageNet weights for offline use")
+    p.add_argument("--arch", default="resnet18")
+    p.set_defaults(func=_fetch)
+
+
+def _inits(args) -> int:
+    from engine.models import list_inits
+
+    for i in list_inits(arch=args.arch):
+        print(json.dumps({"name": i.name, "arch": i.arch, "method": i.method, "available": i.available, "reason": i.reason}))
+    return 0
+
+
+def _fetch(args) -> int:
+    from engine.models.registry import fetch_imagenet
+
+    print(fetch_imagenet(args.arch))
+    return 0

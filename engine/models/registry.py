@@ -1,0 +1,208 @@
+"""One registry of initializations: `random`, `imagenet` and every backbone under checkpoints/.
+
+Names follow timm's style. `random` / `imagenet` take an `arch` (default resnet18, the CPU demo's);
+`random-resnet50` / `imagenet-resnet50` spell it in the name. A checkpoint deliverable is
+`<dir>/<name>.safetensors` + `<dir>/<name>.json` (method, arch, config, steps, data fingerprint,
+collapse metrics, created). Loading never unpickles: safetensors only.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from engine.models.backbones import ARCHS, IMAGENET_MEAN, IMAGENET_STD, build_backbone, check_arch
+from engine.paths import checkpoints_dir, imagenet_weights_dir
+
+DEFAULT_ARCH = "resnet18"
+
+# torchvision weights enum per arch (the ones the MoCo-transfer / CheXpert-transfer studies used).
+_TV_WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet50": "ResNet50_Weights", "densenet121": "DenseNet121_Weights"}
+
+
+class UnknownInitError(ValueError):
+    """An init name that is not in the registry (the message lists valid names)."""
+
+
+class InitUnavailableError(RuntimeError):
+    """A known init that cannot be loaded here (e.g. ImageNet weights offline); the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class BackboneMeta:
+    name: str
+    arch: str
+    feat_dim: int
+    method: str  # "random" | "imagenet" | "moco_v2" | "barlow_twins" | "spark" | "dino" | ...
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    source: str = ""  # file the weights came from ("" for random)
+    fingerprint: str = ""  # content hash of the weights ("" for random): invalidates feature caches
+    info: dict[str, Any] = field(default_factory=dict)  # the checkpoint JSON, for display
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class InitInfo:
+    name: str
+    arch: str
+    method: str
+    available: bool
+    reason: str = ""  # why unavailable, with the fix
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _split_builtin(name: str, arch: str | None) -> tuple[str, str] | None:
+    for base in ("random", "imagenet"):
+        if name == base:
+            return base, check_arch(arch or DEFAULT_ARCH)
+        if name.startswith(base + "-") and name[len(base) + 1 :] in ARCHS:
+            return base, name[len(base) + 1 :]
+    return None
+
+
+def imagenet_weights_path(arch: str) -> Path:
+    """Local file the `imagenet` init reads (torchvision's own file name inside the weights dir)."""
+    import torchvision.models as tvm
+
+    weights = getattr(tvm, _TV_WEIGHTS[check_arch(arch)]).IMAGENET1K_V1
+    return imagenet_weights_dir() / os.path.basename(weights.url)
+
+
+def file_sha256(path: Path, _cache: dict[tuple[str, float, int], str] = {}) -> str:
+    st = path.stat()
+    key = (str(path), st.st_mtime, st.st_size)
+    if key not in _cache:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _cache[key] = h.hexdigest()[:16]
+    return _cache[key]
+
+
+def list_inits(checkpoint_dir: Path | None = None, arch: str | None = None) -> list[InitInfo]:
+    """random and imagenet for `arch` (default resnet18), then every checkpoint, newest first."""
+    arch = check_arch(arch or DEFAULT_ARCH)
+    out = [InitInfo("random", arch, "random", True)]
+    p = imagenet_weights_path(arch)
+    out.append(
+        InitInfo(
+            "imagenet", arch, "imagenet", p.exists(),
+            "" if p.exists() else f"ImageNet weights are not available offline: place torchvision's file at {p} "
+            f"(or run `python -m engine fetch-imagenet --arch {arch}` on a machine with internet)",
+        )
+    )
+    d = checkpoint_dir or checkpoints_dir()
+    metas = []
+    for j in d.glob("*.json") if d.exists() else []:
+        if not j.with_suffix(".safetensors").exists():
+            continue
+        try:
+            info = json.loads(j.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        metas.append((info.get("created", ""), InitInfo(j.stem, info.get("arch", "?"), info.get("method", "?"), True, "", info)))
+    out += [m for _, m in sorted(metas, key=lambda t: t[0], reverse=True)]
+    return out
+
+
+def load_backbone(
+    name: str, device: torch.device | str = "cpu", arch: str | None = None, checkpoint_dir: Path | None = None
+) -> tuple[nn.Module, BackboneMeta]:
+    """Model (eval mode, on `device`) and its metadata. Unknown names fail listing the valid ones."""
+    device = torch.device(device)
+    builtin = _split_builtin(name, arch)
+    if builtin is not None:
+        kind, a = builtin
+        torch.manual_seed(0)  # `random` is one fixed random network, so results are reproducible
+        model = build_backbone(a)
+        source = fp = ""
+        if kind == "imagenet":
+            p = imagenet_weights_path(a)
+            if not p.exists():
+                raise InitUnavailableError(
+                    f"init 'imagenet' ({a}) is unavailable: no internet and no weights file at {p}. "
+                    f"Copy torchvision's {p.name} there, or run `python -m engine fetch-imagenet --arch {a}` online."
+                )
+            sd = torch.load(p, map_location="cpu", weights_only=True)
+            sd = {k: v for k, v in sd.items() if not k.startswith(("fc.", "classifier."))}
+            missing, unexpected = model.load_state_dict(sd, strict=False)
+            if unexpected or [m for m in missing if not m.startswith(("fc.", "classifier."))]:
+                raise InitUnavailableError(f"{p} does not hold {a} ImageNet weights (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            source, fp = str(p), file_sha256(p)
+        meta = BackboneMeta(name=name, arch=a, feat_dim=ARCHS[a], method=kind, source=source, fingerprint=fp)
+        return model.to(device).eval(), meta
+
+    d = checkpoint_dir or checkpoints_dir()
+    st, js = d / f"{name}.safetensors", d / f"{name}.json"
+    if not (st.exists() and js.exists()):
+        valid = ", ".join(i.name for i in list_inits(d))
+        raise UnknownInitError(f"unknown init {name!r}; valid inits: {valid}")
+    info = json.loads(js.read_text())
+    a = check_arch(info["arch"])
+    model = build_backbone(a)
+    model.load_state_dict(load_file(str(st)), strict=True)
+    meta = BackboneMeta(
+        name=name, arch=a, feat_dim=ARCHS[a], method=info.get("method", "?"),
+        mean=tuple(info.get("mean", IMAGENET_MEAN)), std=tuple(info.get("std", IMAGENET_STD)),
+        source=str(st), fingerprint=file_sha256(st), info=info,
+    )
+    return model.to(device).eval(), meta
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_backbone(model: nn.Module, name: str, info: dict[str, Any], checkpoint_dir: Path | None = None) -> Path:
+    """Write the deliverable atomically: weights first, then the JSON that makes it visible.
+
+    `info` should hold method, arch, config, epochs/steps, data fingerprint, collapse metrics;
+    `created` is added. Returns the .safetensors path.
+    """
+    d = checkpoint_dir or checkpoints_dir()
+    if not name or any(c in name for c in "/\\ ") or name in ("random", "imagenet"):
+        raise ValueError(f"invalid checkpoint name {name!r}: use letters, digits, '-', '_' and no spaces")
+    arch = info.get("arch") or getattr(model, "arch", None)
+    check_arch(arch)
+    sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    st, js = d / f"{name}.safetensors", d / f"{name}.json"
+    _atomic_write(st, lambda tmp: save_file(sd, tmp))
+    full = {"name": name, "arch": arch, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
+    _atomic_write(js, lambda tmp: Path(tmp).write_text(json.dumps(full, indent=2, default=str)))
+    return st
+
+
+def fetch_imagenet(arch: str) -> Path:
+    """Download torchvision's ImageNet weights into the offline weights dir (needs internet)."""
+    import torchvision.models as tvm
+
+    weights = getattr(tvm, _TV_WEIGHTS[check_arch(arch)]).IMAGENET1K_V1
+    dest = imagenet_weights_path(arch)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(weights.url, str(dest), progress=True)
+    except Exception as e:  # offline: say so plainly
+        raise InitUnavailableError(f"could not download {weights.url} ({e}); copy the file to {dest} by hand") from e
+    return dest

@@ -1,0 +1,49 @@
+"""Where things live on disk.
+
+A *workspace* is one folder holding a user's images, store and derived data:
+
+    <workspace>/store.sqlite      SQLite store (engine.store)
+    <workspace>/images/           imported pixels (PNG, named by content hash)
+    <workspace>/cache/            uint8 resolution cache (engine.data.cache)
+    <workspace>/features/         embedding cache (engine.fewshot.features)
+    <workspace>/runs/             resumable training state of pretraining runs
+    <workspace>/results/          sweep / gradcam / classifier outputs
+
+Backbone deliverables live in one checkpoints folder (`checkpoints/` in the repo by default).
+Both are overridable with environment variables so tests and several users never collide.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def workspace_dir() -> Path:
+    """The active workspace: $SCARCE_CXR_WORKSPACE, else <repo>/workspace/demo."""
+    env = os.environ.get("SCARCE_CXR_WORKSPACE")
+    return Path(env).expanduser().resolve() if env else REPO_ROOT / "workspace" / "demo"
+
+
+def checkpoints_dir() -> Path:
+    """Backbone deliverables: $SCARCE_CXR_CHECKPOINTS, else <repo>/checkpoints."""
+    env = os.environ.get("SCARCE_CXR_CHECKPOINTS")
+    return Path(env).expanduser().resolve() if env else REPO_ROOT / "checkpoints"
+
+
+def imagenet_weights_dir() -> Path:
+    """Where offline ImageNet weight files are looked for: $SCARCE_CXR_IMAGENET_DIR, else torch hub's cache."""
+    env = os.environ.get("SCARCE_CXR_IMAGENET_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def sub(workspace: Path | None, name: str) -> Path:
+    """`<workspace>/<name>`, created on demand."""
+    p = (workspace or workspace_dir()) / name
+    p.mkdir(parents=True, exist_ok=True)
+    return p
