@@ -1,0 +1,30 @@
+"""Shared test fixtures: every test runs against throwaway workspace/checkpoint/weights folders."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dirs(tmp_path_factory, monkeypatch):
+    base = tmp_path_factory.mktemp("env")
+    monkeypatch.setenv("SCARCE_CXR_WORKSPACE", str(base / "workspace"))
+    monkeypatch.setenv("SCARCE_CXR_CHECKPOINTS", str(base / "checkpoints"))
+    monkeypatch.setenv("SCARCE_CXR_IMAGENET_DIR", str(base / "imagenet"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.skip(f"shared data folder not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def pytest_configure(config):
+    # Keep torch from oversubscribing a 2-core machine when tests run.
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
