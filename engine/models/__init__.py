@@ -1,11 +1,23 @@
-"""Backbones, the init registry and the checkpoint format."""
-from engine.models.backbones import ARCHS, DEFAULT_LAYER, build_backbone, prepare_batch, resnet_stages, stage_channels
-from engine.models.registry import (
-    DEFAULT_ARCH, BackboneMeta, InitInfo, InitUnavailableError, UnknownInitError,
-    list_inits, load_backbone, save_backbone,
-)
+"""Backbones, the init registry and the checkpoint format.
 
-__all__ = [
-    "ARCHS", "DEFAULT_ARCH", "DEFAULT_LAYER", "BackboneMeta", "InitInfo", "InitUnavailableError", "UnknownInitError",
-    "build_backbone", "list_inits", "load_backbone", "prepare_batch", "resnet_stages", "save_backbone", "stage_channels",
-]
+Names are imported lazily (PEP 562) so that `engine.models.commands` -- loaded by the CLI to build its
+parser -- does not pay for importing torch and torchvision.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "engine.models.backbones": ["ARCHS", "DEFAULT_LAYER", "build_backbone", "prepare_batch", "resnet_stages",
+                                "stage_channels"],
+    "engine.models.registry": ["DEFAULT_ARCH", "BackboneMeta", "InitInfo", "InitUnavailableError", "UnknownInitError",
+                               "list_inits", "load_backbone", "save_backbone"],
+}
+_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'engine.models' has no attribute {name!r}")
