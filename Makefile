@@ -1,0 +1,17 @@
+# scarce-cxr: `make run` (demo app on http://localhost:8501) and `make test` (the whole suite).
+.PHONY: run test bench setup
+
+setup:
+	bash scripts/setup.sh
+
+run:
+	bash scripts/setup.sh
+	.venv/bin/python -m streamlit run app.py --server.port 8501 --server.headless true
+
+test:
+	bash scripts/setup.sh --browser
+	.venv/bin/python -m pytest -q
+
+bench:
+	bash scripts/setup.sh
+	for b in bench/*.py; do echo "== $$b"; .venv/bin/python $$b || exit 1; done
