@@ -1,0 +1,435 @@
+"""Resolution cache: every image decoded once into uint8 at the working size, reused everywhere.
+
+    cache = ImageCache.build(paths, size=224)          # mode="pad" (see engine.data.transforms)
+    cache.array          # (N, S, S) uint8 np.memmap, rows in the order of `paths`
+    cache.keys[i]        # content hash of paths[i] (sha256 of the file bytes, hex[:20])
+    cache.letterboxes[i] # geometry of fit_square for paths[i]
+    cache.batch([0, 5])  # torch uint8 (B, S, S)
+
+Layout under `cache_dir` (default ``<workspace>/cache``)::
+
+    hashes.sqlite                 (path, size, mtime_ns) -> content hash; skips rehashing unchanged files
+    u8-v1-s<S>-<mode>/            one folder per (pipeline version, size, mode)
+        lock                      held while a build writes in this folder
+        list-<id>.npy / .json     a built list: (n, S, S) uint8 + its keys and letterboxes
+        part-<id>.npy / .json     decoded chunks of an unfinished build (resume state)
+
+A list is identified by the hash of its keys in order, so the same images in the same order (under
+any paths) map to the same file. Building a list:
+
+1. hash every path (only files whose size or mtime changed since the last build are read);
+2. if the list's block exists: open it; this is all a repeated build costs;
+3. else, under the folder's lock, take every key already present in any block (other lists,
+   parts of an interrupted build) and decode only the rest, in chunks written as `part-` blocks
+   (between chunks `stop` is honoured: a cancelled build resumes from its parts);
+4. assemble the list block by copying rows, write it (temp file + os.replace, JSON last), and
+   delete the parts it now contains.
+
+Blocks are immutable once written and readers never take the lock, so any number of processes may
+read while one builds; two builders of the same folder serialize on the lock, and the second then
+finds the first one's work. Unreadable images never vanish silently: `CacheError` lists them all
+(after the readable ones were saved, so fixing the few bad files and building again is cheap).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from filelock import FileLock
+
+from engine.data.transforms import Letterbox, Mode, fit_square
+from engine.events import OnEvent, check_stop, emit
+
+CACHE_VERSION = 1  # bump when decoding or resizing changes: old blocks then stop matching
+KEY_CHARS = 20  # hex characters of sha256 kept as the content key (80 bits)
+CHUNK = 256  # images decoded per resumable part
+MAX_LISTED = 10
+_LOCK_TIMEOUT_S = 6 * 3600  # a builder waits this long for another one before giving up
+
+
+class CacheError(ValueError):
+    """Some images could not be cached; `.problems` holds one "path: reason" line per bad file."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        shown = "\n".join(f"  - {p}" for p in self.problems[:MAX_LISTED])
+        more = f"\n  ... and {len(self.problems) - MAX_LISTED} more" if len(self.problems) > MAX_LISTED else ""
+        super().__init__(f"{len(self.problems)} image(s) could not be read into the resolution cache "
+                         f"(the others were cached; fix or remove these and build again):\n{shown}{more}")
+
+
+# ------------------------------------------------------------------------------------------ hashing
+
+
+def file_key(data: bytes) -> str:
+    """Content key of a file's bytes."""
+    return hashlib.sha256(data).hexdigest()[:KEY_CHARS]
+
+
+def _hash_file(path: str) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()[:KEY_CHARS]
+
+
+class HashIndex:
+    """SQLite map (path, size, mtime_ns) -> content key, so unchanged files are not read again."""
+
+    def __init__(self, db: Path):
+        self.db = db
+        with self._connect() as con:
+            con.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER NOT NULL, "
+                        "mtime_ns INTEGER NOT NULL, key TEXT NOT NULL)")
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.db, timeout=60)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA busy_timeout=60000")
+        return con
+
+    def lookup(self, stats: dict[str, tuple[int, int]]) -> dict[str, str]:
+        """Keys of the paths whose (size, mtime_ns) still match what was hashed."""
+        found: dict[str, str] = {}
+        items = list(stats)
+        con = self._connect()
+        try:
+            for i in range(0, len(items), 500):
+                part = items[i:i + 500]
+                q = f"SELECT path, size, mtime_ns, key FROM files WHERE path IN ({','.join('?' * len(part))})"
+                for path, size, mtime, key in con.execute(q, part):
+                    if stats[path] == (size, mtime):
+                        found[path] = key
+        finally:
+            con.close()
+        return found
+
+    def store(self, rows: Iterable[tuple[str, int, int, str]]) -> None:
+        rows = list(rows)
+        if not rows:
+            return
+        con = self._connect()
+        try:
+            with con:
+                con.executemany("INSERT OR REPLACE INTO files (path, size, mtime_ns, key) VALUES (?, ?, ?, ?)", rows)
+        finally:
+            con.close()
+
+
+# ------------------------------------------------------------------------------------------ blocks
+
+
+@dataclass(frozen=True)
+class _Block:
+    """An immutable (n, S, S) uint8 .npy with its row keys and letterboxes (.json beside it)."""
+
+    npy: Path
+    keys: list[str]
+    lb: np.ndarray  # (n, 5) float64: scale, top, left, orig_h, orig_w
+
+    @property
+    def name(self) -> str:
+        return self.npy.stem
+
+
+def _lb_rows(lbs: Sequence[Letterbox]) -> list[list[float]]:
+    return [[lb.scale, lb.top, lb.left, lb.orig_h, lb.orig_w] for lb in lbs]
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_block(folder: Path, name: str, fill, n: int, size: int, keys: list[str],
+                 lbs: np.ndarray, meta: dict) -> _Block:
+    """Write `name`.npy (rows filled by `fill(memmap)`) then `name`.json, each atomically."""
+    npy = folder / f"{name}.npy"
+    tmp = folder / f".{name}.npy.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size))  # (n, S, S)
+        fill(arr)
+        arr.flush()
+        del arr
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, npy)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    body = {**meta, "keys": keys, "letterboxes": lbs.tolist()}
+    _atomic_bytes(folder / f"{name}.json", json.dumps(body).encode())
+    return _Block(npy, keys, lbs)
+
+
+def _read_block(js: Path, size: int) -> _Block | None:
+    """A complete block (its JSON is written last), or None when absent / inconsistent."""
+    npy = js.with_suffix(".npy")
+    try:
+        body = json.loads(js.read_text())
+        keys, lbs = body["keys"], np.asarray(body["letterboxes"], dtype=np.float64).reshape(-1, 5)
+        arr = np.load(npy, mmap_mode="r")
+    except (OSError, ValueError, KeyError):
+        return None
+    if arr.shape != (len(keys), size, size) or len(lbs) != len(keys):
+        return None
+    return _Block(npy, keys, lbs)
+
+
+# ------------------------------------------------------------------------------------------ decoding
+
+
+def _decode(path: str, key: str, size: int, mode: Mode) -> tuple[np.ndarray, Letterbox]:
+    """File -> (uint8 S x S, Letterbox); verifies the bytes still hash to `key`."""
+    from engine.data.io import read_image
+
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if file_key(data) != key:
+        raise OSError("the file changed while the cache was being built; build again")
+    img, _ = read_image(data)  # (H, W) float32 in [0, 1]
+    return fit_square(img, size, mode)
+
+
+def _default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+# ------------------------------------------------------------------------------------------ cache
+
+
+class ImageCache:
+    """A built list: `.array` (N, S, S) uint8 memmap in the order of `.paths` (see module doc)."""
+
+    def __init__(self, paths: list[str], block: _Block, size: int, mode: Mode):
+        self.paths = paths
+        self.size = size
+        self.mode = mode
+        self.file = block.npy
+        self.keys = list(block.keys)
+        self.array = np.load(block.npy, mmap_mode="r")  # (N, S, S) uint8, read-only
+        self.letterboxes = [Letterbox(float(s), int(t), int(l), int(h), int(w), size)
+                            for s, t, l, h, w in block.lb]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i):
+        """Row(s) as an in-memory uint8 array: (S, S) for an int, (B, S, S) for a slice / index array."""
+        return np.asarray(self.array[i])
+
+    def batch(self, indices: Sequence[int] | np.ndarray):
+        """torch uint8 (B, S, S) of the given rows (sorted reads internally, original order kept)."""
+        import torch
+
+        idx = np.asarray(indices, dtype=np.int64)
+        order = np.argsort(idx, kind="stable")
+        out = np.empty((len(idx), self.size, self.size), dtype=np.uint8)  # (B, S, S)
+        out[order] = self.array[idx[order]]
+        return torch.from_numpy(out)
+
+    def __repr__(self) -> str:
+        return f"ImageCache({len(self)} images, {self.size}px {self.mode}, {self.file})"
+
+    # ---------------------------------------------------------------------------------------- build
+
+    @classmethod
+    def build(cls, paths: Sequence[str | os.PathLike], size: int, cache_dir: str | Path | None = None,
+              mode: Mode = "pad", on_event: OnEvent | None = None, stop: threading.Event | None = None,
+              workers: int | None = None) -> "ImageCache":
+        """Cache `paths` at `size` x `size` (see module doc); returns the list's `ImageCache`.
+
+        Raises `CacheError` listing every file that is missing or cannot be decoded, and
+        `engine.events.Cancelled` when `stop` is set (decoded chunks are kept for the next build).
+        """
+        if mode not in ("pad", "crop"):
+            raise ValueError(f"unknown cache mode {mode!r}; use 'pad' or 'crop'")
+        if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 8:
+            raise ValueError(f"cache size must be an integer >= 8 pixels, got {size!r}")
+        size = int(size)
+        if len(paths) == 0:
+            raise ValueError("no images to cache: the list of paths is empty")
+        from engine.paths import sub
+
+        root = Path(cache_dir).expanduser().resolve() if cache_dir else sub(None, "cache")
+        folder = root / f"u8-v{CACHE_VERSION}-s{size}-{mode}"
+        folder.mkdir(parents=True, exist_ok=True)
+        abs_paths = [os.path.abspath(os.fspath(p)) for p in paths]
+        workers = workers or _default_workers()
+
+        keys, problems = _hash_all(abs_paths, HashIndex(root / "hashes.sqlite"), workers, on_event, stop)
+        list_name = None
+        if not problems:
+            list_name = "list-" + hashlib.sha256("\n".join(keys).encode()).hexdigest()[:24]
+            block = _read_block(folder / f"{list_name}.json", size)
+            if block is not None:
+                emit(on_event, step=len(keys), total=len(keys), message=f"cache hit: {len(keys)} images")
+                return cls(abs_paths, block, size, mode)
+
+        with FileLock(str(folder / "lock"), timeout=_LOCK_TIMEOUT_S):
+            _remove_stale_temps(folder)
+            if list_name is not None:
+                block = _read_block(folder / f"{list_name}.json", size)  # built while we waited
+                if block is not None:
+                    return cls(abs_paths, block, size, mode)
+            blocks = _scan(folder, size)
+            where = _locate(blocks)
+            todo: dict[str, str] = {}  # key -> a path holding it
+            for p, k in zip(abs_paths, keys):
+                if k is not None and k not in where:
+                    todo.setdefault(k, p)
+            problems += _decode_missing(folder, todo, size, mode, blocks, workers, on_event, stop)
+            if problems:
+                raise CacheError(problems)
+            assert list_name is not None
+            where = _locate(blocks)
+            block = _assemble(folder, list_name, keys, blocks, where, size, mode)
+            inside = set(block.keys)
+            for b in blocks:  # parts now inside a list: drop them (only builders read parts)
+                if b.name.startswith("part-") and inside.issuperset(b.keys):
+                    for f in (b.npy.with_suffix(".json"), b.npy):
+                        f.unlink(missing_ok=True)
+        emit(on_event, step=len(keys), total=len(keys), message=f"cached {len(keys)} images in {block.npy.name}")
+        return cls(abs_paths, block, size, mode)
+
+
+def _hash_all(paths: list[str], index: HashIndex, workers: int, on_event: OnEvent | None,
+              stop: threading.Event | None) -> tuple[list, list[str]]:
+    """Content keys of `paths` (None where unreadable) and the problems found."""
+    problems: list[str] = []
+    stats: dict[str, tuple[int, int]] = {}
+    for p in dict.fromkeys(paths):
+        try:
+            st = os.stat(p)
+        except OSError as e:
+            problems.append(f"{p}: {e.strerror or e} (file missing or not readable)")
+            continue
+        if not os.path.isfile(p):
+            problems.append(f"{p}: not a file")
+            continue
+        stats[p] = (st.st_size, st.st_mtime_ns)
+    known = index.lookup(stats)
+    fresh = [p for p in stats if p not in known]
+    if fresh:
+        emit(on_event, step=0, total=len(fresh), message=f"hashing {len(fresh)} new or changed files")
+        with ThreadPoolExecutor(workers) as pool:
+            for i in range(0, len(fresh), CHUNK * 4):
+                check_stop(stop)
+                part = fresh[i:i + CHUNK * 4]
+                new_rows = []
+                for p, res in zip(part, pool.map(_try(_hash_file), part)):
+                    if isinstance(res, Exception):
+                        problems.append(f"{p}: cannot be read ({res})")
+                    else:
+                        known[p] = res
+                        new_rows.append((p, *stats[p], res))
+                index.store(new_rows)  # per chunk: a cancelled build keeps what it hashed
+                emit(on_event, step=min(i + len(part), len(fresh)), total=len(fresh),
+                     message=f"hashed {min(i + len(part), len(fresh))}/{len(fresh)} files")
+    return [known.get(p) for p in paths], problems
+
+
+def _try(fn):
+    def wrapped(*args):
+        try:
+            return fn(*args)
+        except Exception as e:  # noqa: BLE001 -- reported per file, never dropped
+            return e
+    return wrapped
+
+
+def _scan(folder: Path, size: int) -> list[_Block]:
+    blocks = [_read_block(js, size) for js in sorted(folder.glob("*.json"))]
+    return [b for b in blocks if b is not None]
+
+
+def _locate(blocks: list[_Block]) -> dict[str, tuple[int, int]]:
+    """key -> (block index, row) over all blocks (lists first: they are never deleted)."""
+    where: dict[str, tuple[int, int]] = {}
+    order = sorted(range(len(blocks)), key=lambda i: not blocks[i].name.startswith("list-"))
+    for bi in order:
+        for row, k in enumerate(blocks[bi].keys):
+            where.setdefault(k, (bi, row))
+    return where
+
+
+def _remove_stale_temps(folder: Path) -> None:
+    """Temp files of builders that died (we hold the lock, so nobody else is writing)."""
+    for tmp in folder.glob(".*.tmp-*"):
+        tmp.unlink(missing_ok=True)
+
+
+def _decode_missing(folder: Path, todo: dict[str, str], size: int, mode: Mode, blocks: list[_Block],
+                    workers: int, on_event: OnEvent | None, stop: threading.Event | None) -> list[str]:
+    """Decode `todo` (key -> path) in chunks, each saved as a part block; returns problems."""
+    problems: list[str] = []
+    items = list(todo.items())
+    if not items:
+        return problems
+    meta = {"version": CACHE_VERSION, "size": size, "mode": mode}
+    emit(on_event, step=0, total=len(items), message=f"decoding {len(items)} images at {size}px ({mode})")
+    decode = _try(lambda kp: _decode(kp[1], kp[0], size, mode))
+    pool = ThreadPoolExecutor(workers) if workers > 1 and len(items) > 8 else None
+    try:
+        done = 0
+        for i in range(0, len(items), CHUNK):
+            check_stop(stop)
+            chunk = items[i:i + CHUNK]
+            results = list(pool.map(decode, chunk) if pool else map(decode, chunk))
+            good = [(k, r) for (k, p), r in zip(chunk, results) if not isinstance(r, Exception)]
+            for (k, p), r in zip(chunk, results):
+                if isinstance(r, Exception):
+                    problems.append(f"{p}: {r}")
+            if good:
+                ks = [k for k, _ in good]
+                name = "part-" + hashlib.sha256("\n".join(ks).encode()).hexdigest()[:24]
+
+                def fill(arr, good=good):
+                    for row, (_, (img, _lb)) in enumerate(good):
+                        arr[row] = img
+
+                lbs = np.asarray(_lb_rows([lb for _, (_, lb) in good]), dtype=np.float64)
+                blocks.append(_write_block(folder, name, fill, len(good), size, ks, lbs, meta))
+            done += len(chunk)
+            emit(on_event, step=done, total=len(items), message=f"decoded {done}/{len(items)} images")
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+    return problems
+
+
+def _assemble(folder: Path, name: str, keys: list[str], blocks: list[_Block],
+              where: dict[str, tuple[int, int]], size: int, mode: Mode) -> _Block:
+    """Copy every key's row from wherever it lives into one list block, in order."""
+    src = np.array([where[k][0] for k in keys], dtype=np.int64)  # (N,) block index per row
+    rows = np.array([where[k][1] for k in keys], dtype=np.int64)  # (N,) row inside that block
+    lbs = np.empty((len(keys), 5), dtype=np.float64)  # (N, 5)
+    groups = {int(bi): np.flatnonzero(src == bi) for bi in np.unique(src)}  # block -> destination rows
+    for bi, dst in groups.items():
+        lbs[dst] = blocks[bi].lb[rows[dst]]
+
+    def fill(arr: np.ndarray) -> None:
+        for bi, dst in groups.items():
+            a = np.load(blocks[bi].npy, mmap_mode="r")  # (n_b, S, S)
+            for j in range(0, len(dst), 1024):  # bounded memory; source rows read in order
+                d = dst[j:j + 1024]
+                o = np.argsort(rows[d], kind="stable")
+                arr[d[o]] = a[rows[d][o]]
+
+    meta = {"version": CACHE_VERSION, "size": size, "mode": mode}
+    return _write_block(folder, name, fill, len(keys), size, keys, lbs, meta)
