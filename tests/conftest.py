@@ -26,5 +26,11 @@ def shared_data() -> Path:
 
 
 def pytest_configure(config):
-    # Keep torch from oversubscribing a 2-core machine when tests run.
-    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    # Keep torch from oversubscribing a 2-core machine (CI runs several processes: server, browser, tests).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass

@@ -80,9 +80,9 @@ def imagenet_weights_path(arch: str) -> Path:
     return imagenet_weights_dir() / os.path.basename(weights.url)
 
 
-def file_sha256(path: Path, _cache: dict[tuple[str, float, int], str] = {}) -> str:
+def file_sha256(path: Path, _cache: dict[tuple[str, int, int, int], str] = {}) -> str:
     st = path.stat()
-    key = (str(path), st.st_mtime, st.st_size)
+    key = (str(path), st.st_mtime_ns, st.st_ino, st.st_size)  # a re-saved file gets a new inode (os.replace)
     if key not in _cache:
         h = hashlib.sha256()
         with open(path, "rb") as f:
@@ -126,8 +126,9 @@ def load_backbone(
     builtin = _split_builtin(name, arch)
     if builtin is not None:
         kind, a = builtin
-        torch.manual_seed(0)  # `random` is one fixed random network, so results are reproducible
-        model = build_backbone(a)
+        with torch.random.fork_rng(devices=[]):  # leave the caller's RNG state alone
+            torch.manual_seed(0)  # `random` is one fixed random network, so results are reproducible
+            model = build_backbone(a)
         source = fp = ""
         if kind == "imagenet":
             p = imagenet_weights_path(a)

@@ -1,0 +1,120 @@
+"""CLI: `sweep` (AUC-vs-shots trials), `classify` (build a clinician classifier), `predict` (apply it)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _csv_list(text)]
+    except ValueError:
+        raise ValueError(f"--shots must be comma-separated whole numbers, got {text!r}") from None
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sweep", help="few-shot AUC-vs-shots sweep: findings x inits x modes x shots x trials")
+    p.add_argument("--manifest", required=True, help="manifest CSV")
+    p.add_argument("--finding", action="append", required=True, help="finding to evaluate (repeatable)")
+    p.add_argument("--inits", default="random", help="comma-separated inits (see `python -m engine inits`)")
+    p.add_argument("--modes", default="probe", help="comma-separated: probe, finetune, double_finetune")
+    p.add_argument("--shots", default="1,5,10,20,50", help="comma-separated shots per class")
+    p.add_argument("--trials", type=int, default=10)
+    p.add_argument("--out", required=True, help="output folder (trials.csv, summary.csv, auc_vs_shots.html)")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arch", default=None, help="arch of random/imagenet inits (default resnet18)")
+    p.add_argument("--finetune-steps", type=int, default=None, help="override the finetune step budget")
+    p.add_argument("--intermediate-finding", default=None, help="double_finetune: stage-one finding")
+    p.add_argument("--intermediate-manifest", default=None, help="double_finetune: stage-one manifest")
+    p.add_argument("--resume", action="store_true", help="continue a sweep in --out; finished trials are kept")
+    p.set_defaults(func=_sweep)
+
+    p = sub.add_parser("classify", help="build a classifier for one finding from a labeled manifest")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--finding", required=True)
+    p.add_argument("--init", default="random")
+    p.add_argument("--out", required=True, help="classifier file to write (.safetensors)")
+    p.add_argument("--mode", choices=["probe", "finetune"], default="probe")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--cv-repeats", type=int, default=10)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arch", default=None)
+    p.set_defaults(func=_classify)
+
+    p = sub.add_parser("predict", help="apply a saved classifier; one JSON line per image")
+    p.add_argument("--model", required=True, help="classifier file from `classify`")
+    p.add_argument("images", nargs="+", help="image files (PNG/JPEG/TIFF/DICOM)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_predict)
+
+
+def _log(ev) -> None:
+    if ev.kind == "warning" or ev.level == "warning":
+        print(f"warning: {ev.message}", file=sys.stderr)
+    elif ev.kind in ("metrics", "result") and ev.message:
+        print(ev.message, file=sys.stderr)
+
+
+def _sweep(args) -> int:
+    import dataclasses
+
+    from engine.device import resolve_device
+    from engine.fewshot.finetune import FinetuneConfig
+    from engine.fewshot.sweep import SweepConfig, run_sweep
+
+    ft = FinetuneConfig()
+    if args.finetune_steps is not None:
+        ft = dataclasses.replace(ft, steps=args.finetune_steps)
+    cfg = SweepConfig(
+        findings=tuple(args.finding), inits=tuple(_csv_list(args.inits)), modes=tuple(_csv_list(args.modes)),
+        shots=tuple(_int_list(args.shots)), trials=args.trials, image_size=args.image_size, seed=args.seed,
+        arch=args.arch, finetune=ft, intermediate_finding=args.intermediate_finding,
+        intermediate_manifest=args.intermediate_manifest,
+    )
+    res = run_sweep(args.manifest, cfg, Path(args.out), resolve_device(args.device), on_event=_log, resume=args.resume)
+    cols = ["finding", "init", "mode", "shots", "status", "n_trials", "auc_mean", "auc_std", "auc_ci_low", "auc_ci_high"]
+    print(res.summary[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(json.dumps({"trials": str(res.out_dir / "trials.csv"), "summary": str(res.out_dir / "summary.csv"),
+                      "plot": str(res.out_dir / "auc_vs_shots.html")}))
+    return 0
+
+
+def _classify(args) -> int:
+    from engine.device import resolve_device
+    from engine.fewshot.classifier import build_classifier
+
+    clf, est = build_classifier(
+        init=args.init, mode=args.mode, device=resolve_device(args.device), image_size=args.image_size,
+        seed=args.seed, cv_repeats=args.cv_repeats, on_event=_log, manifest=args.manifest, finding=args.finding,
+        arch=args.arch,
+    )
+    path = clf.save(args.out)
+    print(json.dumps({"model": str(path), "threshold": clf.threshold, **{k: getattr(est, k) for k in (
+        "auc", "ci_low", "ci_high", "n_positive", "n_negative", "folds", "repeats")}}))
+    return 0
+
+
+def _predict(args) -> int:
+    from engine.device import resolve_device
+    from engine.fewshot.classifier import Classifier
+
+    from engine.data.io import ImageReadError
+
+    clf = Classifier.load(args.model, device=resolve_device(args.device))
+    failed = 0
+    for path in args.images:
+        try:
+            out = clf.predict([path])[0]
+        except (ImageReadError, FileNotFoundError) as e:  # one unreadable file does not stop the others
+            failed += 1
+            out = {"error": str(e)}
+        print(json.dumps({"image": path, **out}), flush=True)
+    return 1 if failed else 0

@@ -1,0 +1,159 @@
+"""Evaluation metrics for one-vs-rest few-shot trials: AUC, Youden threshold, bootstrap intervals.
+
+All functions are pure and take numpy arrays: `y` holds 0/1 labels (1 = finding present), `s` holds
+scores where larger means "more likely present" (probabilities or logits; AUC only needs the order).
+
+* `auc`: the Mann-Whitney statistic with average ranks, so tied scores count one half; equals
+  `sklearn.metrics.roc_auc_score`.
+* `youden_threshold`: the cut on *training* scores that maximizes sensitivity + specificity - 1.
+* `threshold_metrics`: accuracy, sensitivity, specificity, precision, F1 at a cut (score >= t is positive).
+* `bootstrap_auc`: percentile 95% interval over `n_boot` resamples of the **test set** (with
+  replacement, seeded), as the MoCo-CXR transfer study reported its intervals (500 resamples).
+* `summary`: mean, std and a bootstrap 95% interval of a list of per-trial values.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# Resamples of the test set for per-trial intervals (Sowrirajan et al. 2021, MoCo-CXR, used 500).
+N_BOOTSTRAP = 500
+
+
+def _check(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y).astype(np.int64).ravel()
+    s = np.asarray(s, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"labels and scores differ in length: {y.shape[0]} vs {s.shape[0]}")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be 0 or 1")
+    if not np.isfinite(s).all():
+        raise ValueError("scores contain NaN or infinity")
+    return y, s
+
+
+def _weighted_auc(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """AUC of each row of integer weights `w` (B, N) over the same (y, s): ties count one half.
+
+    AUC = sum over score levels u of P_u * (N_below_u + N_u / 2) / (P * N), where P_u / N_u are the
+    (weighted) positives / negatives at level u. Rows without both classes give NaN.
+    """
+    order = np.argsort(s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    w = w[:, order].astype(np.float64)  # (B, N)
+    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])  # first index of each level
+    pos = np.add.reduceat(w * y_sorted, starts, axis=1)  # (B, U)
+    neg = np.add.reduceat(w * (1 - y_sorted), starts, axis=1)  # (B, U)
+    neg_below = np.cumsum(neg, axis=1) - neg  # (B, U) negatives strictly below each level
+    num = (pos * (neg_below + 0.5 * neg)).sum(axis=1)
+    den = pos.sum(axis=1) * neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def auc(y: np.ndarray, s: np.ndarray) -> float:
+    """Area under the ROC curve (rank-based, ties = 1/2). NaN when only one class is present."""
+    y, s = _check(y, s)
+    return float(_weighted_auc(y, s, np.ones((1, y.size)))[0])
+
+
+def bootstrap_indices(n: int, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> np.ndarray:
+    """(n_boot, n) row indices drawn with replacement; the exact draws `bootstrap_auc` uses."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def bootstrap_auc_samples(y: np.ndarray, s: np.ndarray, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> np.ndarray:
+    """AUC of each of `n_boot` test-set resamples, (n_boot,); NaN for resamples missing a class."""
+    y, s = _check(y, s)
+    idx = bootstrap_indices(y.size, n_boot, seed)  # (B, N)
+    flat = (idx + np.arange(n_boot)[:, None] * y.size).ravel()
+    counts = np.bincount(flat, minlength=n_boot * y.size).reshape(n_boot, y.size)  # (B, N) multiplicities
+    return _weighted_auc(y, s, counts)
+
+
+def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of finite samples; (nan, nan) when there are none."""
+    x = np.asarray(samples, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return math.nan, math.nan
+    a = (1.0 - level) / 2.0
+    lo, hi = np.quantile(x, [a, 1.0 - a])
+    return float(lo), float(hi)
+
+
+def bootstrap_auc(
+    y: np.ndarray, s: np.ndarray, n_boot: int = N_BOOTSTRAP, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile `level` interval of the AUC over `n_boot` resamples of the test set.
+
+    Resamples that happen to miss a class (possible only with tiny test sets) are dropped.
+    """
+    return percentile_interval(bootstrap_auc_samples(y, s, n_boot, seed), level)
+
+
+def youden_threshold(y: np.ndarray, s: np.ndarray) -> float:
+    """Cut maximizing Youden's J = sensitivity + specificity - 1 on (training) scores.
+
+    Candidates are the midpoints between consecutive distinct scores (plus one below the minimum and
+    one above the maximum); a score >= the cut is called positive. When several cuts tie (always the
+    case for perfectly separated training scores), the middle of the tied candidates is taken, so the
+    cut sits in the middle of the gap between the classes rather than against one of them.
+    """
+    y, s = _check(y, s)
+    if y.min() == y.max():
+        raise ValueError("Youden's threshold needs both positive and negative examples")
+    u = np.unique(s)
+    cuts = np.r_[u[0] - 1.0, (u[1:] + u[:-1]) / 2.0, u[-1] + 1.0]  # (C,)
+    pred = s[None, :] >= cuts[:, None]  # (C, N)
+    sens = (pred & (y == 1)).sum(1) / (y == 1).sum()
+    spec = (~pred & (y == 0)).sum(1) / (y == 0).sum()
+    j = sens + spec
+    best = np.flatnonzero(j >= j.max() - 1e-12)
+    return float(cuts[best[len(best) // 2]])
+
+
+def threshold_metrics(y: np.ndarray, s: np.ndarray, threshold: float) -> dict[str, float]:
+    """Accuracy, sensitivity, specificity, precision and F1 with `s >= threshold` called positive.
+
+    Undefined ratios (e.g. precision when nothing is called positive) are NaN, not 0.
+    """
+    y, s = _check(y, s)
+    pred = s >= threshold
+    tp = float((pred & (y == 1)).sum())
+    fp = float((pred & (y == 0)).sum())
+    tn = float((~pred & (y == 0)).sum())
+    fn = float((~pred & (y == 1)).sum())
+
+    def ratio(a: float, b: float) -> float:
+        return a / b if b > 0 else math.nan
+
+    return {
+        "accuracy": ratio(tp + tn, tp + tn + fp + fn),
+        "sensitivity": ratio(tp, tp + fn),
+        "specificity": ratio(tn, tn + fp),
+        "precision": ratio(tp, tp + fp),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
+    }
+
+
+def summary(values, n_boot: int = N_BOOTSTRAP, seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """Mean, sample std (ddof=1; 0 for a single value) and a percentile bootstrap interval of the mean.
+
+    The interval resamples the values themselves (e.g. the per-trial AUCs), so it describes how well
+    the mean over trials is pinned down -- not the test-set uncertainty of any one trial.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return {"n": 0, "mean": math.nan, "std": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+    means = x[bootstrap_indices(x.size, n_boot, seed)].mean(axis=1)  # (B,)
+    lo, hi = percentile_interval(means, level)
+    return {
+        "n": int(x.size),
+        "mean": float(x.mean()),
+        "std": float(x.std(ddof=1)) if x.size > 1 else 0.0,
+        "ci_low": lo,
+        "ci_high": hi,
+    }

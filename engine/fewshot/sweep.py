@@ -1,0 +1,413 @@
+"""Trial sweeps: findings x inits x modes x shots x trials, with every trial's row kept.
+
+Protocol (docs/design.md, "Few-shot"):
+
+* One fixed test set per finding (`episodes.test_split`), never trained on.
+* Trial t of k shots for finding F uses the episode drawn with `trial_seed(seed, F, k, t)`, the same
+  for every init and mode, so inits are compared on the same training images (paired).
+* `probe` trials fit `fit_probe` on cached features (each image embedded once per init);
+  `finetune` trials train backbone + head (`finetune_many`, several trials vmapped at once);
+  `double_finetune` trials start from the init finetuned once on an intermediate finding.
+* Each trial row: AUC on the test set (logits, rank-based), its 95% percentile interval over
+  `n_bootstrap` test-set resamples, and accuracy / sensitivity / specificity / precision / F1 at the
+  Youden threshold of the *training* scores (reported as a probability).
+* Summary row per (finding, init, mode, shots): `auc_mean`, `auc_std` (over trials, ddof=1),
+  `auc_ci_low/high` = percentile bootstrap 95% interval of the *mean over trials* (resampling
+  trials), `auc_test_ci_low/high` = the *mean of the per-trial test-set bootstrap intervals* (how
+  uncertain one trial's AUC is, given the test set's size). Unavailable inits and shot counts larger
+  than the pool allows appear with `status` "unavailable" / "too_few_shots" and a message.
+
+Outputs in `out_dir`: `trials.csv` (rewritten atomically after every group of trials; a resumed
+sweep skips the rows already there), `summary.csv`, `auc_vs_shots.html`, `config.json`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.special import expit
+
+from engine.events import Cancelled, OnEvent, check_stop, emit
+from engine.fewshot.episodes import ShotsError, sample_episode, test_split, trial_seed
+from engine.fewshot.features import embed
+from engine.fewshot.finetune import FinetuneConfig, finetune_many, intermediate_backbone, predict_logits
+from engine.fewshot.metrics import auc, bootstrap_auc, summary, threshold_metrics, youden_threshold
+from engine.fewshot.probe import DEFAULT_C, fit_probe
+from engine.models.backbones import ARCHS
+from engine.models.registry import InitUnavailableError, UnknownInitError, list_inits, load_backbone
+
+MODES = ("probe", "finetune", "double_finetune")
+TRIAL_COLUMNS = [
+    "finding", "init", "mode", "shots", "trial", "seed", "auc", "auc_ci_low", "auc_ci_high", "accuracy",
+    "sensitivity", "specificity", "precision", "f1", "threshold", "n_train", "n_test",
+]
+KEY = ["finding", "init", "mode", "shots", "trial"]
+GROUP = ["finding", "init", "mode", "shots"]
+METRICS = ["accuracy", "sensitivity", "specificity", "precision", "f1"]
+# Fields that define what a trial row means: a resumed sweep must not change them.
+PROTOCOL_FIELDS = ("image_size", "seed", "n_bootstrap", "test_fraction", "probe_C", "finetune", "arch",
+                   "intermediate_manifest", "intermediate_finding", "intermediate_max_images")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    findings: tuple[str, ...] = ()
+    inits: tuple[str, ...] = ("random",)
+    modes: tuple[str, ...] = ("probe",)
+    shots: tuple[int, ...] = (1, 5, 10, 20, 50)  # the study's shot counts
+    trials: int = 10  # trials per shot count (the study's default)
+    image_size: int = 224
+    seed: int = 0
+    n_bootstrap: int = 500  # test-set resamples per trial (MoCo-CXR transfer study: 500)
+    test_fraction: float = 0.3  # patient-level hold-out when the manifest has no split column
+    probe_C: float = DEFAULT_C
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    arch: str | None = None  # arch of `random` / `imagenet` (default resnet18)
+    # Finetune a shot count's trials in one vmapped pass. None = on CUDA only: on CPU, vmapped (grouped)
+    # convolutions ran ~2x slower than one trial after another (bench/finetune_sweep.py).
+    batch_trials: bool | None = None
+    embed_batch_size: int = 64
+    intermediate_manifest: str | None = None  # double_finetune: stage-one manifest (default: this one)
+    intermediate_finding: str | None = None  # double_finetune: stage-one finding
+    intermediate_max_images: int = 2000  # cap on stage-one images (seeded subsample)
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.modes if m not in MODES]
+        if bad:
+            raise ValueError(f"unknown mode(s) {bad}; choose from {', '.join(MODES)}")
+        if not self.findings or not self.inits or not self.modes or not self.shots:
+            raise ValueError("a sweep needs at least one finding, init, mode and shot count")
+        if self.trials < 1 or min(self.shots) < 1:
+            raise ValueError("trials and shots must be at least 1")
+        if "double_finetune" in self.modes and not self.intermediate_finding:
+            raise ValueError("mode double_finetune needs intermediate_finding (and optionally intermediate_manifest)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SweepConfig":
+        d = dict(d)
+        ft = d.pop("finetune", None)
+        tup = {k: tuple(v) for k, v in d.items() if isinstance(v, list)}
+        ft_cfg = FinetuneConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in (ft or {}).items()})
+        return cls(**{**d, **tup, "finetune": ft_cfg})
+
+
+@dataclass
+class SweepResult:
+    trials: pd.DataFrame
+    summary: pd.DataFrame
+    out_dir: Path
+    warnings: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------- files
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_csv(df: pd.DataFrame, path: Path) -> None:
+    _atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+
+
+def read_trials(path: Path) -> pd.DataFrame:
+    """trials.csv as a DataFrame (empty with the right columns when absent)."""
+    if not Path(path).exists():
+        return pd.DataFrame(columns=TRIAL_COLUMNS)
+    df = pd.read_csv(path, dtype={"finding": str, "init": str, "mode": str})
+    missing = [c for c in TRIAL_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path} is not a trials file of this engine (missing columns {missing})")
+    return df
+
+
+def _check_config(out_dir: Path, cfg: SweepConfig, resume: bool) -> None:
+    cfg_path, trials_path = out_dir / "config.json", out_dir / "trials.csv"
+    if trials_path.exists() and not resume:
+        raise ValueError(f"{out_dir} already holds a sweep (trials.csv); pass --resume (resume=True) to continue "
+                         f"it, or choose another output folder")
+    if resume and cfg_path.exists():
+        old = json.loads(cfg_path.read_text())
+        new = cfg.to_dict()
+        changed = [k for k in PROTOCOL_FIELDS if old.get(k) != new.get(k)]
+        if changed:
+            raise ValueError(f"cannot resume the sweep in {out_dir}: {', '.join(changed)} differ from the "
+                             f"finished trials' settings; use another output folder for new settings")
+    _atomic_write(cfg_path, lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=2)))
+
+
+# ------------------------------------------------------------------------------------------- trial math
+
+def evaluate_trial(
+    train_scores: np.ndarray, y_train: np.ndarray, test_scores: np.ndarray, y_test: np.ndarray,
+    n_bootstrap: int, boot_seed: int,
+) -> dict[str, float]:
+    """AUC + bootstrap interval on test logits, and threshold metrics at the train Youden cut."""
+    cut = youden_threshold(y_train, train_scores)
+    lo, hi = bootstrap_auc(y_test, test_scores, n_bootstrap, boot_seed)
+    return {"auc": auc(y_test, test_scores), "auc_ci_low": lo, "auc_ci_high": hi,
+            **threshold_metrics(y_test, test_scores, cut), "threshold": float(expit(cut)),
+            "n_train": int(len(y_train)), "n_test": int(len(y_test))}
+
+
+def summarize(trials: pd.DataFrame, n_bootstrap: int = 500, seed: int = 0,
+              skipped: list[dict[str, Any]] | None = None) -> pd.DataFrame:
+    """One row per (finding, init, mode, shots): see the module docstring for which interval is which."""
+    rows = []
+    for key, g in trials.groupby(GROUP, sort=True) if len(trials) else []:
+        s = summary(g["auc"].to_numpy(float), n_bootstrap, seed)
+        rows.append({
+            **dict(zip(GROUP, key)), "status": "ok", "n_trials": s["n"], "auc_mean": s["mean"], "auc_std": s["std"],
+            "auc_ci_low": s["ci_low"], "auc_ci_high": s["ci_high"],
+            "auc_test_ci_low": float(g["auc_ci_low"].mean()), "auc_test_ci_high": float(g["auc_ci_high"].mean()),
+            **{f"{m}_mean": float(g[m].mean()) for m in METRICS}, "message": "",
+        })
+    for s in skipped or []:
+        rows.append({**s, "n_trials": 0})
+    cols = GROUP + ["status", "n_trials", "auc_mean", "auc_std", "auc_ci_low", "auc_ci_high", "auc_test_ci_low",
+                    "auc_test_ci_high"] + [f"{m}_mean" for m in METRICS] + ["message"]
+    out = pd.DataFrame(rows, columns=cols)
+    return out.sort_values(GROUP, kind="stable").reset_index(drop=True) if len(out) else out
+
+
+def _check_inits(inits: tuple[str, ...], arch: str | None) -> None:
+    """Fail before any work on a name the registry does not know (unavailable ones are fine here)."""
+    known = {i.name for i in list_inits(arch=arch)}
+    builtin = {f"{b}-{a}" for b in ("random", "imagenet") for a in ARCHS}
+    for name in inits:
+        if name not in known and name not in builtin:
+            raise UnknownInitError(f"unknown init {name!r}; valid inits: {', '.join(sorted(known))}")
+
+
+# ------------------------------------------------------------------------------------------- the sweep
+
+@dataclass
+class _Plan:
+    """Test set and episodes of one finding (positional rows of the manifest)."""
+
+    finding: str
+    labels: np.ndarray
+    test_idx: np.ndarray
+    episodes: dict[int, list[tuple[int, int, np.ndarray]]]  # shots -> [(trial, seed, idx)]
+    max_k: int | None = None
+
+
+def _plan(df: pd.DataFrame, cfg: SweepConfig, on_event: OnEvent | None) -> tuple[list[_Plan], list[dict], list[str]]:
+    plans, skipped, warnings = [], [], []
+    pids = df["patient_id"].astype(str).to_numpy()
+    for finding in cfg.findings:
+        labels = df[finding].to_numpy(dtype=np.float64)
+        pool, test = test_split(df, finding, seed=cfg.seed, test_fraction=cfg.test_fraction)
+        plan = _Plan(finding, labels, test, {})
+        for k in cfg.shots:
+            try:
+                plan.episodes[k] = [
+                    (t, s, sample_episode(labels, pids, pool, k, s))
+                    for t, s in ((t, trial_seed(cfg.seed, finding, k, t)) for t in range(cfg.trials))
+                ]
+            except ShotsError as e:
+                msg = f"{finding}: skipping {k} shots: {e}"
+                warnings.append(msg)
+                emit(on_event, message=msg, level="warning", kind="warning")
+                skipped += [{"finding": finding, "init": i, "mode": m, "shots": k, "status": "too_few_shots",
+                             "message": str(e)} for i in cfg.inits for m in cfg.modes]
+        plans.append(plan)
+    return plans, skipped, warnings
+
+
+def run_sweep(
+    manifest_csv: str | Path,
+    cfg: SweepConfig,
+    out_dir: str | Path,
+    device: torch.device | str,
+    on_event: OnEvent | None = None,
+    stop: threading.Event | None = None,
+    resume: bool = False,
+) -> SweepResult:
+    """Run (or resume) a sweep; writes trials.csv, summary.csv, auc_vs_shots.html in `out_dir`."""
+    from engine.data.cache import ImageCache
+    from engine.data.manifest import load_manifest
+
+    device = torch.device(device)
+    out_dir = Path(out_dir)
+    _check_inits(cfg.inits, cfg.arch)  # user errors first, before anything is written
+    manifest = load_manifest(manifest_csv)
+    unknown = [f for f in cfg.findings if f not in manifest.findings]
+    if unknown:
+        raise ValueError(f"unknown finding(s) {unknown}; {manifest_csv} has: {', '.join(manifest.findings)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_config(out_dir, cfg, resume)
+    df = manifest.df
+    plans, skipped, warnings = _plan(df, cfg, on_event)
+
+    trials_path = out_dir / "trials.csv"
+    done = read_trials(trials_path) if resume else pd.DataFrame(columns=TRIAL_COLUMNS)
+    rows: list[dict[str, Any]] = done.to_dict("records")
+    finished = {tuple(r[k] for k in KEY) for r in rows}
+
+    # Only images some trial trains or tests on are cached and embedded.
+    needed = np.unique(np.concatenate(
+        [p.test_idx for p in plans] + [e[2] for p in plans for eps in p.episodes.values() for e in eps]))
+    where = np.full(len(df), -1, dtype=np.int64)
+    where[needed] = np.arange(needed.size)
+    cache = ImageCache.build([df["path"].iloc[i] for i in needed], cfg.image_size, on_event=on_event, stop=stop)
+
+    def pending(finding: str, init: str, mode: str, k: int, eps) -> list:
+        return [e for e in eps if (finding, init, mode, k, e[0]) not in finished]
+
+    work = sum(len(pending(p.finding, i, m, k, eps)) for i in cfg.inits for m in cfg.modes for p in plans
+               for k, eps in p.episodes.items())
+    progress = {"step": 0}
+
+    def flush() -> None:
+        write_csv(pd.DataFrame(rows, columns=TRIAL_COLUMNS), trials_path)
+
+    def record(finding: str, init: str, mode: str, k: int, trial: int, seed: int, res: dict[str, float]) -> None:
+        rows.append({"finding": finding, "init": init, "mode": mode, "shots": k, "trial": trial, "seed": seed, **res})
+        progress["step"] += 1
+        emit(on_event, step=progress["step"], total=work, kind="metrics", metrics={"auc": res["auc"]},
+             message=f"{finding} {init} {mode} {k}-shot trial {trial}: AUC {res['auc']:.3f}")
+
+    try:
+        for init in cfg.inits:
+            todo = {m: [(p, k, pending(p.finding, init, m, k, eps)) for p in plans for k, eps in p.episodes.items()]
+                    for m in cfg.modes}
+            if not any(t[2] for lst in todo.values() for t in lst):
+                continue
+            try:
+                backbone = load_backbone(init, device, arch=cfg.arch)
+            except InitUnavailableError as e:
+                msg = f"init {init} skipped: {e}"
+                warnings.append(msg)
+                emit(on_event, message=msg, level="warning", kind="warning")
+                skipped += [{"finding": p.finding, "init": init, "mode": m, "shots": k, "status": "unavailable",
+                             "message": str(e)} for p in plans for m in cfg.modes for k in p.episodes]
+                continue
+            meta = backbone[1]
+            for mode in cfg.modes:
+                if not any(t[2] for t in todo[mode]):
+                    continue
+                if mode == "probe":
+                    feats = embed(init, cache, device, cfg.embed_batch_size, arch=cfg.arch, on_event=on_event,
+                                  stop=stop, backbone=backbone)
+                    for p, k, eps in todo[mode]:
+                        y_te = p.labels[p.test_idx]
+                        X_te = feats[where[p.test_idx]]
+                        for trial, seed, idx in eps:
+                            check_stop(stop)
+                            X_tr, y_tr = feats[where[idx]], p.labels[idx]
+                            probe = fit_probe(X_tr, y_tr, C=cfg.probe_C, seed=seed)
+                            res = evaluate_trial(probe.decision_function(X_tr), y_tr, probe.decision_function(X_te),
+                                                 y_te, cfg.n_bootstrap, seed)
+                            record(p.finding, init, mode, k, trial, seed, res)
+                        flush()
+                    continue
+                start = backbone
+                if mode == "double_finetune":
+                    start = _intermediate(init, backbone, manifest_csv, manifest, plans, cfg, out_dir, device,
+                                          on_event, stop)
+                for p, k, eps in todo[mode]:
+                    if not eps:
+                        continue
+                    y_te = p.labels[p.test_idx]
+                    batched = cfg.batch_trials if cfg.batch_trials is not None else device.type == "cuda"
+                    chunks = [eps] if batched else [[e] for e in eps]
+                    for chunk in chunks:
+                        check_stop(stop)
+                        imgs = [cache.array[where[idx]] for _, _, idx in chunk]
+                        ys = [p.labels[idx] for _, _, idx in chunk]
+                        models = finetune_many(start, imgs, ys, cfg.finetune, device, [s for _, s, _ in chunk],
+                                               stop=stop, batched=batched)
+                        for (trial, seed, idx), (bb, head) in zip(chunk, models):
+                            s_tr = predict_logits(bb, head, cache.array, device, meta.mean, meta.std,
+                                                  cfg.embed_batch_size, rows=where[idx])
+                            s_te = predict_logits(bb, head, cache.array, device, meta.mean, meta.std,
+                                                  cfg.embed_batch_size, rows=where[p.test_idx])
+                            res = evaluate_trial(s_tr, p.labels[idx], s_te, y_te, cfg.n_bootstrap, seed)
+                            record(p.finding, init, mode, k, trial, seed, res)
+                        flush()
+            del backbone
+    except Cancelled:
+        flush()
+        raise
+    flush()
+    trials = pd.DataFrame(rows, columns=TRIAL_COLUMNS)
+    summ = summarize(trials, cfg.n_bootstrap, cfg.seed, skipped)
+    write_csv(summ, out_dir / "summary.csv")
+    _write_plot(summ, out_dir / "auc_vs_shots.html")
+    emit(on_event, step=progress["step"], total=work, kind="result",
+         message=f"sweep finished: {len(trials)} trials in {out_dir}")
+    return SweepResult(trials, summ, out_dir, warnings)
+
+
+def _write_plot(summ: pd.DataFrame, path: Path) -> None:
+    from engine.fewshot.plots import auc_vs_shots_figure
+
+    fig = auc_vs_shots_figure(summ)
+    _atomic_write(path, lambda tmp: fig.write_html(tmp, include_plotlyjs=True, full_html=True))
+
+
+def _intermediate(init, backbone, manifest_csv, manifest, plans, cfg: SweepConfig, out_dir: Path, device,
+                  on_event, stop):
+    """Stage one of double finetune, trained once per init and kept in out_dir/intermediate/ for resume."""
+    from safetensors.torch import load_file, save_file
+
+    from engine.data.cache import ImageCache
+    from engine.data.manifest import load_manifest
+
+    model, meta = backbone
+    path = out_dir / "intermediate" / f"{init}.safetensors"
+    if path.exists():
+        import copy
+
+        m = copy.deepcopy(model)
+        m.load_state_dict(load_file(str(path)))
+        return m.to(device).eval(), meta
+    src = Path(cfg.intermediate_manifest) if cfg.intermediate_manifest else Path(manifest_csv)
+    same = src.resolve() == Path(manifest_csv).resolve()
+    inter = manifest if same else load_manifest(src)
+    f = cfg.intermediate_finding
+    if f not in inter.findings:
+        raise ValueError(f"intermediate finding {f!r} is not in {src}; it has: {', '.join(inter.findings)}")
+    idf = inter.df
+    keep = ~np.isnan(idf[f].to_numpy(dtype=np.float64))
+    # Never pretrain on a target test image: same manifest -> drop test patients; else drop same paths.
+    test_rows = np.concatenate([p.test_idx for p in plans])
+    if same:
+        keep &= ~idf["patient_id"].astype(str).isin(set(manifest.df["patient_id"].astype(str).iloc[test_rows]))
+    else:
+        keep &= ~idf["path"].isin(set(manifest.df["path"].iloc[test_rows]))
+    rows = np.flatnonzero(keep)
+    rng = np.random.default_rng(cfg.seed)
+    if rows.size > cfg.intermediate_max_images:
+        rows = np.sort(rng.choice(rows, cfg.intermediate_max_images, replace=False))
+    y = idf[f].to_numpy(dtype=np.float64)[rows]
+    if len(np.unique(y)) < 2:
+        raise ValueError(f"intermediate finding {f!r} needs positive and negative images outside the test set")
+    cache = ImageCache.build(list(idf["path"].iloc[rows]), cfg.image_size, on_event=on_event, stop=stop)
+    emit(on_event, message=f"double finetune: stage one of {init} on {f} ({rows.size} images)")
+    m, _ = intermediate_backbone(backbone, np.asarray(cache.array), y, cfg.finetune, device, cfg.seed, on_event, stop)
+    sd = {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
+    _atomic_write(path, lambda tmp: save_file(sd, tmp))
+    return m, meta

@@ -1,0 +1,136 @@
+"""Sweeps on phantom data: chance on noise labels, well above chance on a visible lesion; resume; skips."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from engine.events import Cancelled
+from engine.fewshot.plots import auc_vs_shots_figure
+from engine.fewshot.sweep import TRIAL_COLUMNS, SweepConfig, run_sweep
+from engine.models import UnknownInitError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Intra-op threads only spin against each other on this shared 2-core machine; restore afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+SIZE = 64
+
+
+def phantom_manifest(tmp_path_factory) -> str:
+    """A 240-image phantom (cardiomegaly at 40% prevalence, 64 px) plus a pure-noise label column.
+
+    Generated once per test session and shared by the few-shot test modules through the filesystem.
+    """
+    from engine.data.phantom import generate
+
+    base = tmp_path_factory.getbasetemp() / "fewshot-phantom"
+    csv = base / "manifest.csv"
+    if not csv.exists():
+        generate(base / "data", 240, size=SIZE, seed=1, findings=("cardiomegaly",), prevalence=0.4)
+        df = pd.read_csv(base / "data" / "manifest.csv")
+        df["path"] = [str((base / "data" / p).resolve()) for p in df["path"]]
+        df["noise"] = np.random.default_rng(123).integers(0, 2, len(df))  # independent of the images
+        df.to_csv(csv, index=False)
+    return str(csv)
+
+
+@pytest.fixture
+def manifest(tmp_path_factory, monkeypatch) -> str:
+    """The shared phantom, with a workspace shared by this module's tests (image and feature caches are
+    keyed by content, so sharing them only saves time; every test still runs its own sweep)."""
+    monkeypatch.setenv("SCARCE_CXR_WORKSPACE", str(tmp_path_factory.getbasetemp() / "fewshot-sweep-ws"))
+    return phantom_manifest(tmp_path_factory)
+
+
+def test_noise_labels_centre_on_chance_and_a_visible_lesion_scores_well_above(manifest, tmp_path):
+    cfg = SweepConfig(findings=("noise", "cardiomegaly"), inits=("random",), modes=("probe",), shots=(5, 20, 40),
+                      trials=6, image_size=SIZE)
+    res = run_sweep(manifest, cfg, tmp_path / "sweep", "cpu")
+    t = res.trials
+    assert len(t) == 2 * 3 * 6 and list(t.columns) == TRIAL_COLUMNS
+    noise = t[t["finding"] == "noise"]["auc"]
+    assert abs(noise.mean() - 0.5) < 0.07, noise.describe()
+    lesion = t[(t["finding"] == "cardiomegaly") & (t["shots"] == 40)]["auc"]
+    assert lesion.mean() > 0.7 and lesion.mean() > noise.mean() + 0.15, lesion.describe()
+    # Paired trials: the same training images for a given (finding, shots, trial), whatever the init.
+    assert t.groupby(["finding", "shots", "trial"])["seed"].nunique().max() == 1
+    assert ((t["auc_ci_low"] <= t["auc"]) & (t["auc"] <= t["auc_ci_high"])).all()
+    assert (t["n_train"] == 2 * t["shots"]).all() and (t["n_test"] == 60).all()
+    s = res.summary
+    row = s[(s["finding"] == "cardiomegaly") & (s["shots"] == 40)].iloc[0]
+    assert row["auc_mean"] == pytest.approx(lesion.mean()) and row["auc_std"] == pytest.approx(lesion.std())
+    assert row["auc_ci_low"] <= row["auc_mean"] <= row["auc_ci_high"]
+    for name in ("trials.csv", "summary.csv", "auc_vs_shots.html"):
+        assert (tmp_path / "sweep" / name).stat().st_size > 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "sweep" / "trials.csv"), t, check_dtype=False)
+
+
+def test_cancel_then_resume_skips_finished_trials_and_matches_a_full_run(manifest, tmp_path):
+    cfg = SweepConfig(findings=("cardiomegaly",), inits=("random",), modes=("probe",), shots=(2, 4), trials=3,
+                      image_size=SIZE, n_bootstrap=50)
+    stop = threading.Event()
+
+    def stop_after_two(ev):
+        if ev.kind == "metrics" and ev.step == 2:
+            stop.set()
+
+    out = tmp_path / "resumed"
+    with pytest.raises(Cancelled):
+        run_sweep(manifest, cfg, out, "cpu", on_event=stop_after_two, stop=stop)
+    assert len(pd.read_csv(out / "trials.csv")) == 2  # finished trials were saved before stopping
+    with pytest.raises(ValueError, match="resume"):
+        run_sweep(manifest, cfg, out, "cpu")  # never silently overwrites
+    events = []
+    res = run_sweep(manifest, cfg, out, "cpu", on_event=events.append, resume=True)
+    assert [e.total for e in events if e.kind == "metrics"] == [4] * 4  # only the 4 missing trials ran
+    full = run_sweep(manifest, cfg, tmp_path / "full", "cpu")
+    key = ["finding", "init", "mode", "shots", "trial"]
+    a = res.trials.sort_values(key).reset_index(drop=True)
+    b = full.trials.sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b, check_dtype=False)
+    with pytest.raises(ValueError, match="image_size"):
+        run_sweep(manifest, SweepConfig(**{**cfg.__dict__, "image_size": 32}), out, "cpu", resume=True)
+
+
+def test_unavailable_init_and_too_many_shots_are_recorded_not_fatal(manifest, tmp_path):
+    cfg = SweepConfig(findings=("cardiomegaly",), inits=("imagenet", "random"), modes=("probe",), shots=(1, 500),
+                      trials=2, image_size=SIZE, n_bootstrap=50)
+    warnings = []
+    res = run_sweep(manifest, cfg, tmp_path / "s", "cpu", on_event=lambda e: e.kind == "warning" and warnings.append(e))
+    s = res.summary.set_index(["init", "shots"])
+    assert s.loc[("imagenet", 1), "status"] == "unavailable" and "imagenet" in s.loc[("imagenet", 1), "message"]
+    assert s.loc[("random", 500), "status"] == "too_few_shots" and "at most k=" in s.loc[("random", 500), "message"]
+    assert s.loc[("random", 1), "status"] == "ok" and s.loc[("random", 1), "n_trials"] == 2
+    assert any("imagenet" in w.message for w in warnings) and any("at most k=" in w.message for w in warnings)
+    fig = auc_vs_shots_figure(res.summary)
+    assert [tr.name for tr in fig.data if tr.showlegend is not False] == ["random (probe)"]
+    with pytest.raises(UnknownInitError, match="valid inits: .*random"):
+        run_sweep(manifest, SweepConfig(**{**cfg.__dict__, "inits": ("random", "mocov9")}), tmp_path / "u", "cpu")
+    assert not (tmp_path / "u").exists()  # refused before any work
+
+
+def test_finetune_mode_runs_batched_trials(manifest, tmp_path):
+    from engine.fewshot.finetune import FinetuneConfig
+
+    cfg = SweepConfig(findings=("cardiomegaly",), inits=("random",), modes=("probe", "finetune"), shots=(2,),
+                      trials=2, image_size=32, n_bootstrap=50, batch_trials=True,
+                      finetune=FinetuneConfig(mode="last_stage", steps=2, batch_size=4))
+    res = run_sweep(manifest, cfg, tmp_path / "ft", "cpu")
+    t = res.trials
+    assert sorted(t["mode"].unique()) == ["finetune", "probe"] and len(t) == 4
+    assert t["auc"].between(0, 1).all()
+    # same episode per trial in both modes
+    assert (t.groupby(["shots", "trial"])["seed"].nunique() == 1).all()
+    fig = auc_vs_shots_figure(t)
+    dashes = {tr.name: tr.line.dash for tr in fig.data if tr.showlegend is not False}
+    assert dashes == {"random (probe)": "solid", "random (finetune)": "dash"}
