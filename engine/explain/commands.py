@@ -1,0 +1,68 @@
+"""CLI: `python -m engine gradcam` -- one finding across several inits, with localization scores."""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "gradcam",
+        help="train one k-shot classifier per init, explain held-out positives, score localization",
+        description="Writes DIR/grid_<image>.png (original at left, one column per init), "
+        "DIR/localization.csv (one row per image x init) and DIR/summary.csv (mean and 95%% CI per init).",
+    )
+    p.add_argument("--manifest", required=True, help="manifest CSV")
+    p.add_argument("--finding", required=True)
+    p.add_argument("--inits", default="random", help="comma-separated inits (see `python -m engine inits`)")
+    p.add_argument("--shots", type=int, default=20, help="training images per class (k)")
+    p.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++", "scorecam", "ablationcam"])
+    p.add_argument("--mode", default="probe", choices=["probe", "finetune"], help="classifier on each init")
+    p.add_argument("--layer", default=None, help="target layer (default: the arch's last stage, e.g. layer4)")
+    p.add_argument("--out", required=True, help="output folder")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--boxes", default=None, help="boxes CSV (path, finding, x, y, w, h); default: the manifest's")
+    g.add_argument("--masks", default=None, help="masks CSV (path, finding, mask_path); default: the manifest's")
+    p.add_argument("--n-images", type=int, default=8, help="held-out positives to explain")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--fit", default="pad", choices=["pad", "crop"], help="how images are fitted to the square")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--finetune-steps", type=int, default=None)
+    p.add_argument("--arch", default=None, help="arch of random/imagenet inits (default resnet18)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.set_defaults(func=_gradcam)
+
+
+def _gradcam(args) -> int:
+    from engine.device import resolve_device
+    from engine.explain.study import run_gradcam_study
+
+    def on_event(e) -> None:
+        if e.kind in ("warning", "result") or (e.kind == "progress" and e.message):
+            prefix = "warning: " if e.level == "warning" else ""
+            print(prefix + e.message, file=sys.stderr)
+
+    loc, summary, grids = run_gradcam_study(
+        args.manifest, args.finding, args.inits.split(","), args.out,
+        shots=args.shots, method=args.method, mode=args.mode, layer=args.layer, n_images=args.n_images,
+        image_size=args.image_size, fit_mode=args.fit, boxes_csv=args.boxes, masks_csv=args.masks,
+        seed=args.seed, finetune_steps=args.finetune_steps, arch=args.arch, batch_size=args.batch_size,
+        device=resolve_device(args.device), on_event=on_event,
+    )
+    print(format_summary(summary))
+    print(json.dumps({"out": args.out, "grids": len(grids), "rows": len(loc)}))
+    return 0
+
+
+def format_summary(summary) -> str:
+    """One line per finding x init: each score as `mean [lo, hi]` (95% bootstrap interval)."""
+    from engine.explain.localization import METRICS
+
+    if not len(summary):
+        return "(no scored images)"
+    lines = [f"{'finding':24s} {'init':24s} {'n':>3s}  " + "  ".join(f"{m:>22s}" for m in METRICS)]
+    for r in summary.to_dict("records"):
+        cells = [f"{r[m + '_mean']:.3f} [{r[m + '_lo']:.3f}, {r[m + '_hi']:.3f}]" for m in METRICS]
+        lines.append(f"{r['finding']:24s} {r['init']:24s} {r['n']:3d}  " + "  ".join(f"{c:>22s}" for c in cells))
+    return "\n".join(lines)
