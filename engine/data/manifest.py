@@ -399,3 +399,25 @@ def write_manifest(df: pd.DataFrame, csv_path: str | Path, boxes: pd.DataFrame |
         _atomic_write_text(folder / "masks.csv", m.to_csv(index=False, lineterminator="\n"))
     _atomic_write_text(csv_path, text)
     return csv_path
+
+
+def load_regions(csv_path: str | Path, manifest: "Manifest", kind: str) -> pd.DataFrame:
+    """Read an explicit boxes.csv (`kind="box"`) or masks.csv (`kind="mask"`) for `manifest`.
+
+    Paths in it are relative to its own folder. Validated like the ones beside a manifest;
+    any problem raises ManifestError listing all of them.
+    """
+    p = Path(csv_path).expanduser().resolve()
+    if not p.is_file():
+        raise FileNotFoundError(f"{kind} file not found: {p}")
+    known, findings = set(manifest.df["path"]), set(manifest.findings)
+    problems: list[str] = []
+    if kind == "box":
+        df = _load_boxes(p, p.parent, known, findings, problems)
+    elif kind == "mask":
+        df = _load_masks(p, p.parent, known, findings, problems, True)
+    else:
+        raise ValueError(f"kind must be 'box' or 'mask', not {kind!r}")
+    if problems or df is None:
+        raise ManifestError(problems or [f"{p} could not be read"], p)
+    return df

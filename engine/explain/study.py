@@ -85,19 +85,10 @@ def load_regions(manifest, finding: str, boxes_csv: str | Path | None = None,
 
     if boxes_csv is not None and masks_csv is not None:
         raise ValueError("give either --boxes or --masks, not both")
-    known, findings = set(manifest.df["path"]), set(manifest.findings)
-    for given, loader, kind in ((masks_csv, "_load_masks", "mask"), (boxes_csv, "_load_boxes", "box")):
-        if given is None:
-            continue
-        p = Path(given).expanduser().resolve()
-        if not p.is_file():
-            raise FileNotFoundError(f"{kind} file not found: {p}")
-        problems: list[str] = []
-        args = (p, p.parent, known, findings, problems) + ((True,) if kind == "mask" else ())
-        df = getattr(mf, loader)(*args)
-        if problems or df is None:
-            raise mf.ManifestError(problems or [f"{p} could not be read"], p)
-        return kind, df[df["finding"] == finding].reset_index(drop=True)
+    for given, kind in ((masks_csv, "mask"), (boxes_csv, "box")):
+        if given is not None:
+            df = mf.load_regions(given, manifest, kind)
+            return kind, df[df["finding"] == finding].reset_index(drop=True)
     if manifest.masks is not None and (manifest.masks["finding"] == finding).any():
         return "mask", manifest.masks[manifest.masks["finding"] == finding].reset_index(drop=True)
     if manifest.boxes is not None and (manifest.boxes["finding"] == finding).any():
