@@ -1,0 +1,137 @@
+"""Batched on-device augmentations for grayscale chest X-rays.
+
+Every function takes a (B, 1, S, S) float tensor in [0, 1] on the training device plus a
+`torch.Generator` on that device, and draws per-sample random parameters from it, so one call
+augments the whole batch on the GPU (a 2-core host never starves it) and a given generator seed
+reproduces the exact views (resumable training relies on this).
+
+The recipe is the seed study's, after SimCLR (Chen et al. 2020) / MoCo v2 (Chen et al. 2020,
+arXiv:2003.04297) with the colour parts removed:
+
+- random resized crop, area scale 0.08-1.0, aspect 3/4-4/3 (Szegedy et al. 2015; MoCo v2),
+- brightness and contrast jitter with strength 0.8, applied with p = 0.8 (SimCLR's
+  `RandomApply(ColorJitter(0.8 s, 0.8 s, ...), p=0.8)` with s = 1, brightness/contrast only):
+  physically, exposure (mAs/kVp) and display windowing differ between scanners and sites,
+- additive Gaussian noise, std 0.1 in [0, 1] intensity units: quantum (photon) noise of the detector.
+
+Deliberately absent:
+- colour jitter / grayscale conversion: radiographs have one channel, hue and saturation do not exist.
+- horizontal flips: the heart sits on the left (situs solitus); a flipped chest is anatomically a
+  dextrocardia and makes laterality-dependent findings (cardiomegaly, left/right effusions,
+  hemidiaphragm elevation, hiatal hernia) ambiguous, so the study left them out.
+- blur / solarization (BYOL, DINO): no physical counterpart in a radiograph worth imitating.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentation strengths (seed study; SimCLR / MoCo v2 without colour, see the module docstring)."""
+
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area fraction (MoCo v2: 0.2-1; study: 0.08-1)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect ratio range (torchvision default)
+    jitter: float = 0.8  # brightness and contrast factors ~ U[1 - jitter, 1 + jitter]
+    jitter_p: float = 0.8  # probability of applying the jitter (SimCLR RandomApply p=0.8)
+    noise_std: float = 0.1  # additive Gaussian noise std in [0, 1] intensity units
+
+
+def _uniform(shape: tuple[int, ...], lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
+    return torch.rand(shape, generator=g, device=g.device) * (hi - lo) + lo
+
+
+def crop_params(
+    batch: int, scale: tuple[float, float], ratio: tuple[float, float], g: torch.Generator, tries: int = 10
+) -> torch.Tensor:
+    """Per-sample crop boxes (B, 4) = (cx, cy, w, h) as fractions of the (square) image side.
+
+    torchvision's RandomResizedCrop sampling, vectorized: draw `tries` (area, log-aspect) pairs per
+    sample and keep the first that fits inside the image; if none fits, take the whole image.
+    """
+    area = _uniform((batch, tries), scale[0], scale[1], g)  # (B, T)
+    log_r = _uniform((batch, tries), math.log(ratio[0]), math.log(ratio[1]), g)  # (B, T)
+    r = torch.exp(log_r)
+    w, h = torch.sqrt(area * r), torch.sqrt(area / r)  # (B, T) fractions of the side
+    ok = (w <= 1.0) & (h <= 1.0)  # (B, T)
+    first = ok.float().argmax(dim=1, keepdim=True)  # (B, 1) index of the first fitting try
+    any_ok = ok.any(dim=1)  # (B,)
+    w = torch.where(any_ok, w.gather(1, first)[:, 0], torch.ones_like(any_ok, dtype=w.dtype))  # (B,)
+    h = torch.where(any_ok, h.gather(1, first)[:, 0], torch.ones_like(any_ok, dtype=h.dtype))  # (B,)
+    cx = w / 2 + _uniform((batch,), 0.0, 1.0, g) * (1 - w)  # (B,) centre in [w/2, 1 - w/2]
+    cy = h / 2 + _uniform((batch,), 0.0, 1.0, g) * (1 - h)
+    return torch.stack([cx, cy, w, h], dim=1)  # (B, 4)
+
+
+def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop each sample's box and resize it to size x size in one batched grid_sample call.
+
+    x: (B, C, H, W); boxes: (B, 4) (cx, cy, w, h) in [0, 1] fractions -> (B, C, size, size).
+    """
+    b = x.shape[0]
+    cx, cy, w, h = boxes.to(x.dtype).unbind(1)  # (B,) each
+    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)  # output [-1,1] -> input [-1,1]
+    theta[:, 0, 0], theta[:, 0, 2] = w, 2 * cx - 1
+    theta[:, 1, 1], theta[:, 1, 2] = h, 2 * cy - 1
+    grid = F.affine_grid(theta, [b, x.shape[1], size, size], align_corners=False)  # (B, size, size, 2)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_resized_crop(
+    x: torch.Tensor, size: int, g: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, size, size): a random box of area `scale` x image, resized."""
+    return crop_resize(x, crop_params(x.shape[0], scale, ratio, g), size)
+
+
+def brightness_contrast(x: torch.Tensor, jitter: float, p: float, g: torch.Generator) -> torch.Tensor:
+    """torchvision ColorJitter(brightness=jitter, contrast=jitter) applied with probability p, per sample.
+
+    brightness: x * b; contrast: blend with the image mean, (x - mean) * c + mean; clamped to [0, 1]
+    after each, as torchvision does. x: (B, 1, H, W) in [0, 1].
+    """
+    b_sz = x.shape[0]
+    apply = (torch.rand(b_sz, generator=g, device=g.device) < p).to(x.dtype).view(-1, 1, 1, 1)  # (B,1,1,1)
+    bf = _uniform((b_sz,), 1 - jitter, 1 + jitter, g).to(x.dtype).view(-1, 1, 1, 1)
+    cf = _uniform((b_sz,), 1 - jitter, 1 + jitter, g).to(x.dtype).view(-1, 1, 1, 1)
+    bf, cf = 1 + apply * (bf - 1), 1 + apply * (cf - 1)  # factor 1 where not applied
+    y = (x * bf).clamp_(0, 1)
+    mean = y.mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
+    return ((y - mean) * cf + mean).clamp_(0, 1)
+
+
+def gaussian_noise(x: torch.Tensor, std: float, g: torch.Generator) -> torch.Tensor:
+    """x + N(0, std^2) per pixel, clamped to [0, 1] (a detector saturates)."""
+    if std <= 0:
+        return x
+    noise = torch.randn(x.shape, generator=g, device=g.device, dtype=x.dtype)
+    return (x + std * noise).clamp_(0, 1)
+
+
+def xray_view(
+    x: torch.Tensor, size: int, cfg: AugmentConfig, g: torch.Generator,
+    scale: tuple[float, float] | None = None, noise: bool = True,
+) -> torch.Tensor:
+    """One augmented view of a batch: crop -> brightness/contrast -> noise. (B,1,H,W) -> (B,1,size,size)."""
+    v = random_resized_crop(x, size, g, scale or cfg.crop_scale, cfg.crop_ratio)
+    v = brightness_contrast(v, cfg.jitter, cfg.jitter_p, g)
+    return gaussian_noise(v, cfg.noise_std, g) if noise else v
+
+
+def multi_crop(
+    x: torch.Tensor, g: torch.Generator, cfg: AugmentConfig, global_size: int, local_size: int,
+    n_local: int, global_scale: tuple[float, float], local_scale: tuple[float, float],
+) -> list[torch.Tensor]:
+    """DINO multi-crop (Caron et al. 2020, SwAV; 2021, DINO): 2 global views + n_local small views.
+
+    Returns [global_1, global_2, local_1, ..., local_n]: (B,1,global_size,global_size) then
+    (B,1,local_size,local_size).
+    """
+    views = [xray_view(x, global_size, cfg, g, scale=global_scale) for _ in range(2)]
+    views += [xray_view(x, local_size, cfg, g, scale=local_scale) for _ in range(n_local)]
+    return views

@@ -1,0 +1,183 @@
+"""CLI: `python -m engine pretrain ...` (self-supervised pretraining with a progress bar).
+
+Multi-GPU / multi-process: `torchrun --nproc_per_node=N -m engine pretrain ...` (or
+`python -m torch.distributed.run ...`); --batch-size is the global batch. Ctrl-C stops after the
+current step, saves the resumable state and prints the command that resumes it.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shlex
+import sys
+from typing import Any
+
+METHOD_NAMES = ("moco_v2", "barlow_twins", "spark", "dino")  # == engine.ssl.pretrain.METHODS (tested)
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "pretrain", help="self-supervised pretraining of a backbone (MoCo v2, Barlow Twins, SparK, DINO)",
+        description="Pretrain a ResNet on unlabeled X-rays and export checkpoints/<out>.safetensors. "
+                    "Run under `torchrun --nproc_per_node=N -m engine pretrain ...` for several GPUs/processes.",
+    )
+    p.add_argument("--method", choices=METHOD_NAMES, default="moco_v2")
+    p.add_argument("--arch", choices=("resnet18", "resnet50"), default="resnet18")
+    p.add_argument("--data", required=True, help="manifest CSV (its split=test rows are left out) or a folder of images")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=256, help="global batch over all processes")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--out", required=True, help="checkpoint name: writes checkpoints/<out>.safetensors + .json")
+    p.add_argument("--resume", action="store_true", help="continue from the run's saved state")
+    p.add_argument("--device", default="auto", help="cpu | cuda | auto (default)")
+    p.add_argument("--init", choices=("random", "imagenet"), default="random",
+                   help="start from random or ImageNet weights (MoCo-transfer)")
+    p.add_argument("--lr", type=float, default=None, help="peak lr (default: the method's base lr x batch / 256)")
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--warmup-epochs", type=float, default=None)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (the schedule fits them)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=500, help="write the resumable state every N steps")
+    p.add_argument("--monitor-every", type=int, default=100, help="collapse metrics every N steps (0 = off)")
+    p.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="mixed precision (auto = on CUDA)")
+    p.add_argument("--run-dir", default=None, help="state folder (default <workspace>/runs/<out>)")
+    p.add_argument("--include-test-split", action="store_true", help="also pretrain on a manifest's split=test rows")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="method setting, repeatable, e.g. --opt queue=4096 --opt T=0.2 (moco_v2), "
+                        "--opt proj_dim=8192 (barlow_twins), --opt mask_ratio=0.75 (spark), --opt out_dim=4096 (dino)")
+    p.set_defaults(func=_pretrain)
+
+
+def _parse_value(default: Any, text: str) -> Any:
+    low = text.strip().lower()
+    if low in ("none", "auto", "null") and (default is None or isinstance(default, bool)):
+        return None
+    if isinstance(default, bool) or (default is None and low in ("true", "false", "on", "off")):
+        if low not in ("true", "false", "on", "off", "1", "0"):
+            raise ValueError(f"expected true/false, got {text!r}")
+        return low in ("true", "on", "1")
+    if isinstance(default, int):
+        return int(text)
+    if isinstance(default, float):
+        return float(text)
+    if isinstance(default, tuple):
+        return tuple(float(x) for x in text.split(","))
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
+
+
+def method_overrides(method: str, items: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings -> typed fields of the method's config dataclass (clear errors for typos)."""
+    from engine.ssl.pretrain import METHODS
+
+    cls = METHODS[method][0]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"--opt {item!r}: expected KEY=VALUE with KEY one of {', '.join(fields)} for {method}")
+        f = fields[key]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        try:
+            out[key] = _parse_value(default, val)
+        except ValueError as e:
+            raise ValueError(f"--opt {item!r}: {e}") from None
+    return out
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    skip = {"func", "command", "resume", "opt"}
+    parts = ["python", "-m", "engine", "pretrain"]
+    for k, v in vars(args).items():
+        if k in skip or v is None or v is False:
+            continue
+        flag = "--" + k.replace("_", "-")
+        parts += [flag] if v is True else [flag, str(v)]
+    for o in args.opt:
+        parts += ["--opt", o]
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        return f"torchrun --nproc_per_node={world} " + shlex.join(parts[1:] + ["--resume"])
+    return shlex.join(parts + ["--resume"])
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from engine.events import Cancelled, Event
+    from engine.ssl.pretrain import PretrainConfig, pretrain_from_data
+
+    cfg = PretrainConfig(
+        method=args.method, arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
+        image_size=args.image_size, lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+        seed=args.seed, max_steps=args.max_steps, save_every_steps=args.save_every,
+        monitor_every_steps=args.monitor_every, amp={"auto": None, "on": True, "off": False}[args.amp],
+        init=args.init, method_config=method_overrides(args.method, args.opt) or None,
+    )
+    main = int(os.environ.get("RANK", "0")) == 0
+    stop = threading.Event()
+    bars: dict[str, tqdm] = {}
+
+    def on_event(e: Event) -> None:
+        if not main:
+            return
+        if e.kind == "progress" and e.total:
+            key = "train" if "loss" in e.metrics else "prepare"  # training steps / cache building
+            bar = bars.get(key)
+            if bar is None or bar.total != e.total:
+                if bar is not None:
+                    bar.close()
+                bar = bars[key] = tqdm(total=e.total, initial=e.step or 0, unit="step" if key == "train" else "img",
+                                       desc=args.method if key == "train" else "images", dynamic_ncols=True)
+            bar.update((e.step or 0) - bar.n)
+            if key == "prepare" and e.message:
+                bar.set_description_str(e.message[:40], refresh=False)
+            if "loss" in e.metrics:
+                bar.set_postfix(loss=f"{e.metrics['loss']:.4f}", lr=f"{e.metrics['lr']:.2e}", refresh=False)
+        elif e.kind == "warning":
+            tqdm.write(f"warning: {e.message}", file=sys.stderr)
+        elif e.kind == "metrics":
+            m = e.metrics
+            tqdm.write(f"step {e.step}: collapse std {m['collapse_std']:.3f} cos {m['collapse_cos']:.3f} "
+                       f"erank {m['collapse_erank']:.1f} (backbone std {m['collapse_backbone_std']:.3f} "
+                       f"erank {m['collapse_backbone_erank']:.1f})")
+        elif e.kind == "log" and e.message:
+            tqdm.write(e.message)
+
+    def on_sigint(signum, frame) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        if main:
+            tqdm.write("stopping after this step and saving the state (Ctrl-C again to abort without saving)",
+                       file=sys.stderr)
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGINT, on_sigint) if in_main_thread else None
+    try:
+        path = pretrain_from_data(
+            args.data, cfg, args.out, device=args.device, run_dir=Path(args.run_dir) if args.run_dir else None,
+            on_event=on_event, stop=stop, resume=args.resume, include_test=args.include_test_split,
+        )
+    except Cancelled as e:
+        if main:
+            print(f"\n{e}. Resume with:\n  {_resume_command(args)}", file=sys.stderr)
+        return 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, old)
+        for bar in bars.values():
+            bar.close()
+    if main:
+        print(path)
+    return 0

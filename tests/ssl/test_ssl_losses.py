@@ -1,0 +1,233 @@
+"""Each SSL objective against an independent (numpy / hand-written) formula on small tensors."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine.models import build_backbone
+from engine.ssl.augment import AugmentConfig
+from engine.ssl.barlow_twins import barlow_twins_loss, cross_correlation
+from engine.ssl.dino import DINO, DINOConfig, dino_loss, teacher_momentum
+from engine.ssl.moco_v2 import (
+    MoCoConfig, MoCoV2, SplitBatchNorm, enqueue_, info_nce, moco_logits, n_splits, variance_loss,
+)
+from engine.ssl.spark import patchify, random_patch_mask, spark_loss
+
+torch.set_num_threads(1)
+
+
+def _unit(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(*shape, generator=g, dtype=torch.float64), dim=-1)
+
+
+# ---------------------------------------------------------------- MoCo v2
+
+
+def test_moco_logits_put_the_positive_at_index_0_and_infonce_is_cross_entropy():
+    q, k, queue = _unit(4, 8, seed=1), _unit(4, 8, seed=2), _unit(6, 8, seed=3)
+    logits = moco_logits(q, k, queue)
+    assert logits.shape == (4, 7)
+    Q, K, N = q.numpy(), k.numpy(), queue.numpy()
+    T = 0.07
+    expected = []
+    for i in range(4):
+        pos = Q[i] @ K[i]
+        negs = [Q[i] @ N[j] for j in range(6)]
+        assert logits[i, 0].item() == pytest.approx(pos)
+        np.testing.assert_allclose(logits[i, 1:].numpy(), negs)
+        expected.append(-math.log(math.exp(pos / T) / (math.exp(pos / T) + sum(math.exp(n / T) for n in negs))))
+    assert info_nce(logits, T).item() == pytest.approx(np.mean(expected), rel=1e-9)
+    # a perfect positive against orthogonal negatives gives a much lower loss than a swapped one
+    assert info_nce(moco_logits(q, q, queue), T) < info_nce(moco_logits(q, -q, queue), T)
+
+
+@pytest.mark.parametrize("K,batches", [(10, [4, 4, 4]), (10, [3, 7, 5]), (5, [7]), (6, [6, 6])])
+def test_queue_wraps_around_like_a_ring_buffer(K, batches):
+    queue, ptr = torch.zeros(K, 2), 0
+    ref, rptr = [None] * K, 0  # independent ring buffer in plain python
+    counter = 0
+    for n in batches:
+        keys = torch.arange(counter, counter + n, dtype=torch.float32)[:, None].repeat(1, 2)
+        for v in range(counter, counter + n):
+            ref[rptr] = float(v)
+            rptr = (rptr + 1) % K
+        counter += n
+        ptr = enqueue_(queue, ptr, keys)
+        assert ptr == rptr
+    filled = [i for i, v in enumerate(ref) if v is not None]
+    np.testing.assert_array_equal(queue[filled, 0].numpy(), [ref[i] for i in filled])
+
+
+def test_variance_term_is_zero_above_gamma_and_positive_below():
+    g = torch.Generator().manual_seed(0)
+    wide = torch.randn(256, 16, generator=g) * 3.0  # per-dimension std ~3 >= gamma = 1
+    assert variance_loss(wide, gamma=1.0).item() == 0.0
+    narrow = torch.randn(256, 16, generator=g) * 0.2
+    v = variance_loss(narrow, gamma=1.0).item()
+    expected = np.mean(np.maximum(0.0, 1.0 - np.sqrt(narrow.numpy().var(axis=0, ddof=1) + 1e-4)))
+    assert v > 0.5 and v == pytest.approx(expected, rel=1e-5)
+    const = torch.ones(8, 4)  # fully collapsed
+    assert variance_loss(const).item() == pytest.approx(1 - math.sqrt(1e-4))
+
+
+def test_split_bn_group_count():
+    assert n_splits(256, 8) == 8 and n_splits(64, 8) == 4 and n_splits(96, 8) == 6 and n_splits(32, 8) == 2
+    assert n_splits(31, 8) == 1 and n_splits(16, 8) == 1 and n_splits(512, 1) == 1
+    assert n_splits(16, 8, min_group=2) == 8 and n_splits(14, 8, min_group=2) == 7
+
+
+def test_split_batchnorm_normalizes_each_sub_batch_and_keeps_bn_state_keys():
+    torch.manual_seed(0)
+    bn = SplitBatchNorm(3, max_splits=2)
+    x = torch.randn(32, 3, 4, 4) + torch.arange(32.0).view(32, 1, 1, 1) % 2 * 5  # odd samples shifted by 5
+    y = bn(x)
+    for i in (0, 1):  # sub-batches: samples i, i+2, i+4, ... (the channel blocks of the reshape)
+        ref = torch.nn.functional.batch_norm(x[i::2], None, None, training=True, eps=bn.eps)
+        torch.testing.assert_close(y[i::2], ref, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(y, torch.nn.functional.batch_norm(x, None, None, training=True, eps=bn.eps), atol=1e-2)
+    per_group_mean = torch.stack([x[0::2].mean((0, 2, 3)), x[1::2].mean((0, 2, 3))]).mean(0)
+    torch.testing.assert_close(bn.running_mean, 0.1 * per_group_mean, rtol=1e-4, atol=1e-5)
+    assert set(bn.state_dict()) == set(torch.nn.BatchNorm2d(3).state_dict())
+    bn.eval()
+    torch.testing.assert_close(bn(x), torch.nn.functional.batch_norm(x, bn.running_mean, bn.running_var, eps=bn.eps))
+
+
+def test_moco_module_key_encoder_gets_no_gradient_and_follows_the_query_by_momentum():
+    torch.manual_seed(0)
+    m = MoCoV2(build_backbone("resnet18"), MoCoConfig(queue=12, m=0.9), AugmentConfig(), 32)
+    x = torch.rand(8, 1, 40, 40)
+    views = m.views(x, torch.Generator().manual_seed(1))
+    assert views[0].shape == (8, 3, 32, 32) and sorted(views[2].tolist()) == list(range(8))
+    loss, metrics = m(*views)
+    loss.backward()
+    assert all(p.grad is None for p in m.backbone_k.parameters()) and all(p.grad is None for p in m.head_k.parameters())
+    assert m.head[0].weight.grad is not None
+    k_before = m.head_k[0].weight.clone()
+    with torch.no_grad():
+        m.head[0].weight.add_(1.0)
+    q_now = m.head[0].weight.clone()
+    m.after_step(0, 10)
+    torch.testing.assert_close(m.head_k[0].weight, 0.9 * k_before + 0.1 * q_now)
+    assert int(m.queue_ptr) == 8  # 8 keys enqueued
+    m(*views)
+    m.after_step(1, 10)
+    assert int(m.queue_ptr) == (16 % 12)
+
+
+# ---------------------------------------------------------------- Barlow Twins
+
+
+def _hadamard(n: int) -> np.ndarray:
+    h = np.array([[1.0]])
+    while h.shape[0] < n:
+        h = np.block([[h, h], [h, -h]])
+    return h
+
+
+def test_barlow_loss_is_zero_for_perfectly_correlated_decorrelated_features():
+    z = torch.tensor(_hadamard(8)[:, 1:])  # (N=8, D=7): zero-mean, unit-variance, orthogonal columns
+    c = cross_correlation(z, z)
+    torch.testing.assert_close(c, torch.eye(7, dtype=c.dtype), atol=1e-4, rtol=0)
+    loss, on, off = barlow_twins_loss(z, z, lambd=0.005)
+    assert loss.item() < 1e-8
+    # an affine change of the embeddings changes nothing (per-dimension standardization)
+    assert barlow_twins_loss(z, 3 * z + 1)[0].item() < 1e-8
+
+
+def test_barlow_loss_matches_the_formula_and_is_positive_otherwise():
+    g = torch.Generator().manual_seed(0)
+    za, zb = torch.randn(16, 5, generator=g, dtype=torch.float64), torch.randn(16, 5, generator=g, dtype=torch.float64)
+    A, B = za.numpy(), zb.numpy()
+    An = (A - A.mean(0)) / np.sqrt(A.var(0) + 1e-5)
+    Bn = (B - B.mean(0)) / np.sqrt(B.var(0) + 1e-5)
+    C = np.array([[sum(An[b, i] * Bn[b, j] for b in range(16)) / 16 for j in range(5)] for i in range(5)])
+    expected = sum((1 - C[i, i]) ** 2 for i in range(5)) + 0.005 * sum(C[i, j] ** 2 for i in range(5) for j in range(5) if i != j)
+    loss = barlow_twins_loss(za, zb, lambd=0.005)[0].item()
+    assert loss == pytest.approx(expected, rel=1e-5) and loss > 1.0
+    redundant = torch.tensor(_hadamard(8)[:, [1, 1, 2]])  # two identical dimensions: off-diagonal 1
+    assert barlow_twins_loss(redundant, redundant, lambd=0.005)[0].item() == pytest.approx(2 * 0.005, rel=1e-3)
+
+
+# ---------------------------------------------------------------- SparK
+
+
+def test_spark_loss_ignores_visible_patches_and_matches_the_formula():
+    g = torch.Generator().manual_seed(0)
+    p = 4
+    target, pred = torch.randn(2, 1, 8, 8, generator=g), torch.randn(2, 1, 8, 8, generator=g)
+    mask = torch.tensor([[[True, False], [False, True]], [[False, False], [True, False]]])  # (B, 2, 2)
+    loss = spark_loss(pred, target, mask, p)
+    # independent formula: loop over patches
+    errs = []
+    for b in range(2):
+        for i in range(2):
+            for j in range(2):
+                if mask[b, i, j]:
+                    t = target[b, 0, i * p:(i + 1) * p, j * p:(j + 1) * p].numpy().ravel()
+                    t = (t - t.mean()) / np.sqrt(t.var(ddof=1) + 1e-6)
+                    y = pred[b, 0, i * p:(i + 1) * p, j * p:(j + 1) * p].numpy().ravel()
+                    errs.append(np.mean((y - t) ** 2))
+    assert loss.item() == pytest.approx(np.mean(errs), rel=1e-5)
+    visible = (~mask).repeat_interleave(p, 1).repeat_interleave(p, 2)[:, None]
+    changed = pred + visible * 100.0 * torch.randn(pred.shape, generator=g)
+    assert spark_loss(changed, target, mask, p).item() == pytest.approx(loss.item(), rel=1e-6)
+    masked_changed = pred + (~visible) * 1.0
+    assert spark_loss(masked_changed, target, mask, p).item() != pytest.approx(loss.item(), rel=1e-3)
+
+
+def test_patch_mask_has_exact_ratio_and_patchify_order():
+    m = random_patch_mask(5, 4, 0.6, torch.Generator().manual_seed(0))
+    assert m.shape == (5, 4, 4) and (m.flatten(1).sum(1) == round(0.6 * 16)).all()
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    assert patchify(x, 2)[0, 1].tolist() == [2.0, 3.0, 6.0, 7.0]  # second patch = top-right 2x2
+
+
+# ---------------------------------------------------------------- DINO
+
+
+def test_dino_loss_matches_the_formula():
+    g = torch.Generator().manual_seed(0)
+    s = [torch.randn(3, 6, generator=g, dtype=torch.float64) for _ in range(3)]  # 2 global + 1 local
+    t = [torch.randn(3, 6, generator=g, dtype=torch.float64) for _ in range(2)]
+    c = torch.randn(1, 6, generator=g, dtype=torch.float64)
+    ts, tt = 0.1, 0.04
+
+    def softmax(a):
+        e = np.exp(a - a.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    terms = []
+    for i in range(2):
+        pt = softmax((t[i].numpy() - c.numpy()) / tt)
+        for j in range(3):
+            if i != j:
+                terms.append(np.mean(-(pt * np.log(softmax(s[j].numpy() / ts))).sum(-1)))
+    assert dino_loss(s, t, c, ts, tt).item() == pytest.approx(np.mean(terms), rel=1e-6)  # computed in fp32
+    assert teacher_momentum(0, 100, 0.996) == pytest.approx(0.996) and teacher_momentum(100, 100, 0.996) == 1.0
+
+
+def test_dino_teacher_gets_no_gradient_is_an_ema_and_the_center_moves():
+    torch.manual_seed(0)
+    cfg = DINOConfig(out_dim=32, hidden_dim=64, bottleneck_dim=16, n_local_crops=2)
+    m = DINO(build_backbone("resnet18"), cfg, AugmentConfig(), 32)
+    crops = m.views(torch.rand(4, 1, 48, 48), torch.Generator().manual_seed(0))
+    assert [tuple(c.shape[-2:]) for c in crops] == [(32, 32)] * 4
+    loss, metrics = m(*crops)
+    loss.backward()
+    teacher = list(m.teacher_backbone.parameters()) + list(m.teacher_head.parameters())
+    assert all(not p.requires_grad and p.grad is None for p in teacher)
+    assert m.head.v.grad is not None and m.backbone.conv1.weight.grad is not None
+    assert 0 < metrics["teacher_entropy"].item() <= math.log(32) + 1e-6
+    t_before, s_now = m.teacher_head.v.clone(), m.head.v.detach().clone() + 1.0
+    with torch.no_grad():
+        m.head.v.add_(1.0)
+    with torch.no_grad():
+        t_out = m.teacher_head(m.teacher_backbone(torch.cat(crops[:2])))
+    m.after_step(0, 10)
+    lam = teacher_momentum(0, 10, cfg.momentum_teacher)
+    torch.testing.assert_close(m.teacher_head.v, lam * t_before + (1 - lam) * s_now)
+    torch.testing.assert_close(m.center, (1 - cfg.center_momentum) * t_out.mean(0, keepdim=True), rtol=1e-4, atol=1e-6)

@@ -1,0 +1,212 @@
+"""The pretraining loop end to end on CPU: every method, export, resume, stop, NaN, errors, CLI."""
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from engine.events import Cancelled
+from engine.models import InitUnavailableError, load_backbone
+from engine.ssl import (
+    METHODS, BarlowConfig, DINOConfig, MoCoConfig, NonFiniteLossError, PretrainConfig, SparKConfig, pretrain,
+)
+from engine.ssl.moco_v2 import MoCoV2
+
+torch.set_num_threads(1)
+
+SMALL = {
+    "moco_v2": (MoCoConfig(queue=40, proj_hidden=64, proj_dim=32), 32),  # 40 % 8 keys per step != 0: wraps
+    "barlow_twins": (BarlowConfig(proj_dim=64, grad_checkpointing=True), 32),
+    "spark": (SparKConfig(decoder_width=64), 64),
+    "dino": (DINOConfig(out_dim=64, hidden_dim=64, bottleneck_dim=16, n_local_crops=2), 32),
+}
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, size=(24, 64, 64), dtype=np.uint8)
+
+
+def _cfg(method: str, **kw) -> PretrainConfig:
+    mc, size = SMALL[method]
+    base = dict(method=method, epochs=1, batch_size=8, image_size=size, lr=0.01, monitor_every_steps=2,
+                monitor_images=8, save_every_steps=2, method_config=mc)
+    return PretrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_each_method_trains_and_exports_a_loadable_backbone(method, images, tmp_path):
+    events = []
+    path = pretrain(images, _cfg(method, max_steps=3), f"t-{method}", "cpu", tmp_path / "run",
+                    on_event=events.append, data_fingerprint="fp")
+    assert path.exists() and path.name == f"t-{method}.safetensors"
+    model, meta = load_backbone(f"t-{method}")
+    assert meta.method == method and meta.arch == "resnet18"
+    info = meta.info
+    assert info["steps"] == 3 and info["data_fingerprint"] == "fp" and info["n_images"] == 24
+    assert info["config"]["method_config"] == json.loads(json.dumps(SMALL[method][0].__dict__))
+    assert set(info["collapse"]["final"]) >= {"std", "cos", "erank", "backbone_std", "backbone_erank"}
+    assert [h["step"] for h in info["collapse"]["history"]] == [0, 2, 3]
+    assert np.isfinite(info["loss"]["last"])
+    progress = [e for e in events if e.kind == "progress"]
+    assert [e.step for e in progress] == [1, 2, 3] and all({"loss", "lr"} <= set(e.metrics) for e in progress)
+    assert [e.step for e in events if e.kind == "metrics"] == [0, 2, 3]
+    random_model, _ = load_backbone("random")
+    assert not torch.equal(model.conv1.weight, random_model.conv1.weight)  # trained, not the random init
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 512)
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)  # safe to load
+    assert state["step"] == 3
+
+
+@pytest.mark.parametrize("method", ["moco_v2", "dino"])
+def test_a_stopped_run_resumes_exactly(method, images, tmp_path):
+    cfg = _cfg(method, epochs=2, save_every_steps=100)  # 2 x 3 steps: crosses an epoch boundary
+    losses_a: list[float] = []
+    pretrain(images, cfg, "a", "cpu", tmp_path / "a",
+             on_event=lambda e: e.kind == "progress" and losses_a.append(e.metrics["loss"]))
+
+    stop, losses_b = threading.Event(), []
+
+    def on_b(e):
+        if e.kind == "progress":
+            losses_b.append(e.metrics["loss"])
+            if e.step == 3:
+                stop.set()
+
+    with pytest.raises(Cancelled):
+        pretrain(images, cfg, "b", "cpu", tmp_path / "b", on_event=on_b, stop=stop)
+    assert torch.load(tmp_path / "b" / "state.pt", weights_only=True)["step"] == 3
+    pretrain(images, cfg, "b", "cpu", tmp_path / "b", resume=True,
+             on_event=lambda e: e.kind == "progress" and losses_b.append(e.metrics["loss"]))
+    assert len(losses_b) == 6
+    np.testing.assert_allclose(losses_b, losses_a, rtol=1e-5)
+    (ma, info_a), (mb, info_b) = load_backbone("a"), load_backbone("b")
+    assert info_b.info["steps"] == 6
+    for (k, va), vb in zip(ma.state_dict().items(), mb.state_dict().values()):
+        torch.testing.assert_close(va, vb, rtol=1e-5, atol=1e-6, msg=k)
+    sa = torch.load(tmp_path / "a" / "state.pt", weights_only=True)["model"]
+    sb = torch.load(tmp_path / "b" / "state.pt", weights_only=True)["model"]
+    key = "queue" if method == "moco_v2" else "center"
+    torch.testing.assert_close(sa[key], sb[key], rtol=1e-5, atol=1e-6)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_state(images, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = MoCoV2.forward
+
+    def poisoned(self, *views):
+        loss, metrics = real(self, *views)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 3 else loss), metrics
+
+    monkeypatch.setattr(MoCoV2, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 3/.*last good state \(step 2\)"):
+        pretrain(images, _cfg("moco_v2", epochs=2, max_steps=5), "nan", "cpu", tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    monkeypatch.setattr(MoCoV2, "forward", real)
+    path = pretrain(images, _cfg("moco_v2", epochs=2, max_steps=5), "nan", "cpu", tmp_path / "run", resume=True)
+    assert json.loads(path.with_suffix(".json").read_text())["steps"] == 5
+
+
+def test_collapse_warnings_and_clear_errors(images, tmp_path):
+    events = []
+    pretrain(images, _cfg("barlow_twins", max_steps=1, collapse_std_min=10.0), "w", "cpu", tmp_path / "w",
+             on_event=events.append)
+    warnings = [e for e in events if e.kind == "warning"]
+    assert warnings and all("collapse" in e.message and e.level == "warning" for e in warnings)
+
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        pretrain(images[:4], _cfg("moco_v2"), "x", "cpu", tmp_path / "x")
+    with pytest.raises(ValueError, match="divisible by its patch 32"):
+        PretrainConfig(method="spark", image_size=48)
+    with pytest.raises(ValueError, match="unknown SSL method"):
+        PretrainConfig(method="simclr")
+    with pytest.raises(ValueError, match="invalid output name"):
+        pretrain(images, _cfg("moco_v2"), "bad name", "cpu", tmp_path / "x")
+    with pytest.raises(ValueError, match="uint8"):
+        pretrain(images.astype(np.float32), _cfg("moco_v2"), "x", "cpu", tmp_path / "x")
+    with pytest.raises(InitUnavailableError, match="imagenet"):  # tests run offline with an empty weights dir
+        pretrain(images, _cfg("moco_v2", init="imagenet"), "x", "cpu", tmp_path / "x")
+    # resuming with other settings is refused, naming the difference
+    pretrain(images, _cfg("moco_v2", max_steps=1), "r", "cpu", tmp_path / "r")
+    with pytest.raises(ValueError, match=r"lr: 0.01 -> 0.02"):
+        pretrain(images, _cfg("moco_v2", max_steps=1, lr=0.02), "r", "cpu", tmp_path / "r", resume=True)
+
+
+def test_config_round_trips_through_json():
+    cfg = _cfg("dino")
+    again = PretrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg and isinstance(again.method_config, DINOConfig)
+    with pytest.raises(ValueError, match="unknown MoCoConfig fields"):
+        PretrainConfig(method="moco_v2", method_config={"queu": 4})
+
+
+def test_cli_method_names_and_overrides():
+    from engine.ssl.commands import METHOD_NAMES, method_overrides
+
+    assert set(METHOD_NAMES) == set(METHODS)
+    assert method_overrides("moco_v2", ["queue=4096", "T=0.2", "proj_hidden=128"]) == {"queue": 4096, "T": 0.2, "proj_hidden": 128}
+    assert method_overrides("barlow_twins", ["grad_checkpointing=off"]) == {"grad_checkpointing": False}
+    assert method_overrides("dino", ["global_scale=0.4,1"]) == {"global_scale": (0.4, 1.0)}
+    with pytest.raises(ValueError, match="KEY one of"):
+        method_overrides("spark", ["queue=3"])
+
+
+def _png_folder(tmp_path, n=20, size=48):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size + 8), dtype=np.uint8)).save(folder / "sub" / f"{i}.png")
+    return folder
+
+
+def test_cli_pretrains_from_a_folder(tmp_path, capsys):
+    pytest.importorskip("engine.data.cache")
+    from engine.cli import main
+
+    folder = _png_folder(tmp_path)
+    rc = main(["pretrain", "--method", "moco_v2", "--data", str(folder), "--epochs", "1", "--batch-size", "8",
+               "--image-size", "32", "--out", "cli-moco", "--device", "cpu", "--max-steps", "2",
+               "--monitor-every", "1", "--opt", "queue=64", "--opt", "proj_hidden=32", "--run-dir", str(tmp_path / "run")])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert out.out.strip().endswith("cli-moco.safetensors")
+    _, meta = load_backbone("cli-moco")
+    assert meta.info["n_images"] == 20 and meta.info["config"]["method_config"]["queue"] == 64
+    assert meta.info["data_fingerprint"]
+
+
+def test_data_resolution_leaves_the_test_split_out(tmp_path):
+    from engine.ssl.pretrain import resolve_image_paths
+
+    folder = _png_folder(tmp_path, n=6)
+    rows = ["path,patient_id,split,finding"] + [f"sub/{i}.png,p{i},{'test' if i < 2 else 'train'},{i % 2}" for i in range(6)]
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    train = resolve_image_paths(folder / "manifest.csv")
+    assert len(train) == 4 and not any(p.endswith(("/0.png", "/1.png")) for p in train)
+    assert len(resolve_image_paths(folder / "manifest.csv", include_test=True)) == 6
+    assert len(resolve_image_paths(folder)) == 6  # a folder: every image, recursively
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_image_paths(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images found"):
+        resolve_image_paths(tmp_path / "empty")
+
+
+def test_resume_command_repeats_the_settings():
+    from engine.cli import build_parser
+    from engine.ssl.commands import _resume_command
+
+    args = build_parser().parse_args(["pretrain", "--data", "d.csv", "--out", "x", "--method", "dino", "--lr", "0.1",
+                                      "--opt", "out_dim=512"])
+    cmd = _resume_command(args)
+    assert cmd.startswith("python -m engine pretrain") and cmd.endswith("--resume")
+    assert "--method dino" in cmd and "--lr 0.1" in cmd and "--opt out_dim=512" in cmd and "--data d.csv" in cmd
