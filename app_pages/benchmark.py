@@ -1,0 +1,155 @@
+"""Benchmark: AUC vs number of labeled images, across inits and modes, over many random trials."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from engine.fewshot.plots import auc_vs_shots_figure
+from engine.models import list_inits
+from ui.jobs import job_table, set_watched, status_block, watch, watched
+from ui.plots import tidy_auc_figure
+from ui.services import services
+from ui.widgets import empty_state, fmt_time, init_label, page_header
+
+SHOTS = [1, 2, 5, 10, 20, 50, 100]
+MODE_LABEL = {"probe": "probe (frozen backbone)", "finetune": "finetune (whole backbone)"}
+
+
+def appendix_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± std per finding x init x mode (rows) and shots (columns), like the studies' appendix."""
+    ok = summary[summary["status"] == "ok"] if "status" in summary else summary
+    if ok.empty:
+        return pd.DataFrame()
+    cell = ok.assign(v=[f"{m:.3f} ± {s:.3f}" if s == s else f"{m:.3f}" for m, s in zip(ok["auc_mean"], ok["auc_std"])])
+    t = cell.pivot_table(index=["finding", "init", "mode"], columns="shots", values="v", aggfunc="first")
+    t.columns = [f"{int(c)}-shot" for c in t.columns]
+    return t.reset_index()
+
+
+def sweep_form(svc: Any) -> None:
+    counts = svc.store.counts()
+    usable = [f for f, c in counts.items() if c["positive"] >= 2 and c["negative"] >= 2]
+    if not usable:
+        empty_state("A benchmark needs labeled images: at least a few with and without a finding. Label images on "
+                    "the Data page (the demo workspace comes labeled).", link="data", icon=":material/label_off:")
+        return
+    inits = [i for i in list_inits() if i.available]
+    names = {i.name: i.name for i in inits}  # registry names, as in the results table
+    with st.form("sweep_form", border=True):
+        c1, c2 = st.columns(2)
+        findings = c1.multiselect("Findings", usable, default=usable[:1], key="bm_findings",
+                                  format_func=lambda f: f"{f} ({counts[f]['positive']}+ / {counts[f]['negative']}−)",
+                                  help="In brackets: images labeled with (+) and without (−) the finding.")
+        sel_inits = c2.multiselect("Inits", list(names), default=list(names), format_func=names.get, key="bm_inits")
+        c1, c2, c3, c4 = st.columns([3, 3, 2, 2])
+        modes = c1.multiselect("Modes", list(MODE_LABEL), default=["probe"], format_func=MODE_LABEL.get, key="bm_modes")
+        # shot counts the smallest usable finding's ~70% training pool can give (the sweep skips larger ones)
+        fit = max(1, int(0.7 * min(min(counts[f]["positive"], counts[f]["negative"]) for f in usable)))
+        shots = c2.multiselect("Shots (labeled images per class)", SHOTS, key="bm_shots",
+                               default=[k for k in (1, 5, 10, 20, 50) if k <= fit] or [1])
+        trials = c3.number_input("Trials per shot count", 1, 100, 10, key="bm_trials",
+                                 help="Each trial draws a new random training set; the spread shows how much luck matters.")
+        size = c4.select_slider("Image size (pixels)", [64, 96, 128, 160, 224], value=96 if svc.runner.device.type == "cpu"
+                                else 224, key="bm_size")
+        go = st.form_submit_button("Run benchmark", type="primary", icon=":material/play_arrow:")
+    unavailable = [i for i in list_inits() if not i.available]
+    for i in unavailable:
+        st.caption(f":material/block: {init_label(i)} is unavailable: {i.reason}")
+    if go:
+        missing = [n for n, v in (("a finding", findings), ("an init", sel_inits), ("a mode", modes), ("a shot count", shots))
+                   if not v]
+        if missing:
+            st.error("Choose at least " + ", ".join(missing) + ".", icon=":material/error:")
+            return
+        params = {"findings": findings, "inits": sel_inits, "modes": modes, "shots": sorted(int(k) for k in shots),
+                  "trials": int(trials), "image_size": int(size), "title": ", ".join(findings)}
+        set_watched("benchmark", svc.runner.submit("sweep", params))
+        st.rerun()
+
+
+def draw_running(snap: Any) -> None:
+    p = snap.params
+    st.markdown(f"**{', '.join(p.get('findings', []))}** · {len(p.get('inits', []))} inits · "
+                f"{', '.join(p.get('modes', []))} · shots {p.get('shots')} · {p.get('trials')} trials")
+    status_block(snap, "benchmark", show_warnings=snap.state != "done")  # a finished run's warnings show with its results
+    partial = services().runner.workdir(snap.id) / "sweep" / "trials.csv"
+    if snap.active and partial.exists():
+        try:
+            trials = pd.read_csv(partial)
+        except (pd.errors.EmptyDataError, OSError):
+            return
+        if len(trials):
+            st.caption(f"Partial results: {len(trials)} trials so far.")
+            st.plotly_chart(tidy_auc_figure(auc_vs_shots_figure(trials)), width="stretch", key=f"partial:{snap.id}")
+
+
+def show_sweep(res: dict[str, Any]) -> None:
+    s = res["summary"]
+    summary_csv, trials_csv = Path(s["summary_csv"]), Path(s["trials_csv"])
+    if not summary_csv.exists():
+        st.error(f"The results file {summary_csv} is missing.", icon=":material/error:")
+        return
+    summary = pd.read_csv(summary_csv)
+    ok = summary[summary["status"] == "ok"]
+    for w in s.get("warnings") or []:
+        st.warning(w, icon=":material/warning:")
+    if ok.empty:
+        st.info("This benchmark produced no results (see the warnings above).")
+        return
+    findings = sorted(ok["finding"].unique())
+    views = (["Average over findings"] if len(findings) > 1 else []) + findings
+    tabs = st.tabs(views)
+    for tab, v in zip(tabs, views):
+        with tab:
+            fig = tidy_auc_figure(auc_vs_shots_figure(ok, None if v == "Average over findings" else v))
+            st.plotly_chart(fig, width="stretch", key=f"fig:{res['id']}:{v}")
+    st.caption("Each line is the mean test AUC over the trials; the band is ± one standard deviation. Solid: probe; "
+               "dashed: finetune. The dotted line at 0.5 is chance.")
+    st.markdown("**Mean ± std of the test AUC**")
+    st.dataframe(appendix_table(summary), hide_index=True, width="stretch")
+    c1, c2 = st.columns(2)
+    c1.download_button("Download summary (CSV)", summary_csv.read_bytes(), file_name=f"benchmark-{res['id']}-summary.csv",
+                       mime="text/csv", icon=":material/download:", key=f"dl_sum:{res['id']}")
+    if trials_csv.exists():
+        c2.download_button("Download every trial (CSV)", trials_csv.read_bytes(),
+                           file_name=f"benchmark-{res['id']}-trials.csv", mime="text/csv", icon=":material/download:",
+                           key=f"dl_trials:{res['id']}")
+
+
+# ------------------------------------------------------------------------------------------- page
+
+svc = services()
+page_header(
+    "Benchmark",
+    "How good is each starting backbone with 1, 5, 10, 20... labeled images per class? Each point is averaged over "
+    "many random draws of the training images, all tested on the same held-out images.",
+)
+st.subheader("New benchmark")
+sweep_form(svc)
+job = watched("benchmark", ["sweep"])
+snap = svc.runner.snapshot(job) if job is not None else None
+if snap is not None:
+    st.subheader("Progress")
+    watch(job, draw_running)
+    with st.expander("Earlier runs"):
+        job_table(["sweep"], "benchmark")
+
+results = svc.store.results(kind="sweep")
+st.divider()
+st.subheader("Results")
+if not results:
+    empty_state("No finished benchmark yet. Results appear here when a run ends; earlier ones stay available.",
+                icon=":material/monitoring:")
+else:
+    by_id = {r["id"]: r for r in results}
+    order = list(by_id)
+    newest = (snap.result or {}).get("result_id") if snap is not None and snap.state == "done" else None
+    if newest in by_id and st.session_state.get("bm_seen_job") != job:
+        st.session_state["bm_result"] = newest
+        st.session_state["bm_seen_job"] = job
+    pick = st.selectbox("Benchmark", order, key="bm_result",
+                        format_func=lambda i: f"{by_id[i]['name']} · {fmt_time(by_id[i]['created'])}")
+    show_sweep(by_id[pick])

@@ -1,0 +1,327 @@
+"""Data: import chest X-rays and label them per finding."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from engine.store import Store
+from ui.jobs import set_watched, status_block, watch, watched
+from ui.labels import LabelCSVError, editor_rows, label_changes, labels_from_csv, upload_labels
+from ui.services import services
+from ui.widgets import UPLOAD_TYPES, chunks, data_uri, label_text, page_header, pager
+
+NO_LABEL = "(do not label)"
+PRESENT, ABSENT = "show the finding", "do not show the finding"
+SOURCES = {
+    "folder": "A folder of images (no labels)",
+    "manifest": "A manifest CSV (path, patient_id, split, one 0/1 column per finding)",
+    "folder_tree": "A folder with one sub-folder per class (e.g. normal/, pneumonia/)",
+    "nih": "NIH ChestX-ray14 (Data_Entry_2017*.csv and images*/ folders)",
+    "padchest": "PadChest (the official labels CSV and its image folders)",
+}
+
+
+def summary(images: pd.DataFrame, counts: dict[str, dict[str, int]]) -> None:
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Images", len(images))
+    c2.metric("Findings", len(counts))
+    labeled = int(images[list(counts)].notna().any(axis=1).sum()) if counts and len(images) else 0
+    c3.metric("Images with at least one label", labeled)
+    if counts:
+        table = pd.DataFrame(
+            [{"Finding": f, "Present": c["positive"], "Absent": c["negative"], "Unlabeled": c["unknown"]}
+             for f, c in counts.items()]
+        )
+        st.dataframe(table, hide_index=True, width="stretch")
+    elif not len(images):
+        st.info("No images yet. Upload chest X-rays below (or import a folder from disk), then label them.",
+                icon=":material/photo_library:")
+    else:
+        st.info("No findings yet: open **Label** to add one (e.g. *nodule*) and tick the images that show it.",
+                icon=":material/label:")
+
+
+def upload_form(store: Store) -> None:
+    st.subheader("Upload X-rays")
+    findings = store.findings()
+    with st.form("upload", clear_on_submit=True, border=True):
+        files = st.file_uploader(
+            "Chest X-rays: PNG, JPEG, TIFF, DICOM, or ZIP archives of them. Select many at once.",
+            type=UPLOAD_TYPES, accept_multiple_files=True, key="upload_files",
+        )
+        c1, c2 = st.columns(2)
+        finding = c1.selectbox(
+            "Label the uploaded images for this finding (optional)", [NO_LABEL, *findings], index=0,
+            accept_new_options=True, key="upload_finding",
+            help="Pick a finding, or type a new name and press Enter.",
+        )
+        value = c2.radio("The uploaded images", [PRESENT, ABSENT], horizontal=True, key="upload_value",
+                         help="Upload the images that show the finding and those that do not in two rounds.")
+        submitted = st.form_submit_button("Import", type="primary", icon=":material/upload:")
+    if submitted:
+        if not files:
+            st.warning("Choose one or more files first.", icon=":material/warning:")
+            return
+        _import_uploads(store, files, None if finding in (None, NO_LABEL, "") else str(finding), value == PRESENT)
+
+
+def _import_uploads(store: Store, files: list, finding: str | None, present: bool) -> None:
+    results = []
+    bar = st.progress(0.0, text="Importing...")
+    for i, f in enumerate(files):
+        results.extend(store.import_bytes(f.name, f.getvalue()))
+        bar.progress((i + 1) / len(files), text=f"Importing {f.name} ({i + 1} of {len(files)})")
+    bar.empty()
+    ok = [r for r in results if r.error is None]
+    bad = [r for r in results if r.error is not None]
+    dup = sum(r.duplicate for r in ok)
+    labeled, kept = "", []
+    if finding and ok:
+        try:
+            existing = store.images(finding).set_index("id")[finding] if finding in store.findings() else None
+            labels, kept = upload_labels([(r.image_id, r.name, r.duplicate) for r in ok], existing, int(present))
+            store.set_labels(finding, labels)
+            labeled = f" and labeled *{finding}: {'present' if present else 'absent'}*"
+        except ValueError as e:
+            st.error(f"The images were imported but could not be labeled: {e}", icon=":material/error:")
+    if ok:
+        new = len(ok) - dup
+        st.success(f"Imported {new} new image{'s' * (new != 1)}"
+                   + (f" ({dup} already in the workspace)" if dup else "") + labeled + ".",
+                   icon=":material/check_circle:")
+    if kept:
+        st.warning(f"{len(kept)} of these images were already in the workspace labeled the other way for {finding}; "
+                   "their labels were kept (change them on the Label tab): " + ", ".join(kept[:10]),
+                   icon=":material/warning:")
+    if bad:
+        st.error(f"{len(bad)} file{'s' * (len(bad) != 1)} could not be imported. The others were imported.",
+                 icon=":material/error:")
+        st.dataframe(pd.DataFrame({"File": [r.name for r in bad], "Problem": [r.error for r in bad]}),
+                     hide_index=True, width="stretch")
+
+
+def import_by_path_form() -> None:
+    st.subheader("Import from a folder on this computer")
+    st.caption("For large collections: the files are read from disk in the background, no upload needed.")
+    with st.form("import_path", border=True):
+        source = st.radio("What is it?", list(SOURCES), format_func=SOURCES.get, key="import_source")
+        path = st.text_input("Path", placeholder="/data/chestxray/manifest.csv or /data/nih", key="import_path")
+        images_root = st.text_input("PadChest only: folder holding the image sub-folders (optional)",
+                                    key="import_images_root")
+        go = st.form_submit_button("Start import", icon=":material/drive_folder_upload:")
+    if go:
+        if not path.strip():
+            st.warning("Enter a path first.", icon=":material/warning:")
+            return
+        params = {"source": source, "path": path.strip(), "images_root": images_root.strip() or None,
+                  "title": path.strip()}
+        set_watched("data", services().runner.submit("import", params))
+        st.rerun()
+
+
+def draw_import(snap) -> None:
+    """Progress of a by-path import, then what it imported."""
+    st.markdown(f"**Import from** `{snap.params.get('path', '')}`")
+    status_block(snap, "data")
+    res = snap.result or {}
+    if snap.state != "done" or not res:
+        return
+    st.success(f"Imported {res.get('images', 0)} new images ({res.get('duplicates', 0)} already present), "
+               f"{res.get('labels', 0)} labels, {res.get('regions', 0)} boxes/masks.", icon=":material/check_circle:")
+    if res.get("errors"):
+        st.dataframe(pd.DataFrame(res["errors"], columns=["File", "Problem"]), hide_index=True, width="stretch")
+
+
+def label_panel(store: Store, images: pd.DataFrame) -> None:
+    if images.empty:
+        st.info("No images yet: upload some in **Add images**.", icon=":material/photo_library:")
+        return
+    findings = store.findings()
+    c1, c2 = st.columns([2, 3])
+    with c2.form("new_finding", border=False, clear_on_submit=True):
+        name = st.text_input("Add a finding", placeholder="e.g. nodule", key="new_finding_name")
+        if st.form_submit_button("Add finding", icon=":material/add:") and name.strip():
+            try:
+                store.add_finding(name)
+                st.session_state["label_finding"] = name.strip()
+                st.rerun()
+            except ValueError as e:
+                st.error(str(e), icon=":material/error:")
+    if not findings:
+        c1.info("Add a finding first (e.g. *nodule*).", icon=":material/label:")
+        _label_csv(store, images)
+        return
+    finding = c1.selectbox("Finding", findings, key="label_finding")
+    gen = st.session_state.get("labels_gen", 0)  # bumped after each save, so the editor starts fresh
+    show = c1.segmented_control("Show", ["all", "unlabeled", "present", "absent"], default="all",
+                                key="label_filter", required=True)
+    col = images[finding]
+    sel = {"all": col.notna() | col.isna(), "unlabeled": col.isna(), "present": col == 1, "absent": col == 0}[show]
+    subset = images[sel.to_numpy()]
+    st.caption(f"Tick **Present** for images that show *{finding}* and **Absent** for images that do not; "
+               "leave both empty when unsure. Then press **Save labels**.")
+    if subset.empty:
+        st.info(f"No {show} images for *{finding}*.", icon=":material/filter_alt_off:")
+    else:
+        start, stop = pager(len(subset), 50, key=f"label_page:{finding}:{show}")
+        page = subset.iloc[start:stop]
+        before = editor_rows(page, finding)
+        rows = before.assign(Image=[data_uri(store.thumbnail(int(i), 96)) for i in before["id"]])
+        with st.form(f"labels_form:{gen}", border=False):
+            after = st.data_editor(
+                rows, key=f"labels:{finding}:{show}:{start}:{gen}", hide_index=True, width="stretch",
+                column_order=["Image", "name", "Present", "Absent"], disabled=["Image", "name", "id"],
+                row_height=72, height=min(40 + 73 * len(rows), 760),
+                column_config={
+                    "Image": st.column_config.ImageColumn("Image", width="small"),
+                    "name": st.column_config.TextColumn("File"),
+                    "Present": st.column_config.CheckboxColumn("Present", help=f"shows {finding}"),
+                    "Absent": st.column_config.CheckboxColumn("Absent", help=f"does not show {finding}"),
+                },
+            )
+            saved = st.form_submit_button("Save labels", type="primary", icon=":material/save:")
+        if saved:
+            changes, both = label_changes(before, after)
+            if both:
+                st.error("Ticked both Present and Absent: " + ", ".join(both[:10]) + ". Untick one and save again.",
+                         icon=":material/error:")
+            elif changes:
+                store.set_labels(finding, changes)
+                st.session_state["labels_gen"] = gen + 1
+                st.toast(f"Saved {len(changes)} label{'s' * (len(changes) != 1)} for {finding}.")
+                st.rerun()
+            else:
+                st.info("Nothing changed.")
+    n_unlabeled = int(col.isna().sum())
+    if n_unlabeled and st.button(f"Mark the {n_unlabeled} unlabeled images as absent for {finding}",
+                                 icon=":material/done_all:"):
+        store.set_labels(finding, {int(i): 0 for i in images.loc[col.isna(), "id"]})
+        st.session_state["labels_gen"] = gen + 1
+        st.rerun()
+    _label_csv(store, images)
+
+
+def _label_csv(store: Store, images: pd.DataFrame) -> None:
+    with st.expander("Label many images at once from a CSV file"):
+        st.caption("One row per image: a `name` column with the file name (folders are ignored), then one column "
+                   "per finding with 1 (present), 0 (absent) or blank (unknown). Other labels are kept.")
+        with st.form("label_csv", clear_on_submit=True, border=False):
+            f = st.file_uploader("Label CSV", type=["csv"], key="label_csv_file")
+            go = st.form_submit_button("Apply labels")
+        if go and f is not None:
+            try:
+                labels, unmatched = labels_from_csv(f.getvalue(), images)
+            except LabelCSVError as e:
+                st.error(f"{f.name}: {e}", icon=":material/error:")
+                return
+            n = 0
+            for finding, vals in labels.items():
+                if vals:
+                    n += store.set_labels(finding, vals)
+            st.success(f"Applied labels to {n} images for {', '.join(labels)}.", icon=":material/check_circle:")
+            if unmatched:
+                st.warning(f"{len(unmatched)} rows match no image in the workspace: "
+                           + ", ".join(unmatched[:10]) + (" ..." if len(unmatched) > 10 else ""),
+                           icon=":material/warning:")
+
+
+def browse(store: Store, images: pd.DataFrame) -> None:
+    if images.empty:
+        st.info("No images yet: upload some in **Add images**.", icon=":material/photo_library:")
+        return
+    findings = store.findings()
+    c1, c2 = st.columns(2)
+    finding = c1.selectbox("Caption by finding", ["(none)", *findings], key="browse_finding")
+    subset = images
+    if finding != "(none)":
+        show = c2.segmented_control("Show", ["all", "present", "absent", "unlabeled"], default="all",
+                                    key="browse_filter", required=True)
+        col = images[finding]
+        subset = images[{"all": col.notna() | col.isna(), "present": col == 1, "absent": col == 0,
+                         "unlabeled": col.isna()}[show].to_numpy()]
+    start, stop = pager(len(subset), 48, key="browse_page")
+    rows = subset.iloc[start:stop]
+    for chunk in chunks(list(rows.itertuples(index=False)), 8):
+        cols = st.columns(8)
+        for c, r in zip(cols, chunk):
+            cap = r.name if finding == "(none)" else f"{r.name} · {label_text(getattr(r, finding))}"
+            c.image(store.thumbnail(int(r.id), 160), caption=cap, width="stretch")
+
+
+def manage(store: Store, images: pd.DataFrame) -> None:
+    st.subheader("Delete images")
+    if images.empty:
+        st.caption("No images.")
+    else:
+        names = dict(zip(images["id"].astype(int), images["name"]))
+        with st.form("delete_images", clear_on_submit=True, border=False):
+            ids = st.multiselect("Images to delete", list(names), format_func=lambda i: f"{names[i]} (#{i})",
+                                 key="delete_ids", placeholder="Type a file name")
+            sure = st.checkbox("Yes, delete these images and their labels (other images and labels are kept)")
+            go = st.form_submit_button("Delete", icon=":material/delete:")
+        if go:
+            if not ids:
+                st.warning("Choose images first.")
+            elif not sure:
+                st.warning("Tick the confirmation box to delete.")
+            else:
+                n = store.delete_images(ids)
+                st.toast(f"Deleted {n} image{'s' * (n != 1)}.")
+                st.rerun()
+    st.subheader("Rename or delete a finding")
+    findings = store.findings()
+    if not findings:
+        st.caption("No findings.")
+        return
+    with st.form("finding_edit", border=False):
+        c1, c2 = st.columns(2)
+        old = c1.selectbox("Finding", findings, key="manage_finding")
+        new = c2.text_input("New name", key="manage_new_name")
+        b1, b2 = st.columns(2)
+        rename = b1.form_submit_button("Rename", icon=":material/edit:")
+        delete = b2.form_submit_button("Delete this finding's labels", icon=":material/delete:")
+    if rename:
+        try:
+            store.rename_finding(old, new)
+            st.toast(f"Renamed {old} to {new.strip()}.")
+            st.rerun()
+        except (ValueError, KeyError) as e:
+            st.error(str(e), icon=":material/error:")
+    if delete:
+        store.delete_finding(old)
+        st.toast(f"Deleted the finding {old} and its labels; the images are kept.")
+        st.rerun()
+
+
+# ------------------------------------------------------------------------------------------- page
+
+svc = services()
+page_header(
+    "Data",
+    "Import chest X-rays and mark, per finding, which images show it. Everything stays on this computer; "
+    "DICOM patient tags are never stored.",
+)
+top = st.container()  # the summary is drawn last, so it counts what this run imported or deleted
+all_images = svc.store.images()
+
+tab_add, tab_label, tab_browse, tab_manage = st.tabs(["Add images", "Label", "Browse", "Manage"],
+                                                     key="data_tab", on_change="rerun")
+if tab_add.open:
+    with tab_add:
+        upload_form(svc.store)
+        st.divider()
+        import_by_path_form()
+        job = watched("data", ["import"])
+        if job is not None:
+            watch(job, draw_import)
+if tab_label.open:
+    with tab_label:
+        label_panel(svc.store, all_images)
+if tab_browse.open:
+    with tab_browse:
+        browse(svc.store, all_images)
+if tab_manage.open:
+    with tab_manage:
+        manage(svc.store, all_images)
+with top:
+    summary(svc.store.images(), svc.store.counts())

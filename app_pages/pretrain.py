@@ -1,0 +1,194 @@
+"""Pretrain: self-supervised backbones from unlabeled X-rays, with a live loss and collapse monitor."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from engine.models import list_inits
+from engine.ssl import METHODS
+from engine.ssl.monitor import ERANK_MIN, STD_MIN
+from engine.ssl.pretrain import SSL_ARCHS
+from ui.jobs import job_table, job_warnings, set_watched, status_block, watch, watched
+from ui.plots import collapse_figure, loss_figure
+from ui.services import services
+from ui.widgets import empty_state, init_label, is_ssl, method_label, page_header
+
+SIZES = [64, 96, 128, 160, 192, 224, 256]  # multiples of 32 (SparK's patch)
+METHOD_HELP = {
+    "moco_v2": "contrastive: two augmented views of one X-ray should match, other X-rays should not "
+               "(He et al. 2020; MoCo-CXR).",
+    "barlow_twins": "makes the embedding of two views agree while decorrelating its dimensions (Zbontar et al. 2021).",
+    "spark": "masked image modelling for CNNs: hide patches, reconstruct them (Tian et al. 2023).",
+    "dino": "self-distillation between a student and a momentum teacher (Caron et al. 2021).",
+}
+
+
+def unique_name(base: str, taken: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9_-]+", "-", base).strip("-") or "backbone"
+    if base not in taken:
+        return base
+    i = 2
+    while f"{base}-{i}" in taken:
+        i += 1
+    return f"{base}-{i}"
+
+
+def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, int]]) -> None:
+    svc = services()
+    taken = {i.name for i in list_inits()}
+    with st.form("pretrain_form", border=True):
+        c1, c2 = st.columns(2)
+        method = c1.selectbox("Method", list(METHODS), format_func=method_label, key="pt_method")
+        arch = c2.selectbox("Backbone", list(SSL_ARCHS), key="pt_arch",
+                            help="resnet18 trains fast on a CPU; resnet50 is the studies' choice on a GPU.")
+        sets = {"all": f"All workspace images ({n_images}; test-split images are left out)"}
+        for f in findings:
+            c = counts[f]
+            sets[f"finding:{f}"] = f"Images labeled for {f} ({c['positive'] + c['negative']})"
+        sets["path"] = "A manifest CSV or a folder of images on this computer"
+        image_set = st.selectbox("Images", list(sets), format_func=sets.get, key="pt_set",
+                                 help="Labels are not used: pretraining learns from the pictures alone.")
+        path = st.text_input("Path (only for 'a manifest CSV or a folder')", key="pt_path")
+        c3, c4, c5 = st.columns(3)
+        epochs = c3.number_input("Epochs", 1, 1000, 20, key="pt_epochs",
+                                 help="Passes over the images. Studies use 100-800; a short CPU demo uses 10-30.")
+        batch = c4.selectbox("Batch size", [8, 16, 32, 64, 128, 256, 512], index=3, key="pt_batch",
+                             help="Images per step (capped at the number of images).")
+        size = c5.selectbox("Image size (pixels)", SIZES, index=SIZES.index(96), key="pt_size",
+                                help="224 matches the studies; 64-96 is enough for a CPU demo.")
+        name = st.text_input("Name of the new backbone", value=unique_name(f"{method}-{arch}-{svc.workspace.name}", taken),
+                             key="pt_name", help="Letters, digits, '-' and '_'.")
+        go = st.form_submit_button("Start pretraining", type="primary", icon=":material/play_arrow:")
+    if not go:
+        return
+    if name in taken:
+        st.error(f"A backbone named {name!r} exists already: choose another name.", icon=":material/error:")
+        return
+    params: dict[str, Any] = {"method": method, "arch": arch, "epochs": int(epochs), "batch_size": int(batch),
+                              "image_size": int(size), "out_name": name}
+    if image_set == "path":
+        if not path.strip():
+            st.error("Enter the path of a manifest CSV or a folder of images.", icon=":material/error:")
+            return
+        params["data"] = path.strip()
+    elif image_set.startswith("finding:"):
+        f = image_set.split(":", 1)[1]
+        imgs = svc.store.images(f)
+        params["image_ids"] = [int(i) for i in imgs.loc[imgs[f].notna(), "id"]]
+    if image_set != "path" and n_images < 2:
+        st.error("Pretraining needs images: import some on the Data page first.", icon=":material/error:")
+        return
+    set_watched("pretrain", svc.runner.submit("pretrain", params))
+    st.rerun()
+
+
+def draw_job(snap: Any) -> None:
+    p = snap.params
+    st.markdown(f"**{p.get('out_name', 'backbone')}** · {method_label(p.get('method', ''))} · {p.get('arch', '')} · "
+                f"{p.get('epochs', '?')} epochs · batch {p.get('batch_size', '?')} · {p.get('image_size', '?')} px")
+    status_block(snap, "pretrain", show_warnings=False)
+    hist = snap.history or []
+    losses = [h["loss"] for h in hist if "loss" in h]
+    coll = [h for h in hist if "collapse_std" in h]
+    collapse_warnings(snap, coll[-1] if coll else None)
+    if not losses and not coll:
+        if snap.active:
+            st.caption(snap.message or "Preparing the images...")
+        return
+    m1, m2, m3, m4 = st.columns(4)
+    if losses:
+        m1.metric("Loss", f"{losses[-1]:.4f}", delta=f"{losses[-1] - losses[0]:+.3f}" if len(losses) > 1 else None,
+                  delta_color="inverse", help="Latest training loss; the change is since the first step.")
+    if coll:
+        last = coll[-1]
+        m2.metric("Spread (std)", f"{last['collapse_std']:.3f}", help="Collapse monitor: higher is healthier.")
+        m3.metric("Mean cosine", f"{last.get('collapse_cos', float('nan')):.3f}", help="Collapse monitor: lower is healthier.")
+        m4.metric("Effective rank", f"{last.get('collapse_erank', float('nan')):.1f}", help="Collapse monitor: higher is healthier.")
+    c1, c2 = st.columns([2, 3])
+    c1.plotly_chart(loss_figure(hist), width="stretch", key=f"loss:{snap.id}")
+    if coll:
+        c2.plotly_chart(collapse_figure(hist, STD_MIN, ERANK_MIN), width="stretch", key=f"collapse:{snap.id}")
+        st.caption("Collapse monitor: a fixed sample of the training images is embedded every few steps. A healthy run "
+                   "keeps the images spread apart (spread above the dotted line, mean cosine well below 1, effective "
+                   "rank above the dotted line). If these flatline, the backbone is learning nothing useful.")
+    if snap.state == "done" and snap.result:
+        st.success(f"Backbone **{snap.result.get('checkpoint')}** is ready: it now appears as an init on the "
+                   "Classifier, Benchmark and Grad-CAM pages.", icon=":material/check_circle:")
+
+
+def collapse_warnings(snap: Any, last: dict[str, float] | None) -> None:
+    """Warnings as they arrive; a collapse warning whose latest monitor reading is healthy again is
+    shown as a note (the baseline at step 0 of a random network often reads as collapsed)."""
+    healthy = last is not None and last["collapse_std"] >= STD_MIN and last.get("collapse_erank", 0.0) >= ERANK_MIN
+    for w in job_warnings(snap):
+        if w.startswith("collapse") and healthy:
+            st.info(f"Earlier warning, since recovered (the latest collapse-monitor reading is healthy): {w}",
+                    icon=":material/history:")
+        else:
+            st.warning(w, icon=":material/warning:")
+
+
+def backbones_table() -> None:
+    inits = list_inits()
+    trained = [i for i in inits if is_ssl(i)]
+    if trained:
+        rows = []
+        for i in trained:
+            info = i.info or {}
+            final = (info.get("collapse") or {}).get("final") or {}
+            rows.append({
+                "Name": i.name, "Method": method_label(i.method), "Arch": i.arch,
+                "Epochs": round(float(info["epochs"]), 1) if info.get("epochs") is not None else None,
+                "Steps": info.get("steps"), "Images": info.get("n_images"), "Size (px)": info.get("image_size"),
+                "Spread (std)": final.get("std"), "Mean cosine": final.get("cos"), "Eff. rank": final.get("erank"),
+                "Created": str(info.get("created", "")).replace("T", " "),
+            })
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                     column_config={"Spread (std)": st.column_config.NumberColumn(format="%.3f"),
+                                    "Mean cosine": st.column_config.NumberColumn(format="%.3f"),
+                                    "Eff. rank": st.column_config.NumberColumn(format="%.1f")})
+    else:
+        st.info("No pretrained backbone yet.", icon=":material/model_training:")
+    for i in inits:
+        if is_ssl(i):
+            continue
+        if i.available:
+            st.caption(f":material/check_circle: **{init_label(i)}** is always available.")
+        else:
+            st.caption(f":material/block: **{init_label(i)}** is unavailable: {i.reason}")
+
+
+# ------------------------------------------------------------------------------------------- page
+
+svc = services()
+page_header(
+    "Pretrain",
+    "Teach a backbone what chest X-rays look like from unlabeled images (self-supervised learning). "
+    "A classifier built on such a backbone needs far fewer labeled images.",
+)
+images = svc.store.images()
+job = watched("pretrain", ["pretrain"])
+snap = svc.runner.snapshot(job) if job is not None else None
+with st.expander("New pretraining run", expanded=snap is None or not snap.active, icon=":material/add_circle:"):
+    c1, c2 = st.columns([3, 2], gap="large")
+    with c1:
+        start_form(len(images), svc.store.findings(), svc.store.counts())
+    with c2:
+        st.markdown("**Which method?**")
+        st.markdown("\n".join(f"- **{method_label(m)}**: {METHOD_HELP[m]}" for m in METHODS if m in METHOD_HELP))
+st.subheader("Progress")
+if job is None:
+    empty_state("No pretraining run yet. Start one above; progress, the loss curve and the collapse monitor appear "
+                "here.", icon=":material/model_training:")
+else:
+    watch(job, draw_job)
+with st.expander("Earlier runs", expanded=False):
+    job_table(["pretrain"], "pretrain")
+st.divider()
+st.subheader("Backbones")
+st.caption("Backbones pretrained here; the Classifier, Benchmark and Grad-CAM pages can start from any of them. "
+           "Spread, mean cosine and effective rank are the collapse monitor's last reading.")
+backbones_table()

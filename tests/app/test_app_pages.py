@@ -1,0 +1,343 @@
+"""Every page's main path and its error paths, through streamlit.testing.v1.AppTest (tiny sizes, CPU).
+
+Each test gets its own workspace and checkpoints folder (tests/conftest.py), hence its own Store and
+JobRunner in the app's st.cache_resource. Jobs a page submits are awaited through that same runner.
+"""
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = str(ROOT / "app.py")
+TIMEOUT = 120
+
+
+@pytest.fixture(autouse=True)
+def _no_autopretrain(monkeypatch):
+    monkeypatch.setenv("SCARCE_CXR_NO_AUTOPRETRAIN", "1")
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> pd.DataFrame:
+    """40 phantom radiographs at 64 px with their labels (path, nodule, ...)."""
+    from engine.data.phantom import generate
+
+    csv = generate(tmp_path_factory.mktemp("phantom"), n=40, size=64, seed=1)
+    df = pd.read_csv(csv)
+    df["path"] = [str(csv.parent / p) for p in df["path"]]
+    df.attrs["csv"] = str(csv)
+    return df
+
+
+def png_bytes(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
+def files(df: pd.DataFrame) -> list[tuple[str, bytes, str]]:
+    return [(Path(p).name, png_bytes(p), "image/png") for p in df["path"]]
+
+
+def start(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    if page:
+        at.switch_page(page).run()
+        assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def services():
+    """The running app's Store and JobRunner (same st.cache_resource entry as the pages use)."""
+    from ui.services import services as svc
+
+    return svc()
+
+
+def wait_all(timeout: float = 300, ok: tuple[str, ...] = ("done",)) -> None:
+    runner = services().runner
+    for j in runner.jobs():
+        snap = runner.wait(j.id, timeout=timeout)
+        assert snap.state in ok, (snap.kind, snap.state, snap.error)
+
+
+def upload(at: AppTest, items: list[tuple[str, bytes, str]], finding: str | None = None, present: bool = True) -> AppTest:
+    if finding and finding not in services().store.findings():
+        # (AppTest cannot type a new option into a selectbox; the browser test does that)
+        services().store.add_finding(finding)
+        at.run()
+    at.file_uploader(key="upload_files").set_value(items)
+    if finding:
+        at.selectbox(key="upload_finding").set_value(finding)
+        at.radio(key="upload_value").set_value("show the finding" if present else "do not show the finding")
+    at.button(key="FormSubmitter:upload-Import").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [e.value for e in at.error] + [w.value for w in at.warning]
+    parts += [i.value for i in at.info] + [s.value for s in at.success] + [c.value for c in at.caption]
+    return "\n".join(str(p) for p in parts)
+
+
+def label_upload(at: AppTest, phantom: pd.DataFrame, finding: str, n_pos: int, n_neg: int) -> AppTest:
+    pos = phantom[phantom[finding] == 1].head(n_pos)
+    neg = phantom[phantom[finding] == 0].head(n_neg)
+    upload(at, files(pos), finding, present=True)
+    upload(at, files(neg), finding, present=False)
+    return at
+
+
+def save_ssl_checkpoint(name: str = "moco_v2-resnet18-test") -> None:
+    """A tiny "pretrained" backbone (random weights, SSL metadata) so an SSL init exists."""
+    import torch
+
+    from engine.models import build_backbone, save_backbone
+
+    torch.manual_seed(0)
+    save_backbone(build_backbone("resnet18"), name, {"method": "moco_v2", "arch": "resnet18", "image_size": 64,
+                                                     "n_images": 40, "steps": 1, "epochs": 1.0})
+
+
+# ------------------------------------------------------------------------------------------------ shell
+
+
+def test_app_shell_sidebar_and_empty_states():
+    at = start()
+    assert [t.value for t in at.title] == ["Data"]
+    side = "\n".join(c.value for c in at.sidebar.caption)
+    assert os.environ["SCARCE_CXR_WORKSPACE"] in side and "0 images" in side and "CPU" in side
+    assert "No images yet" in texts(at)
+    for page, needle in [("app_pages/pretrain.py", "No pretraining run yet"),
+                         ("app_pages/classifier.py", "No labeled images yet"),
+                         ("app_pages/benchmark.py", "needs labeled images"),
+                         ("app_pages/gradcam.py", "needs a finding with labeled images")]:
+        at.switch_page(page).run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert needle in texts(at), (page, texts(at))
+
+
+# ------------------------------------------------------------------------------------------------- data
+
+
+def test_data_upload_reports_bad_files_and_imports_the_good_ones(phantom, shared_data):
+    at = start()
+    dicom = shared_data / "dicom" / "RG1_UNCR.dcm"
+    good = files(phantom.head(2)) + [(dicom.name, dicom.read_bytes(), "application/dicom")]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for p in phantom["path"][3:5]:
+            z.write(p, arcname=f"zipped/{Path(p).name}")
+        z.writestr("zipped/readme.png", b"this is not an image")
+    bad = [("notes.png", b"plain text, not a PNG", "image/png"), ("batch.zip", buf.getvalue(), "application/zip")]
+    upload(at, good + bad)
+    msg = texts(at)
+    assert "Imported 5 new images" in msg
+    assert "2 files could not be imported" in msg
+    failures = at.dataframe[-1].value
+    assert set(failures.columns) == {"File", "Problem"}
+    assert {"notes.png", "batch.zip/zipped/readme.png"} <= set(failures["File"]) or len(failures) == 2
+    assert all(isinstance(p, str) and p for p in failures["Problem"])
+    images = services().store.images()
+    assert len(images) == 5 and "dicom" in set(images["source_format"].str.lower())
+    at.session_state["data_tab"] = "Browse"
+    at.run()
+    assert len(at.image) == 5  # thumbnails, the DICOM's included
+    at.session_state["data_tab"] = "Add images"
+    at.run()
+    upload(at, good)  # the same files again: duplicates, nothing new
+    assert "Imported 0 new images (3 already in the workspace)" in texts(at)
+
+
+def test_data_labels_by_upload_editor_csv_then_rename_and_delete(phantom):
+    at = start()
+    label_upload(at, phantom, "nodule", 3, 3)
+    store = services().store
+    assert store.counts()["nodule"] == {"positive": 3, "negative": 3, "unknown": 0}
+    upload(at, files(phantom.iloc[20:22]))  # two unlabeled images
+    assert store.counts()["nodule"]["unknown"] == 2
+
+    # tick-box editor: mark the first unlabeled image present
+    at.session_state["data_tab"] = "Label"
+    at.run()
+    at.segmented_control(key="label_filter").set_value("unlabeled").run()
+    key = "labels:nodule:unlabeled:0:0"
+    at.session_state[key] = {"edited_rows": {0: {"Present": True}}, "added_rows": [], "deleted_rows": []}
+    at.button(key="FormSubmitter:labels_form:0-Save labels").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert store.counts()["nodule"] == {"positive": 4, "negative": 3, "unknown": 1}
+
+    # label CSV: a new finding for two images by file name, one unknown name reported
+    names = list(store.images()["name"][:2])
+    csv = f"name,cardiomegaly\n{names[0]},1\n{names[1]},0\nmissing.png,1\n".encode()
+    at.file_uploader(key="label_csv_file").set_value(("labels.csv", csv, "text/csv"))
+    at.button(key="FormSubmitter:label_csv-Apply labels").click().run()
+    assert store.counts()["cardiomegaly"]["positive"] == 1 and store.counts()["cardiomegaly"]["negative"] == 1
+    assert "missing.png" in texts(at)
+    at.file_uploader(key="label_csv_file").set_value(("bad.csv", b"foo,bar\n1,2\n", "text/csv"))
+    at.button(key="FormSubmitter:label_csv-Apply labels").click().run()
+    assert "needs a column with the image file names" in texts(at)
+
+    # manage: rename a finding, delete an image; other labels survive
+    at.session_state["data_tab"] = "Manage"
+    at.run()
+    at.selectbox(key="manage_finding").set_value("cardiomegaly")
+    at.text_input(key="manage_new_name").set_value("cardiomegaly_enlarged")
+    at.button(key="FormSubmitter:finding_edit-Rename").click().run()
+    assert "cardiomegaly_enlarged" in store.findings()
+    first = int(store.images()["id"].iloc[0])
+    at.multiselect(key="delete_ids").set_value([first])
+    at.checkbox[0].check()
+    at.button(key="FormSubmitter:delete_images-Delete").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert first not in set(store.images()["id"])
+    assert store.counts()["nodule"]["positive"] + store.counts()["nodule"]["negative"] == 6
+
+
+def test_data_imports_a_manifest_by_path_in_the_background_and_reports_a_bad_path(phantom):
+    at = start()
+    at.radio(key="import_source").set_value("manifest")
+    at.text_input(key="import_path").set_value("/no/such/manifest.csv")
+    at.button(key="FormSubmitter:import_path-Start import").click().run()
+    wait_all(ok=("failed",))
+    at.run()
+    assert "does not exist" in texts(at)
+    at.text_input(key="import_path").set_value(phantom.attrs["csv"])
+    at.button(key="FormSubmitter:import_path-Start import").click().run()
+    wait_all(ok=("done", "failed"))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Imported 40 new images" in texts(at)
+    store = services().store
+    assert len(store.images()) == 40 and set(store.findings()) >= {"nodule", "mass"}
+    assert any(store.regions(int(i)) for i in store.images()["id"])  # boxes / masks came along
+
+
+# ------------------------------------------------------------------------------------------- classifier
+
+
+def test_classifier_refuses_too_few_labeled_images_and_says_no_backbone(phantom):
+    at = start()
+    label_upload(at, phantom, "nodule", 2, 5)
+    at.switch_page("app_pages/classifier.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = "\n".join(e.value for e in at.error)
+    assert "2 image(s) with 'nodule' and 5 without" in errors and "At least 3 of each" in errors
+    assert not [b for b in at.button if b.key == "clf_build"]
+
+
+def test_classifier_main_path_build_estimate_predict_with_gradcam(phantom):
+    at = start()
+    label_upload(at, phantom, "nodule", 5, 6)
+    at.switch_page("app_pages/classifier.py").run()
+    assert "No self-supervised backbone yet" in texts(at)
+    save_ssl_checkpoint()
+    at.run()
+    assert [r for r in at.radio if r.key.startswith("clf_init:")][0].value == "moco_v2-resnet18-test"
+    assert "newest self-supervised backbone" in texts(at)
+    at.button(key="clf_build").click().run()
+    wait_all()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    labels = {m.label: m.value for m in at.metric}
+    assert float(labels["Estimated AUC"]) >= 0.0 and "–" in labels["95% interval"]
+    assert "What this means" in texts(at)
+    assert [d for d in at.get("download_button")] , "classifier and model card downloads"
+    new = phantom[phantom["nodule"] == 1].iloc[-1]["path"]
+    up = [u for u in at.file_uploader if u.key.startswith("clf_predict:")][0]
+    up.set_value([("new.png", png_bytes(new), "image/png"), ("broken.dcm", b"DICM" * 10, "application/dicom")])
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    labels = {m.label: m.value for m in at.metric}
+    p = labels["Probability of nodule"]
+    assert p in ("< 0.01", "> 0.99") or 0.0 <= float(p) <= 1.0
+    assert len(at.get("imgs")) >= 2 or len(at.image) >= 2  # the X-ray and its Grad-CAM overlay
+    assert any("broken.dcm" in m.value for m in at.markdown)
+    assert at.error, "the unreadable upload gets an error of its own"
+
+
+# -------------------------------------------------------------------------------------------- pretrain
+
+
+def test_pretrain_runs_shows_curves_lists_backbone_and_resumes_interrupted(phantom):
+    at = start()
+    upload(at, files(phantom.head(8)))  # one batch of 8: a 1-step run
+    at.switch_page("app_pages/pretrain.py").run()
+    at.selectbox(key="pt_method").set_value("barlow_twins")
+    at.number_input(key="pt_epochs").set_value(1)
+    at.selectbox(key="pt_batch").set_value(8)
+    at.selectbox(key="pt_size").set_value(64)
+    at.text_input(key="pt_name").set_value("bt-tiny")
+    at.button(key="FormSubmitter:pretrain_form-Start pretraining").click().run()
+    wait_all()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "bt-tiny" in set(at.dataframe[-1].value["Name"])
+    assert len(at.get("plotly_chart")) >= 2  # loss + collapse monitor
+    assert "is ready" in texts(at)
+
+    # a job left running by a dead server is shown as interrupted, with Resume
+    store = services().store
+    jid = store.create_job("pretrain", {"method": "barlow_twins", "arch": "resnet18", "epochs": 1, "batch_size": 8,
+                                        "image_size": 64, "out_name": "moco-resumed"}, owner="dead-server", state="running")
+    from engine.jobs import JobRunner
+
+    JobRunner(store).shutdown()  # a runner opening the store marks orphans interrupted
+    at.session_state["watch:pretrain"] = jid
+    at.run()
+    assert "interrupted" in texts(at)
+    at.button(key=f"resume:{jid}").click().run()
+    wait_all()
+    at.run()
+    assert services().runner.snapshot(jid).state == "done"
+    assert "moco-resumed" in set(at.dataframe[-1].value["Name"])
+
+
+# ------------------------------------------------------------------------------------------- benchmark
+
+
+def test_benchmark_runs_a_tiny_sweep_and_shows_plot_table_export(phantom):
+    at = start()
+    label_upload(at, phantom, "nodule", 8, 12)
+    at.switch_page("app_pages/benchmark.py").run()
+    at.multiselect(key="bm_inits").set_value(["random"])
+    at.multiselect(key="bm_shots").set_value([1, 2])
+    at.number_input(key="bm_trials").set_value(2)
+    at.select_slider(key="bm_size").set_value(64)
+    at.button(key="FormSubmitter:sweep_form-Run benchmark").click().run()
+    wait_all()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert services().store.results(kind="sweep")
+    table = at.dataframe[-1].value
+    assert {"finding", "init", "mode", "1-shot", "2-shot"} <= set(table.columns)
+    assert "±" in str(table["1-shot"].iloc[0])
+    assert len(at.get("plotly_chart")) >= 1 and len(at.get("download_button")) == 2
+
+
+# --------------------------------------------------------------------------------------------- grad-cam
+
+
+def test_gradcam_one_image_across_inits(phantom):
+    at = start()
+    label_upload(at, phantom, "nodule", 5, 5)
+    save_ssl_checkpoint()
+    at.switch_page("app_pages/gradcam.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    at.button(key="gc_go_one").click().run()
+    wait_all()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    snap = [j for j in services().runner.jobs() if j.kind == "gradcam_image"][0]
+    assert snap.state == "done", snap.error
+    inits = [r["init"] for r in snap.result["rows"]]
+    assert set(inits) == {"random", "moco_v2-resnet18-test"}
+    md = texts(at)
+    assert "**Random weights · resnet18**" in md and "moco_v2-resnet18-test**" in md and "p = " in md

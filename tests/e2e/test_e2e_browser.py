@@ -1,0 +1,396 @@
+"""The real app in headless Chromium: the clinician's 23-image flow, deep links, live jobs, restarts.
+
+Starts `streamlit run app.py` on a free port with throwaway workspace / checkpoints folders,
+SCARCE_CXR_NO_AUTOPRETRAIN=1 and one tiny pre-made SSL checkpoint, then drives it with Selenium.
+Screenshots of every page go to artifacts/screenshots/ (git-ignored). Needs Debian's `chromium`
+and `chromium-driver` (`apt-get install -y chromium chromium-driver`); skipped without them.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SHOTS = ROOT / "artifacts" / "screenshots"
+CHROMIUM = Path(os.environ.get("SCARCE_CXR_CHROMIUM", "/usr/bin/chromium"))
+CHROMEDRIVER = Path(os.environ.get("SCARCE_CXR_CHROMEDRIVER", "/usr/bin/chromedriver"))
+SSL_INIT = "moco_v2-resnet18-e2e"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+                       reason=f"needs {CHROMIUM} and {CHROMEDRIVER}: apt-get install -y chromium chromium-driver"),
+]
+
+from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------- server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`streamlit run app.py` in a subprocess; start() waits for its health endpoint."""
+
+    def __init__(self, env: dict[str, str], log: Path):
+        self.env, self.log, self.proc, self.port = env, log, None, free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Server":
+        cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+               "--server.port", str(self.port), "--server.address", "127.0.0.1"]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited with {self.proc.returncode}; see {self.log}")
+            try:
+                with urllib.request.urlopen(self.url + "/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError(f"streamlit did not start within 90 s; see {self.log}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict:
+    """Folders, 23 labeled phantom images + one unseen image, a tiny SSL checkpoint, the server env."""
+    base = tmp_path_factory.mktemp("e2e")
+    from engine.data.phantom import generate
+
+    csv = generate(base / "phantom", n=60, size=96, seed=3)
+    df = pd.read_csv(csv)
+    df["path"] = [str(csv.parent / p) for p in df["path"]]
+    pos, neg = df[df["nodule"] == 1], df[df["nodule"] == 0]
+    assert len(pos) >= 11 and len(neg) >= 13
+    e = dict(os.environ, SCARCE_CXR_WORKSPACE=str(base / "workspace"), SCARCE_CXR_CHECKPOINTS=str(base / "checkpoints"),
+             SCARCE_CXR_IMAGENET_DIR=str(base / "imagenet"), SCARCE_CXR_NO_AUTOPRETRAIN="1", OMP_NUM_THREADS="2",
+             PYTHONPATH=str(ROOT))
+    import torch
+
+    from engine.models import build_backbone, save_backbone
+
+    torch.manual_seed(1)  # not the `random` init's seed 0: its heatmaps differ visibly
+    save_backbone(build_backbone("resnet18"), SSL_INIT, {"method": "moco_v2", "arch": "resnet18", "image_size": 64,
+                                                         "n_images": 60, "steps": 1, "epochs": 1.0},
+                  checkpoint_dir=base / "checkpoints")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    return {"env": e, "positives": list(pos["path"][:10]), "negatives": list(neg["path"][:13]),
+            "new": str(pos["path"].iloc[10]), "log": base / "server.log"}
+
+
+@pytest.fixture(scope="module")
+def server(env):
+    s = Server(env["env"], env["log"]).start()
+    yield s
+    s.stop()
+
+
+# ---------------------------------------------------------------------------------------------- browser
+
+
+def browser() -> webdriver.Chrome:
+    o = webdriver.ChromeOptions()
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1440,1800",
+              f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"):
+        o.add_argument(a)
+    o.binary_location = str(CHROMIUM)
+    d = webdriver.Chrome(options=o, service=Service(str(CHROMEDRIVER)))
+    d.set_page_load_timeout(60)
+    return d
+
+
+def body(d) -> str:
+    try:
+        return d.find_element(By.TAG_NAME, "body").text
+    except (StaleElementReferenceException, WebDriverException):
+        return ""
+
+
+def wait_for(d, cond, timeout: float = 60, what: str = "") -> str:
+    """Wait until `cond(body_text)` is true (or the text appears, for a str); returns the body text.
+    On a timeout the page is saved as artifacts/screenshots/FAILED-*.png."""
+    deadline = time.time() + timeout
+    text = ""
+    while time.time() < deadline:
+        text = body(d)
+        ok = (cond in text) if isinstance(cond, str) else cond(text)
+        if ok:
+            return text
+        time.sleep(0.5)
+    d.save_screenshot(str(SHOTS / f"FAILED-{re.sub(r'[^A-Za-z0-9]+', '-', str(what or cond))[:60]}.png"))
+    raise AssertionError(f"timed out after {timeout} s waiting for {what or cond!r}; page shows:\n{text[-3000:]}")
+
+
+def idle(d, timeout: float = 60) -> None:
+    """Wait for the script run to finish and no skeleton placeholders to remain."""
+    deadline = time.time() + timeout
+    calm = 0
+    while time.time() < deadline:
+        try:
+            app = d.find_element(By.CSS_SELECTOR, '[data-testid="stApp"]')
+            running = app.get_attribute("data-test-script-state") == "running"
+            skeleton = d.find_elements(By.CSS_SELECTOR, '[data-testid="stSkeleton"]')
+        except (StaleElementReferenceException, WebDriverException):
+            running, skeleton = True, []
+        calm = calm + 1 if not running and not skeleton else 0
+        if calm >= 3:
+            return
+        time.sleep(0.3)
+
+
+def shot(d, name: str) -> None:
+    """Save the whole page (the window grows to the main area's height for the picture)."""
+    idle(d)
+    size = d.get_window_size()
+    h = d.execute_script("const m = document.querySelector('[data-testid=\"stMain\"]');"
+                         "return m ? m.scrollHeight : document.body.scrollHeight;")
+    d.set_window_size(size["width"], min(max(int(h) + 40, size["height"]), 8000))
+    time.sleep(0.8)
+    d.save_screenshot(str(SHOTS / f"{name}.png"))
+    d.set_window_size(size["width"], size["height"])
+
+
+def click(d, text: str, timeout: float = 30) -> None:
+    """Click the enabled button whose text contains `text`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for b in d.find_elements(By.XPATH, f"//button[contains(normalize-space(.), {xq(text)})]"):
+            try:
+                if b.is_displayed() and b.is_enabled():
+                    d.execute_script("arguments[0].scrollIntoView({block: 'center'});", b)
+                    b.click()
+                    return
+            except (StaleElementReferenceException, WebDriverException):
+                continue
+        time.sleep(0.3)
+    raise AssertionError(f"no enabled button {text!r}; page shows:\n{body(d)[-2000:]}")
+
+
+def xq(s: str) -> str:
+    return f'"{s}"' if '"' not in s else "concat('" + "', '\"', '".join(s.split('"')) + "')"
+
+
+def nav(d, page: str) -> None:
+    link = d.find_element(By.XPATH, f'//a[@data-testid="stSidebarNavLink"][contains(@href, "/{page}")]')
+    link.click()
+    idle(d)
+
+
+def nav_labels(d) -> list[str]:
+    # each link's text is its icon's ligature name, a newline, then the label
+    return [a.text.strip().splitlines()[-1] for a in d.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebarNavLink"]')]
+
+
+def choose(d, label: str, option: str) -> None:
+    """Type `option` into the selectbox labeled `label` and press Enter (new options allowed)."""
+    box = d.find_element(By.XPATH, f'//div[@data-testid="stSelectbox"][.//label[contains(., {xq(label)})]]')
+    inp = box.find_element(By.TAG_NAME, "input")
+    d.execute_script("arguments[0].scrollIntoView({block: 'center'});", inp)
+    inp.click()
+    inp.send_keys(option)
+    time.sleep(0.5)
+    inp.send_keys(Keys.ENTER)
+    time.sleep(0.5)
+
+
+def radio(d, text: str) -> None:
+    el = d.find_element(By.XPATH, f'//label[@data-testid="stRadioOption"][.//p[normalize-space()={xq(text)}]]')
+    d.execute_script("arguments[0].scrollIntoView({block: 'center'});", el)
+    el.click()
+
+
+def upload(d, paths: list[str], index: int = 0) -> None:
+    wait_for(d, lambda _: d.find_elements(By.CSS_SELECTOR, 'input[type="file"]'), timeout=30, what="a file uploader")
+    inp = d.find_elements(By.CSS_SELECTOR, 'input[type="file"]')[index]
+    d.execute_script("arguments[0].value = '';", inp)  # chromedriver appends to a multiple input's files
+    inp.send_keys("\n".join(paths))
+
+
+def checked_radios(d) -> list[str]:
+    return d.execute_script(
+        "return [...document.querySelectorAll('input[type=radio]')].filter(i => i.checked)"
+        ".map(i => (i.closest('label') || i.parentElement).innerText)")
+
+
+def loaded_images(d) -> int:
+    return d.execute_script(
+        "return [...document.querySelectorAll('[data-testid=\"stMain\"] img')]"
+        ".filter(i => i.complete && i.naturalWidth > 16).length")
+
+
+def steps_shown(text: str) -> list[int]:
+    return [int(m) for m in re.findall(r"step (\d+) of \d+", text)]
+
+
+PAGES = ["Data", "Pretrain", "Classifier", "Benchmark", "Grad-CAM"]
+
+
+# ------------------------------------------------------------------------------------------------ tests
+
+
+def test_deep_link_on_a_fresh_server_shows_the_app_navigation(server):
+    """The very first request is /benchmark in a fresh browser: same menu, sidebar and page as via the menu."""
+    d = browser()
+    try:
+        d.get(server.url + "/benchmark")
+        wait_for(d, "Benchmark", what="the Benchmark page")
+        idle(d)
+        text = wait_for(d, "Background jobs", what="the shared sidebar")
+        assert nav_labels(d) == PAGES
+        assert d.find_element(By.TAG_NAME, "h1").text.strip() == "Benchmark"
+        assert "Workspace" in text and "CPU" in text
+        shot(d, "benchmark-empty-deep-link")
+        for page in ("gradcam", "pretrain"):
+            d.get(f"{server.url}/{page}")
+            idle(d)
+            assert nav_labels(d) == PAGES
+        shot(d, "pretrain-empty")
+    finally:
+        d.quit()
+
+
+def test_clinician_uploads_23_labeled_images_builds_a_classifier_and_explains_a_new_image(server, env):
+    d = browser()
+    try:
+        d.get(server.url)
+        wait_for(d, "Upload X-rays")
+        idle(d)
+        shot(d, "data-empty")
+        upload(d, env["positives"])
+        choose(d, "Label the uploaded images", "nodule")
+        radio(d, "show the finding")
+        click(d, "Import")
+        wait_for(d, "Imported 10 new images", timeout=90)
+        idle(d)
+        upload(d, env["negatives"])
+        choose(d, "Label the uploaded images", "nodule")
+        radio(d, "do not show the finding")
+        click(d, "Import")
+        wait_for(d, "Imported 13 new images", timeout=90)
+        idle(d)
+        shot(d, "data-imported")
+        d.find_element(By.XPATH, '//div[@role="tab"][.//p[normalize-space()="Label"]]').click()
+        wait_for(d, "Save labels")
+        shot(d, "data-label")
+        d.find_element(By.XPATH, '//div[@role="tab"][.//p[normalize-space()="Browse"]]').click()
+        wait_for(d, "Caption by finding")
+        shot(d, "data-browse")
+
+        nav(d, "classifier")
+        text = wait_for(d, "Build classifier")
+        assert re.search(r"With nodule\s*10", text) and re.search(r"Without nodule\s*13", text), text
+        assert any(SSL_INIT in r for r in checked_radios(d)), checked_radios(d)
+        assert "newest self-supervised backbone" in text
+        shot(d, "classifier-setup")
+        click(d, "Build classifier")
+        text = wait_for(d, "Estimated AUC", timeout=240)
+        assert "What this means" in text and "95% interval" in text
+        wait_for(d, lambda t: "Download classifier" in t and "Download model card" in t, timeout=30, what="downloads")
+        idle(d)
+        upload(d, [env["new"]], index=-1)
+        text = wait_for(d, "Probability of nodule", timeout=120)
+        assert re.search(r"Probability of nodule\s*([<>] 0\.01|> 0\.99|[01]\.\d\d)", text), text
+        assert "Grad-CAM" in text
+        wait_for(d, lambda _: loaded_images(d) >= 2, timeout=30, what="the X-ray and its Grad-CAM overlay")
+        shot(d, "classifier-result")
+
+        nav(d, "benchmark")
+        click(d, "Run benchmark")
+        wait_for(d, "Mean ± std of the test AUC", timeout=240)
+        shot(d, "benchmark-result")
+
+        nav(d, "gradcam")
+        wait_for(d, "Explain this image with every init")
+        click(d, "Explain this image with every init")
+        wait_for(d, lambda t: "p = " in t and SSL_INIT in t, timeout=240, what="heatmaps for every init")
+        wait_for(d, lambda _: loaded_images(d) >= 3, timeout=30, what="original + one overlay per init")
+        shot(d, "gradcam-result")
+    finally:
+        d.quit()
+
+
+def test_two_sessions_watch_one_job_reload_keeps_it_restart_marks_it_interrupted(server, env):
+    a, b = browser(), browser()
+    try:
+        a.get(server.url)  # images to pretrain on (already there when the clinician test ran first)
+        wait_for(a, "Upload X-rays")
+        idle(a)
+        upload(a, env["positives"] + env["negatives"])
+        click(a, "Import")
+        wait_for(a, "Imported", timeout=90)
+        a.get(server.url + "/pretrain")
+        wait_for(a, "Start pretraining")
+        idle(a)
+        inp = a.find_element(By.XPATH, '//div[@data-testid="stNumberInput"][.//label[contains(., "Epochs")]]//input')
+        inp.send_keys(Keys.CONTROL, "a")
+        inp.send_keys("200")
+        choose(a, "Batch size", "8")
+        choose(a, "Image size", "64")
+        click(a, "Start pretraining")
+        wait_for(a, lambda t: steps_shown(t), timeout=120, what="a running pretraining job")
+
+        b.get(server.url + "/pretrain")
+        first_b = steps_shown(wait_for(b, lambda t: steps_shown(t), timeout=60, what="the job in a second session"))[0]
+        wait_for(b, lambda t: steps_shown(t) and steps_shown(t)[0] > first_b, timeout=120,
+                 what="live progress in the second session")
+        first_a = steps_shown(body(a))[0]
+        wait_for(a, lambda t: steps_shown(t) and steps_shown(t)[0] > first_a, timeout=120,
+                 what="live progress in the first session")
+        wait_for(a, lambda _: len(a.find_elements(By.CSS_SELECTOR, '[data-testid="stPlotlyChart"]')) >= 2, timeout=60,
+                 what="the loss and collapse charts")
+        shot(a, "pretrain-running")
+
+        a.refresh()  # reloading mid-job loses nothing: the page lands on the live job again
+        text = wait_for(a, lambda t: steps_shown(t), timeout=60, what="the job after a reload")
+        assert "running" in text
+
+        server.stop()
+        server.start()
+        a.get(server.url + "/pretrain")
+        text = wait_for(a, "interrupted", timeout=60)
+        assert "Resume" in text
+        shot(a, "pretrain-interrupted")
+        click(a, "Resume")
+        wait_for(a, lambda t: "running" in t and steps_shown(t), timeout=120, what="the resumed job running")
+        click(a, "Cancel")
+        wait_for(a, "cancelled", timeout=120)
+        shot(a, "pretrain-cancelled")
+    finally:
+        a.quit()
+        b.quit()

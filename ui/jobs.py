@@ -1,0 +1,167 @@
+"""Job panels: watch one background job from a page, live, without blocking the script.
+
+A page shows at most one watched job. While it is queued or running, `watch` draws it inside the
+page's single `@st.fragment(run_every=...)`, which re-reads the runner's thread-safe snapshot each
+tick and, when the job ends, reruns the whole app once so the page shows the finished result and
+the polling stops. `st.session_state` keeps only the watched job id (`watch:<page>`); after a reload
+the page picks the newest job of its kind again, so nothing is lost.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import streamlit as st
+
+from ui.services import services
+from ui.widgets import fmt_time
+
+ACTIVE = ("queued", "running")
+RESUMABLE = ("interrupted", "cancelled", "failed")
+STATE_LABEL = {
+    "queued": ":material/schedule: waiting for an earlier job to finish",
+    "running": ":material/play_circle: running",
+    "done": ":material/check_circle: finished",
+    "failed": ":material/error: failed",
+    "cancelled": ":material/cancel: cancelled",
+    "interrupted": ":material/pause_circle: interrupted (the server stopped while it ran)",
+}
+KIND_LABEL = {
+    "pretrain": "Pretraining",
+    "sweep": "Benchmark",
+    "classify": "Classifier",
+    "gradcam": "Grad-CAM study",
+    "gradcam_image": "Grad-CAM",
+    "import": "Import",
+}
+
+
+def is_active(snap: Any) -> bool:
+    return snap.state in ACTIVE
+
+
+def job_title(snap: Any) -> str:
+    """Short human title of a job, e.g. 'Pretraining moco_v2-resnet18-demo'."""
+    p = snap.params or {}
+    what = p.get("out_name") or p.get("title") or p.get("finding") or p.get("name") or ""
+    return f"{KIND_LABEL.get(snap.kind, snap.kind.title())} {what}".strip()
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds < 0:
+        return ""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+
+
+def progress_text(snap: Any) -> str:
+    parts = [STATE_LABEL.get(snap.state, snap.state)]
+    if snap.total:
+        parts.append(f"step {snap.step or 0} of {snap.total}")
+    if is_active(snap) and snap.eta_s:
+        parts.append(f"about {fmt_duration(snap.eta_s)} left")
+    return " · ".join(parts)
+
+
+def watched(page: str, kinds: Iterable[str]) -> int | None:
+    """The job id this page watches: the session's choice, else the newest job of its kinds.
+
+    Prefers a running job, then a queued one, so a reload (a fresh session) lands on the live job.
+    """
+    key = f"watch:{page}"
+    runner = services().runner
+    jid = st.session_state.get(key)
+    if jid is not None:
+        try:
+            runner.snapshot(jid)
+            return jid
+        except KeyError:
+            st.session_state.pop(key, None)
+    kinds = tuple(kinds)
+    jobs = [j for j in runner.jobs() if j.kind in kinds]
+    if not jobs:
+        return None
+    jobs.sort(key=lambda j: (j.state == "running", j.state == "queued", j.created), reverse=True)
+    return jobs[0].id
+
+
+def set_watched(page: str, job_id: int | None) -> None:
+    if job_id is None:
+        st.session_state.pop(f"watch:{page}", None)
+    else:
+        st.session_state[f"watch:{page}"] = job_id
+
+
+def watch(job_id: int, draw: Callable[[Any], None], *, every: float = 1.0) -> None:
+    """Draw `draw(snapshot)`; while the job is active, inside a fragment that reruns every `every` s."""
+    runner = services().runner
+    snap = runner.snapshot(job_id)
+    if not is_active(snap):
+        draw(snap)
+        return
+
+    @st.fragment(run_every=every)
+    def _live() -> None:
+        s = runner.snapshot(job_id)
+        draw(s)
+        if not is_active(s):
+            st.rerun()  # whole app once: show the final result and stop polling
+
+    _live()
+
+
+def job_warnings(snap: Any) -> list[str]:
+    """The job's warnings, de-duplicated, without the store's 'interrupted' note (the status box says it)."""
+    return [w for w in dict.fromkeys(snap.warnings or []) if not w.startswith("interrupted:")]
+
+
+def status_block(snap: Any, page: str, *, show_log: bool = True, show_warnings: bool = True) -> None:
+    """Progress bar, state, warnings, error, log tail and the cancel / resume buttons of one job."""
+    runner = services().runner
+    frac = float(snap.progress or 0.0)
+    if snap.state == "done":
+        frac = 1.0
+    st.progress(min(max(frac, 0.0), 1.0), text=progress_text(snap))
+    for w in job_warnings(snap) if show_warnings else ():
+        st.warning(w, icon=":material/warning:")
+    if snap.state == "failed" and snap.error:
+        st.error(f"This job failed: {snap.error}", icon=":material/error:")
+    if snap.state == "interrupted":
+        st.info("The server stopped while this job was running. Its last saved state is kept; press **Resume** "
+                "to continue from there." if snap.kind in ("pretrain", "sweep", "gradcam") else
+                "The server stopped while this job was running; press **Retry** to run it again.",
+                icon=":material/pause_circle:")
+    if snap.active:
+        if st.button("Cancel", key=f"cancel:{snap.id}", icon=":material/stop_circle:",
+                     help="Stops after the current step and keeps a resumable state."):
+            runner.cancel(snap.id)
+            st.toast("Cancelling: the job stops after its current step.")
+    elif snap.resumable:
+        resumes = snap.kind in ("pretrain", "sweep", "gradcam")  # the others simply run again
+        if st.button("Resume" if resumes else "Retry", key=f"resume:{snap.id}", icon=":material/play_arrow:",
+                     type="primary", help="Continue from the last saved state." if resumes else "Run it again."):
+            set_watched(page, runner.resume(snap.id))
+            st.rerun()
+    if show_log and snap.log:
+        with st.expander("Log", expanded=False):
+            st.code("\n".join(str(line) for line in snap.log[-30:]), language=None)
+
+
+def job_table(kinds: Iterable[str], page: str, *, limit: int = 8) -> None:
+    """Recent jobs of some kinds with a 'show' button each (to watch an older one, or resume it)."""
+    runner = services().runner
+    kinds = tuple(kinds)
+    jobs = sorted((j for j in runner.jobs() if j.kind in kinds), key=lambda j: j.created, reverse=True)[:limit]
+    if not jobs:
+        return
+    current = st.session_state.get(f"watch:{page}")
+    for j in jobs:
+        c1, c2, c3 = st.columns([5, 3, 1])
+        c1.markdown(f"**{job_title(j)}**  \n{fmt_time(j.created)}")
+        c2.markdown(STATE_LABEL.get(j.state, j.state) + (f" ({int(100 * (j.progress or 0))} %)" if is_active(j) else ""))
+        if c3.button("Show", key=f"show:{page}:{j.id}", disabled=j.id == current):
+            set_watched(page, j.id)
+            st.rerun()

@@ -1,0 +1,108 @@
+"""Small shared widgets: headers, empty states, image helpers, init names."""
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any, Iterable
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+PAGE_FILES = {
+    "data": "app_pages/data.py",
+    "pretrain": "app_pages/pretrain.py",
+    "classifier": "app_pages/classifier.py",
+    "benchmark": "app_pages/benchmark.py",
+    "gradcam": "app_pages/gradcam.py",
+}
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "dcm", "dicom", "zip"]
+METHOD_LABEL = {
+    "moco_v2": "MoCo v2",
+    "barlow_twins": "Barlow Twins",
+    "spark": "SparK",
+    "dino": "DINO",
+    "simclr": "SimCLR",
+    "byol": "BYOL",
+    "random": "Random weights",
+    "imagenet": "ImageNet (supervised)",
+}
+SSL_METHODS = {"moco_v2", "barlow_twins", "spark", "dino", "simclr", "byol", "mae", "vicreg"}
+
+
+def page_header(title: str, intro: str) -> None:
+    st.title(title)
+    st.caption(intro)
+
+
+def empty_state(message: str, *, link: str | None = None, link_label: str | None = None,
+                icon: str = ":material/info:") -> None:
+    """A friendly 'nothing here yet' box, optionally with a link to the page that fixes it."""
+    st.info(message, icon=icon)
+    if link:
+        st.page_link(PAGE_FILES[link], label=link_label or f"Go to {link.title()}", icon=":material/arrow_forward:")
+
+
+def method_label(method: str) -> str:
+    return METHOD_LABEL.get(method, method.replace("_", " ").title())
+
+
+def init_label(info: Any) -> str:
+    """'MoCo v2 · resnet18 · moco_v2-resnet18-demo' for a checkpoint; 'Random weights · resnet18' for builtins."""
+    if info.name in ("random", "imagenet"):
+        return f"{method_label(info.method)} · {info.arch}"
+    return f"{method_label(info.method)} · {info.arch} · {info.name}"
+
+
+def is_ssl(info: Any) -> bool:
+    return info.name not in ("random", "imagenet") and not info.name.startswith(("random-", "imagenet-"))
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """float [0,1] or uint8/uint16 image -> uint8 (for display)."""
+    if img.dtype == np.uint8:
+        return img
+    if np.issubdtype(img.dtype, np.floating):
+        return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return (img.astype(np.float64) / max(float(img.max()), 1.0) * 255.0).astype(np.uint8)
+
+
+def png_bytes(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(to_uint8(img)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def data_uri(img: np.ndarray) -> str:
+    """PNG data URI of a small image (for st.column_config.ImageColumn)."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode("ascii")
+
+
+def chunks(seq: list, n: int) -> Iterable[list]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+def pager(total: int, per_page: int, key: str) -> tuple[int, int]:
+    """A page selector; returns the [start, stop) slice of items to show."""
+    pages = max(1, -(-total // per_page))
+    if pages == 1:
+        return 0, total
+    c1, c2 = st.columns([1, 5])
+    page = c1.number_input("Page", min_value=1, max_value=pages, value=1, step=1, key=key)
+    c2.caption(f"\n\n{total} images · {pages} pages of {per_page}")
+    start = (int(page) - 1) * per_page
+    return start, min(total, start + per_page)
+
+
+def fmt_time(t: float) -> str:
+    """Local date and time of a Unix timestamp, e.g. '2025-03-01 14:05'."""
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(float(t)))
+
+
+def label_text(v: Any) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "unlabeled"
+    return "present" if float(v) >= 0.5 else "absent"
