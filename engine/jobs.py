@@ -612,6 +612,34 @@ class JobRunner:
         if self._owner_lock.is_locked:
             self._owner_lock.release()
 
+    def interrupt_all(self, timeout: float = 30.0) -> list[int]:
+        """Stop this runner's active jobs at their next step (each saves a resumable state) and record
+        them as `interrupted`, so that after a restart they offer Resume. A job that fails while the
+        process shuts down (its thread pools refuse work) counts as interrupted too."""
+        try:
+            active = [j["id"] for j in self.store.jobs(states=("queued", "running")) if j["owner"] == self.token]
+            self.shutdown(timeout=timeout)
+            for jid in active:
+                if self.store.transition_job(jid, ("queued", "running", "cancelled", "failed"), state="interrupted",
+                                             owner=None, error=None):
+                    self.store.add_event(jid, Event(message="the server stopped; resume continues from the saved "
+                                                            "state", kind="log"))
+            return active
+        except Exception:  # noqa: BLE001 - best effort while the process exits; a restart marks orphans anyway
+            return []
+
+    def interrupt_on_exit(self, timeout: float = 30.0) -> None:
+        """Run `interrupt_all` when the process exits normally (Ctrl-C, SIGTERM), *before* the standard
+        library shuts its thread pools down. Plain `atexit` runs too late: by then a job's data-loading
+        pool already refuses work and the job would end as failed. `threading._register_atexit` hooks run
+        first, newest first, at interpreter shutdown (concurrent.futures itself uses it)."""
+        register = getattr(threading, "_register_atexit", None)
+        if register is None:  # not CPython: the next start marks the jobs interrupted instead
+            import atexit
+
+            register = atexit.register
+        register(lambda: self.interrupt_all(timeout))
+
     # ---------------------------------------------------------------------------------- liveness
 
     def _owner_alive(self, owner: str | None) -> bool:

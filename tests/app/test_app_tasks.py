@@ -103,38 +103,3 @@ def test_upload_labels_never_flip_an_existing_label_of_a_duplicate():
     labels, kept = upload_labels([(1, "a.png", True), (2, "b.png", True), (3, "c.png", True), (9, "new.png", False)],
                                  existing, 0)
     assert labels == {2: 0, 3: 0, 9: 0} and kept == ["a.png"]
-
-
-def test_stopping_the_server_interrupts_running_jobs_after_they_save_their_state(tmp_path):
-    """What ui.services runs at server exit: the job sees `stop`, saves, and ends `interrupted` (resumable)."""
-    import threading
-
-    from engine.events import Cancelled, check_stop, emit
-    from engine.jobs import JobRunner
-    from engine.store import Store
-    from ui.services import interrupt_jobs
-
-    started, saved = threading.Event(), []
-
-    def slow(params, ctx):
-        for step in range(10_000):
-            started.set()
-            try:
-                check_stop(ctx.stop)
-            except Cancelled:
-                saved.append(step)
-                raise
-            emit(ctx.on_event, step=step, total=10_000)
-            threading.Event().wait(0.01)
-
-    store = Store(tmp_path / "ws")
-    runner = JobRunner(store)
-    runner.register("slow", slow, uses_gpu=True)
-    running, queued = runner.submit("slow", {}), runner.submit("slow", {})
-    assert started.wait(30)
-    assert sorted(interrupt_jobs(runner, timeout=30)) == sorted([running, queued])
-    assert saved, "the running job saw stop and saved its state"
-    assert store.job(running)["state"] == store.job(queued)["state"] == "interrupted"
-    fresh = JobRunner(store)  # after a restart: resumable
-    assert fresh.snapshot(running).resumable
-    fresh.shutdown()

@@ -277,3 +277,37 @@ def test_tracker_eta_and_history_cap():
     assert steps == sorted(steps) and steps[0] == 0 and steps[-1] >= 5 * HISTORY_CAP - 8
     t.state = "done"
     assert t.eta(now=1e9) is None
+
+
+def test_stopping_the_server_interrupts_running_jobs_after_they_save_their_state(tmp_path):
+    """What the app runs at server exit (interrupt_on_exit): the job sees `stop`, saves, and ends `interrupted`."""
+    import threading
+
+    from engine.events import Cancelled, check_stop, emit
+    from engine.jobs import JobRunner
+    from engine.store import Store
+
+    started, saved = threading.Event(), []
+
+    def slow(params, ctx):
+        for step in range(10_000):
+            started.set()
+            try:
+                check_stop(ctx.stop)
+            except Cancelled:
+                saved.append(step)
+                raise
+            emit(ctx.on_event, step=step, total=10_000)
+            threading.Event().wait(0.01)
+
+    store = Store(tmp_path / "ws")
+    runner = JobRunner(store)
+    runner.register("slow", slow, uses_gpu=True)
+    running, queued = runner.submit("slow", {}), runner.submit("slow", {})
+    assert started.wait(30)
+    assert sorted(runner.interrupt_all(timeout=30)) == sorted([running, queued])
+    assert saved, "the running job saw stop and saved its state"
+    assert store.job(running)["state"] == store.job(queued)["state"] == "interrupted"
+    fresh = JobRunner(store)  # after a restart: resumable
+    assert fresh.snapshot(running).resumable
+    fresh.shutdown()
