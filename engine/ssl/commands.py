@@ -133,17 +133,19 @@ def _pretrain(args: argparse.Namespace) -> int:
             return
         if e.kind == "progress" and e.total:
             key = "train" if "loss" in e.metrics else "prepare"  # training steps / cache building
+            if key == "train" and "prepare" in bars:
+                bars.pop("prepare").close()
             bar = bars.get(key)
             if bar is None or bar.total != e.total:
                 if bar is not None:
                     bar.close()
                 bar = bars[key] = tqdm(total=e.total, initial=e.step or 0, unit="step" if key == "train" else "img",
                                        desc=args.method if key == "train" else "images", dynamic_ncols=True)
-            bar.update((e.step or 0) - bar.n)
             if key == "prepare" and e.message:
                 bar.set_description_str(e.message[:40], refresh=False)
             if "loss" in e.metrics:
                 bar.set_postfix(loss=f"{e.metrics['loss']:.4f}", lr=f"{e.metrics['lr']:.2e}", refresh=False)
+            bar.update((e.step or 0) - bar.n)
         elif e.kind == "warning":
             tqdm.write(f"warning: {e.message}", file=sys.stderr)
         elif e.kind == "metrics":
@@ -171,7 +173,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         )
     except Cancelled as e:
         if main:
-            print(f"\n{e}. Resume with:\n  {_resume_command(args)}", file=sys.stderr)
+            print(f"\n{e}\nResume with:\n  {_resume_command(args)}", file=sys.stderr)
         return 130
     finally:
         if in_main_thread:

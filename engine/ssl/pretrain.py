@@ -337,9 +337,9 @@ class _Run:
         for step, xb in self.batches(self.step):
             if self._flag(stop is not None and stop.is_set()):
                 self.save()
-                emit(self.on_event, step=self.step, total=self.total, kind="log",
-                     message=f"stopped at step {self.step}/{self.total}; state saved to {self.state_path}")
-                raise Cancelled(f"stopped at step {self.step}/{self.total}; resume with resume=True")
+                msg = f"stopped at step {self.step}/{self.total}; state saved to {self.state_path}"
+                emit(self.on_event, step=self.step, total=self.total, kind="log", message=msg)
+                raise Cancelled(msg)
             lr = cosine_lr(step, self.total, self.warmup, self.peak_lr, self.peak_lr * cfg.recipe.final_lr_ratio)
             for g in self.opt.param_groups:
                 g["lr"] = lr * g["lr_scale"]

@@ -115,10 +115,13 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_state(images, tmp_
 
 def test_collapse_warnings_and_clear_errors(images, tmp_path):
     events = []
-    pretrain(images, _cfg("barlow_twins", max_steps=1, collapse_std_min=10.0), "w", "cpu", tmp_path / "w",
+    # (also the autocast path: bf16 on CPU when amp is forced on)
+    pretrain(images, _cfg("barlow_twins", max_steps=1, collapse_std_min=10.0, amp=True), "w", "cpu", tmp_path / "w",
              on_event=events.append)
     warnings = [e for e in events if e.kind == "warning"]
     assert warnings and all("collapse" in e.message and e.level == "warning" for e in warnings)
+    assert all(e.step > 0 for e in warnings)  # not for the untrained step-0 baseline
+    assert np.isfinite([e.metrics["loss"] for e in events if e.kind == "progress"]).all()
 
     with pytest.raises(ValueError, match="fewer than one batch"):
         pretrain(images[:4], _cfg("moco_v2"), "x", "cpu", tmp_path / "x")
@@ -210,3 +213,20 @@ def test_resume_command_repeats_the_settings():
     cmd = _resume_command(args)
     assert cmd.startswith("python -m engine pretrain") and cmd.endswith("--resume")
     assert "--method dino" in cmd and "--lr 0.1" in cmd and "--opt out_dim=512" in cmd and "--data d.csv" in cmd
+
+
+def test_package_exports_the_pretrain_function_and_stays_lazy():
+    import subprocess
+    import sys
+
+    import engine.ssl
+    import engine.ssl.pretrain  # noqa: F401  (the submodule of the same name is loaded)
+
+    assert engine.ssl.pretrain is pretrain and pretrain.__module__ == "engine.ssl.pretrain"
+    code = ("import sys, engine.ssl.commands, engine.ssl\n"
+            "assert 'torch' not in sys.modules\n"
+            "import engine.ssl.pretrain\n"
+            "from engine.ssl import pretrain\n"
+            "assert callable(pretrain) and pretrain.__name__ == 'pretrain'\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
