@@ -55,6 +55,7 @@ from PIL import Image
 
 from engine import paths
 from engine.events import Event, OnEvent, check_stop, emit
+from engine.sqlite_wal import enable_wal
 
 if TYPE_CHECKING:
     from engine.data.io import ImageMeta
@@ -1147,8 +1148,7 @@ def connect(db_path: Path) -> sqlite3.Connection:
                            factory=_Connection)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout = 30000")
-    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-        conn.execute("PRAGMA journal_mode = WAL")
+    enable_wal(conn)
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn

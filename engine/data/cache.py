@@ -48,6 +48,7 @@ from filelock import FileLock
 
 from engine.data.transforms import Letterbox, Mode, fit_square
 from engine.events import OnEvent, check_stop, emit
+from engine.sqlite_wal import enable_wal
 
 CACHE_VERSION = 1  # bump when decoding or resizing changes: old blocks then stop matching
 KEY_CHARS = 20  # hex characters of sha256 kept as the content key (80 bits)
@@ -91,7 +92,11 @@ class HashIndex:
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.db, timeout=60)
-        con.execute("PRAGMA journal_mode=WAL")
+        try:
+            enable_wal(con)
+        except sqlite3.OperationalError:
+            con.close()
+            raise
         con.execute("PRAGMA busy_timeout=60000")
         return con
 
