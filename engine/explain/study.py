@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,6 +28,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from engine.atomic import atomic_write as _atomic_write
 from engine.events import OnEvent, check_stop, emit
 from engine.explain.gradcam import METHODS, CAMExplainer, ExplainModel, explain_images, resolve_layer
 from engine.explain.localization import METRICS, TOPQ, aggregate, is_empty, region_mask, scores
@@ -41,20 +40,6 @@ STATE_VERSION = 1
 
 
 # ------------------------------------------------------------------------------------------- io
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary readable files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
     _atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
 

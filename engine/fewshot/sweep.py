@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +34,7 @@ import pandas as pd
 import torch
 from scipy.special import expit
 
+from engine.atomic import atomic_write as _atomic_write
 from engine.events import Cancelled, OnEvent, check_stop, emit
 from engine.fewshot.episodes import ShotsError, sample_episode, test_split, trial_seed
 from engine.fewshot.features import embed
@@ -112,20 +111,6 @@ class SweepResult:
 
 
 # ------------------------------------------------------------------------------------------- files
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:
     _atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))

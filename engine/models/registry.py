@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from engine.atomic import atomic_write as _atomic_write
 from engine.models.backbones import ARCHS, IMAGENET_MEAN, IMAGENET_STD, build_backbone, check_arch
 from engine.paths import checkpoints_dir, imagenet_weights_dir
 
@@ -161,19 +161,6 @@ def load_backbone(
         source=str(st), fingerprint=file_sha256(st), info=info,
     )
     return model.to(device).eval(), meta
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_backbone(model: nn.Module, name: str, info: dict[str, Any], checkpoint_dir: Path | None = None) -> Path:
