@@ -4,21 +4,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from engine.fewshot.classifier import Classifier, ClassifierDataError, ClassifierLoadError, build_classifier
 from engine.models import build_backbone, save_backbone
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Intra-op threads only spin against each other on this shared 2-core machine; restore afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _arrays(n_pos: int, n_neg: int, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:

@@ -12,19 +12,8 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Intra-op threads only spin against each other on this shared 2-core machine; restore afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

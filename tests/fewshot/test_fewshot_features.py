@@ -13,15 +13,6 @@ from engine.fewshot.features import ArrayImages, embed
 from engine.models import build_backbone, load_backbone, prepare_batch, save_backbone
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Intra-op threads only spin against each other on this shared 2-core machine; restore afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 S = 32
 
 

@@ -12,15 +12,6 @@ from engine.models import load_backbone
 from engine.models.registry import BackboneMeta
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Intra-op threads only spin against each other on this shared 2-core machine; restore afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 S = 32
 
 

@@ -6,21 +6,11 @@ import threading
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from engine.events import Cancelled
 from engine.fewshot.plots import auc_vs_shots_figure
 from engine.fewshot.sweep import TRIAL_COLUMNS, SweepConfig, run_sweep
 from engine.models import UnknownInitError
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Intra-op threads only spin against each other on this shared 2-core machine; restore afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 SIZE = 64

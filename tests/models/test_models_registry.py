@@ -1,7 +1,6 @@
 """Init registry: names, offline ImageNet, checkpoint round trip and visibility, fingerprints."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -10,15 +9,6 @@ from engine.models import (
     InitUnavailableError, UnknownInitError, build_backbone, list_inits, load_backbone, save_backbone,
 )
 from engine.models.registry import imagenet_weights_path
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Intra-op threads only spin against each other on this shared 2-core machine; restore afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _perturbed(seed: int) -> torch.nn.Module:

@@ -10,7 +10,6 @@ from engine.ssl.augment import (
 )
 from engine.ssl.monitor import CollapseMonitor, collapse_metrics, effective_rank, mean_pairwise_cosine
 
-torch.set_num_threads(1)
 
 
 def _g(seed: int) -> torch.Generator:

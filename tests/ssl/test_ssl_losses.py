@@ -16,7 +16,6 @@ from engine.ssl.moco_v2 import (
 )
 from engine.ssl.spark import patchify, random_patch_mask, spark_loss
 
-torch.set_num_threads(1)
 
 
 def _unit(*shape, seed=0):

@@ -15,7 +15,6 @@ from engine.ssl import (
 )
 from engine.ssl.moco_v2 import MoCoV2
 
-torch.set_num_threads(1)
 
 SMALL = {
     "moco_v2": (MoCoConfig(queue=40, proj_hidden=64, proj_dim=32), 32),  # 40 % 8 keys per step != 0: wraps
