@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import threading
 import time
 import uuid
@@ -34,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from engine.atomic import atomic_write
 from engine.device import amp_dtype
 from engine.events import Cancelled, OnEvent, emit
 from engine.models.backbones import IMAGENET_MEAN, IMAGENET_STD, prepare_batch
@@ -188,16 +187,11 @@ class FeatureStore:
 
     def write(self, keys: list[str], feats: np.ndarray) -> Path:
         path = self.folder / f"part-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}.npz"
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".part-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
+        def save(tmp: str) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a bare path
                 np.savez(f, keys=np.asarray(keys, dtype=str), features=np.asarray(feats, dtype=np.float32))
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+
+        atomic_write(path, save)
         return path
 
     def compact(self) -> None:
