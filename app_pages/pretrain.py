@@ -59,6 +59,11 @@ def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, i
                              help="Images per step (capped at the number of images).")
         size = c5.selectbox("Image size (pixels)", SIZES, index=SIZES.index(96), key="pt_size",
                                 help="224 matches the studies; 64-96 is enough for a CPU demo.")
+        preset = st.radio("Recipe", ["quick", "paper"], horizontal=True, key="pt_preset",
+                          format_func={"quick": "Quick (CPU, a few hundred steps)",
+                                       "paper": "Paper (each method's published settings, long GPU runs)"}.get,
+                          help="Quick uses settings measured to beat random init in short runs at batch 32 "
+                               "(smaller queue and heads, lower learning rate); see engine/ssl/presets.py.")
         name = st.text_input("Name of the new backbone", value=unique_name(f"{method}-{arch}-{svc.workspace.name}", taken),
                              key="pt_name", help="Letters, digits, '-' and '_'.")
         go = st.form_submit_button("Start pretraining", type="primary", icon=":material/play_arrow:")
@@ -68,7 +73,7 @@ def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, i
         st.error(f"A backbone named {name!r} exists already: choose another name.", icon=":material/error:")
         return
     params: dict[str, Any] = {"method": method, "arch": arch, "epochs": int(epochs), "batch_size": int(batch),
-                              "image_size": int(size), "out_name": name}
+                              "image_size": int(size), "preset": preset, "out_name": name}
     if image_set == "path":
         if not path.strip():
             st.error("Enter the path of a manifest CSV or a folder of images.", icon=":material/error:")
@@ -88,7 +93,8 @@ def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, i
 def draw_job(snap: Any) -> None:
     p = snap.params
     st.markdown(f"**{p.get('out_name', 'backbone')}** · {method_label(p.get('method', ''))} · {p.get('arch', '')} · "
-                f"{p.get('epochs', '?')} epochs · batch {p.get('batch_size', '?')} · {p.get('image_size', '?')} px")
+                f"{p.get('epochs', '?')} epochs · batch {p.get('batch_size', '?')} · {p.get('image_size', '?')} px · "
+                f"{p.get('preset', 'paper')} recipe")
     status_block(snap, "pretrain", show_warnings=False)
     hist = snap.history or []
     losses = [h["loss"] for h in hist if "loss" in h]

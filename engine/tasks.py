@@ -98,8 +98,9 @@ def device_label(device: Any) -> str:
 
 
 def pretrain_config(params: dict[str, Any], n_images: int) -> Any:
-    """PretrainConfig from job params, with monitor / save intervals scaled to the run's length."""
-    from engine.ssl import PretrainConfig
+    """PretrainConfig from job params (`preset`: engine/ssl/presets.py, default "paper"), with
+    monitor / save intervals scaled to the run's length."""
+    from engine.ssl.presets import build_config
 
     batch = int(params.get("batch_size", 64))
     if n_images < 2:
@@ -107,8 +108,9 @@ def pretrain_config(params: dict[str, Any], n_images: int) -> Any:
     batch = min(batch, n_images)
     epochs = int(params.get("epochs", 10))
     steps = max(1, n_images // batch) * epochs
-    return PretrainConfig(
-        method=str(params["method"]), arch=str(params.get("arch", "resnet18")), epochs=epochs, batch_size=batch,
+    return build_config(
+        str(params["method"]), str(params.get("preset", "paper")),
+        arch=str(params.get("arch", "resnet18")), epochs=epochs, batch_size=batch,
         image_size=int(params.get("image_size", 224)), seed=int(params.get("seed", 0)),
         # about 25 collapse checks and 10 resumable saves per run, whatever its length
         monitor_every_steps=max(1, steps // 25), save_every_steps=max(1, steps // 10),
@@ -410,11 +412,13 @@ class DemoSettings:
     epochs: int = 30
     batch_size: int = 32
     seed: int = 0
+    preset: str = "quick"  # engine/ssl/presets.py: settings for a few hundred CPU steps
     marker: str = "demo-autopretrain"  # result kind recording that the demo jobs were started once
 
     def params(self, method: str) -> dict[str, Any]:
         return {"method": method, "arch": self.arch, "image_size": self.image_size, "epochs": self.epochs,
-                "batch_size": self.batch_size, "seed": self.seed, "out_name": f"{method}-{self.arch}-demo"}
+                "batch_size": self.batch_size, "seed": self.seed, "preset": self.preset,
+                "out_name": f"{method}-{self.arch}-demo"}
 
 
 DEMO = DemoSettings()

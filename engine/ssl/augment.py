@@ -19,7 +19,14 @@ Deliberately absent:
 - horizontal flips: the heart sits on the left (situs solitus); a flipped chest is anatomically a
   dextrocardia and makes laterality-dependent findings (cardiomegaly, left/right effusions,
   hemidiaphragm elevation, hiatal hernia) ambiguous, so the study left them out.
-- blur / solarization (BYOL, DINO): no physical counterpart in a radiograph worth imitating.
+- solarization (BYOL, DINO): no physical counterpart in a radiograph.
+
+Optional (off in the study recipe, `blur_p` > 0 turns it on):
+- Gaussian blur with sigma 0.1-2.0 px at 224 px, scaled to the view size (MoCo v2's GaussianBlur,
+  p = 0.5). Physically: focal-spot penumbra, patient motion and detector MTF / processing kernels
+  differ between acquisitions, so fine texture is not a property of the patient. It also removes a
+  shortcut: two views of one file share its exact quantum-noise and fine-detail pattern, which an
+  instance-discrimination method (MoCo) can match instead of learning anatomy.
 """
 from __future__ import annotations
 
@@ -39,6 +46,8 @@ class AugmentConfig:
     jitter: float = 0.8  # brightness and contrast factors ~ U[1 - jitter, 1 + jitter]
     jitter_p: float = 0.8  # probability of applying the jitter (SimCLR RandomApply p=0.8)
     noise_std: float = 0.1  # additive Gaussian noise std in [0, 1] intensity units
+    blur_p: float = 0.0  # probability of a Gaussian blur (study: 0; MoCo v2: 0.5), see the module docstring
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # blur sigma range in pixels at 224 px (MoCo v2), scaled to the view
 
 
 def _uniform(shape: tuple[int, ...], lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
@@ -105,6 +114,29 @@ def brightness_contrast(x: torch.Tensor, jitter: float, p: float, g: torch.Gener
     return ((y - mean) * cf + mean).clamp_(0, 1)
 
 
+def gaussian_blur(x: torch.Tensor, p: float, sigma: tuple[float, float], g: torch.Generator) -> torch.Tensor:
+    """Per-sample Gaussian blur with probability p, sigma ~ U[sigma] pixels of x's own grid.
+
+    One grouped separable convolution for the whole batch (reflect padding). x: (B, 1, H, W).
+    """
+    b, _, h, w = x.shape
+    apply = torch.rand(b, generator=g, device=g.device) < p  # (B,)
+    sig = _uniform((b,), sigma[0], sigma[1], g)  # (B,)
+    if p <= 0 or sigma[1] <= 0 or not bool(apply.any()):
+        return x
+    r = max(1, min(math.ceil(3 * sigma[1]), (min(h, w) - 1) // 2))  # kernel radius
+    t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)  # (k,)
+    ker = torch.exp(-0.5 * (t[None] / sig[:, None].to(x.dtype).clamp_min(1e-3)) ** 2)  # (B, k)
+    ker = ker / ker.sum(1, keepdim=True)
+    ident = torch.zeros_like(ker)
+    ident[:, r] = 1.0
+    ker = torch.where(apply[:, None], ker, ident)  # no blur where not applied
+    y = F.pad(x.reshape(1, b, h, w), (r, r, r, r), mode="reflect")
+    y = F.conv2d(y, ker.view(b, 1, 1, -1), groups=b)  # along W
+    y = F.conv2d(y, ker.view(b, 1, -1, 1), groups=b)  # along H
+    return y.reshape(b, 1, h, w)
+
+
 def gaussian_noise(x: torch.Tensor, std: float, g: torch.Generator) -> torch.Tensor:
     """x + N(0, std^2) per pixel, clamped to [0, 1] (a detector saturates)."""
     if std <= 0:
@@ -117,9 +149,11 @@ def xray_view(
     x: torch.Tensor, size: int, cfg: AugmentConfig, g: torch.Generator,
     scale: tuple[float, float] | None = None, noise: bool = True,
 ) -> torch.Tensor:
-    """One augmented view of a batch: crop -> brightness/contrast -> noise. (B,1,H,W) -> (B,1,size,size)."""
+    """One augmented view of a batch: crop -> brightness/contrast -> (blur) -> noise. (B,1,H,W) -> (B,1,size,size)."""
     v = random_resized_crop(x, size, g, scale or cfg.crop_scale, cfg.crop_ratio)
     v = brightness_contrast(v, cfg.jitter, cfg.jitter_p, g)
+    if cfg.blur_p > 0:
+        v = gaussian_blur(v, cfg.blur_p, (cfg.blur_sigma[0] * size / 224, cfg.blur_sigma[1] * size / 224), g)
     return gaussian_noise(v, cfg.noise_std, g) if noise else v
 
 

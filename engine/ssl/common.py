@@ -58,6 +58,12 @@ class SSLMethod(nn.Module, ABC):
     def forward(self, *views: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(loss scalar, metrics of 0-d tensors). Must not mutate persistent state (see after_step)."""
 
+    def before_step(self, step: int, total: int) -> None:
+        """Schedules that the forward of 0-based `step` reads (DINO's teacher temperature)."""
+
+    def before_update(self, step: int, total: int) -> None:
+        """Gradient edits between backward and optimizer.step() (DINO freezes its last layer early)."""
+
     def after_step(self, step: int, total: int) -> None:
         """Updates after optimizer.step() of 0-based `step` (momentum encoders, queue, centre)."""
 
@@ -71,13 +77,19 @@ class SSLMethod(nn.Module, ABC):
         return []
 
 
-def mlp(dims: list[int], bn: bool = False, act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
-    """Linear layers dims[0] -> ... -> dims[-1] with (BN and) act between them; with BN no biases."""
+def mlp(dims: list[int], bn: bool = False, act: type[nn.Module] = nn.ReLU, last_bn: bool = False) -> nn.Sequential:
+    """Linear layers dims[0] -> ... -> dims[-1] with (BN and) act between them; with BN no biases.
+
+    last_bn adds a BatchNorm1d without affine parameters after the last layer (MoCo v3's heads): the
+    outputs are centred over the batch, so the component every image shares does not dominate them.
+    """
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-        layers.append(nn.Linear(a, b, bias=not bn))
+        layers.append(nn.Linear(a, b, bias=not (bn or (last_bn and i == len(dims) - 2))))
         if i < len(dims) - 2:
             layers += ([nn.BatchNorm1d(b)] if bn else []) + [act()]
+    if last_bn:
+        layers.append(nn.BatchNorm1d(dims[-1], affine=False))
     return nn.Sequential(*layers)
 
 

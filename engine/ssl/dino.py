@@ -33,7 +33,11 @@ class DINOConfig:
     out_dim: int = 65536  # K prototypes (DINO default)
     hidden_dim: int = 2048  # head MLP width (DINO)
     bottleneck_dim: int = 256  # head bottleneck before the weight-normalized last layer (DINO)
-    teacher_temp: float = 0.04  # tau_t (DINO default)
+    teacher_temp: float = 0.04  # tau_t after warmup (DINO default)
+    warmup_teacher_temp: float = 0.04  # tau_t at step 0, linear to teacher_temp (DINO default)
+    warmup_teacher_temp_frac: float = 0.0  # fraction of the run the tau_t warmup spans (DINO: 0 or 30/100 epochs)
+    freeze_last_layer_frac: float = 0.01  # prototypes get no update for this fraction of the run (DINO: 1/100 epochs)
+    head_bn: bool = False  # BatchNorm in the head MLP (DINO's use_bn_in_head)
     student_temp: float = 0.1  # tau_s (DINO)
     center_momentum: float = 0.9  # m (DINO)
     momentum_teacher: float = 0.996  # lambda start, cosine to 1 (DINO; 0.996 at batch 1024)
@@ -58,11 +62,12 @@ class DINOHead(nn.Module):
 
     def __init__(self, in_dim: int, cfg: DINOConfig) -> None:
         super().__init__()
-        self.mlp = mlp([in_dim, cfg.hidden_dim, cfg.hidden_dim, cfg.bottleneck_dim], act=nn.GELU)
+        self.mlp = mlp([in_dim, cfg.hidden_dim, cfg.hidden_dim, cfg.bottleneck_dim], bn=cfg.head_bn, act=nn.GELU)
         for m in self.mlp.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         self.v = nn.Parameter(torch.empty(cfg.out_dim, cfg.bottleneck_dim))  # (K, d) prototypes
         nn.init.trunc_normal_(self.v, std=0.02)
 
@@ -91,6 +96,14 @@ def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: 
     return total / n
 
 
+def teacher_temperature(step: int, total: int, cfg: DINOConfig) -> float:
+    """tau_t: linear from warmup_teacher_temp to teacher_temp over the warmup fraction, then constant."""
+    n = round(cfg.warmup_teacher_temp_frac * total)
+    if step >= n:
+        return cfg.teacher_temp
+    return cfg.warmup_teacher_temp + (cfg.teacher_temp - cfg.warmup_teacher_temp) * step / n
+
+
 def teacher_momentum(step: int, total: int, base: float) -> float:
     """lambda: cosine from `base` at step 0 to 1 at the last step (DINO's momentum schedule)."""
     return 1 - (1 - base) * (math.cos(math.pi * step / max(1, total)) + 1) / 2
@@ -111,6 +124,16 @@ class DINO(SSLMethod):
         self.teacher_backbone, self.teacher_head = frozen_copy(self.backbone), frozen_copy(self.head)
         self.register_buffer("center", torch.zeros(1, cfg.out_dim))  # c
         self._batch_center: torch.Tensor | None = None
+        self.tau_t = cfg.warmup_teacher_temp  # this step's teacher temperature (set in before_step)
+
+    def before_step(self, step: int, total: int) -> None:
+        self.tau_t = teacher_temperature(step, total, self.cfg)
+
+    def before_update(self, step: int, total: int) -> None:
+        # DINO's cancel_gradients_last_layer: the prototypes stay put while the rest of the head and
+        # the backbone settle, which the paper found avoids an early collapse.
+        if step < round(self.cfg.freeze_last_layer_frac * total):
+            self.head.v.grad = None
 
     def views(self, x01: torch.Tensor, g: torch.Generator) -> list[torch.Tensor]:
         crops = multi_crop(x01, g, self.aug, self.size, self.local_size, self.cfg.n_local_crops,
@@ -131,9 +154,9 @@ class DINO(SSLMethod):
         with torch.no_grad():
             t = self.teacher_head(self.teacher_backbone(torch.cat(crops[:2]))).float()  # (2B, K)
         s = self._student(list(crops))
-        loss = dino_loss(s, list(t.split(b)), self.center, self.cfg.student_temp, self.cfg.teacher_temp)
+        loss = dino_loss(s, list(t.split(b)), self.center, self.cfg.student_temp, self.tau_t)
         self._batch_center = t.mean(dim=0, keepdim=True)  # (1, K), applied in after_step
-        p_t = F.softmax((t - self.center) / self.cfg.teacher_temp, dim=-1)  # (2B, K)
+        p_t = F.softmax((t - self.center) / self.tau_t, dim=-1)  # (2B, K)
         entropy = -(p_t * torch.log(p_t.clamp_min(1e-12))).sum(-1).mean()
         return loss, {"teacher_entropy": entropy.detach(), "teacher_max_prob": p_t.max(-1).values.mean().detach()}
 

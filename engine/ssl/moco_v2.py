@@ -43,6 +43,8 @@ class MoCoConfig:
     var_weight: float = 1.0  # VICReg variance term weight (study)
     gamma: float = 1.0  # VICReg target std (Bardes et al. 2022)
     bn_splits: int = 8  # shuffling-BN sub-batches, at most (official MoCo CIFAR demo: 8 of 64); 1 = plain BN
+    head_bn: bool = False  # BatchNorm in the head's hidden layer (SimCLR / MoCo v3 heads; MoCo v2: none)
+    head_out_bn: bool = False  # non-affine BatchNorm on the 128-d output (MoCo v3), centring the embeddings
 
 
 # MoCo v2: SGD lr 0.03 per 256 images, momentum 0.9, weight decay 1e-4 on all weights, cosine, no warmup.
@@ -101,14 +103,21 @@ class SplitBatchNorm(nn.BatchNorm2d):
         super().__init__(num_features, **kw)
         self.max_splits = max_splits
 
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() not in (2, 4):
+            raise ValueError(f"expected 2D or 4D input (got {x.dim()}D input)")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:  # a head's BatchNorm1d: (N, C) as (N, C, 1, 1)
+            return self.forward(x[:, :, None, None])[:, :, 0, 0]
         s = n_splits(x.shape[0], self.max_splits)
         if not self.training or s == 1:
             return super().forward(x)
         n, c, h, w = x.shape
         rm, rv = self.running_mean.repeat(s), self.running_var.repeat(s)  # (s*C,)
         # (N, C, H, W) -> (N/s, s*C, H, W): channel block i holds samples i, i+s, i+2s, ...
-        y = F.batch_norm(x.reshape(n // s, c * s, h, w), rm, rv, self.weight.repeat(s), self.bias.repeat(s),
+        w_, b_ = (self.weight.repeat(s), self.bias.repeat(s)) if self.affine else (None, None)
+        y = F.batch_norm(x.reshape(n // s, c * s, h, w), rm, rv, w_, b_,
                          True, self.momentum, self.eps).reshape(n, c, h, w)
         with torch.no_grad():
             self.running_mean.copy_(rm.view(s, c).mean(0))
@@ -118,12 +127,13 @@ class SplitBatchNorm(nn.BatchNorm2d):
 
 
 def convert_split_bn(module: nn.Module, max_splits: int) -> nn.Module:
-    """Replace every BatchNorm2d in `module` (in place) by a SplitBatchNorm with the same state."""
+    """Replace every BatchNorm2d / BatchNorm1d in `module` (in place) by a SplitBatchNorm with the same state."""
     for name, child in module.named_children():
-        if type(child) is nn.BatchNorm2d:
-            new = SplitBatchNorm(child.num_features, max_splits, eps=child.eps, momentum=child.momentum)
+        if type(child) in (nn.BatchNorm2d, nn.BatchNorm1d):
+            new = SplitBatchNorm(child.num_features, max_splits, eps=child.eps, momentum=child.momentum,
+                                 affine=child.affine)
             new.load_state_dict(child.state_dict())
-            setattr(module, name, new.to(child.weight.device))
+            setattr(module, name, new.to(child.running_mean.device))
         else:
             convert_split_bn(child, max_splits)
     return module
@@ -137,10 +147,11 @@ class MoCoV2(SSLMethod):
     def __init__(self, backbone: nn.Module, cfg: MoCoConfig, aug: AugmentConfig, image_size: int) -> None:
         super().__init__(backbone)
         self.cfg, self.aug, self.size = cfg, aug, image_size
-        if cfg.bn_splits > 1:
-            convert_split_bn(self.backbone, cfg.bn_splits)
         d = backbone.feat_dim
-        self.head = mlp([d, cfg.proj_hidden or d, cfg.proj_dim])  # g_q: D -> D -> 128
+        self.head = mlp([d, cfg.proj_hidden or d, cfg.proj_dim], bn=cfg.head_bn, last_bn=cfg.head_out_bn)  # g_q: D -> D -> 128
+        if cfg.bn_splits > 1:  # the head's BN too: one full-batch BN would leak the key's batch again
+            convert_split_bn(self.backbone, cfg.bn_splits)
+            convert_split_bn(self.head, cfg.bn_splits)
         self.backbone_k, self.head_k = frozen_copy(self.backbone), frozen_copy(self.head)  # f_k, g_k
         self.register_buffer("queue", l2n(torch.randn(cfg.queue, cfg.proj_dim)))  # (K, d) random unit keys
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))

@@ -176,6 +176,7 @@ def forward_backward(method: SSLMethod, model: nn.Module, opt: torch.optim.Optim
 def apply_update(method: SSLMethod, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                  params: list[nn.Parameter], step: int, total: int) -> None:
     """(Clip,) optimizer step through the scaler, then the method's momentum / queue / centre updates."""
+    method.before_update(step, total)
     if method.grad_clip is not None:
         scaler.unscale_(opt)
         clip_grad_per_param_(params, method.grad_clip)
@@ -344,6 +345,7 @@ class _Run:
             for g in self.opt.param_groups:
                 g["lr"] = lr * g["lr_scale"]
             g = step_generator(self.device, cfg.seed, step, self.d.rank)
+            m.before_step(step, self.total)
             loss, metrics = forward_backward(m, self.model, self.opt, self.scaler, xb, g, self.amp)
             vals = torch.stack([loss.detach().float(), *(v.float() for v in metrics.values())]).tolist()
             if self._flag(not np.isfinite(vals[0])):

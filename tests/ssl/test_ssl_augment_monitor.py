@@ -91,3 +91,24 @@ def test_collapse_metrics_tell_collapsed_from_healthy():
     assert monitor.due(10, 100) and monitor.due(100, 100) and not monitor.due(11, 100)
     with pytest.raises(ValueError, match="N >= 2"):
         collapse_metrics(torch.randn(1, 4))
+
+
+def test_gaussian_blur_is_per_sample_seeded_mean_preserving_and_off_by_default():
+    from engine.ssl.augment import AugmentConfig, gaussian_blur, xray_view
+
+    x = torch.rand(6, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(gaussian_blur(x, 0.0, (0.5, 2.0), torch.Generator().manual_seed(1)), x)
+    y1 = gaussian_blur(x, 1.0, (0.5, 2.0), torch.Generator().manual_seed(1))
+    y2 = gaussian_blur(x, 1.0, (0.5, 2.0), torch.Generator().manual_seed(1))
+    assert torch.equal(y1, y2) and y1.shape == x.shape
+    assert (y1.std(dim=(1, 2, 3)) < 0.6 * x.std(dim=(1, 2, 3))).all()  # white noise gets smoother
+    torch.testing.assert_close(y1.mean(dim=(1, 2, 3)), x.mean(dim=(1, 2, 3)), atol=0.02, rtol=0)
+    flat = torch.full((2, 1, 16, 16), 0.3)
+    torch.testing.assert_close(gaussian_blur(flat, 1.0, (1.0, 2.0), torch.Generator().manual_seed(0)), flat)
+    weak = gaussian_blur(x, 1.0, (0.3, 0.3), torch.Generator().manual_seed(2))
+    strong = gaussian_blur(x, 1.0, (2.0, 2.0), torch.Generator().manual_seed(2))
+    assert (strong.std(dim=(1, 2, 3)) < weak.std(dim=(1, 2, 3))).all()
+    assert AugmentConfig().blur_p == 0.0  # the study's recipe has no blur
+    g = torch.Generator().manual_seed(3)
+    v = xray_view(x, 24, AugmentConfig(blur_p=1.0, noise_std=0.0), g)
+    assert v.shape == (6, 1, 24, 24) and float(v.min()) >= 0 and float(v.max()) <= 1

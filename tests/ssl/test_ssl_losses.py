@@ -230,3 +230,71 @@ def test_dino_teacher_gets_no_gradient_is_an_ema_and_the_center_moves():
     lam = teacher_momentum(0, 10, cfg.momentum_teacher)
     torch.testing.assert_close(m.teacher_head.v, lam * t_before + (1 - lam) * s_now)
     torch.testing.assert_close(m.center, (1 - cfg.center_momentum) * t_out.mean(0, keepdim=True), rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------- BN heads, DINO schedules
+
+
+def test_split_batchnorm_on_head_features_without_affine_standardizes_each_sub_batch():
+    torch.manual_seed(0)
+    bn = SplitBatchNorm(5, max_splits=2, affine=False)
+    x = torch.randn(32, 5) * 3 + 7
+    y = bn(x)
+    assert y.shape == (32, 5) and bn.weight is None
+    for i in (0, 1):
+        ref = (x[i::2] - x[i::2].mean(0)) / torch.sqrt(x[i::2].var(0, unbiased=False) + bn.eps)
+        torch.testing.assert_close(y[i::2], ref, rtol=1e-4, atol=1e-4)
+    bn.eval()
+    torch.testing.assert_close(bn(x), (x - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps))
+    with pytest.raises(ValueError, match="2D or 4D"):
+        bn(torch.randn(4, 5, 3))
+
+
+def test_mlp_last_bn_centres_the_outputs_over_the_batch():
+    from engine.ssl.common import mlp
+
+    head = mlp([16, 32, 8], bn=True, last_bn=True)
+    assert isinstance(head[-1], torch.nn.BatchNorm1d) and not head[-1].affine
+    assert all(layer.bias is None for layer in head if isinstance(layer, torch.nn.Linear))
+    z = head(torch.randn(64, 16) + 5.0)  # inputs sharing a large common component
+    torch.testing.assert_close(z.mean(0), torch.zeros(8), atol=1e-5, rtol=0)
+    plain = mlp([16, 32, 8])
+    assert len(plain) == 3 and plain[-1].bias is not None
+
+
+def test_moco_bn_head_uses_split_bn_for_query_and_key_heads():
+    torch.manual_seed(0)
+    cfg = MoCoConfig(queue=64, head_bn=True, head_out_bn=True, bn_splits=2)
+    m = MoCoV2(build_backbone("resnet18"), cfg, AugmentConfig(), 32)
+    kinds = [type(x).__name__ for x in m.head.modules() if isinstance(x, torch.nn.modules.batchnorm._BatchNorm)]
+    assert kinds == ["SplitBatchNorm", "SplitBatchNorm"]
+    assert [type(x).__name__ for x in m.head_k.modules() if "Norm" in type(x).__name__] == kinds
+    views = m.views(torch.rand(32, 1, 40, 40), torch.Generator().manual_seed(0))
+    loss, metrics = m(*views)
+    loss.backward()
+    assert torch.isfinite(loss) and m.head[0].weight.grad is not None
+    assert abs(metrics["neg_sim"].item()) < 0.5  # centred outputs: not all near-parallel as without BN
+
+
+def test_dino_teacher_temperature_warms_up_linearly_and_the_last_layer_is_frozen_early():
+    from engine.ssl.dino import teacher_temperature
+
+    cfg = DINOConfig(out_dim=32, hidden_dim=64, bottleneck_dim=16, n_local_crops=0, warmup_teacher_temp=0.02,
+                     teacher_temp=0.06, warmup_teacher_temp_frac=0.5, freeze_last_layer_frac=0.1, head_bn=True)
+    assert teacher_temperature(0, 100, cfg) == pytest.approx(0.02)
+    assert teacher_temperature(25, 100, cfg) == pytest.approx(0.04)
+    assert teacher_temperature(50, 100, cfg) == teacher_temperature(99, 100, cfg) == pytest.approx(0.06)
+    torch.manual_seed(0)
+    m = DINO(build_backbone("resnet18"), cfg, AugmentConfig(), 32)
+    assert any(isinstance(x, torch.nn.BatchNorm1d) for x in m.head.mlp)
+    crops = m.views(torch.rand(4, 1, 48, 48), torch.Generator().manual_seed(0))
+    m.before_step(25, 100)
+    assert m.tau_t == pytest.approx(0.04)
+    loss, _ = m(*crops)
+    loss.backward()
+    m.before_update(9, 100)  # inside the first 10% of the run: the prototypes get no update
+    assert m.head.v.grad is None and m.backbone.conv1.weight.grad is not None
+    loss, _ = m(*crops)
+    loss.backward()
+    m.before_update(10, 100)
+    assert m.head.v.grad is not None

@@ -177,12 +177,15 @@ def test_cli_pretrains_from_a_folder(tmp_path, capsys):
     folder = _png_folder(tmp_path)
     rc = main(["pretrain", "--method", "moco_v2", "--data", str(folder), "--epochs", "1", "--batch-size", "8",
                "--image-size", "32", "--out", "cli-moco", "--device", "cpu", "--max-steps", "2",
-               "--monitor-every", "1", "--opt", "queue=64", "--opt", "proj_hidden=32", "--run-dir", str(tmp_path / "run")])
+               "--monitor-every", "1", "--opt", "queue=64", "--opt", "proj_hidden=32", "--run-dir", str(tmp_path / "run"),
+               "--preset", "quick"])
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert out.out.strip().endswith("cli-moco.safetensors")
     _, meta = load_backbone("cli-moco")
-    assert meta.info["n_images"] == 20 and meta.info["config"]["method_config"]["queue"] == 64
+    mc = meta.info["config"]["method_config"]
+    assert meta.info["n_images"] == 20 and mc["queue"] == 64  # --opt wins over the preset
+    assert mc["head_bn"] and mc["m"] == 0.99 and meta.info["config"]["lr"] == 0.0075  # the rest is the quick preset
     assert meta.info["data_fingerprint"]
 
 
@@ -229,3 +232,32 @@ def test_package_exports_the_pretrain_function_and_stays_lazy():
             "assert callable(pretrain) and pretrain.__name__ == 'pretrain'\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_presets_merge_under_the_callers_settings():
+    from engine.ssl.augment import AugmentConfig
+    from engine.ssl.presets import PRESETS, build_config, preset_overrides
+
+    assert build_config("moco_v2") == PretrainConfig(method="moco_v2")  # paper = the published defaults
+    q = build_config("moco_v2", "quick", method_opts={"T": 0.1}, epochs=3, lr=None)
+    assert q.method_config == MoCoConfig(queue=256, m=0.99, T=0.1, head_bn=True, head_out_bn=True)
+    assert q.lr == 0.0075 and q.epochs == 3 and q.aug == AugmentConfig()
+    b = build_config("barlow_twins", "quick", lr=0.05, aug_opts={"noise_std": 0.0})
+    assert b.lr == 0.05 and b.aug.crop_scale == (0.3, 1.0) and b.aug.noise_std == 0.0
+    assert set(PRESETS) == {"paper", "quick"} and all(preset_overrides(m, "quick") for m in METHODS)
+    with pytest.raises(ValueError, match="unknown preset"):
+        build_config("spark", "fast")
+    with pytest.raises(ValueError, match="unknown SSL method"):
+        build_config("simclr", "quick")
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_quick_preset_trains_each_method(method, images, tmp_path):
+    from engine.ssl.presets import build_config
+
+    size = 64 if method == "spark" else 32
+    cfg = build_config(method, "quick", epochs=1, batch_size=8, image_size=size, max_steps=2, monitor_every_steps=1,
+                       monitor_images=8, save_every_steps=1)
+    path = pretrain(images, cfg, f"q-{method}", "cpu", tmp_path / "run")
+    _, meta = load_backbone(f"q-{method}")
+    assert path.exists() and meta.info["steps"] == 2 and np.isfinite(meta.info["loss"]["last"])
