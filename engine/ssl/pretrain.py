@@ -303,7 +303,8 @@ class _Run:
             dist.barrier()
 
     def check_resumable(self, state: dict[str, Any]) -> None:
-        old, new = state["config"], self.cfg.to_dict()
+        # through from_dict: settings added since the state was written compare at their defaults
+        old, new = PretrainConfig.from_dict(state["config"]).to_dict(), self.cfg.to_dict()
         diff = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if k not in _RESUME_FREE and old.get(k) != new[k]]
         if diff:
             raise ValueError(f"cannot resume {self.state_path}: it was written with different settings ({'; '.join(diff)}). "

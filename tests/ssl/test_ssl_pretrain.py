@@ -261,3 +261,18 @@ def test_quick_preset_trains_each_method(method, images, tmp_path):
     path = pretrain(images, cfg, f"q-{method}", "cpu", tmp_path / "run")
     _, meta = load_backbone(f"q-{method}")
     assert path.exists() and meta.info["steps"] == 2 and np.isfinite(meta.info["loss"]["last"])
+
+
+def test_a_state_written_before_new_settings_existed_still_resumes(images, tmp_path):
+    cfg = _cfg("moco_v2", max_steps=2)
+    pretrain(images, cfg, "old-run", "cpu", tmp_path / "run")
+    state_path = tmp_path / "run" / "state.pt"
+    state = torch.load(state_path, weights_only=True)
+    for key in ("head_bn", "head_out_bn"):  # an older version wrote no such fields
+        del state["config"]["method_config"][key]
+    for key in ("blur_p", "blur_sigma"):
+        del state["config"]["aug"][key]
+    torch.save(state, state_path)
+    assert pretrain(images, cfg, "old-run", "cpu", tmp_path / "run", resume=True).exists()
+    with pytest.raises(ValueError, match="different settings"):
+        pretrain(images, _cfg("moco_v2", max_steps=2, lr=0.5), "old-run", "cpu", tmp_path / "run", resume=True)
