@@ -13,7 +13,8 @@ standardization and C are computed over the global batch exactly as on one devic
 all-reduces C and uses SyncBN in the projector; on CUDA the projector BN is synced too).
 
 Memory: gradient checkpointing over layer1..4 (on by default for resnet50) recomputes those stages
-in backward, which lets ResNet-18 train at batch 512 x 224 px on a ~22 GB GPU.
+in backward, which lets ResNet-18 train at batch 512 x 224 px on a ~22 GB GPU. The recompute does not
+update BatchNorm running statistics a second time (engine.ssl.common.resnet_features).
 """
 from __future__ import annotations
 

@@ -93,16 +93,48 @@ def mlp(dims: list[int], bn: bool = False, act: type[nn.Module] = nn.ReLU, last_
     return nn.Sequential(*layers)
 
 
+class _RecomputeWithoutBNUpdate:
+    """A stage for `checkpoint` whose second call (the backward recompute) leaves BN running stats alone.
+
+    In training mode BatchNorm normalizes with the batch's own statistics, so the recompute yields the
+    same activations whatever the running buffers hold; only the buffer update would repeat, moving
+    the running mean/var two momentum steps per optimizer step instead of one (and counting every
+    batch twice). The recompute runs with momentum 0 (buffers kept) and num_batches_tracked restored.
+    """
+
+    def __init__(self, layer: nn.Module) -> None:
+        self.layer, self.calls = layer, 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == 1:
+            return self.layer(x)
+        bns = [m for m in self.layer.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+               and m.training and m.track_running_stats]
+        saved = [(m.momentum, m.num_batches_tracked.clone()) for m in bns]
+        for m in bns:
+            m.momentum = 0.0  # running <- (1 - 0) running + 0 * batch: unchanged
+        try:
+            return self.layer(x)
+        finally:
+            for m, (mom, nbt) in zip(bns, saved):
+                m.momentum = mom
+                m.num_batches_tracked.copy_(nbt)
+
+
 def resnet_features(backbone: nn.Module, x: torch.Tensor, grad_checkpointing: bool = False) -> torch.Tensor:
     """Pooled ResNet features (B, D), optionally recomputing layer1..4 in backward to save memory.
 
-    Checkpointing re-runs each stage's forward during backward, so BatchNorm running statistics get
-    a second (identical-batch) update per step; they only matter in eval mode and converge the same.
+    Checkpointing re-runs each stage's forward during backward; the re-run does not update BatchNorm
+    running statistics again (`_RecomputeWithoutBNUpdate`), so they match a run without checkpointing.
     """
     x = backbone.maxpool(backbone.relu(backbone.bn1(backbone.conv1(x))))
     for name in ("layer1", "layer2", "layer3", "layer4"):
         layer = getattr(backbone, name)
-        x = checkpoint(layer, x, use_reentrant=False) if grad_checkpointing and torch.is_grad_enabled() else layer(x)
+        if grad_checkpointing and torch.is_grad_enabled():
+            x = checkpoint(_RecomputeWithoutBNUpdate(layer), x, use_reentrant=False)
+        else:
+            x = layer(x)
     return torch.flatten(backbone.avgpool(x), 1)
 
 

@@ -306,3 +306,27 @@ def test_dino_teacher_temperature_warms_up_linearly_and_the_last_layer_is_frozen
     loss.backward()
     m.before_update(10, 100)
     assert m.head.v.grad is not None
+
+
+def test_gradient_checkpointing_matches_plain_backward_and_updates_bn_statistics_once():
+    """Checkpointed stages give the same loss and gradients, and BN running stats move one momentum step."""
+    import copy
+
+    from engine.ssl.common import resnet_features
+
+    torch.manual_seed(0)
+    plain = build_backbone("resnet18").train()
+    ckpt = copy.deepcopy(plain)
+    x = torch.randn(4, 3, 32, 32)
+    outs = {}
+    for name, model, gc in (("plain", plain, False), ("ckpt", ckpt, True)):
+        f = resnet_features(model, x, grad_checkpointing=gc)  # (4, 512)
+        f.pow(2).mean().backward()
+        outs[name] = f.detach()
+    torch.testing.assert_close(outs["ckpt"], outs["plain"])
+    for (n, a), (_, b) in zip(plain.named_parameters(), ckpt.named_parameters()):
+        torch.testing.assert_close(b.grad, a.grad, msg=n)
+    for (n, a), (_, b) in zip(plain.named_buffers(), ckpt.named_buffers()):
+        torch.testing.assert_close(b, a, msg=n)  # running_mean/var and num_batches_tracked: updated once
+    assert int(ckpt.layer4[1].bn2.num_batches_tracked) == 1
+    assert ckpt.layer4[1].bn2.momentum == plain.layer4[1].bn2.momentum  # restored after the recompute
