@@ -244,6 +244,9 @@ def test_presets_merge_under_the_callers_settings():
     assert q.lr == 0.0075 and q.epochs == 3
     assert q.aug == AugmentConfig(crop_scale=(0.8, 1.0), jitter=0.4, noise_std=0.05, blur_p=1.0, blur_sigma=(3.5, 7.0))
     assert build_config("moco_v2", "quick", aug_opts={"blur_p": 0.0}).aug.blur_p == 0.0  # the caller's aug wins
+    d = build_config("dino", "quick")
+    assert d.method_config.n_local_crops == 0 and d.aug.blur_p == 1.0 and d.lr == 0.02
+    assert build_config("dino", "quick", method_opts={"n_local_crops": 2}).method_config.n_local_crops == 2
     b = build_config("barlow_twins", "quick", lr=0.05, aug_opts={"noise_std": 0.0})
     assert b.lr == 0.05 and b.aug.crop_scale == (0.3, 1.0) and b.aug.noise_std == 0.0
     assert set(PRESETS) == {"paper", "quick"} and all(preset_overrides(m, "quick") for m in METHODS)
