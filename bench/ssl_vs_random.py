@@ -53,6 +53,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def z_threshold(n_findings: int, alpha: float = 0.05) -> float:
+    """One-sided z a difference must exceed when the best of `n_findings` findings is reported.
+
+    Picking the best of several findings is a multiple comparison: with 8 findings, at least one clears
+    d > 2 SE by chance far more often than 2.3% of the time. Bonferroni: each finding is tested at
+    alpha / n (one-sided), so 1 finding -> 1.64, 8 findings -> 2.50.
+    """
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(1 - alpha / max(1, n_findings))
+
+
 def paired_vs_random(trials, baseline: str = "random") -> list[dict]:
     """Per (finding, init != baseline, shots): mean AUC, mean paired difference, its SE, wins."""
     import numpy as np
@@ -136,15 +148,17 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         lines.append(f"| {r['finding']} | {r['init']} | {r['auc']:.3f} | {r['auc_random']:.3f} | {r['diff']:+.3f} | "
                      f"{r['se']:.3f} | {r['wins']}/{r['n']} |")
-    lines += ["", "Best finding per method (beats random when d > 2 SE):"]
+    z = max(2.0, z_threshold(len(findings)))
+    lines += ["", f"Best finding per method (beats random when d > {z:.2f} SE: at least 2, and the one-sided 5% "
+                  f"threshold with a Bonferroni correction for picking the best of {len(findings)} findings):"]
     verdict = {}
     for name in names:
         mine = [r for r in rows if r["init"] == name]
         if not mine:
             continue
         best = max(mine, key=lambda r: r["diff"] / (r["se"] or 1))
-        beats = best["diff"] > 2 * best["se"]
-        verdict[name] = {**best, "beats_random": bool(beats)}
+        beats = best["diff"] > z * best["se"]
+        verdict[name] = {**best, "beats_random": bool(beats), "z_threshold": z}
         lines.append(f"- {name}: {best['finding']} {best['auc']:.3f} vs {best['auc_random']:.3f} "
                      f"(d {best['diff']:+.3f} +- {best['se']:.3f}, wins {best['wins']}/{best['n']}): "
                      + ("BEATS random" if beats else "does not beat random"))

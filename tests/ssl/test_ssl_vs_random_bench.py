@@ -31,6 +31,13 @@ def test_paired_difference_is_per_trial():
     assert np.isclose(row["auc"], 0.7) and np.isclose(row["auc_random"], 0.6)
 
 
+def test_verdict_threshold_corrects_for_picking_the_best_of_several_findings():
+    bench = _bench()
+    assert np.isclose(bench.z_threshold(1), 1.6449, atol=1e-3)  # one-sided 5%
+    assert np.isclose(bench.z_threshold(8), 2.4977, atol=1e-3)  # 5% / 8
+    assert bench.z_threshold(8) > bench.z_threshold(2) > bench.z_threshold(1)
+
+
 def test_bench_pretrains_and_compares_with_random(tmp_path, capsys):
     bench = _bench()
     rc = bench.main(["--methods", "spark,moco_v2", "--n", "60", "--size", "64", "--steps", "2", "--batch-size", "8",
@@ -40,6 +47,7 @@ def test_bench_pretrains_and_compares_with_random(tmp_path, capsys):
     inits = {r["init"] for r in res["rows"]}
     assert inits == {"spark-quick-2steps-s0", "moco_v2-quick-2steps-s0"}
     assert all(r["n"] == 2 and 0 <= r["auc"] <= 1 for r in res["rows"])
+    assert all(v["z_threshold"] == 2.0 for v in res["verdict"].values())  # 1 finding: the floor of 2 SE
     assert set(res["verdict"]) == inits and (tmp_path / "sweep" / "trials.csv").exists()
     assert "| cardiomegaly |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "checkpoints" / "spark-quick-2steps-s0.safetensors").exists()
