@@ -9,6 +9,11 @@
   (300 steps, batch 32) and checked with `python bench/ssl_vs_random.py`, which pretrains each
   method this way and compares its 10-shot linear probe with random init, paired per trial.
 
+On real radiographs (../shared/data/kermany224, normal vs pneumonia, 64 px, 300 steps, CPU;
+`bench/ssl_vs_random.py --data ../shared/data/kermany224/manifest.csv --findings pneumonia`),
+10-shot probe AUC vs random init 0.822, d (SE) over 20 paired trials: BarlowTwins 0.890 +0.068
+(0.010), SparK 0.879 +0.057 (0.010), MoCo v2 0.865 +0.043 (0.009), DINO 0.863 +0.041 (0.007).
+
 Why each quick setting (measured, 20 paired 10-shot trials; "d" = AUC minus random init):
 
 - moco_v2: instance discrimination needs views that differ in what does not identify the patient.
