@@ -63,7 +63,8 @@ def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, i
                           format_func={"quick": "Quick (CPU, a few hundred steps)",
                                        "paper": "Paper (each method's published settings, long GPU runs)"}.get,
                           help="Quick uses settings measured to beat random init in short runs at batch 32 "
-                               "(smaller queue and heads, lower learning rate); see engine/ssl/presets.py.")
+                               "(smaller queue and heads, lower learning rate, milder crops with blur so two "
+                               "views share no pixel grain, no DINO local crops); see engine/ssl/presets.py.")
         name = st.text_input("Name of the new backbone", value=unique_name(f"{method}-{arch}-{svc.workspace.name}", taken),
                              key="pt_name", help="Letters, digits, '-' and '_'.")
         go = st.form_submit_button("Start pretraining", type="primary", icon=":material/play_arrow:")
