@@ -43,13 +43,17 @@ def register(sub) -> None:
     p.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="mixed precision (auto = on CUDA)")
     p.add_argument("--run-dir", default=None, help="state folder (default <workspace>/runs/<out>)")
     p.add_argument("--include-test-split", action="store_true", help="also pretrain on a manifest's split=test rows")
-    p.add_argument("--preset", choices=("paper", "quick"), default="paper",
-                   help="recipe: paper = each method's published settings (long GPU runs); quick = settings "
-                        "measured to beat random init in a few hundred steps at batch 32 on a CPU "
-                        "(engine/ssl/presets.py). --lr and --opt override either")
+    p.add_argument("--preset", choices=("paper", "quick", "long"), default="paper",
+                   help="recipe: paper = each method's published settings; quick = settings measured to beat "
+                        "random init in a few hundred steps at batch 32 on a CPU; long = the shipped backbones' "
+                        "recipe for thousands of steps at batch 256 on ~10,000 images (moco_v2, barlow_twins) "
+                        "(engine/ssl/presets.py). --lr, --opt and --aug override any")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="method setting, repeatable, e.g. --opt queue=4096 --opt T=0.2 (moco_v2), "
                         "--opt proj_dim=8192 (barlow_twins), --opt mask_ratio=0.75 (spark), --opt out_dim=4096 (dino)")
+    p.add_argument("--aug", action="append", default=[], metavar="KEY=VALUE",
+                   help="augmentation setting, repeatable (engine/ssl/augment.py AugmentConfig), e.g. "
+                        "--aug crop_scale=0.3,1 --aug blur_p=0.5 --aug noise_std=0.05")
     p.set_defaults(func=_pretrain)
 
 
@@ -79,24 +83,35 @@ def method_overrides(method: str, items: list[str]) -> dict[str, Any]:
     """`KEY=VALUE` strings -> typed fields of the method's config dataclass (clear errors for typos)."""
     from engine.ssl.pretrain import METHODS
 
-    cls = METHODS[method][0]
+    return _overrides(METHODS[method][0], items, "--opt", method)
+
+
+def aug_overrides(items: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings -> typed fields of AugmentConfig (clear errors for typos)."""
+    from engine.ssl.augment import AugmentConfig
+
+    return _overrides(AugmentConfig, items, "--aug", "the augmentation")
+
+
+def _overrides(cls: type, items: list[str], flag: str, what: str) -> dict[str, Any]:
+    method = what
     fields = {f.name: f for f in dataclasses.fields(cls)}
     out: dict[str, Any] = {}
     for item in items:
         key, sep, val = item.partition("=")
         if not sep or key not in fields:
-            raise ValueError(f"--opt {item!r}: expected KEY=VALUE with KEY one of {', '.join(fields)} for {method}")
+            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE with KEY one of {', '.join(fields)} for {method}")
         f = fields[key]
         default = f.default if f.default is not dataclasses.MISSING else None
         try:
             out[key] = _parse_value(default, val)
         except ValueError as e:
-            raise ValueError(f"--opt {item!r}: {e}") from None
+            raise ValueError(f"{flag} {item!r}: {e}") from None
     return out
 
 
 def _resume_command(args: argparse.Namespace) -> str:
-    skip = {"func", "command", "resume", "opt"}
+    skip = {"func", "command", "resume", "opt", "aug"}
     parts = ["python", "-m", "engine", "pretrain"]
     for k, v in vars(args).items():
         if k in skip or v is None or v is False:
@@ -105,6 +120,8 @@ def _resume_command(args: argparse.Namespace) -> str:
         parts += [flag] if v is True else [flag, str(v)]
     for o in args.opt:
         parts += ["--opt", o]
+    for o in args.aug:
+        parts += ["--aug", o]
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
         return f"torchrun --nproc_per_node={world} " + shlex.join(parts[1:] + ["--resume"])
@@ -124,6 +141,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     cfg = build_config(
         args.method, args.preset, method_opts=method_overrides(args.method, args.opt),
+        aug_opts=aug_overrides(args.aug),
         arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
         image_size=args.image_size, lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
         seed=args.seed, max_steps=args.max_steps, save_every_steps=args.save_every,

@@ -30,6 +30,7 @@ import json
 import os
 import re
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -216,6 +217,7 @@ class _Run:
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
         self.state_path = run_dir / "state.pt"
         self.step, self.saved_step = 0, -1
+        self._train_s0, self._t_start = 0.0, None  # training seconds of earlier sessions; this session's start
         self.history: list[dict[str, float]] = []
         self._order_cache: tuple[int, np.ndarray] | None = None
         mon_idx = sample_indices(n, cfg.monitor_images, cfg.seed)
@@ -242,6 +244,7 @@ class _Run:
             self.opt.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
             self.step = self.saved_step = int(state["step"])
+            self._train_s0 = float(state.get("train_seconds", 0.0))
             self.history = list(state["history"])
             self.monitor.history = list(state["collapse"])
             self._order_cache = (int(state["epoch"]), state["order"].cpu().numpy())  # exact data order
@@ -293,7 +296,7 @@ class _Run:
                 "rng": {"torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
                 "order": torch.from_numpy(self.order(epoch)), "epoch": epoch,
-                "history": self.history, "collapse": self.monitor.history,
+                "history": self.history, "collapse": self.monitor.history, "train_seconds": self.train_seconds,
             }
             atomic_torch_save(state, self.state_path)
             _atomic_json(self.run_dir / "history.json",
@@ -331,9 +334,15 @@ class _Run:
         for w in self.monitor.warnings(metrics, self.step):
             emit(self.on_event, step=self.step, total=self.total, kind="warning", level="warning", message=w)
 
+    @property
+    def train_seconds(self) -> float:
+        """Wall-clock seconds spent in the training loop, summed over every resumed session."""
+        return self._train_s0 + (time.perf_counter() - self._t_start if self._t_start is not None else 0.0)
+
     def train(self, stop: threading.Event | None) -> None:
         cfg, m, params = self.cfg, self.method, [p for p in self.method.parameters() if p.requires_grad]
         m.train()
+        self._t_start = time.perf_counter()
         if self.step == 0 and cfg.monitor_every_steps > 0:
             self._monitor()  # baseline at step 0
         for step, xb in self.batches(self.step):
@@ -399,6 +408,7 @@ class _Run:
             "images_seen": self.step * self.cfg.batch_size, "data_fingerprint": self.fingerprint,
             "n_images": len(self.images), "image_size": self.cfg.image_size, "world_size": self.d.world,
             "device": describe(self.device), "run_dir": str(self.run_dir), "param_hash": h, **extra,
+            "train_seconds": round(self.train_seconds, 1), "torch": torch.__version__,
             "collapse": {"final": ({k: v for k, v in collapse[-1].items() if k != "step"} if collapse else {}),
                          "history": collapse},
             "loss": ({"first": losses[0], "last": losses[-1], "min": min(losses),
@@ -439,6 +449,8 @@ def pretrain(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     dinfo, device, created = init_distributed(resolve_device(device))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels once
     try:
         run = _Run(images, cfg, out_name, device, dinfo, run_dir, on_event, checkpoint_dir, data_fingerprint)
         state = None

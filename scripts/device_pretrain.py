@@ -1,0 +1,238 @@
+"""Pretrain the shipped backbones on one GPU within a fixed wall-clock budget, as one prepared script.
+
+What it does, in order (every step's output goes to stdout and to $OUT):
+1. builds the uint8 resolution cache of `--data` once (the runs share it),
+2. calibrates: every variant runs `--calib-steps` steps at the same time (the real contention) and
+   reports its seconds per step,
+3. trains every variant at the same time with `python -m engine pretrain` (the real CLI path), each
+   with `--max-steps` sized so that it ends inside the budget (the cosine schedule spans exactly the
+   steps run); a run still going at the deadline is stopped with SIGINT, which saves its state,
+4. runs `bench/pretrain_throughput.py --device cuda` in what time is left,
+5. writes each backbone as fp16 safetensors split into <= 15 MiB parts (the device tool's file limit)
+   plus its json, and the logs, into $OUT.
+
+    python scripts/device_pretrain.py --data .gpu/pool --out-dir "$OUT" --deadline 540
+
+Rebuild the parts here with `python scripts/device_pretrain.py --join DIR NAME` (checks the
+sha256 of the whole file the device wrote).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+T0 = time.time()
+PART = 15 * 2**20
+
+VARIANTS = {  # out name -> (method, extra CLI args)
+    "cxr-moco_v2-resnet18-224": ("moco_v2", []),
+    "cxr-barlow_twins-resnet18-224": ("barlow_twins", []),
+}
+SIZE, BATCH, DEVICE = 224, 256, "cuda"  # --size / --batch / --device change them (a CPU smoke test of this script)
+
+
+def common() -> list[str]:
+    return ["--arch", "resnet18", "--preset", "long", "--image-size", str(SIZE), "--batch-size", str(BATCH),
+            "--epochs", "100000", "--device", DEVICE, "--monitor-every", "250", "--save-every", "1000"]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.time() - T0:6.1f}s] {msg}", flush=True)
+
+
+def calibrate(method: str, data: str, steps: int) -> None:
+    """Child process: time `steps` steps of the long recipe after a 10-step warmup; print s/step as JSON."""
+    from engine.data.cache import ImageCache
+    from engine.ssl.presets import build_config
+    from engine.ssl.pretrain import pretrain, resolve_image_paths
+
+    cfg = build_config(method, "long", arch="resnet18", image_size=SIZE, batch_size=BATCH, epochs=100000,
+                       max_steps=steps, monitor_every_steps=0, save_every_steps=10**6)
+    cache = ImageCache.build(resolve_image_paths(data), SIZE)
+    t: dict[int, float] = {}
+
+    def on_event(e) -> None:
+        if e.kind == "progress" and "loss" in e.metrics:
+            t[e.step] = time.perf_counter()
+            if e.step % 10 == 0:
+                print(f"calib {method} step {e.step} loss {e.metrics['loss']:.4f}", flush=True)
+
+    pretrain(cache.array, cfg, f"calib-{method}", DEVICE, Path(f"/tmp/calib/{method}"), on_event=on_event,
+             checkpoint_dir=Path("/tmp/calib"))
+    print("CALIB " + json.dumps({"method": method, "s_per_step": (t[steps] - t[10]) / (steps - 10)}), flush=True)
+
+
+def fp16_parts(src: Path, out_dir: Path, name: str) -> list[str]:
+    from safetensors.torch import load_file, save_file
+
+    sd = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(src)).items()}
+    tmp = Path(f"/tmp/{name}.fp16.safetensors")
+    save_file(sd, str(tmp))
+    data = tmp.read_bytes()
+    parts = []
+    for i in range(0, len(data), PART):
+        p = out_dir / f"{name}.part{i // PART}"
+        p.write_bytes(data[i : i + PART])
+        parts.append(p.name)
+    return parts + [hashlib.sha256(data).hexdigest()]
+
+
+def join(d: Path, name: str, dest: Path) -> Path:
+    """Reassemble `<name>.part*` from `d` into `dest`/<name>.safetensors, checking the sha256 in the json."""
+    parts = sorted(d.glob(f"{name}.part*"), key=lambda p: int(p.suffix[5:]))
+    data = b"".join(p.read_bytes() for p in parts)
+    info = json.loads((d / f"{name}.json").read_text())
+    want = info["device_run"]["fp16_sha256"]
+    if hashlib.sha256(data).hexdigest() != want:
+        raise SystemExit(f"{name}: parts do not match the sha256 {want} the device recorded")
+    out = dest / f"{name}.safetensors"
+    out.write_bytes(data)
+    return out
+
+
+def backbone_from_state(state_path: Path, ckpt_dir: Path, name: str, method: str) -> None:
+    """Fallback when a run was stopped before its export: the backbone of its last saved state."""
+    import torch
+    from safetensors.torch import save_file
+
+    st = torch.load(state_path, map_location="cpu", weights_only=True)
+    sd = {k[len("backbone."):]: v.contiguous() for k, v in st["model"].items() if k.startswith("backbone.")}
+    save_file(sd, str(ckpt_dir / f"{name}.safetensors"))
+    (ckpt_dir / f"{name}.json").write_text(json.dumps({"name": name, "method": method, "arch": "resnet18",
+                                                       "steps": int(st["step"]), "total_steps": int(st["total"]),
+                                                       "config": st["config"], "stopped_early": True,
+                                                       "collapse": {"history": st["collapse"]},
+                                                       "data_fingerprint": st["data_fingerprint"],
+                                                       "n_images": st["n_images"], "image_size": SIZE}))
+
+
+def main() -> None:
+    global SIZE, BATCH, DEVICE
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=".gpu/pool")
+    ap.add_argument("--out-dir", default=os.environ.get("OUT", "/tmp/out"))
+    ap.add_argument("--deadline", type=float, default=540, help="seconds from start by which training must end")
+    ap.add_argument("--calib-steps", type=int, default=40)
+    ap.add_argument("--bench-s", type=float, default=50, help="seconds kept for the throughput bench")
+    ap.add_argument("--calibrate", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--join", nargs=2, metavar=("DIR", "NAME"), default=None)
+    ap.add_argument("--dest", default="checkpoints/shipped")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--device", default="cuda")
+    args = ap.parse_args()
+    SIZE, BATCH, DEVICE = args.size, args.batch, args.device
+    if args.calibrate:
+        return calibrate(args.calibrate, args.data, args.calib_steps)
+    if args.join:
+        print(join(Path(args.join[0]), args.join[1], Path(args.dest)))
+        return
+
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ws, ck = Path("/tmp/ws"), Path("/tmp/ckpt")
+    ck.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "SCARCE_CXR_WORKSPACE": str(ws), "SCARCE_CXR_CHECKPOINTS": str(ck), "PYTHONUNBUFFERED": "1"}
+    os.environ.update(env)
+    if DEVICE.startswith("cuda"):
+        subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv"])
+    import torch
+
+    log(f"torch {torch.__version__} cuda {torch.version.cuda} "
+        f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}; cpus {os.cpu_count()}")
+    from engine.data.cache import ImageCache
+    from engine.ssl.pretrain import resolve_image_paths
+
+    cache = ImageCache.build(resolve_image_paths(args.data), SIZE)
+    log(f"cache: {cache.array.shape} uint8")
+
+    # 2. calibration, all variants at once
+    procs = {n: subprocess.Popen([sys.executable, __file__, "--data", args.data, "--calibrate", m,
+                                  "--calib-steps", str(args.calib_steps), "--size", str(SIZE), "--batch", str(BATCH),
+                                  "--device", DEVICE], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+             for n, (m, _) in VARIANTS.items()}
+    sps: dict[str, float] = {}
+    for n, p in procs.items():
+        text, _ = p.communicate(timeout=240)
+        for line in text.splitlines():
+            if line.startswith("CALIB "):
+                sps[n] = json.loads(line[6:])["s_per_step"]
+            elif "calib" in line or "Error" in line or "error" in line:
+                print(f"  {n}: {line}")
+        if n not in sps:
+            print(text[-3000:])
+    log(f"calibration s/step (concurrent): {sps}")
+
+    # 3. the real CLI runs
+    budget = args.deadline - (time.time() - T0) - args.bench_s - 25  # 25 s: start-up, first monitor, export
+    runs = {}
+    for n, (m, extra) in VARIANTS.items():
+        if n not in sps:
+            continue
+        steps = max(50, int(budget / sps[n] * 0.95))
+        cmd = [sys.executable, "-m", "engine", "pretrain", "--method", m, "--data", args.data, "--out", n,
+               "--max-steps", str(steps), "--run-dir", f"/tmp/runs/{n}", *common(), *extra]
+        log(f"start {n}: {steps} steps ({steps * BATCH / len(cache.array):.1f} epochs): {' '.join(cmd[1:])}")
+        f = open(f"/tmp/{n}.log", "w")
+        runs[n] = (subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT), f, m, steps)
+    stop_at = T0 + args.deadline - args.bench_s
+    while any(p.poll() is None for p, *_ in runs.values()):
+        if time.time() > stop_at:
+            for n, (p, *_rest) in runs.items():
+                if p.poll() is None:
+                    log(f"{n} still running at the deadline: SIGINT (saves state)")
+                    p.send_signal(signal.SIGINT)
+            for p, *_rest in runs.values():
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            break
+        time.sleep(5)
+    for n, (p, f, m, steps) in runs.items():
+        f.close()
+        log(f"{n} exit {p.returncode}")
+        tail = Path(f"/tmp/{n}.log").read_text().replace("\r", "\n").splitlines()
+        keep = ("step ", "warning", "Traceback", "  File", "moco_v2 resnet18", "barlow_twins resnet18")
+        print("\n".join(l for l in tail if l.startswith(keep) or "Error" in l)[-2500:])
+        if not (ck / f"{n}.safetensors").exists() and Path(f"/tmp/runs/{n}/state.pt").exists():
+            backbone_from_state(Path(f"/tmp/runs/{n}/state.pt"), ck, n, m)
+            log(f"{n}: backbone taken from its last saved state")
+
+    # 4. throughput bench in the time left
+    left = args.deadline + 20 - (time.time() - T0)
+    if left > 20:
+        log(f"throughput bench ({left:.0f} s)")
+        subprocess.run(["timeout", str(int(left)), sys.executable, "bench/pretrain_throughput.py", "--device", DEVICE,
+                        "--image-size", str(SIZE), "--batch", str(BATCH), "--steps", "5", "--rounds", "2",
+                        "--methods", "moco_v2,barlow_twins,spark,dino", "--cuda-extras"], env=env, cwd=ROOT)
+
+    # 5. package
+    for n in runs:
+        st = ck / f"{n}.safetensors"
+        if not st.exists():
+            continue
+        *parts, sha = fp16_parts(st, out, n)
+        info = json.loads((ck / f"{n}.json").read_text())
+        info["device_run"] = {"fp16_sha256": sha, "parts": parts, "calib_s_per_step": sps.get(n),
+                              "driver": "scripts/device_pretrain.py"}
+        (out / f"{n}.json").write_text(json.dumps(info, indent=1))
+        log(f"{n}: {parts}")
+    with open(out / "logs.txt", "w") as f:
+        for n in runs:
+            f.write(f"==== {n}\n" + Path(f"/tmp/{n}.log").read_text().replace("\r", "\n")[-200000:])
+    log("done")
+
+
+if __name__ == "__main__":
+    main()
