@@ -1,31 +1,120 @@
 """Atomic file writes: write to a temp file in the same folder, then `os.replace` it into place.
 
-A crash or a full disk never leaves a half-written checkpoint, manifest or result behind.
+A crash or a full disk never leaves a half-written checkpoint, manifest or result behind; a full
+disk raises `engine.diskspace.DiskFullError` naming the folder, the space needed and what to do.
+
+Temp files are named `.<name>.<pid>.<random>.tmp` beside their destination. A process killed mid-write
+leaves one behind; `remove_stale_temps(root)` (run when a JobRunner starts) deletes those whose
+writer is no longer alive, never a live writer's.
 """
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
+from engine.diskspace import disk_full_guard, ensure_free
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call `write(tmp_path)` and move the result to `path`; on any error the temp file is removed."""
+__all__ = ["atomic_write", "atomic_write_text", "remove_stale_temps"]
+
+# Temp-file names of every writer in the engine, with the writer's pid:
+#   .<name>.<pid>.<random>.tmp  (atomic_write)   .<name>.<pid>.<tid>.tmp (store)   .<name>.<pid>.tmp (torch state)
+#   .<name>.tmp-<pid>-<hex>     (resolution cache)
+_TEMP_PATTERNS = (re.compile(r"^\..+?\.(?P<pid>\d+)\.(?:[A-Za-z0-9_]+\.)?tmp$"),
+                  re.compile(r"^\..+?\.tmp-(?P<pid>\d+)-[0-9a-f]+$"))
+_PIDLESS = re.compile(r"^\..+\.tmp$")  # older writers' names without a pid: removed only when a day old
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None], needed: int | None = None,
+                 what: str | None = None) -> Path:
+    """Call `write(tmp_path)` and move the result to `path`; on any error the temp file is removed.
+
+    `needed` (bytes, optional) is checked against the free space first. Raises
+    `engine.diskspace.DiskFullError` when the disk is (or fills up) full, naming the folder, the
+    space needed and what to do; any other error of `write` propagates unchanged.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary readable files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    what = what or path.name
+    with disk_full_guard(path.parent, needed, what):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if needed:
+            ensure_free(path.parent, needed, what)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            write(tmp)
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary readable files
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
     return path
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    """Write `text` (UTF-8) to `path` atomically; raises DiskFullError on a full disk."""
+    data = text.encode("utf-8")
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), needed=len(data))
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale_temps(root: str | Path, min_age_s: float = 60.0, pidless_age_s: float = 86400.0) -> list[Path]:
+    """Delete temp files under `root` left by writers that died; returns what was removed.
+
+    A temp file is removed only when the process named in it is not running on this machine and the
+    file has not been touched for `min_age_s` seconds (temp files without a pid: `pidless_age_s`).
+    This process's own temp files are never touched. Symlinked folders are not followed.
+    Unreadable folders and files that vanish meanwhile are skipped, never raised.
+    """
+    root = Path(root)
+    now = time.time()
+    me = os.getpid()
+    removed: list[Path] = []
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(Path(e.path))
+                    continue
+                if not e.name.startswith(".") or "tmp" not in e.name or not e.is_file(follow_symlinks=False):
+                    continue
+                pid = None
+                for pat in _TEMP_PATTERNS:
+                    m = pat.match(e.name)
+                    if m:
+                        pid = int(m.group("pid"))
+                        break
+                age = now - e.stat(follow_symlinks=False).st_mtime
+                if pid is not None:
+                    stale = pid != me and not _pid_alive(pid) and age >= min_age_s
+                else:
+                    stale = bool(_PIDLESS.match(e.name)) and age >= pidless_age_s
+                if stale:
+                    os.unlink(e.path)
+                    removed.append(Path(e.path))
+            except OSError:
+                continue
+    return removed

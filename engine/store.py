@@ -30,7 +30,6 @@ Threads: each thread gets its own connection (threading.local); all methods are 
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import hmac
 import io
@@ -54,14 +53,17 @@ import pandas as pd
 from PIL import Image
 
 from engine import paths
+from engine.diskspace import DiskFullError as _DiskFull
+from engine.diskspace import free_bytes, is_disk_full
 from engine.events import Event, OnEvent, check_stop, emit
+from engine.names import RESERVED_FINDINGS, check_name
 from engine.sqlite_wal import enable_wal
 
 if TYPE_CHECKING:
     from engine.data.io import ImageMeta
 
 __all__ = [
-    "DiskFullError", "ImportResult", "ImportSummary", "SCHEMA_VERSION", "Store", "StoreError",
+    "DiskFullError", "ImportResult", "ImportSummary", "LabelConflictError", "SCHEMA_VERSION", "Store", "StoreError",
 ]
 
 # ------------------------------------------------------------------------------------------ schema
@@ -134,27 +136,57 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-# Column names a finding may not take (they are columns of images() and of exported manifests).
-RESERVED_COLUMNS = frozenset({
-    "id", "sha256", "name", "file", "width", "height", "bits", "source_format", "photometric",
-    "modality", "view", "patient_key", "split", "created", "path", "patient_id",
-})
+RESERVED_COLUMNS = RESERVED_FINDINGS  # column names a finding may not take (engine.names)
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".dic"})
 _IGNORED_NAMES = frozenset({"__macosx", "thumbs.db", "desktop.ini"})
-_DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
-_SQLITE_FULL = 13
+_MARGIN = 4 * 2**20  # free bytes kept beyond a pixel file (SQLite's WAL needs room to commit)
 
 
 class StoreError(RuntimeError):
     """A store operation the user can fix (the message says how)."""
 
 
-class DiskFullError(StoreError):
-    """The disk filled up while writing; nothing was changed."""
+class DiskFullError(StoreError, _DiskFull):
+    """The disk filled up while writing. `committed` lists what was imported (and kept) before it
+    did: empty for a single transaction, which changes nothing. Also an `engine.diskspace.DiskFullError`
+    (an OSError with errno ENOSPC) naming the folder, the space needed and what to do."""
 
-    def __init__(self, directory: Path):
-        super().__init__(f"disk full: free space in {directory} and retry (nothing was imported or changed)")
-        self.directory = directory
+    def __init__(self, directory: Path, needed: int | None = None, free: int | None = None,
+                 what: str = "the workspace store", detail: str = "nothing was imported or changed",
+                 committed: Sequence[ImportResult] = ()):
+        _DiskFull.__init__(self, directory, needed, free, what, detail)
+        self.directory = Path(directory)
+        self.committed = list(committed)
+
+    def __reduce__(self):
+        return (type(self), (self.directory, self.needed, self.free, self.what, self.detail, self.committed))
+
+    def with_committed(self, committed: Sequence[ImportResult], total: int) -> DiskFullError:
+        """The same error, saying how many of `total` files were imported before the disk filled up."""
+        done = [r for r in committed if r.image_id is not None]
+        new = sum(not r.duplicate for r in done)
+        if not done:
+            detail = f"nothing was imported (0 of {total} files)"
+        else:
+            detail = (f"{len(done)} of {total} files were imported before the disk filled up and are kept "
+                      f"({new} new, {len(done) - new} already stored); the rest were not imported, so import them "
+                      "again once there is space (the imported ones will be recognized as duplicates)")
+        return DiskFullError(self.directory, self.needed, self.free, self.what, detail, committed)
+
+
+class LabelConflictError(StoreError):
+    """Labels changed by someone else since the caller read them; nothing was saved.
+    `conflicts` maps image id -> (name, label the caller saw, label now) with None = unlabeled."""
+
+    def __init__(self, finding: str, conflicts: Mapping[int, tuple[str, int | None, int | None]]):
+        self.finding = finding
+        self.conflicts = dict(conflicts)
+        word = {1: "present", 0: "absent", None: "unlabeled"}
+        shown = "; ".join(f"{name}: {word[old]} -> {word[new]}" for name, old, new in list(self.conflicts.values())[:10])
+        more = f" and {len(self.conflicts) - 10} more" if len(self.conflicts) > 10 else ""
+        super().__init__(f"{len(self.conflicts)} label(s) of {finding!r} were changed by someone else since you "
+                         f"opened them ({shown}{more}); nothing was saved. Reload to see the current labels, then "
+                         "make your changes again")
 
 
 @dataclass(frozen=True)
@@ -165,6 +197,7 @@ class ImportResult:
     image_id: int | None
     error: str | None
     duplicate: bool = False
+    label_kept: bool = False  # a duplicate already labeled the other way kept its label (import_bytes label=)
 
 
 @dataclass(frozen=True)
@@ -212,17 +245,9 @@ def decode_png(path: Path) -> np.ndarray:
 
 
 def check_finding_name(name: str) -> str:
-    """A stripped, valid finding name, or ValueError saying what is wrong."""
-    n = str(name).strip()
-    if not n:
-        raise ValueError("a finding needs a non-empty name")
-    if len(n) > 64:
-        raise ValueError(f"finding name {n[:20]!r}... is longer than 64 characters; use a shorter name")
-    if n.lower() in RESERVED_COLUMNS:
-        raise ValueError(f"{n!r} is a reserved column name; pick another name for the finding")
-    if any(c in n for c in ',"\n\r\t') or not n.isprintable():
-        raise ValueError(f"finding name {n!r} contains commas, quotes or control characters; remove them")
-    return n
+    """A stripped, valid finding name (engine.names.check_name, kind "finding"); raises
+    engine.names.InvalidNameError (a ValueError) saying what is wrong."""
+    return check_name(name, "finding")
 
 
 def is_ignored_member(name: str) -> bool:
@@ -238,11 +263,7 @@ def looks_importable(path: Path) -> bool:
 
 
 def _is_disk_full(e: BaseException) -> bool:
-    if isinstance(e, OSError) and e.errno in _DISK_FULL_ERRNOS:
-        return True
-    if isinstance(e, sqlite3.Error):
-        return getattr(e, "sqlite_errorcode", None) == _SQLITE_FULL or "disk is full" in str(e)
-    return False
+    return is_disk_full(e)
 
 
 def _open_tmp(path: Path):
@@ -251,7 +272,11 @@ def _open_tmp(path: Path):
 
 
 def write_atomic(dest: Path, data: bytes) -> None:
-    """Write bytes to `dest` via a temp file + os.replace; a full disk raises DiskFullError."""
+    """Write bytes to `dest` via a temp file + os.replace. Raises DiskFullError (nothing written)
+    when the free space is below the data plus a safety margin, or when the write runs out of space."""
+    free = free_bytes(dest.parent)
+    if free is not None and free < len(data) + _MARGIN:
+        raise DiskFullError(dest.parent, len(data) + _MARGIN, free, dest.name)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with _open_tmp(tmp) as f:
@@ -259,8 +284,8 @@ def write_atomic(dest: Path, data: bytes) -> None:
         os.replace(tmp, dest)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        if _is_disk_full(e):
-            raise DiskFullError(dest.parent) from e
+        if _is_disk_full(e) and not isinstance(e, DiskFullError):
+            raise DiskFullError(dest.parent, len(data) + _MARGIN, free_bytes(dest.parent), dest.name) from e
         raise
 
 
@@ -366,7 +391,7 @@ class Store:
                 except sqlite3.Error:
                     pass
             if _is_disk_full(e) and not isinstance(e, DiskFullError):
-                raise DiskFullError(self.workspace) from e
+                raise DiskFullError(self.workspace, free=free_bytes(self.workspace)) from e
             raise
 
     @contextmanager
@@ -397,15 +422,29 @@ class Store:
     # -------------------------------------------------------------------------------- import
 
     def import_bytes(self, name: str, data: bytes, on_event: OnEvent | None = None,
-                     stop: threading.Event | None = None) -> list[ImportResult]:
+                     stop: threading.Event | None = None,
+                     label: tuple[str, int] | None = None) -> list[ImportResult]:
         """Import one uploaded file: an image (PNG/JPEG/TIFF/DICOM) or a ZIP archive of them.
 
         Returns one ImportResult per image (per archive member for a ZIP, dot-files and __MACOSX
-        skipped). Errors are reported per file, never raised; only DiskFullError is raised.
+        skipped). Errors are reported per file, never raised. `label=(finding, 1 | 0)` labels every
+        imported image in the same transaction that stores it (an image and its label commit
+        together); a duplicate already labeled the other way keeps its label (`label_kept`).
+        Raises ValueError for an invalid finding name or label value (before anything is written) and
+        DiskFullError when the disk fills up; its `committed` lists the images imported (and kept,
+        with their labels) before that.
         """
+        if label is not None:
+            label = (check_finding_name(label[0]), label[1])
+            if label[1] not in (0, 1) or isinstance(label[1], float):
+                raise ValueError(f"label {label[1]!r} is not 1 (present) or 0 (absent)")
+            label = (label[0], int(label[1]))
         if data[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-            return self._import_zip(name, data, on_event, stop)
-        return [self._import_one(name, data)]
+            return self._import_zip(name, data, on_event, stop, label)
+        try:
+            return [self._import_one(name, data, label)]
+        except DiskFullError as e:
+            raise e.with_committed([], 1) from e
 
     def import_paths(self, paths_: Iterable[Path | str], on_event: OnEvent | None = None,
                      stop: threading.Event | None = None) -> list[ImportResult]:
@@ -427,15 +466,19 @@ class Store:
                 results.append(ImportResult(str(p), None, f"{p}: no such file or folder; check the path", False))
         for i, (name, f) in enumerate(todo):
             check_stop(stop)
-            if f.suffix.lower() == ".zip":
-                results.extend(self._import_zip(name, f.read_bytes(), None, stop))
-            else:
-                results.append(self._import_one(name, f))
+            try:
+                if f.suffix.lower() == ".zip":
+                    results.extend(self._import_zip(name, f.read_bytes(), None, stop))
+                else:
+                    results.append(self._import_one(name, f))
+            except DiskFullError as e:  # what was committed before stays; say exactly what that is
+                done = results + list(e.committed)
+                raise e.with_committed(done, len(done) + len(todo) - i) from e
             emit(on_event, step=i + 1, total=len(todo), kind="progress")
         return results
 
     def _import_zip(self, name: str, data: bytes, on_event: OnEvent | None,
-                    stop: threading.Event | None) -> list[ImportResult]:
+                    stop: threading.Event | None, label: tuple[str, int] | None = None) -> list[ImportResult]:
         def fail(msg: str) -> list[ImportResult]:
             return [ImportResult(name, None, f"{name}: {msg}", False)]
 
@@ -461,7 +504,10 @@ class Store:
             if isinstance(blob, str):
                 results.append(ImportResult(member, None, f"{member}: {blob}", False))
             else:
-                results.append(self._import_one(member, blob))
+                try:
+                    results.append(self._import_one(member, blob, label))
+                except DiskFullError as e:  # members imported before stay (with their labels)
+                    raise e.with_committed(results, len(infos)) from e
             emit(on_event, step=k + 1, total=len(infos), kind="progress")
         return results
 
@@ -483,23 +529,43 @@ class Store:
             return "archives inside archives are not supported; extract it and import its contents"
         return blob
 
-    def _import_one(self, name: str, src: bytes | Path) -> ImportResult:
-        """Decode, dedupe and store one image in its own transaction. Only DiskFullError raises."""
+    def _import_one(self, name: str, src: bytes | Path, label: tuple[str, int] | None = None) -> ImportResult:
+        """Decode, dedupe and store one image (and its `label`) in one transaction. Only DiskFullError raises."""
         prepared = self._prepare(name, src)
         if isinstance(prepared, ImportResult):
-            return prepared
+            if prepared.image_id is None or label is None:
+                return prepared
+            with self._tx() as c:  # a duplicate: label it (unless labeled the other way)
+                kept = self._label_upload(c, prepared.image_id, label, duplicate=True)
+            return ImportResult(name, prepared.image_id, None, True, kept)
         sha, meta, new_file = prepared
         try:
             with self._tx() as c:
                 row = c.execute("SELECT id FROM images WHERE sha256=?", (sha,)).fetchone()
                 if row is not None:  # another thread/process stored the same pixels meanwhile
-                    return ImportResult(name, int(row[0]), None, True)
+                    kept = label is not None and self._label_upload(c, int(row[0]), label, duplicate=True)
+                    return ImportResult(name, int(row[0]), None, True, kept)
                 image_id = self._insert_image(c, sha, name, meta)
+                if label is not None:
+                    self._label_upload(c, image_id, label, duplicate=False)
         except BaseException:
             if new_file:
                 self._discard_files([f"images/{sha}.png"])
             raise
         return ImportResult(name, image_id, None, False)
+
+    @staticmethod
+    def _label_upload(c: sqlite3.Connection, image_id: int, label: tuple[str, int], duplicate: bool) -> bool:
+        """Set an uploaded image's label inside the import transaction. A duplicate already labeled
+        the other way keeps its label (never silently flipped): returns True when that happened."""
+        finding, value = label
+        if duplicate:
+            old = c.execute("SELECT value FROM labels WHERE image_id=? AND finding=?", (image_id, finding)).fetchone()
+            if old is not None and int(old[0]) != value:
+                return True
+        c.execute("INSERT OR IGNORE INTO findings(name, created) VALUES (?, ?)", (finding, time.time()))
+        c.execute("INSERT OR REPLACE INTO labels(image_id, finding, value) VALUES (?,?,?)", (image_id, finding, value))
+        return False
 
     def _prepare(self, name: str, src: bytes | Path,
                  known: Mapping[str, int] | None = None) -> ImportResult | tuple[str, ImageMeta, bool]:
@@ -860,10 +926,14 @@ class Store:
             c.execute("UPDATE findings SET name=? WHERE name=?", (n, old))
         return n
 
-    def set_labels(self, finding: str, labels: Mapping[int, int | float | bool | None]) -> int:
+    def set_labels(self, finding: str, labels: Mapping[int, int | float | bool | None],
+                   expected: Mapping[int, int | float | bool | None] | None = None) -> int:
         """Set labels of one finding: 1 present, 0 absent, None (or NaN) unknown. The finding is
         added when new. Unknown image ids or other values raise ValueError and change nothing.
-        Returns the number of images touched."""
+
+        `expected` (optional) maps image ids to the labels the caller saw before editing; when any of
+        them changed meanwhile (another session saved first), LabelConflictError is raised listing
+        them and nothing is changed. Returns the number of images touched."""
         n = check_finding_name(finding)
         sets: list[tuple[int, str, int]] = []
         clears: list[tuple[int, str]] = []
@@ -882,10 +952,33 @@ class Store:
                 missing = [i for i in ids if i not in found]
                 if missing:
                     raise ValueError(f"no images with ids {missing[:10]} in this workspace; nothing was labeled")
+            if expected:
+                self._check_expected(c, n, expected)
             c.execute("INSERT OR IGNORE INTO findings(name, created) VALUES (?, ?)", (n, time.time()))
             c.executemany("INSERT OR REPLACE INTO labels(image_id, finding, value) VALUES (?,?,?)", sets)
             c.executemany("DELETE FROM labels WHERE image_id=? AND finding=?", clears)
         return len(ids)
+
+    def _check_expected(self, c: sqlite3.Connection, finding: str,
+                        expected: Mapping[int, int | float | bool | None]) -> None:
+        """Raise LabelConflictError when a current label differs from what the caller saw."""
+        def norm(v: Any) -> int | None:
+            if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):
+                return None
+            return int(v)
+
+        ids = sorted({int(i) for i in expected})
+        now: dict[int, int] = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i:i + 500]
+            now.update(c.execute(f"SELECT image_id, value FROM labels WHERE finding=? AND image_id IN "
+                                 f"({','.join('?' * len(part))})", (finding, *part)).fetchall())
+        changed = {i: (norm(expected[i]), now.get(i)) for i in ids if norm(expected[i]) != now.get(i)}
+        if changed:
+            names = dict(c.execute(f"SELECT id, name FROM images WHERE id IN ({','.join('?' * len(changed))})",
+                                   list(changed)).fetchall())
+            raise LabelConflictError(finding, {i: (names.get(i, f"image {i}"), old, new)
+                                               for i, (old, new) in changed.items()})
 
     def delete_images(self, ids: Iterable[int]) -> int:
         """Delete images with their labels and regions; their files go once the rows are gone."""

@@ -25,6 +25,10 @@ any paths) map to the same file. Building a list:
 4. assemble the list block by copying rows, write it (temp file + os.replace, JSON last), and
    delete the parts it now contains.
 
+Blocks are written with plain `write()` calls, never through a writable memory map (a full disk
+would kill the process with SIGBUS), after checking the free space: a full disk raises
+`engine.diskspace.DiskFullError` naming the cache folder, the space needed and what to do.
+
 Blocks are immutable once written and readers never take the lock, so any number of processes may
 read while one builds; two builders of the same folder serialize on the lock, and the second then
 finds the first one's work. Unreadable images never vanish silently: `CacheError` lists them all
@@ -47,6 +51,7 @@ import numpy as np
 from filelock import FileLock
 
 from engine.data.transforms import Letterbox, Mode, fit_square
+from engine.diskspace import disk_full_guard, ensure_free
 from engine.events import OnEvent, check_stop, emit
 from engine.sqlite_wal import enable_wal
 
@@ -161,24 +166,42 @@ def _atomic_bytes(path: Path, data: bytes) -> None:
             tmp.unlink()
 
 
-def _write_block(folder: Path, name: str, fill, n: int, size: int, keys: list[str],
+def _write_block(folder: Path, name: str, chunks: Iterable[np.ndarray], n: int, size: int, keys: list[str],
                  lbs: np.ndarray, meta: dict) -> _Block:
-    """Write `name`.npy (rows filled by `fill(memmap)`) then `name`.json, each atomically."""
+    """Write `name`.npy (rows from `chunks`, (k, S, S) uint8 arrays in row order) then `name`.json,
+    each atomically.
+
+    Plain buffered writes, never a writable memory map: on a full disk a write to a memory map kills
+    the whole process with SIGBUS, while `write()` raises ENOSPC, which becomes `DiskFullError`
+    (the free space is also checked before writing). Nothing is left behind on any error.
+    """
     npy = folder / f"{name}.npy"
+    body = json.dumps({**meta, "keys": keys, "letterboxes": lbs.tolist()}).encode()
+    needed = n * size * size + 4096 + len(body)
+    what = f"the resolution cache ({n} images at {size}px)"
+    ensure_free(folder, needed, what)
     tmp = folder / f".{name}.npy.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size))  # (n, S, S)
-        fill(arr)
-        arr.flush()
-        del arr
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, npy)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    body = {**meta, "keys": keys, "letterboxes": lbs.tolist()}
-    _atomic_bytes(folder / f"{name}.json", json.dumps(body).encode())
+    with disk_full_guard(folder, needed, what):
+        try:
+            with open(tmp, "wb") as fh:
+                np.lib.format.write_array_header_1_0(
+                    fh, {"descr": np.dtype(np.uint8).str, "fortran_order": False, "shape": (n, size, size)})
+                written = 0
+                for chunk in chunks:
+                    chunk = np.ascontiguousarray(chunk, dtype=np.uint8)  # (k, S, S)
+                    if chunk.shape[1:] != (size, size):
+                        raise ValueError(f"cache rows must be {size}x{size}, got {chunk.shape[1:]}")
+                    fh.write(chunk.tobytes())
+                    written += len(chunk)
+                if written != n:
+                    raise RuntimeError(f"cache block {name}: {written} rows written, {n} expected")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, npy)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        _atomic_bytes(folder / f"{name}.json", body)
     return _Block(npy, keys, lbs)
 
 
@@ -259,8 +282,10 @@ class ImageCache:
               workers: int | None = None) -> "ImageCache":
         """Cache `paths` at `size` x `size` (see module doc); returns the list's `ImageCache`.
 
-        Raises `CacheError` listing every file that is missing or cannot be decoded, and
-        `engine.events.Cancelled` when `stop` is set (decoded chunks are kept for the next build).
+        Raises `CacheError` listing every file that is missing or cannot be decoded,
+        `engine.diskspace.DiskFullError` when the cache folder's disk is too full (checked before each
+        block is written; parts already written are kept), and `engine.events.Cancelled` when `stop`
+        is set (decoded chunks are kept for the next build).
         """
         if mode not in ("pad", "crop"):
             raise ValueError(f"unknown cache mode {mode!r}; use 'pad' or 'crop'")
@@ -343,7 +368,8 @@ def _hash_all(paths: list[str], index: HashIndex, workers: int, on_event: OnEven
                     else:
                         known[p] = res
                         new_rows.append((p, *stats[p], res))
-                index.store(new_rows)  # per chunk: a cancelled build keeps what it hashed
+                with disk_full_guard(index.db.parent, what="the cache's hash index"):
+                    index.store(new_rows)  # per chunk: a cancelled build keeps what it hashed
                 emit(on_event, step=min(i + len(part), len(fresh)), total=len(fresh),
                      message=f"hashed {min(i + len(part), len(fresh))}/{len(fresh)} files")
     return [known.get(p) for p in paths], problems
@@ -404,12 +430,9 @@ def _decode_missing(folder: Path, todo: dict[str, str], size: int, mode: Mode, b
                 ks = [k for k, _ in good]
                 name = "part-" + hashlib.sha256("\n".join(ks).encode()).hexdigest()[:24]
 
-                def fill(arr, good=good):
-                    for row, (_, (img, _lb)) in enumerate(good):
-                        arr[row] = img
-
+                rows = np.stack([img for _, (img, _lb) in good])  # (k, S, S) uint8
                 lbs = np.asarray(_lb_rows([lb for _, (_, lb) in good]), dtype=np.float64)
-                blocks.append(_write_block(folder, name, fill, len(good), size, ks, lbs, meta))
+                blocks.append(_write_block(folder, name, [rows], len(good), size, ks, lbs, meta))
             done += len(chunk)
             emit(on_event, step=done, total=len(items), message=f"decoded {done}/{len(items)} images")
     finally:
@@ -428,13 +451,20 @@ def _assemble(folder: Path, name: str, keys: list[str], blocks: list[_Block],
     for bi, dst in groups.items():
         lbs[dst] = blocks[bi].lb[rows[dst]]
 
-    def fill(arr: np.ndarray) -> None:
-        for bi, dst in groups.items():
-            a = np.load(blocks[bi].npy, mmap_mode="r")  # (n_b, S, S)
-            for j in range(0, len(dst), 1024):  # bounded memory; source rows read in order
-                d = dst[j:j + 1024]
-                o = np.argsort(rows[d], kind="stable")
-                arr[d[o]] = a[rows[d][o]]
+    def chunks() -> Iterable[np.ndarray]:
+        """Destination rows in order, 1024 at a time (bounded memory), each gathered from its blocks."""
+        arrays: dict[int, np.ndarray] = {}
+        for j in range(0, len(keys), 1024):
+            out = np.empty((min(1024, len(keys) - j), size, size), dtype=np.uint8)  # (c, S, S)
+            s_blk, s_row = src[j:j + len(out)], rows[j:j + len(out)]
+            for bi in np.unique(s_blk):
+                bi = int(bi)
+                if bi not in arrays:
+                    arrays[bi] = np.load(blocks[bi].npy, mmap_mode="r")  # (n_b, S, S), read-only
+                sel = np.flatnonzero(s_blk == bi)
+                o = np.argsort(s_row[sel], kind="stable")  # source rows read in order
+                out[sel[o]] = arrays[bi][s_row[sel][o]]
+            yield out
 
     meta = {"version": CACHE_VERSION, "size": size, "mode": mode}
-    return _write_block(folder, name, fill, len(keys), size, keys, lbs, meta)
+    return _write_block(folder, name, chunks(), len(keys), size, keys, lbs, meta)
