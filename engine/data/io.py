@@ -23,6 +23,18 @@ Raster images (PNG, JPEG, TIFF through Pillow)
   Palette images go through their palette. Alpha is composited over black, the colour the
   letterbox padding uses, so a transparent region reads as "no signal"; an opaque alpha changes
   nothing.
+* TIFF PhotometricInterpretation (TIFF 6.0, tag 262) is honoured at every bit depth and byte order:
+  ``WhiteIsZero`` (min-is-white, value 0) is inverted after scaling, so dense tissue is bright as
+  with ``BlackIsZero``. Pillow inverts 1- to 8-bit min-is-white itself; 16-bit, 32-bit and float
+  samples are inverted here. TIFFs Pillow cannot open (big-endian 16-bit min-is-white, 12-bit or
+  other odd bit depths, signed or float layouts it lacks) are read with tifffile, under the same
+  rules (integer samples above 8 bits stretched min-max; up to 8 bits divided by 2**bits - 1).
+* Orientation: the EXIF Orientation tag (EXIF 2.32 tag 0x0112; TIFF 6.0 tag 274, the same values
+  1-8) of JPEG, PNG (eXIf chunk) and TIFF files is applied when reading, exactly as
+  ``PIL.ImageOps.exif_transpose`` does, so a phone photo of a film comes in upright; ``width`` and
+  ``height`` in the meta are those of the upright array.
+* JPEG variants Pillow cannot decode (12-bit Extended, Lossless, hierarchical, JPEG-LS) are refused
+  with their name and the advice to convert them to a 16-bit PNG or DICOM, never as "corrupt".
 * ``meta.photometric`` is the Pillow mode of the file (``L``, ``I;16``, ``RGB``, ``RGBA``, ``P``,
   ``1``, ...), ``meta.bits`` the bits per decoded sample, ``modality`` and ``view`` are empty.
 
@@ -35,9 +47,18 @@ inversion (after windowing, so the window applies to the stored polarity) -> [0,
 window (width < 1 for LINEAR) falls back to min-max. VOI LUT output is scaled by the minimum and
 maximum of the LUT's own entries (real files often declare 16 bits for 12-bit LUT data).
 Presentation LUT Shape is not applied on top: in CR/DX it restates the MONOCHROME1/2 polarity.
+Pixel padding (DICOM PS3.3 C.7.5.1.1.2): stored values equal to Pixel Padding Value (0028,0120), or
+between it and Pixel Padding Range Limit (0028,0121) inclusive, are not image content. They are left
+out of the min-max stretch and come out as 0 (background, the colour of the letterbox padding) after
+windowing and MONOCHROME1 inversion, for windowed and window-less images alike. An image that is all
+padding is refused.
 Colour DICOM (RGB/YBR) is converted to luminance without windowing. Compressed transfer syntaxes
 (JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, RLE) decode through pydicom's plugins
-(pylibjpeg with -libjpeg, -openjpeg, -rle; Pillow); a missing plugin names the package to install.
+(pylibjpeg with -libjpeg, -openjpeg, -rle; Pillow). When decoding fails the message says which of
+three things happened: no decoder plugin for that transfer syntax is installed (names the package to
+install), pydicom has no decoder for it at all (says to decompress the file), or a decoder is
+installed and the data is truncated (the compressed frame stops before its end-of-image marker) or
+corrupt / of a variant the installed decoders cannot handle (quotes each plugin's reason).
 Files without preamble or file meta are read with ``force=True``; their transfer syntax is taken
 from the encoding pydicom detected.
 
@@ -216,6 +237,9 @@ def _read_raster(data: bytes, name: str, fmt: str) -> tuple[np.ndarray, ImageMet
         # Pillow's own, larger decompression-bomb limit so that ours below decides, with a clear message.
         im = _OPENERS[fmt](io.BytesIO(data))
     except _DECODE_ERRORS as e:
+        if fmt == "tiff":
+            return _read_tiff_tifffile(data, name, pillow_error=e)
+        _refuse_jpeg_variant(data, name, fmt)
         raise ImageReadError(f"{name} starts like a {fmt.upper()} file but its header is truncated or corrupt "
                              f"({e}); re-export or download it again.") from e
     _check_size(im.width, im.height, name)
@@ -224,14 +248,211 @@ def _read_raster(data: bytes, name: str, fmt: str) -> tuple[np.ndarray, ImageMet
                              f"single-image files: save the radiograph you want on its own.")
     mode = im.mode
     try:
+        orientation = _exif_orientation(im)
         if im.format == "JPEG" and mode == "RGB":
             im.draft("L", im.size)  # decode the stored BT.601 luma (Y) only: ~1.5x faster at 224 px
         im.load()
+        if fmt == "tiff" and _ORIENTATION_TAG not in im.tag_v2:
+            orientation = 1  # Pillow's TIFF loader turned it upright itself (and dropped the tag)
         img, bits = _pil_to_unit_gray(im)
     except _DECODE_ERRORS as e:
+        if fmt == "tiff":
+            return _read_tiff_tifffile(data, name, pillow_error=e)
+        _refuse_jpeg_variant(data, name, fmt)
         raise ImageReadError(f"{name} could not be decoded: the {fmt.upper()} data is truncated or corrupt "
                              f"({e}). Re-export or download it again.") from e
-    return img, ImageMeta(source_format=fmt, width=im.width, height=im.height, bits=bits, photometric=mode)
+    if fmt == "tiff" and _tiff_min_is_white(im) and not _pillow_inverted(mode):
+        img = np.subtract(np.float32(1.0), img, out=img)  # TIFF 6.0 WhiteIsZero: 0 is white
+    img = apply_orientation(img, orientation)
+    return img, ImageMeta(source_format=fmt, width=img.shape[1], height=img.shape[0], bits=bits,
+                          photometric=mode)
+
+
+# TIFF 6.0 tags (section 8 "Baseline Fields"): 262 PhotometricInterpretation (0 = WhiteIsZero,
+# 1 = BlackIsZero, 2 = RGB, 3 = palette), 274 Orientation (= EXIF 0x0112).
+_TIFF_PHOTOMETRIC: Final = 262
+_ORIENTATION_TAG: Final = 0x0112  # EXIF 2.32 section 4.6.4 A; TIFF 6.0 tag 274
+
+
+def _tiff_min_is_white(im: Image.Image) -> bool:
+    tags = getattr(im, "tag_v2", None)
+    return tags is not None and tags.get(_TIFF_PHOTOMETRIC) == 0
+
+
+def _pillow_inverted(mode: str) -> bool:
+    """Pillow's TIFF decoder inverts WhiteIsZero itself only for 1- to 8-bit samples (rawmodes
+    '1;I', 'L;2I', 'L;4I', 'L;I'); 16-bit, 32-bit and float samples come out as stored."""
+    return mode in ("1", "L")
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    """EXIF/TIFF Orientation 1-8 of a Pillow image (1 when absent or invalid)."""
+    try:
+        value = im.getexif().get(_ORIENTATION_TAG, 1)
+    except _DECODE_ERRORS:  # a damaged EXIF block is no reason to refuse the pixels
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn an HxW array stored with EXIF/TIFF Orientation `orientation` (1-8) upright.
+
+    The values are those of EXIF 2.32 (tag 0x0112) and TIFF 6.0 (tag 274): 1 = upright, 2 = mirrored,
+    3 = rotated 180, 4 = flipped vertically, 5 = transposed, 6 = stored rotated 90 degrees counter-
+    clockwise (turned clockwise to display), 7 = transversed, 8 = stored rotated 90 clockwise. The
+    result equals ``PIL.ImageOps.exif_transpose``'s; shape (H, W) becomes (W, H) for 5-8. Any other
+    value leaves the array as it is. Returns a C-contiguous array (a copy unless orientation is 1).
+    """
+    if orientation == 2:
+        out = img[:, ::-1]
+    elif orientation == 3:
+        out = img[::-1, ::-1]
+    elif orientation == 4:
+        out = img[::-1]
+    elif orientation == 5:
+        out = img.T
+    elif orientation == 6:
+        out = np.rot90(img, -1)
+    elif orientation == 7:
+        out = img[::-1, ::-1].T
+    elif orientation == 8:
+        out = np.rot90(img, 1)
+    else:
+        return img
+    return np.ascontiguousarray(out)
+
+
+# JPEG start-of-frame markers (ITU-T T.81 Table B.1; JPEG-LS: T.87) -> the process they code.
+_JPEG_SOF: Final = {
+    0xC0: "Baseline", 0xC1: "Extended, process 4", 0xC2: "Progressive", 0xC3: "Lossless, process 14",
+    0xC5: "hierarchical sequential", 0xC6: "hierarchical progressive", 0xC7: "hierarchical lossless",
+    0xC9: "Extended, arithmetic-coded", 0xCA: "Progressive, arithmetic-coded",
+    0xCB: "Lossless, arithmetic-coded", 0xCD: "hierarchical, arithmetic-coded",
+    0xCE: "hierarchical progressive, arithmetic-coded", 0xCF: "hierarchical lossless, arithmetic-coded",
+    0xF7: "JPEG-LS",
+}
+
+
+def jpeg_variant(data: bytes) -> tuple[str, int] | None:
+    """(process name, sample precision in bits) from a JPEG stream's first SOF marker, else None.
+
+    Follows ITU-T T.81 Annex B: marker segments after SOI are walked by their 2-byte lengths until
+    a start-of-frame marker (SOF0-SOF15 except DHT/JPG/DAC, or JPEG-LS SOF55), whose first byte
+    is the sample precision P.
+    """
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:          # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # SOI, TEM, RSTn: no length
+            i += 2
+            continue
+        (length,) = struct.unpack_from(">H", data, i + 2)
+        if marker in _JPEG_SOF:
+            return (_JPEG_SOF[marker], data[i + 4]) if i + 4 < n else None
+        if marker == 0xDA or length < 2:  # start of scan before any frame header: malformed
+            return None
+        i += 2 + length
+    return None
+
+
+def _refuse_jpeg_variant(data: bytes, name: str, fmt: str) -> None:
+    """Raise a precise ImageReadError when a JPEG Pillow failed on is a variant Pillow cannot decode
+    (anything but 8-bit Baseline/Extended/Progressive Huffman coding); return otherwise."""
+    if fmt != "jpeg":
+        return
+    found = jpeg_variant(data)
+    if found is None:
+        return
+    process, bits = found
+    if bits == 8 and process in ("Baseline", "Extended, process 4", "Progressive"):
+        return  # a variant Pillow reads: the data itself is damaged
+    what = f"{bits}-bit JPEG ({process})" if process != "JPEG-LS" else f"{bits}-bit JPEG-LS image"
+    raise ImageReadError(f"{name} is a valid-looking {what}, a JPEG variant the image reader (Pillow) cannot "
+                         f"decode; it is not necessarily damaged. Convert it to a 16-bit PNG or to DICOM "
+                         f"(which keeps all {bits} bits) and import that.")
+
+
+def _read_tiff_tifffile(data: bytes, name: str, pillow_error: BaseException) -> tuple[np.ndarray, ImageMeta]:
+    """TIFFs Pillow cannot open or decode, read with tifffile (TIFF 6.0 baseline + extensions)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tf:
+            pages = tf.pages
+            if len(pages) > 1:
+                raise ImageReadError(f"{name} holds {len(pages)} images (multi-page TIFF); scarce-cxr reads "
+                                     f"single-image files: save the radiograph you want on its own.")
+            page = pages.first
+            _check_size(int(page.imagewidth), int(page.imagelength), name)
+            photometric = int(page.photometric)
+            bits = int(page.bitspersample)
+            compression = getattr(page.compression, "name", str(page.compression))
+            tag = page.tags.get(274)
+            orientation = int(tag.value) if tag is not None else 1
+            try:
+                arr = page.asarray()
+            except ImageReadError:
+                raise
+            except Exception as e:  # tifffile raises NotImplementedError/ValueError/... per codec
+                variant = f"{bits}-bit, {compression} compression"
+                if isinstance(e, NotImplementedError) or "imagecodecs" in str(e):
+                    raise ImageReadError(
+                        f"{name} is a TIFF ({variant}) that Pillow cannot read ({pillow_error}) and tifffile can "
+                        f"only decode with the 'imagecodecs' package, which is not installed ({e}). Install it "
+                        f"(pip install imagecodecs), or save the image as a 16-bit TIFF or PNG and import that.") from e
+                raise ImageReadError(
+                    f"{name} is a TIFF ({variant}) that neither Pillow ({pillow_error}) nor tifffile "
+                    f"({type(e).__name__}: {e}) can decode: the data is truncated or corrupt. Re-export or "
+                    f"download it again.") from e
+            colormap = page.colormap
+    except ImageReadError:
+        raise
+    except Exception as e:
+        raise ImageReadError(f"{name} starts like a TIFF file but neither Pillow ({pillow_error}) nor tifffile "
+                             f"({type(e).__name__}: {e}) can read it: the file is truncated or corrupt. Re-export or "
+                             f"download it again.") from e
+    img = _tifffile_to_unit_gray(arr, photometric, bits, colormap, name)
+    img = apply_orientation(img, orientation if 1 <= orientation <= 8 else 1)
+    kind = {0: "min-is-white", 1: "min-is-black", 2: "RGB", 3: "palette"}.get(photometric, str(photometric))
+    return img, ImageMeta(source_format="tiff", width=img.shape[1], height=img.shape[0], bits=bits,
+                          photometric=f"{arr.dtype.str.lstrip('<>|=')} {kind}")
+
+
+def _tifffile_to_unit_gray(arr: np.ndarray, photometric: int, bits: int, colormap, name: str) -> np.ndarray:
+    """tifffile page array -> float32 HxW in [0, 1] under the module's raster rules (TIFF 6.0 tag 262)."""
+    if photometric in (0, 1):                                   # WhiteIsZero / BlackIsZero, HxW
+        if arr.ndim == 3 and arr.shape[-1] > 1:
+            arr = arr[..., 0]                                   # extra samples (alpha) dropped
+        if arr.ndim != 2:
+            raise ImageReadError(f"{name}: greyscale TIFF decoded to shape {arr.shape}, expected HxW.")
+        if arr.dtype.kind == "f":
+            img = arr.astype(np.float32)
+            if not np.isfinite(img).all():
+                raise ImageReadError(f"{name} contains NaN or infinite pixel values; re-export it from the source.")
+            if not (img.size and img.min() >= 0.0 and img.max() <= 1.0):
+                img = _minmax(img)
+        elif arr.dtype == bool:
+            img = arr.astype(np.float32)
+        elif bits <= 8:
+            img = arr.astype(np.float32) * np.float32(1.0 / (2 ** bits - 1))   # container maximum
+        else:
+            img = _minmax(arr)                                  # raw detector values
+        if photometric == 0:
+            img = np.subtract(np.float32(1.0), img, out=img)
+        return np.clip(img, 0.0, 1.0, out=img)
+    if photometric == 3 and colormap is not None:               # palette: colormap (3, 2**bits) uint16
+        rgb = np.moveaxis(colormap[:, arr], 0, -1).astype(np.float32) / np.float32(65535.0)
+        return np.clip(rgb @ _BT601, 0.0, 1.0)
+    if photometric == 2 and arr.ndim == 3 and arr.shape[-1] >= 3:
+        top = np.float32(1.0) if arr.dtype.kind == "f" else np.float32(2 ** bits - 1)
+        return np.clip(arr[..., :3].astype(np.float32) @ _BT601 / top, 0.0, 1.0)
+    raise ImageReadError(f"{name} is a TIFF with photometric interpretation {photometric} and shape {arr.shape}, "
+                         f"which scarce-cxr does not read; save it as a greyscale (min-is-black) TIFF or PNG.")
 
 
 def _pil_to_unit_gray(im: Image.Image) -> tuple[np.ndarray, int]:
@@ -322,9 +543,15 @@ def _read_dicom(data: bytes, name: str) -> tuple[np.ndarray, ImageMeta]:
     if photometric in _COLOR_PHOTOMETRICS:
         img = _color_dicom_to_gray(stored, ds)
     else:
-        img = _monochrome_to_unit(stored, ds)
+        padding = pixel_padding_mask(stored, ds)
+        if padding is not None and padding.all():
+            raise ImageReadError(f"{name}: every pixel equals the Pixel Padding Value, so the image holds no "
+                                 f"content; export the radiograph again.")
+        img = _monochrome_to_unit(stored, ds, padding)
         if photometric == "MONOCHROME1":
             img = np.subtract(np.float32(1.0), img, out=img)  # inversion after windowing
+        if padding is not None:
+            img[padding] = 0.0  # padding is background, whatever the window or polarity
     bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 0)
     meta = ImageMeta(source_format="dicom", width=cols, height=rows, bits=bits, photometric=photometric,
                      modality=_code_string(ds.get("Modality")), view=_code_string(ds.get("ViewPosition")))
@@ -390,19 +617,64 @@ def _check_dicom_is_single_image(ds, name: str) -> None:
 
 
 def _decode_dicom_pixels(ds, name: str) -> np.ndarray:
-    tsyntax = ds.file_meta.TransferSyntaxUID
     try:
         return ds.pixel_array
-    except (RuntimeError, NotImplementedError) as e:
-        if "plugin" in str(e) or "missing" in str(e):
-            packages = next((pkgs for key, pkgs in _DECODER_PACKAGES if key in tsyntax.keyword.upper()),
-                            "pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle")
-            raise ImageReadError(f"{name} uses the '{tsyntax.name}' transfer syntax and no installed decoder "
-                                 f"can read it. Install one: pip install {packages}  ({e})") from e
-        raise ImageReadError(f"{name}: pixel data in '{tsyntax.name}' cannot be decoded ({e}).") from e
-    except (*_DECODE_ERRORS, KeyError, IndexError, AttributeError) as e:
-        raise ImageReadError(f"{name}: pixel data ('{tsyntax.name}') is truncated or corrupt ({e}); "
-                             f"export the image again.") from e
+    except (RuntimeError, NotImplementedError, *_DECODE_ERRORS, KeyError, IndexError, AttributeError) as e:
+        raise ImageReadError(_decode_failure(ds, name, e)) from e
+
+
+def _decode_failure(ds, name: str, error: BaseException) -> str:
+    """The message for pixel data that did not decode: missing decoder, no decoder at all, truncated
+    data, or corrupt data / an unsupported variant, decided from the decoder registry and the data."""
+    from pydicom.pixels.decoders.base import get_decoder
+
+    tsyntax = ds.file_meta.TransferSyntaxUID
+    ts = f"'{tsyntax.name}'"
+    if not tsyntax.is_compressed:
+        return (f"{name}: the uncompressed pixel data ({ts}) is shorter than its header says or malformed "
+                f"({error}); the file is truncated or corrupt: export the image again.")
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError:
+        return (f"{name} uses the {ts} transfer syntax, for which no decoder exists in pydicom; decompress it "
+                f"to Explicit VR Little Endian (e.g. `gdcmconv --raw in.dcm out.dcm`) or export it uncompressed.")
+    if not decoder.is_available:
+        packages = next((pkgs for key, pkgs in _DECODER_PACKAGES if key in tsyntax.keyword.upper()),
+                        "pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle")
+        return (f"{name} uses the {ts} transfer syntax and no installed decoder can read it (missing decoder: no plugin for it is installed). "
+                f"Install one: pip install {packages}")
+    plugins = ", ".join(decoder.available_plugins)
+    reasons = " ".join(str(error).split())
+    frame = _first_frame(ds)
+    if frame is not None and _frame_truncated(frame, tsyntax):
+        return (f"{name}: the {ts} pixel data is truncated: the compressed image stops before its end-of-image "
+                f"marker ({len(frame)} bytes), so the installed decoders ({plugins}) cannot finish it. The file "
+                f"was cut short in a copy or export: export it again.")
+    variant = jpeg_variant(frame) if frame is not None and frame[:2] == b"\xff\xd8" else None
+    hint = f" The image is a {variant[1]}-bit JPEG ({variant[0]})." if variant else ""
+    return (f"{name}: the {ts} pixel data is corrupt, or a variant the installed decoders ({plugins}) cannot "
+            f"handle.{hint} Their reasons: {reasons}. Export the image again, or uncompressed (Explicit VR "
+            f"Little Endian).")
+
+
+def _first_frame(ds) -> bytes | None:
+    """The first encapsulated frame's bytes (PS3.5 A.4), or None when they cannot be separated."""
+    from pydicom.encaps import generate_frames
+
+    try:
+        return next(generate_frames(ds.PixelData, number_of_frames=1))
+    except Exception:  # malformed item structure: no frame to inspect
+        return None
+
+
+def _frame_truncated(frame: bytes, tsyntax) -> bool:
+    """JPEG, JPEG-LS and JPEG 2000 codestreams end with the marker FFD9 (EOI / EOC; ITU-T T.81 B.2.1,
+    T.87, T.800 A.4.4), followed at most by the one 0x00 that pads a DICOM item to even length
+    (PS3.5 A.4). RLE has no end marker and is never called truncated here."""
+    if "RLE" in tsyntax.keyword.upper():
+        return False
+    end = frame[:-1] if frame.endswith(b"\x00") else frame
+    return not end.endswith(b"\xff\xd9")
 
 
 def _color_dicom_to_gray(rgb: np.ndarray, ds) -> np.ndarray:
@@ -414,8 +686,52 @@ def _color_dicom_to_gray(rgb: np.ndarray, ds) -> np.ndarray:
     return np.clip(luma * np.float32(1.0 / top), 0.0, 1.0)
 
 
-def _monochrome_to_unit(stored: np.ndarray, ds) -> np.ndarray:
-    """Stored values HxW -> modality LUT -> VOI LUT / window / min-max -> float32 [0, 1] (no inversion)."""
+def pixel_padding_mask(stored: np.ndarray, ds) -> np.ndarray | None:
+    """Bool HxW: the pixels that are padding, not image content (DICOM PS3.3 C.7.5.1.1.2); None if none.
+
+    `stored` holds the stored pixel values (before the modality LUT), as ``ds.pixel_array`` returns
+    them. Padding is every value equal to Pixel Padding Value (0028,0120) or, when Pixel Padding
+    Range Limit (0028,0121) is present, every value between the two inclusive (either may be the
+    larger). Both are compared as stored values, signed when Pixel Representation is 1; a value
+    written as US for signed data is read as two's complement of Bits Allocated.
+    """
+    ppv = _padding_value(ds, "PixelPaddingValue")
+    if ppv is None:
+        return None
+    limit = _padding_value(ds, "PixelPaddingRangeLimit")
+    lo, hi = (ppv, ppv) if limit is None else (min(ppv, limit), max(ppv, limit))
+    mask = (stored >= lo) & (stored <= hi) if lo != hi else stored == lo
+    return mask if mask.any() else None
+
+
+def _padding_value(ds, keyword: str) -> int | None:
+    """A US-or-SS padding attribute as a stored-value integer (None when absent or unreadable)."""
+    elem = ds.get(keyword)
+    if elem is None:
+        return None
+    signed = int(ds.get("PixelRepresentation") or 0) == 1
+    allocated = int(ds.get("BitsAllocated") or 16)
+    if isinstance(elem, (bytes, bytearray)):  # VR left ambiguous ("US or SS") by a forced read
+        if len(elem) not in (2, 4):
+            return None
+        little = ds.original_encoding[1] is not False
+        fmt = ("<" if little else ">") + {2: "h", 4: "i"}[len(elem)] if signed else \
+            ("<" if little else ">") + {2: "H", 4: "I"}[len(elem)]
+        return int(struct.unpack(fmt, bytes(elem))[0])
+    try:
+        value = int(elem[0] if isinstance(elem, (list, tuple)) or type(elem).__name__ == "MultiValue" else elem)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if signed and value >= 1 << (allocated - 1):
+        value -= 1 << allocated
+    return value
+
+
+def _monochrome_to_unit(stored: np.ndarray, ds, padding: np.ndarray | None = None) -> np.ndarray:
+    """Stored values HxW -> modality LUT -> VOI LUT / window / min-max -> float32 [0, 1] (no inversion).
+
+    `padding` (bool HxW) marks pixels left out of the min-max range (PS3.3 C.7.5.1.1.2).
+    """
     from pydicom.pixels import apply_modality_lut
 
     if stored.ndim != 2:
@@ -429,7 +745,10 @@ def _monochrome_to_unit(stored: np.ndarray, ds) -> np.ndarray:
         out = voi(values, ds)
         if out is not None:
             return out
-    return _minmax(values)
+    if padding is None:
+        return _minmax(values)
+    content = values[~padding]                                # (K,) the image proper
+    return _scale_between(values, float(content.min()), float(content.max()))
 
 
 def _voi_lut_sequence(values: np.ndarray, ds) -> np.ndarray | None:
