@@ -261,6 +261,13 @@ class Classifier:
         if m.get("format") != FORMAT or int(m.get("version", 0)) > FORMAT_VERSION:
             raise ClassifierLoadError(f"{path} has format {m.get('format')} v{m.get('version')}; this app reads "
                                       f"{FORMAT} up to v{FORMAT_VERSION}")
+        from engine.names import InvalidNameError, check_name
+
+        try:  # names inside the file pass the one validator before anything uses them
+            check_name(m.get("init"), "init")
+            check_name(m.get("finding"), "finding")
+        except InvalidNameError as e:
+            raise ClassifierLoadError(f"{path} is not a valid classifier file: {e}") from None
         w = tensors["head.weight"]
         head = nn.Linear(w.shape[1], 1)
         with torch.no_grad():

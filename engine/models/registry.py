@@ -167,18 +167,28 @@ def save_backbone(model: nn.Module, name: str, info: dict[str, Any], checkpoint_
     """Write the deliverable atomically: weights first, then the JSON that makes it visible.
 
     `info` should hold method, arch, config, epochs/steps, data fingerprint, collapse metrics;
-    `created` is added. Returns the .safetensors path.
+    `created` is added. Returns the .safetensors path. Raises `engine.names.InvalidNameError` (a
+    ValueError) for a name that is not a valid checkpoint name, `engine.names.UnsafePathError` when
+    the files would land outside `checkpoint_dir`, and `engine.diskspace.DiskFullError` (nothing
+    visible is written) when the disk is too full.
     """
+    from engine.names import InvalidNameError, check_name, inside
+
     d = checkpoint_dir or checkpoints_dir()
-    if not name or any(c in name for c in "/\\ ") or name in ("random", "imagenet"):
-        raise ValueError(f"invalid checkpoint name {name!r}: use letters, digits, '-', '_' and no spaces")
+    try:
+        if check_name(name, "checkpoint") != name:
+            raise InvalidNameError("surrounding spaces")
+    except InvalidNameError as e:
+        raise InvalidNameError(f"invalid checkpoint name {name!r}: {e}") from None
     arch = info.get("arch") or getattr(model, "arch", None)
     check_arch(arch)
     sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    st, js = d / f"{name}.safetensors", d / f"{name}.json"
-    _atomic_write(st, lambda tmp: save_file(sd, tmp))
+    st, js = inside(d, f"{name}.safetensors"), inside(d, f"{name}.json")
+    nbytes = sum(v.numel() * v.element_size() for v in sd.values()) + 2**20
+    _atomic_write(st, lambda tmp: save_file(sd, tmp), needed=nbytes, what=f"the backbone {name}")
     full = {"name": name, "arch": arch, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
-    _atomic_write(js, lambda tmp: Path(tmp).write_text(json.dumps(full, indent=2, default=str)))
+    _atomic_write(js, lambda tmp: Path(tmp).write_text(json.dumps(full, indent=2, default=str)),
+                  what=f"the backbone {name}'s description")
     return st
 
 

@@ -327,16 +327,38 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
 # Files and seeds
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file beside `path`, then os.replace: a crash never leaves half a file."""
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors inside a (nested) state: what torch.save will write, give or take a little."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def atomic_torch_save(obj: Any, path: Path, what: str = "the training state") -> None:
+    """torch.save to a temp file beside `path`, then os.replace: a crash never leaves half a file.
+
+    The free space is checked first (tensor bytes + 10% + 1 MiB). Raises
+    `engine.diskspace.DiskFullError` naming the folder, the space needed and what to do when the disk
+    is (or fills up) full (torch itself only says "file write failed"); the old file at `path` is
+    then left untouched.
+    """
+    from engine.diskspace import disk_full_guard, ensure_free
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    needed = int(_tensor_bytes(obj) * 1.1) + 2**20
+    with disk_full_guard(path.parent, needed, what):
+        ensure_free(path.parent, needed, what)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            torch.save(obj, tmp)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
 
 
 def param_hash(module: nn.Module) -> str:

@@ -28,7 +28,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +41,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from engine.device import amp_dtype, describe, resolve_device
+from engine.diskspace import DiskFullError
 from engine.events import Cancelled, OnEvent, emit
 from engine.models import build_backbone, load_backbone, save_backbone
 from engine.ssl import barlow_twins, dino, moco_v2, spark
@@ -144,8 +144,14 @@ def _from_dict(cls: type, d: dict[str, Any]) -> Any:
 
 
 def _check_name(name: str) -> None:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name or "") or name in ("random", "imagenet"):
-        raise ValueError(f"invalid output name {name!r}: use letters, digits, '.', '-', '_' (not random/imagenet)")
+    """The one name validator (engine.names, kind "checkpoint"); raises InvalidNameError (a ValueError)."""
+    from engine.names import InvalidNameError, check_name
+
+    try:
+        if check_name(name, "checkpoint") != name:
+            raise InvalidNameError("surrounding spaces")
+    except InvalidNameError as e:
+        raise InvalidNameError(f"invalid output name {name!r}: {e}") from None
 
 
 def data_fingerprint(keys: list[str], size: int) -> str:
@@ -298,9 +304,15 @@ class _Run:
                 "order": torch.from_numpy(self.order(epoch)), "epoch": epoch,
                 "history": self.history, "collapse": self.monitor.history, "train_seconds": self.train_seconds,
             }
-            atomic_torch_save(state, self.state_path)
-            _atomic_json(self.run_dir / "history.json",
-                         {"step": self.step, "total": self.total, "loss": self.history, "collapse": self.monitor.history})
+            try:
+                atomic_torch_save(state, self.state_path, what=f"the training state at step {self.step}")
+                _atomic_json(self.run_dir / "history.json",
+                             {"step": self.step, "total": self.total, "loss": self.history,
+                              "collapse": self.monitor.history})
+            except DiskFullError as e:
+                kept = (f"the last saved state (step {self.saved_step}) in {self.state_path} is kept; resume continues "
+                        "from it" if self.saved_step >= 0 else "no state had been saved yet; the run restarts")
+                raise DiskFullError(e.folder, e.needed, e.free, e.what, kept) from e
         self.saved_step = self.step
         if self.d.enabled:
             dist.barrier()
@@ -424,9 +436,9 @@ def _checkpoints_dir() -> Path:
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, default=float))
-    os.replace(tmp, path)
+    from engine.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(obj, default=float))  # DiskFullError on a full disk
 
 
 def pretrain(
