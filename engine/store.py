@@ -137,8 +137,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 RESERVED_COLUMNS = RESERVED_FINDINGS  # column names a finding may not take (engine.names)
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".dic"})
-_IGNORED_NAMES = frozenset({"__macosx", "thumbs.db", "desktop.ini"})
 _MARGIN = 4 * 2**20  # free bytes kept beyond a pixel file (SQLite's WAL needs room to commit)
 
 
@@ -250,16 +248,20 @@ def check_finding_name(name: str) -> str:
     return check_name(name, "finding")
 
 
+def _is_zip_file(path: Path) -> bool:
+    """True when the file starts with a ZIP signature (local file header or empty-archive end record)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
+    except OSError:
+        return False  # the image reader reports what is wrong with it
+
+
 def is_ignored_member(name: str) -> bool:
     """ZIP/folder entries that are never images: dot-files, __MACOSX resource forks, OS litter."""
-    parts = [p for p in name.replace("\\", "/").split("/") if p]
-    return any(p.startswith(".") or p.lower() in _IGNORED_NAMES for p in parts)
+    from engine.data.listing import is_ignored
 
-
-def looks_importable(path: Path) -> bool:
-    """Files a folder import tries: image suffixes, ZIPs, and DICOM-style names (no or numeric suffix)."""
-    suffix = path.suffix.lower()
-    return suffix in IMAGE_SUFFIXES or suffix == ".zip" or suffix == "" or suffix[1:].isdigit()
+    return is_ignored(name)
 
 
 def _is_disk_full(e: BaseException) -> bool:
@@ -448,18 +450,25 @@ class Store:
 
     def import_paths(self, paths_: Iterable[Path | str], on_event: OnEvent | None = None,
                      stop: threading.Event | None = None) -> list[ImportResult]:
-        """Import files and folders (recursively; in a folder, files with an image suffix, no suffix
-        or a numeric suffix as DICOM files often have, and ZIP archives). Display names are paths
-        relative to the folder given, prefixed with its name. Each image is its own transaction;
-        on `stop` the images already imported stay and Cancelled is raised."""
+        """Import files and folders. A folder is listed by content (engine.data.listing.list_images:
+        PNG/JPEG/TIFF/DICOM and ZIP archives at any depth, whatever their names, e.g. a patient CD's
+        DICOM/.../IM000001); every other file (DICOMDIR, reports, text, BMP, ...) gets an ImportResult
+        whose error says "skipped" and why, plus one warning event with the count and first names.
+        Display names are paths relative to the folder given, prefixed with its name. Each image is
+        its own transaction; on `stop` the images already imported stay and Cancelled is raised."""
         todo: list[tuple[str, Path]] = []
         results: list[ImportResult] = []
         for p in map(Path, paths_):
             if p.is_dir():
-                for f in sorted(p.rglob("*")):
-                    rel = f.relative_to(p).as_posix()
-                    if f.is_file() and not is_ignored_member(rel) and looks_importable(f):
-                        todo.append((f"{p.name}/{rel}", f))
+                from engine.data.listing import list_images
+
+                listing = list_images(p, archives=True)
+                for f in sorted(listing.files + listing.archives):
+                    todo.append((f"{p.name}/{Path(f).relative_to(listing.root).as_posix()}", Path(f)))
+                for rel, why in listing.skipped:
+                    results.append(ImportResult(f"{p.name}/{rel}", None, f"{p.name}/{rel}: skipped: {why}", False))
+                if listing.skipped:
+                    emit(on_event, kind="warning", level="warning", message=listing.skipped_summary())
             elif p.is_file():
                 todo.append((p.name, p))
             else:
@@ -467,7 +476,7 @@ class Store:
         for i, (name, f) in enumerate(todo):
             check_stop(stop)
             try:
-                if f.suffix.lower() == ".zip":
+                if _is_zip_file(f):  # by content: an archive saved without its .zip suffix too
                     results.extend(self._import_zip(name, f.read_bytes(), None, stop))
                 else:
                     results.append(self._import_one(name, f))
@@ -496,19 +505,28 @@ class Store:
                         f"{self.max_zip_bytes / 2**30:.1f} GiB allowed; split it or import the folder by path")
         if not infos:
             return fail("the archive contains no files")
+        from engine.data.listing import skipped_summary, sniff_bytes
+
         results: list[ImportResult] = []
+        skipped: list[tuple[str, str]] = []
         for k, info in enumerate(infos):
             check_stop(stop)
             member = f"{name}/{info.filename}"
             blob = self._zip_member(zf, info)
+            kind, why = (None, "") if isinstance(blob, str) else sniff_bytes(blob, info.filename)
             if isinstance(blob, str):
                 results.append(ImportResult(member, None, f"{member}: {blob}", False))
+            elif kind is None:  # decided by content, as for folders (DICOMDIR, reports, text, BMP, ...)
+                skipped.append((info.filename, why))
+                results.append(ImportResult(member, None, f"{member}: skipped: {why}", False))
             else:
                 try:
                     results.append(self._import_one(member, blob, label))
                 except DiskFullError as e:  # members imported before stay (with their labels)
                     raise e.with_committed(results, len(infos)) from e
             emit(on_event, step=k + 1, total=len(infos), kind="progress")
+        if skipped:
+            emit(on_event, kind="warning", level="warning", message=skipped_summary(skipped, name))
         return results
 
     def _zip_member(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes | str:

@@ -24,11 +24,11 @@ import numpy as np
 import pandas as pd
 
 from engine.events import OnEvent, emit
+from engine.data.listing import is_ignored, list_images, skipped_summary
 from engine.data.manifest import Manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"})
 NORMAL_NAMES = frozenset({"normal", "no finding", "no_finding", "nofinding", "no findings", "healthy", "negative"})
 SPLIT_NAMES = frozenset({"train", "val", "valid", "validation", "test"})
 NIH_PNG_SIZE = 1024  # ChestX-ray14 PNGs are 1024 x 1024; BBox_List_2017 coordinates refer to that grid
@@ -48,21 +48,22 @@ def _report(on_event: OnEvent | None, message: str, warn: bool = False) -> None:
     emit(on_event, message=message, kind="warning" if warn else "log", level="warning" if warn else "info")
 
 
-def _is_image(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTS
-
-
-def _walk_images(folder: Path) -> list[str]:
-    """All image files under `folder` (recursive, hidden entries skipped), sorted."""
+def _all_files(folder: Path) -> list[str]:
+    """Every non-hidden file under `folder` (recursive), sorted; for look-ups by a table's file names."""
     out: list[str] = []
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        out.extend(os.path.join(dirpath, f) for f in filenames if _is_image(f))
+        dirnames[:] = [d for d in dirnames if not is_ignored(d)]
+        out.extend(os.path.join(dirpath, f) for f in filenames if not is_ignored(f))
     return sorted(out)
 
 
 def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not is_ignored(p.name))
+
+
+def _loose_files(folder: Path) -> list[str]:
+    """Non-hidden files directly in `folder` (not in a class folder), sorted by name."""
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and not is_ignored(p.name))
 
 
 # --------------------------------------------------------------------------------------- folder tree
@@ -76,8 +77,14 @@ def from_folder_tree(root: str | Path, out: str | Path, on_event: OnEvent | None
     Each class folder becomes one finding column, one-vs-rest: 1 for the images in that folder,
     0 for all others. A folder named normal / no_finding / healthy / negative (any case) gives no
     column: its images are 0 everywhere. Folder trees carry no patient ids, so the manifest has no
-    `patient_id` column (splits are then per image). Image types: PNG, JPEG, TIFF, BMP, DICOM
-    (``.dcm`` / ``.dicom``).
+    `patient_id` column (splits are then per image).
+
+    Images are found by content at any depth (`engine.data.listing.list_images`): PNG, JPEG, TIFF and
+    DICOM whatever their names, so extension-less DICOM files of patient CDs (``DICOM/.../IM000001``)
+    are rows; ``DICOMDIR`` and DICOM objects without pixel data are not. Every file left out (in a
+    class folder, or loose beside the class folders) is reported with its reason, as one warning
+    (count + first names) through `on_event` and the logger. Raises ValueError when `root` is no
+    folder, has no class folders, mixes split and class folders, or holds no image or no finding.
     """
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
@@ -101,13 +108,21 @@ def from_folder_tree(root: str | Path, out: str | Path, on_event: OnEvent | None
     paths: list[str] = []
     splits: list[str] = []
     classes: list[str] = []
+    skipped = [(name, "not inside a class folder") for name in _loose_files(root)]
+    if split_like:
+        skipped += [(f"{s.name}/{name}", "not inside a class folder") for s in top for name in _loose_files(s)]
     for split, cdir in groups:
-        files = _walk_images(cdir)
-        paths += files
-        splits += [split] * len(files)
-        classes += [finding_name(cdir.name)] * len(files)
+        listing = list_images(cdir)
+        prefix = cdir.relative_to(root).as_posix()
+        skipped += [(f"{prefix}/{rel}", why) for rel, why in listing.skipped]
+        paths += listing.files
+        splits += [split] * len(listing.files)
+        classes += [finding_name(cdir.name)] * len(listing.files)
+    if skipped:
+        _report(on_event, f"folder tree: {skipped_summary(sorted(skipped), str(root))}", warn=True)
     if not paths:
-        raise ValueError(f"no image files ({', '.join(sorted(IMAGE_EXTS))}) found in the class folders of {root}")
+        raise ValueError(f"no image files (PNG, JPEG, TIFF or DICOM) found in the class folders of {root}"
+                         + (f" ({skipped_summary(sorted(skipped), str(root))})" if skipped else ""))
     findings = sorted({c for c in classes if c not in NORMAL_NAMES})
     if not findings:
         raise ValueError(f"{root} only has normal images; add a folder per finding beside the normal one")
@@ -139,10 +154,14 @@ def _find_one(root: Path, patterns: Sequence[str], required: bool, what: str,
 
 
 def _index_images(root: Path) -> dict[str, str]:
-    """file name -> path for every image under root/images*/ (recursive; first in sorted order wins)."""
+    """file name -> path for every file under root/images*/ (recursive; first in sorted order wins).
+
+    Not a listing by extension or content: the label table names the images, and a named file that
+    is not a readable image is reported when it is read (by the import or the cache), with its reason.
+    """
     index: dict[str, str] = {}
     for d in sorted(p for p in root.glob("images*") if p.is_dir()):
-        for f in _walk_images(d):
+        for f in _all_files(d):
             index.setdefault(os.path.basename(f), f)
     return index
 

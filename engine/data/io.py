@@ -87,7 +87,8 @@ from typing import Final
 import numpy as np
 from PIL import Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
 
-__all__ = ["MAX_PIXELS", "ImageMeta", "ImageReadError", "detect_format", "read_image"]
+__all__ = ["MAX_PIXELS", "ImageMeta", "ImageReadError", "apply_orientation", "describe_content", "detect_format",
+           "jpeg_variant", "pixel_padding_mask", "read_image"]
 
 # Largest image accepted, in pixels (width * height). The biggest chest radiographs are about
 # 4300 x 4300 = 18.5 MP (43 cm detectors at 0.1 mm); 80 MP leaves room for any real radiograph
@@ -140,7 +141,7 @@ def read_image(src: str | os.PathLike[str] | bytes | bytearray | memoryview) -> 
     data, name = _load_bytes(src)
     fmt = detect_format(data)
     if fmt is None:
-        raise ImageReadError(f"{name} is not a {_SUPPORTED} image ({_describe_content(data)}). "
+        raise ImageReadError(f"{name} is not a {_SUPPORTED} image ({describe_content(data)}). "
                              f"Convert it to PNG or DICOM and import it again.")
     img, meta = _read_dicom(data, name) if fmt == "dicom" else _read_raster(data, name, fmt)
     if img.ndim != 2 or img.size == 0:
@@ -201,7 +202,7 @@ def _load_bytes(src: str | os.PathLike[str] | bytes | bytearray | memoryview) ->
     return data, name
 
 
-def _describe_content(data: bytes) -> str:
+def describe_content(data: bytes) -> str:
     head = data[:64]
     if head.startswith(b"PK\x03\x04"):
         return "it is a ZIP archive; extract it or import it as a ZIP"

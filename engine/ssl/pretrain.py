@@ -487,7 +487,12 @@ def pretrain(
 
 
 def resolve_image_paths(data: str | Path, include_test: bool = False) -> list[str]:
-    """Image paths of a manifest CSV (rows with split == 'test' left out unless include_test) or a folder."""
+    """Image paths of a manifest CSV (rows with split == 'test' left out unless include_test) or a folder.
+
+    A folder is listed by content with `engine.data.listing.list_images` (PNG/JPEG/TIFF/DICOM at any
+    depth, whatever the file names; DICOMDIR and non-image files skipped, their count and first names
+    logged as a warning). Raises FileNotFoundError / ValueError when nothing usable is there.
+    """
     p = Path(data).expanduser()
     if not p.exists():
         raise FileNotFoundError(f"--data {p} does not exist; give a manifest CSV or a folder of images")
@@ -501,10 +506,18 @@ def resolve_image_paths(data: str | Path, include_test: bool = False) -> list[st
             # the few-shot test images must stay unseen, also without labels
             df = df[df["split"].astype(str) != "test"]
         paths = [str(x) for x in df["path"]]
-    else:
-        paths = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+    else:  # by content, any depth and name (CD trees' extension-less DICOMs); skips reported
+        from engine.data.listing import list_images
+
+        listing = list_images(p)
+        paths = listing.files
+        if listing.skipped:
+            import logging
+
+            logging.getLogger(__name__).warning("--data %s: %s", p, listing.skipped_summary())
     if not paths:
-        raise ValueError(f"no images found in {p} (looked for {', '.join(sorted(IMAGE_EXTS))})")
+        raise ValueError(f"no images found in {p} (PNG, JPEG, TIFF or DICOM, recognised by content)"
+                         + (f" ({listing.skipped_summary()})" if p.is_dir() and listing.skipped else ""))
     return paths
 
 

@@ -158,7 +158,8 @@ def test_import_folder_recursively(store, tmp_path):
     (root / "notes.txt").write_text("not an image")
     results = store.import_paths([root, tmp_path / "missing.png"])
     assert [r.name for r in results if r.error is None] == ["folder/a.png", "folder/sub/b.jpg"]
-    (missing,) = [r for r in results if r.error]
+    notes, missing = [r for r in results if r.error]   # a folder's non-images are reported, not dropped
+    assert notes.name == "folder/notes.txt" and "skipped: text, not an image" in notes.error
     assert "missing.png" in missing.error and "no such file" in missing.error
 
 
