@@ -47,6 +47,7 @@ from typing import Any
 
 import filelock
 
+from engine.atomic import remove_stale_temps
 from engine.events import Cancelled, Event, OnEvent
 from engine.store import Store
 
@@ -253,6 +254,7 @@ class JobRunner:
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._fns: dict[str, tuple[Callable[[dict, JobContext], Any], bool]] = {}
+        self._on_submit: dict[str, Callable[[dict, int, JobRunner], None]] = {}
         self._live: dict[int, _Live] = {}
         self._queue: list[int] = []
         self._gpu_busy = False
@@ -266,13 +268,25 @@ class JobRunner:
         for stale in self._locks_dir.glob("*.lock"):  # lock files of runners that died owning no job
             if stale.stem != self.token:
                 self._owner_alive(stale.stem)
+        # temp files of writers killed mid-write (never a live writer's: see engine.atomic)
+        self.removed_temps: list[Path] = remove_stale_temps(store.workspace)
 
     # ------------------------------------------------------------------------------ registration
 
-    def register(self, kind: str, fn: Callable[[dict, JobContext], Any], uses_gpu: bool) -> None:
-        """fn(params, ctx) -> dict (the result). Registering a kind again replaces it."""
+    def register(self, kind: str, fn: Callable[[dict, JobContext], Any], uses_gpu: bool,
+                 on_submit: Callable[[dict, int, JobRunner], None] | None = None) -> None:
+        """fn(params, ctx) -> dict (the result). Registering a kind again replaces it.
+
+        `on_submit(params, job_id, runner)` runs in `submit` once the job has an id and before it is
+        queued (e.g. to reserve the name of what it will write); when it raises, the job is deleted
+        and `submit` raises that error. Without the argument, `fn.on_submit` is used when `fn` has one."""
+        on_submit = on_submit or getattr(fn, "on_submit", None)
         with self._lock:
             self._fns[kind] = (fn, bool(uses_gpu))
+            if on_submit is None:
+                self._on_submit.pop(kind, None)
+            else:
+                self._on_submit[kind] = on_submit
 
     @property
     def kinds(self) -> list[str]:
@@ -296,7 +310,11 @@ class JobRunner:
     # ------------------------------------------------------------------------------------ submit
 
     def submit(self, kind: str, params: Mapping[str, Any] | None = None) -> int:
-        """Queue a job; returns its id. `params` must be JSON-able (they are stored)."""
+        """Queue a job; returns its id. `params` must be JSON-able (they are stored).
+
+        Raises ValueError for an unknown kind or params that are not JSON-able, and whatever the
+        kind's `on_submit` check raises (e.g. `engine.reservations.NameTakenError`); a refused job
+        leaves no row behind."""
         if self._closed:
             raise RuntimeError("this JobRunner was shut down; create a new one")
         fn, uses_gpu = self._fn(kind)
@@ -306,6 +324,13 @@ class JobRunner:
         except (TypeError, ValueError) as e:
             raise ValueError(f"job params must be JSON-able (numbers, strings, lists, dicts): {e}") from None
         job_id = self.store.create_job(kind, params, device=str(self._device_for(uses_gpu)), owner=self.token)
+        check = self._on_submit.get(kind)
+        if check is not None:
+            try:
+                check(params, job_id, self)
+            except BaseException:
+                self.store.delete_job(job_id)
+                raise
         row = self.store.job(job_id)
         assert row is not None
         self._start(_Live(tracker=_Tracker(row), fn=fn, uses_gpu=uses_gpu, resume=False))

@@ -1137,6 +1137,11 @@ class Store:
                             (kind, json.dumps(dict(params)), state, now, now, device, owner))
         return int(cur.lastrowid)
 
+    def delete_job(self, job_id: int) -> None:
+        """Remove a job and its events (a job refused at submit time)."""
+        with self._tx() as c:
+            c.execute("DELETE FROM jobs WHERE id=?", (int(job_id),))
+
     def update_job(self, job_id: int, **fields: Any) -> None:
         """Set job columns: state, step, total, error, result (dict), device, owner,
         cancel_requested, runs, params (dict). `updated` is set to now."""

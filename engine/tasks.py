@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from engine import paths
+from engine.atomic import atomic_write_text
+from engine.names import check_name, inside
 from engine.store import Store
 
 AUTOPRETRAIN_OFF_ENV = "SCARCE_CXR_NO_AUTOPRETRAIN"  # =1: never start the demo pretraining jobs (tests)
@@ -129,10 +131,19 @@ def _pretrain_paths(store: Store, ctx: Any, image_ids: list[int] | None) -> list
         df = df[df["id"].isin([int(i) for i in image_ids])]
     df = df[df["split"].astype(str) != "test"]
     files = [str(f) for f in df["file"]]
-    tmp = listing.with_name(f".{listing.name}.tmp")
-    tmp.write_text(json.dumps(files))
-    os.replace(tmp, listing)
+    atomic_write_text(listing, json.dumps(files))
     return files
+
+
+def reserve_pretrain_name(params: dict[str, Any], job_id: int, runner: Any) -> None:
+    """`on_submit` of pretrain jobs: reserve `out_name` in the checkpoints folder for this job, so a
+    second run with the same name is refused at once (engine.reservations). `replace: true` in the
+    params gives the name to this job even when a backbone of that name exists (it is overwritten
+    when the run finishes). Raises InvalidNameError / NameTakenError (ValueErrors)."""
+    from engine.reservations import job_owner, reserve_checkpoint
+
+    reserve_checkpoint(str(params.get("out_name", "")), job_owner(runner.store.workspace, job_id),
+                       paths.checkpoints_dir(), replace=bool(params.get("replace", False)))
 
 
 def run_pretrain(params: dict[str, Any], ctx: Any) -> dict[str, Any]:
@@ -140,19 +151,29 @@ def run_pretrain(params: dict[str, Any], ctx: Any) -> dict[str, Any]:
     from engine.data.cache import ImageCache
     from engine.ssl.pretrain import data_fingerprint, pretrain, resolve_image_paths
 
+    from engine.reservations import job_owner, release_checkpoint, reserve_checkpoint
+
     store = _store(ctx)
+    out_name = check_name(params.get("out_name", ""), "checkpoint")
+    owner, ckpts = job_owner(store.workspace, ctx.job_id), paths.checkpoints_dir()
+    # reserved at submit; again here (a no-op for this job) so a job from before reservations, or one
+    # whose name was handed to another run meanwhile, never overwrites someone else's backbone
+    reserve_checkpoint(out_name, owner, ckpts, replace=bool(params.get("replace", False)))
     files = resolve_image_paths(params["data"]) if params.get("data") else _pretrain_paths(store, ctx, params.get("image_ids"))
     cfg = pretrain_config(params, len(files))
-    out_name = str(params["out_name"])
     cache = ImageCache.build(files, size=cfg.image_size, on_event=ctx.on_event, stop=ctx.stop)
     path = pretrain(cache.array, cfg, out_name, ctx.device, ctx.workdir / "ssl", on_event=ctx.on_event, stop=ctx.stop,
-                    resume=ctx.resume, checkpoint_dir=paths.checkpoints_dir(),
+                    resume=ctx.resume, checkpoint_dir=ckpts,
                     data_fingerprint=data_fingerprint(list(cache.keys), cfg.image_size))
+    release_checkpoint(out_name, owner, ckpts)  # exported: the file itself now holds the name
     meta = json.loads(path.with_suffix(".json").read_text())
     store.add_checkpoint(out_name, path, {k: meta.get(k) for k in ("method", "arch", "steps", "epochs", "n_images",
                                                                     "image_size", "created")}, job_id=ctx.job_id)
     return {"checkpoint": out_name, "path": str(path), "steps": meta.get("steps"), "n_images": meta.get("n_images"),
             "collapse": (meta.get("collapse") or {}).get("final", {})}
+
+
+run_pretrain.on_submit = reserve_pretrain_name  # type: ignore[attr-defined]  # JobRunner.register picks it up
 
 
 # ------------------------------------------------------------------------------------- sweep
@@ -174,6 +195,10 @@ def run_sweep_job(params: dict[str, Any], ctx: Any) -> dict[str, Any]:
 
     store = _store(ctx)
     cfg = sweep_config(params)
+    for f in cfg.findings:
+        check_name(f, "finding")
+    for i in cfg.inits:
+        check_name(i, "init")
     csv = _export(store, ctx, "sweep_images.csv", params.get("image_ids"), findings=list(cfg.findings))
     out = ctx.workdir / "sweep"
     res = run_sweep(csv, cfg, out, ctx.device, on_event=ctx.on_event, stop=ctx.stop, resume=ctx.resume)
@@ -247,16 +272,27 @@ def model_card(meta: dict[str, Any], init_info: dict[str, Any] | None = None, n_
     return "\n".join(lines)
 
 
+def _default_classifier_name(finding: str, init: str, mode: str, stamp: str) -> str:
+    """`<finding>-<init>-<mode>-<stamp>`, parts shortened so the name fits the 64-character limit."""
+    name = f"{finding}-{init}-{mode}-{stamp}"
+    if len(name) > 64:
+        name = f"{finding[:20].rstrip('. ')}-{init[:20].rstrip('. ')}-{mode}-{stamp}"
+    return name
+
+
 def run_classify(params: dict[str, Any], ctx: Any) -> dict[str, Any]:
     """Build a classifier from labeled workspace images; save it with its model card; record a result."""
     from engine.fewshot.classifier import build_classifier
     from engine.models import list_inits
 
     store = _store(ctx)
-    finding = str(params["finding"])
+    finding = check_name(params.get("finding"), "finding")
+    init = check_name(params.get("init", "random"), "init")
+    if params.get("name") is not None:
+        check_name(params["name"], "classifier")
     ids = [int(i) for i in params["image_ids"]] if params.get("image_ids") else None
     csv = _export(store, ctx, "train.csv", ids, findings=[finding])
-    init, mode = str(params.get("init", "random")), str(params.get("mode", "probe"))
+    mode = str(params.get("mode", "probe"))
     clf, est = build_classifier(
         manifest=csv, finding=finding, init=init, mode=mode, device=ctx.device,
         image_size=int(params.get("image_size", 224)), seed=int(params.get("seed", 0)),
@@ -264,17 +300,14 @@ def run_classify(params: dict[str, Any], ctx: Any) -> dict[str, Any]:
         on_event=ctx.on_event, stop=ctx.stop,
     )
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = params.get("name") or f"{finding}-{init}-{mode}-{stamp}"
+    name = check_name(params.get("name") or _default_classifier_name(finding, init, mode, stamp), "classifier")
     folder = paths.sub(store.workspace, "results") / "classifiers"
     folder.mkdir(parents=True, exist_ok=True)
-    path = clf.save(folder / f"{name}.safetensors")
+    path = clf.save(inside(folder, f"{name}.safetensors"))  # resolved and checked to stay in the folder
     info = next((i.info for i in list_inits() if i.name == init), {})
     meta = clf.metadata()
     card = model_card(meta, info, n_images=est.n_positive + est.n_negative)
-    card_path = folder / f"{name}.md"
-    tmp = card_path.with_name(f".{card_path.name}.tmp")
-    tmp.write_text(card, encoding="utf-8")
-    os.replace(tmp, card_path)
+    card_path = atomic_write_text(inside(folder, f"{name}.md"), card)
     summary = {"finding": finding, "init": init, "mode": mode, "image_size": clf.image_size,
                "counts": meta["counts"], "estimate": est.to_dict(), "threshold": clf.threshold,
                "card": str(card_path), "created": meta["created"]}
@@ -298,7 +331,7 @@ def run_gradcam_study_job(params: dict[str, Any], ctx: Any) -> dict[str, Any]:
     from engine.explain.study import run_gradcam_study
 
     store = _store(ctx)
-    finding = str(params["finding"])
+    finding = check_name(params.get("finding"), "finding")
     csv = _export(store, ctx, "study_images.csv", params.get("image_ids"), findings=[finding])
     inits = list(params.get("inits") or available_inits())
     out = ctx.workdir / "study"
@@ -331,7 +364,7 @@ def run_gradcam_image_job(params: dict[str, Any], ctx: Any) -> dict[str, Any]:
     from engine.models import InitUnavailableError
 
     store = _store(ctx)
-    finding, image_id = str(params["finding"]), int(params["image_id"])
+    finding, image_id = check_name(params.get("finding"), "finding"), int(params["image_id"])
     method, layer = str(params.get("method", "gradcam")), str(params.get("layer") or "layer4")
     labeled = store.images(finding)
     others = [int(i) for i in labeled.loc[labeled[finding].notna() & (labeled["id"] != image_id), "id"]]
@@ -388,9 +421,12 @@ def register_all(runner: Any) -> None:
     """Register the app's job kinds. Pretraining always takes the runner's one "GPU" slot (two runs
     fighting over the same cores or GPU help nobody); the shorter kinds use it only when there is a
     real GPU, so on a CPU machine a clinician's classifier never waits behind a pretraining run."""
+    from engine.atomic import remove_stale_temps
+
+    remove_stale_temps(paths.checkpoints_dir())  # exports killed mid-write (the runner cleans the workspace)
     gpu = getattr(runner.device, "type", "cpu") == "cuda"
     runner.register("import", run_import, uses_gpu=False)
-    runner.register("pretrain", run_pretrain, uses_gpu=True)
+    runner.register("pretrain", run_pretrain, uses_gpu=True)  # its on_submit reserves the checkpoint name
     runner.register("classify", run_classify, uses_gpu=gpu)
     runner.register("sweep", run_sweep_job, uses_gpu=gpu)
     runner.register("gradcam", run_gradcam_study_job, uses_gpu=gpu)

@@ -45,6 +45,12 @@ from engine.models.backbones import ARCHS
 from engine.models.registry import InitUnavailableError, UnknownInitError, list_inits, load_backbone
 
 MODES = ("probe", "finetune", "double_finetune")
+LOCK_NAME = ".sweep.lock"  # held by the one sweep writing to an output folder
+
+
+class SweepBusyError(RuntimeError):
+    """Another sweep holds the output folder's lock; the message says what to do."""
+
 TRIAL_COLUMNS = [
     "finding", "init", "mode", "shots", "trial", "seed", "auc", "auc_ci_low", "auc_ci_high", "accuracy",
     "sensitivity", "specificity", "precision", "f1", "threshold", "n_train", "n_test",
@@ -230,8 +236,15 @@ def run_sweep(
     stop: threading.Event | None = None,
     resume: bool = False,
 ) -> SweepResult:
-    """Run (or resume) a sweep; writes trials.csv, summary.csv, auc_vs_shots.html in `out_dir`."""
-    from engine.data.cache import ImageCache
+    """Run (or resume) a sweep; writes trials.csv, summary.csv, auc_vs_shots.html in `out_dir`.
+
+    One sweep writes to an output folder at a time: it holds the exclusive file lock
+    `out_dir/.sweep.lock` for its whole run, and a second sweep on the same folder (any process)
+    raises `SweepBusyError` at once. Also raises `UnknownInitError` / ValueError for unknown inits
+    or findings and for an existing sweep without `resume` (before anything is written),
+    `engine.diskspace.DiskFullError` on a full disk (trials.csv keeps the last complete group), and
+    `Cancelled` after saving trials.csv when `stop` is set.
+    """
     from engine.data.manifest import load_manifest
 
     device = torch.device(device)
@@ -242,6 +255,32 @@ def run_sweep(
     if unknown:
         raise ValueError(f"unknown finding(s) {unknown}; {manifest_csv} has: {', '.join(manifest.findings)}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    lock = _lock_out_dir(out_dir)
+    try:
+        return _run_locked(manifest_csv, manifest, cfg, out_dir, device, on_event, stop, resume)
+    finally:
+        lock.release()
+
+
+def _lock_out_dir(out_dir: Path):
+    """Take the output folder's exclusive lock (`out_dir/.sweep.lock`) or raise SweepBusyError."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(out_dir / LOCK_NAME), timeout=0, thread_local=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise SweepBusyError(f"another sweep is writing to {out_dir} right now (it holds {out_dir / LOCK_NAME}); "
+                             "wait for it to finish (then resume=True / --resume continues it), or choose another "
+                             "output folder") from None
+    return lock
+
+
+def _run_locked(manifest_csv, manifest, cfg: SweepConfig, out_dir: Path, device: torch.device,
+                on_event: OnEvent | None, stop: threading.Event | None, resume: bool) -> SweepResult:
+    """run_sweep's work, while this process holds the output folder's lock."""
+    from engine.data.cache import ImageCache
+
     _check_config(out_dir, cfg, resume)
     df = manifest.df
     plans, skipped, warnings = _plan(df, cfg, on_event)
