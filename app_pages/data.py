@@ -4,9 +4,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from engine.store import Store
+from engine.store import DiskFullError, LabelConflictError, Store
 from ui.jobs import set_watched, status_block, watch, watched
-from ui.labels import LabelCSVError, editor_rows, label_changes, labels_from_csv, upload_labels
+from ui.labels import LabelCSVError, editor_rows, label_changes, labels_from_csv
 from ui.services import services
 from ui.widgets import UPLOAD_TYPES, chunks, data_uri, label_text, page_header, pager
 
@@ -68,22 +68,24 @@ def upload_form(store: Store) -> None:
 def _import_uploads(store: Store, files: list, finding: str | None, present: bool) -> None:
     results = []
     bar = st.progress(0.0, text="Importing...")
-    for i, f in enumerate(files):
-        results.extend(store.import_bytes(f.name, f.getvalue()))
-        bar.progress((i + 1) / len(files), text=f"Importing {f.name} ({i + 1} of {len(files)})")
+    label = (finding, int(present)) if finding else None  # each image and its label commit together
+    try:
+        for i, f in enumerate(files):
+            results.extend(store.import_bytes(f.name, f.getvalue(), label=label))
+            bar.progress((i + 1) / len(files), text=f"Importing {f.name} ({i + 1} of {len(files)})")
+    except ValueError as e:  # an invalid finding name: checked before anything is written
+        bar.empty()
+        st.error(f"Nothing was imported: {e}", icon=":material/error:")
+        return
+    except DiskFullError as e:  # what was committed before stays, labeled; say exactly that
+        results.extend(e.committed)
+        st.error(str(e), icon=":material/hard_drive:")
     bar.empty()
     ok = [r for r in results if r.error is None]
     bad = [r for r in results if r.error is not None]
     dup = sum(r.duplicate for r in ok)
-    labeled, kept = "", []
-    if finding and ok:
-        try:
-            existing = store.images(finding).set_index("id")[finding] if finding in store.findings() else None
-            labels, kept = upload_labels([(r.image_id, r.name, r.duplicate) for r in ok], existing, int(present))
-            store.set_labels(finding, labels)
-            labeled = f" and labeled *{finding}: {'present' if present else 'absent'}*"
-        except ValueError as e:
-            st.error(f"The images were imported but could not be labeled: {e}", icon=":material/error:")
+    kept = [r.name for r in ok if r.label_kept]
+    labeled = f" and labeled *{finding}: {'present' if present else 'absent'}*" if finding and ok else ""
     if ok:
         new = len(ok) - dup
         st.success(f"Imported {new} new image{'s' * (new != 1)}"
@@ -186,7 +188,14 @@ def label_panel(store: Store, images: pd.DataFrame) -> None:
                 st.error("Ticked both Present and Absent: " + ", ".join(both[:10]) + ". Untick one and save again.",
                          icon=":material/error:")
             elif changes:
-                store.set_labels(finding, changes)
+                seen = {int(r["id"]): 1 if r["Present"] else 0 if r["Absent"] else None
+                        for _, r in before.iterrows() if int(r["id"]) in changes}
+                try:
+                    store.set_labels(finding, changes, expected=seen)  # refused if another session saved first
+                except LabelConflictError as e:
+                    st.session_state["labels_gen"] = gen + 1  # the editor reloads the current labels
+                    st.error(str(e), icon=":material/sync_problem:")
+                    return
                 st.session_state["labels_gen"] = gen + 1
                 st.toast(f"Saved {len(changes)} label{'s' * (len(changes) != 1)} for {finding}.")
                 st.rerun()

@@ -38,7 +38,10 @@ def unique_name(base: str, taken: set[str]) -> str:
 
 def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, int]]) -> None:
     svc = services()
-    taken = {i.name for i in list_inits()}
+    from engine.paths import checkpoints_dir
+    from engine.reservations import reserved_checkpoints
+
+    taken = {i.name for i in list_inits()} | set(reserved_checkpoints(checkpoints_dir()))  # + names of runs in flight
     with st.form("pretrain_form", border=True):
         c1, c2 = st.columns(2)
         method = c1.selectbox("Method", list(METHODS), format_func=method_label, key="pt_method")
@@ -87,7 +90,12 @@ def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, i
     if image_set != "path" and n_images < 2:
         st.error("Pretraining needs images: import some on the Data page first.", icon=":material/error:")
         return
-    set_watched("pretrain", svc.runner.submit("pretrain", params))
+    try:  # the name is checked and reserved at submit: another run may have taken it meanwhile
+        job_id = svc.runner.submit("pretrain", params)
+    except ValueError as e:
+        st.error(f"{e}", icon=":material/error:")
+        return
+    set_watched("pretrain", job_id)
     st.rerun()
 
 
