@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 NORMAL_NAMES = frozenset({"normal", "no finding", "no_finding", "nofinding", "no findings", "healthy", "negative"})
 SPLIT_NAMES = frozenset({"train", "val", "valid", "validation", "test"})
+NIH_TABLES = ("Data_Entry_2017*.csv", "Data_Entry_2017*.csv.gz")  # the full release's label table
+NIH_SAMPLE_TABLES = ("sample_labels*.csv", "sample_labels*.csv.gz")  # Kaggle's 5% sample: the same columns
 NIH_PNG_SIZE = 1024  # ChestX-ray14 PNGs are 1024 x 1024; BBox_List_2017 coordinates refer to that grid
 NIH_BOX_ALIASES = {"infiltrate": "infiltration"}  # BBox_List says "Infiltrate", Data_Entry "Infiltration"
 PADCHEST_PROJECTIONS = ("PA", "AP", "AP_horizontal", "L", "COSTAL", "EXCLUDE", "UNK")  # `Projection` values
@@ -176,7 +178,8 @@ def from_nih(root: str | Path, out: str | Path, check_files: bool = True,
              on_event: OnEvent | None = None) -> Path:
     """NIH ChestX-ray14 as it ships -> manifest CSV (+ boxes.csv) at `out`; returns its path.
 
-    Reads ``Data_Entry_2017*.csv[.gz]`` (the newest name when several), ``BBox_List_2017.csv[.gz]``
+    Reads ``Data_Entry_2017*.csv[.gz]`` (the newest name when several; else the Kaggle sample's
+    ``sample_labels.csv``, which has the same columns), ``BBox_List_2017.csv[.gz]``
     (optional; its ``Bbox [x,y,w,h]`` header and trailing empty columns as released) and the official
     ``train_val_list.txt`` / ``test_list.txt`` when present (-> split ``train`` / ``test``). Images are
     looked up by file name anywhere under ``root/images*/``. One column per finding label
@@ -187,10 +190,18 @@ def from_nih(root: str | Path, out: str | Path, check_files: bool = True,
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise ValueError(f"NIH ChestX-ray14 folder not found: {root}")
-    entry = _find_one(root, ["Data_Entry_2017*.csv", "Data_Entry_2017*.csv.gz"], True,
-                      "Data_Entry_2017 label table", on_event)
+    entry = (_find_one(root, NIH_TABLES, False, "Data_Entry_2017 label table", on_event)
+             or _find_one(root, NIH_SAMPLE_TABLES, False, "sample_labels table", on_event))
+    if entry is None:
+        raise ValueError(f"no NIH label table in {root}: looked for {', '.join(NIH_TABLES + NIH_SAMPLE_TABLES)} "
+                         "(Data_Entry_2017.csv of the full release, or sample_labels.csv of the Kaggle sample); "
+                         "put it in that folder, beside images/")
     cols = {"Image Index": "name", "Finding Labels": "labels", "Patient ID": "patient_id"}
-    table = pd.read_csv(entry, usecols=list(cols), dtype=str).rename(columns=cols)
+    try:
+        table = pd.read_csv(entry, usecols=list(cols), dtype=str).rename(columns=cols)
+    except ValueError as e:  # usecols names a column the file lacks
+        raise ValueError(f"{entry.name} is not an NIH label table: it needs the columns "
+                         f"{', '.join(cols)} ({e})") from None
     table = table.dropna(subset=["name"]).drop_duplicates("name")
     onehot = table["labels"].fillna("").str.get_dummies(sep="|")  # (N, labels incl. "No Finding")
     onehot.columns = [finding_name(c) for c in onehot.columns]

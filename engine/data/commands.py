@@ -66,9 +66,9 @@ def _manifest_check(args) -> int:
     try:
         m = load_manifest(args.csv)
     except ManifestError as e:
-        print(json.dumps({"ok": False, "problems": e.problems}, indent=2))
+        print(json.dumps({"ok": False, "problems": e.problems}, indent=2, ensure_ascii=False))
         return 1
-    print(json.dumps({"ok": True, "rows": len(m.df), "findings": m.counts()}, indent=2))
+    print(json.dumps({"ok": True, "rows": len(m.df), "findings": m.counts()}, indent=2, ensure_ascii=False))
     return 0
 
 

@@ -19,6 +19,7 @@ import csv
 import io
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -118,43 +119,99 @@ def _listed(items: list, what: str = "") -> str:
     return f"{what}{shown}{more}"
 
 
+DELIMITERS = (",", ";", "\t")  # what spreadsheet programs write: comma, semicolon (decimal-comma locales), tab
+
+
+def decode_table(raw: bytes) -> tuple[str, str]:
+    """Bytes of a CSV -> (text, encoding name), for the encodings spreadsheet programs save.
+
+    UTF-16 with a byte-order mark (Excel's "Unicode Text"), else UTF-8 with or without BOM (Excel's
+    "CSV UTF-8", LibreOffice, Google Sheets), else Windows-1252 (Excel's plain "CSV" on Western
+    Windows; a superset of Latin-1's printable range), else Latin-1 (decodes any byte). Only the
+    first that decodes the whole file strictly is used, so a valid UTF-8 file is never misread.
+    """
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return raw.decode("utf-16"), "UTF-16"
+        except UnicodeDecodeError:
+            pass
+    for codec, label in (("utf-8-sig", "UTF-8"), ("cp1252", "Windows-1252"), ("latin-1", "Latin-1")):
+        try:
+            return raw.decode(codec), label
+        except UnicodeDecodeError:
+            continue
+    raise AssertionError("latin-1 decodes every byte")  # pragma: no cover
+
+
+def sniff_delimiter(header: str) -> str:
+    """The column separator of a CSV header line: whichever of `DELIMITERS` splits it into the most
+    columns (quotes respected); a comma when none splits it (a one-column file)."""
+    best, best_n = ",", 1
+    for d in DELIMITERS:
+        n = len(next(csv.reader([header], delimiter=d), []))
+        if n > best_n:
+            best, best_n = d, n
+    return best
+
+
 def _read_csv(path: Path, problems: list[str]) -> pd.DataFrame | None:
-    """Read a CSV keeping blanks as NaN and everything else literal; report duplicate headers."""
+    """Read a CSV as spreadsheet programs save it, every cell as the text the user wrote (blank ->
+    NaN); report duplicate headers. Encoding by `decode_table`, separator by `sniff_delimiter`;
+    `df.attrs` records both (``encoding``, ``sep``)."""
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            header = next(csv.reader(fh), None)
-    except (OSError, UnicodeDecodeError) as e:
-        problems.append(f"cannot read {path.name}: {e}")
+        raw = path.read_bytes()
+    except OSError as e:
+        problems.append(f"cannot read {path.name}: {e.strerror or e}; check the path and its permissions")
         return None
-    if not header:
+    text, encoding = decode_table(raw)
+    first = text.splitlines()[0] if text.strip() else ""
+    if not first.strip():
         problems.append(f"{path.name} is empty: it needs a header row (path, ..., one column per finding)")
         return None
+    sep = sniff_delimiter(first)
+    header = next(csv.reader([first], delimiter=sep))
     names = [h.strip() for h in header]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         problems.append(f"{path.name}: duplicate column names {dup}; every column needs a unique name")
+    sep_name = {",": "commas", ";": "semicolons", "\t": "tabs"}[sep]
+    second = text.splitlines()[1:2]
+    first_row = next(csv.reader(second, delimiter=sep), [])
+    if any(c.strip() for c in first_row[len(header):]):  # pandas would silently shift such columns
+        problems.append(f"{path.name}: line 2 has {len(first_row)} cells but the header has {len(header)} (columns "
+                        f"separated by {sep_name}); every row needs as many cells as the header")
+        return None
     try:
-        df = pd.read_csv(path, dtype={c: str for c in ("path", "patient_id", "split", "finding", "mask_path")},
-                         keep_default_na=False, na_values=[""], encoding="utf-8-sig", skipinitialspace=True)
-    except (pd.errors.ParserError, ValueError, UnicodeDecodeError) as e:
-        problems.append(f"{path.name} is not a readable CSV: {e}")
+        with warnings.catch_warnings():  # trailing empty cells (a separator at each line's end) are dropped
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)
+            df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_values=[""],
+                             skipinitialspace=True, index_col=False)
+    except (pd.errors.ParserError, ValueError) as e:
+        problems.append(f"{path.name} is not a readable CSV (columns separated by {sep_name}): {e}; every row needs "
+                        "as many cells as the header")
         return None
     df.columns = [str(c).strip() for c in df.columns]
+    df.attrs.update(encoding=encoding, sep=sep)
     return df
 
 
-def _binary_problems(col: pd.Series, name: str) -> str | None:
-    """Describe the values of a finding column other than 1, 0 or blank (None when all are fine)."""
+def _label_numbers(col: pd.Series) -> np.ndarray:
+    """A finding column's cells (text as written, NaN blank) -> float64; text that is no number -> NaN."""
     if col.dtype.kind in "iuf":
-        v = col.to_numpy(dtype=np.float64)
-        bad = ~(np.isnan(v) | (v == 0) | (v == 1))
-    else:
-        num = pd.to_numeric(col.where(col.map(type) != bool), errors="coerce").to_numpy(dtype=np.float64)
-        bad = col.notna().to_numpy() & ~((num == 0) | (num == 1))
+        return col.to_numpy(dtype=np.float64)
+    return pd.to_numeric(col.astype("string").str.strip(), errors="coerce").to_numpy(dtype=np.float64)
+
+
+def _binary_problems(col: pd.Series, name: str) -> str | None:
+    """Describe the values of a finding column other than 1, 0 or blank (None when all are fine).
+
+    Offending cells are quoted as the text the user wrote (e.g. 'True', 'yes', '-1')."""
+    num = _label_numbers(col)
+    bad = col.notna().to_numpy() & ~((num == 0) | (num == 1))
     if not bad.any():
         return None
     lines = _lines(bad)
-    examples = [f"line {ln}: {col.iloc[ln - 2]!r}" for ln in lines[:5]]
+    examples = [f"line {ln}: '{col.iloc[ln - 2]}'" for ln in lines[:5]]
     return (f"column {name!r} has values other than 1, 0 or blank on {len(lines)} row(s) ({'; '.join(examples)}"
             f"{'; ...' if len(lines) > 5 else ''}); use 1 = present, 0 = absent, blank = unknown")
 
@@ -188,9 +245,12 @@ def load_manifest(csv_path: str | Path, check_files: bool = True) -> Manifest:
     raw = _read_csv(csv_path, problems)
     if raw is None:
         raise ManifestError(problems, csv_path)
+    empty_unnamed = [c for c in raw.columns if c.startswith("Unnamed:") and raw[c].isna().all()]
+    raw = raw.drop(columns=empty_unnamed)  # a separator at the end of every line (spreadsheet exports)
     if "path" not in raw.columns:
         problems.append(f"no 'path' column (columns are: {', '.join(map(str, raw.columns))}); the first "
-                        "column must be `path`, the image file relative to the CSV's folder")
+                        "column must be `path`, the image file relative to the CSV's folder (columns may be "
+                        "separated by commas, semicolons or tabs)")
         raise ManifestError(problems, csv_path)
     if len(raw) == 0:
         problems.append("the manifest has a header but no rows")
@@ -230,8 +290,7 @@ def load_manifest(csv_path: str | Path, check_files: bool = True) -> Manifest:
     else:
         df["patient_id"] = abs_paths
     df["split"] = raw["split"].fillna("").astype(str).str.strip() if "split" in raw.columns else ""
-    labels = {f: (raw[f] if raw[f].dtype.kind in "iuf" else pd.to_numeric(raw[f], errors="coerce"))
-              .to_numpy(dtype=np.float32) for f in findings}
+    labels = {f: _label_numbers(raw[f]).astype(np.float32) for f in findings}
     df = pd.concat([df, pd.DataFrame(labels, index=df.index, columns=findings)], axis=1)
 
     known = set(paths)
@@ -273,7 +332,10 @@ def _load_boxes(path: Path, root: Path, known: set[str], findings: set[str],
         problems.append(f"boxes.csv: missing column(s) {missing}; it needs {', '.join(BOX_COLUMNS)}")
         return None
     abs_paths = _region_problems(df, "boxes.csv", root, known, findings, problems)
-    xywh = df[["x", "y", "w", "h"]].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    cells = df[["x", "y", "w", "h"]].astype("string")
+    if df.attrs.get("sep") == ";":  # semicolon CSVs come from decimal-comma locales: "12,5" is 12.5
+        cells = cells.apply(lambda c: c.str.replace(",", ".", regex=False))
+    xywh = cells.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
     bad = np.isnan(xywh).any(1) | (xywh[:, 2] <= 0) | (xywh[:, 3] <= 0)
     if bad.any():
         problems.append("boxes.csv: x, y, w, h must be numbers with w > 0 and h > 0 (pixels of the original "
