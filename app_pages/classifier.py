@@ -66,18 +66,25 @@ def pick_training_images(svc: Any) -> tuple[str | None, list[int]]:
 
 
 def pick_init(svc: Any) -> str | None:
-    """Step 2: starting backbone, defaulting to the newest self-supervised one."""
+    """Step 2: starting backbone, defaulting to the best shipped one (measured on real X-rays), else
+    the newest self-supervised one."""
     st.subheader("2 · Starting backbone")
     inits = list_inits()
     available = [i for i in inits if i.available]
+    shipped = [i for i in available if i.shipped]
     ssl = [i for i in available if is_ssl(i)]
     by_name = {i.name: i for i in available}
-    default = ssl[0].name if ssl else "random"
+    default = shipped[0].name if shipped else ssl[0].name if ssl else "random"
     choice = st.radio("Initialization", list(by_name), index=list(by_name).index(default),
                       format_func=lambda n: init_label(by_name[n]) + ("  (suggested)" if n == default and ssl else ""),
                       # a new backbone resets the choice to the new suggestion
                       key="clf_init:" + ",".join(by_name))
-    if ssl and choice == ssl[0].name:
+    chosen = by_name.get(choice)
+    if chosen is not None and chosen.shipped:
+        measured = chosen.info.get("evaluation_summary")
+        st.caption(f"{'Suggested: ' if choice == default else ''}**{choice}**: {chosen.provenance}."
+                   + (f" Measured on real labeled X-rays it was not in: {measured}" if measured else ""))
+    elif ssl and choice == ssl[0].name and not shipped:
         info = ssl[0].info or {}
         st.caption(f"Suggested: **{ssl[0].name}** is the newest self-supervised backbone, pretrained on "
                    f"{info.get('n_images', 'unlabeled')} chest X-rays. Backbones pretrained on chest X-rays usually "

@@ -66,24 +66,10 @@ def z_threshold(n_findings: int, alpha: float = 0.05) -> float:
 
 
 def paired_vs_random(trials, baseline: str = "random") -> list[dict]:
-    """Per (finding, init != baseline, shots): mean AUC, mean paired difference, its SE, wins."""
-    import numpy as np
+    """Per (finding, init != baseline, shots): engine.fewshot.metrics.paired_differences."""
+    from engine.fewshot.metrics import paired_differences
 
-    rows = []
-    piv = trials.pivot_table(index=["finding", "shots", "trial"], columns="init", values="auc")
-    for (finding, shots), g in piv.groupby(level=["finding", "shots"]):
-        base = g[baseline].to_numpy(float)
-        for init in [c for c in g.columns if c != baseline]:
-            a = g[init].to_numpy(float)
-            ok = ~(np.isnan(a) | np.isnan(base))
-            d = a[ok] - base[ok]
-            if not len(d):
-                continue
-            rows.append({"finding": finding, "shots": int(shots), "init": init, "n": int(len(d)),
-                         "auc": float(a[ok].mean()), "auc_random": float(base[ok].mean()), "diff": float(d.mean()),
-                         "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan"),
-                         "wins": int((d > 0).sum())})
-    return rows
+    return paired_differences(trials, baseline)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,8 @@ A *workspace* is one folder holding a user's images, store and derived data:
     <workspace>/runs/             resumable training state of pretraining runs
     <workspace>/results/          sweep / gradcam / classifier outputs
 
-Backbone deliverables live in one checkpoints folder (`checkpoints/` in the repo by default).
+Backbone deliverables live in one checkpoints folder (`checkpoints/` in the repo by default; the
+user's own, git-ignored) plus the read-only `checkpoints/shipped/` (committed backbones).
 Both are overridable with environment variables so tests and several users never collide.
 """
 from __future__ import annotations
@@ -30,6 +31,15 @@ def checkpoints_dir() -> Path:
     """Backbone deliverables: $SCARCE_CXR_CHECKPOINTS, else <repo>/checkpoints."""
     env = os.environ.get("SCARCE_CXR_CHECKPOINTS")
     return Path(env).expanduser().resolve() if env else REPO_ROOT / "checkpoints"
+
+
+def shipped_dir() -> Path | None:
+    """Backbones that ship with the product (committed in git): $SCARCE_CXR_SHIPPED, else
+    <repo>/checkpoints/shipped. An empty $SCARCE_CXR_SHIPPED turns them off (None)."""
+    env = os.environ.get("SCARCE_CXR_SHIPPED")
+    if env is not None:
+        return Path(env).expanduser().resolve() if env.strip() else None
+    return REPO_ROOT / "checkpoints" / "shipped"
 
 
 def imagenet_weights_dir() -> Path:

@@ -15,8 +15,9 @@ calls the engine with `ctx.device`, `ctx.on_event`, `ctx.stop`, `ctx.resume`, re
 (a result row, a checkpoint index entry) and returns a small JSON-able dict for the job snapshot.
 No streamlit here: jobs run in worker threads.
 
-The first run of the app on a fresh demo workspace also starts short CPU pretraining jobs
-(`DemoSettings`), so that every page works end to end within about 15 minutes on a 2-core laptop.
+The first run of the app on a fresh demo workspace starts short CPU pretraining jobs (`DemoSettings`)
+only when no backbone ships with the product (checkpoints/shipped/) or SCARCE_CXR_DEMO_PRETRAIN=1:
+a shipped backbone makes every page useful at once.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from engine.names import check_name, inside
 from engine.store import Store
 
 AUTOPRETRAIN_OFF_ENV = "SCARCE_CXR_NO_AUTOPRETRAIN"  # =1: never start the demo pretraining jobs (tests)
+DEMO_PRETRAIN_ENV = "SCARCE_CXR_DEMO_PRETRAIN"  # =1: start the demo pretraining jobs even with a shipped backbone
 DEMO_ENV = "SCARCE_CXR_DEMO"  # =1: treat the active workspace as the demo (phantom images + demo pretraining)
 
 
@@ -486,7 +488,10 @@ def start_demo_pretraining(store: Store, runner: Any, settings: DemoSettings = D
     or a second server does not start them again; interrupted ones are resumed from the Pretrain page)."""
     if not is_demo_workspace(store.workspace) or store.results(kind=settings.marker):
         return []
-    from engine.models import list_inits
+    from engine.models import list_inits, shipped_inits
+
+    if shipped_inits() and os.environ.get(DEMO_PRETRAIN_ENV, "").strip().lower() not in ("1", "true", "yes"):
+        return []  # a shipped backbone already knows chest X-rays: no 15-minute wait before a useful one
 
     have = {i.name for i in list_inits()}
     ids = [runner.submit("pretrain", settings.params(m)) for m in settings.methods

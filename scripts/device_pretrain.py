@@ -11,6 +11,7 @@ What it does, in order (every step's output goes to stdout and to $OUT):
 5. writes each backbone as fp16 safetensors split into <= 15 MiB parts (the device tool's file limit)
    plus its json, and the logs, into $OUT.
 
+    python scripts/device_pretrain.py --pack ../shared/data/cxr_pool .gpu/pool   # the 224 px copy that travels
     python scripts/device_pretrain.py --data .gpu/pool --out-dir "$OUT" --deadline 540
 
 Rebuild the parts here with `python scripts/device_pretrain.py --join DIR NAME` (checks the
@@ -43,6 +44,29 @@ SIZE, BATCH, DEVICE = 224, 256, "cuda"  # --size / --batch / --device change the
 def common() -> list[str]:
     return ["--arch", "resnet18", "--preset", "long", "--image-size", str(SIZE), "--batch-size", str(BATCH),
             "--epochs", "100000", "--device", DEVICE, "--monitor-every", "250", "--save-every", "1000"]
+
+
+def _pack_one(args: tuple[str, str]) -> None:
+    from PIL import Image
+
+    src, dst = args
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    im = Image.open(src).convert("L")
+    im.thumbnail((224, 224), Image.BICUBIC)
+    im.save(dst, "JPEG", quality=70, optimize=True)
+
+
+def pack(src: Path, dst: Path) -> int:
+    """Copy the pool (`src`/SOURCES.csv lists it) as 8-bit JPEG q70 with the longer side 224 px: 52 MiB
+    instead of 132, under the device tool's 64 MiB transfer limit. Deterministic for a Pillow version."""
+    import csv
+    from concurrent.futures import ProcessPoolExecutor
+
+    rows = list(csv.DictReader(open(src / "SOURCES.csv")))
+    jobs = [(str(src / r["path"]), str(dst / r["path"])) for r in rows]
+    with ProcessPoolExecutor(os.cpu_count() or 1) as ex:
+        list(ex.map(_pack_one, jobs, chunksize=64))
+    return len(jobs)
 
 
 def log(msg: str) -> None:
@@ -126,6 +150,8 @@ def main() -> None:
     ap.add_argument("--calibrate", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--join", nargs=2, metavar=("DIR", "NAME"), default=None)
     ap.add_argument("--dest", default="checkpoints/shipped")
+    ap.add_argument("--pack", nargs=2, metavar=("POOL", "DEST"), default=None,
+                    help="write the 224 px JPEG q70 copy of a pool folder (with SOURCES.csv) and exit")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--device", default="cuda")
@@ -133,6 +159,9 @@ def main() -> None:
     SIZE, BATCH, DEVICE = args.size, args.batch, args.device
     if args.calibrate:
         return calibrate(args.calibrate, args.data, args.calib_steps)
+    if args.pack:
+        print(f"{pack(Path(args.pack[0]), Path(args.pack[1]))} images written to {args.pack[1]}")
+        return
     if args.join:
         print(join(Path(args.join[0]), args.join[1], Path(args.dest)))
         return

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "shipped"
 
 
 @pytest.fixture(autouse=True)
@@ -15,6 +16,7 @@ def _isolated_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SCARCE_CXR_WORKSPACE", str(base / "workspace"))
     monkeypatch.setenv("SCARCE_CXR_CHECKPOINTS", str(base / "checkpoints"))
     monkeypatch.setenv("SCARCE_CXR_IMAGENET_DIR", str(base / "imagenet"))
+    monkeypatch.setenv("SCARCE_CXR_SHIPPED", "")  # shipped backbones off; tests/models/test_shipped.py turns them on
     yield
 
 

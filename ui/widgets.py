@@ -51,6 +51,8 @@ def init_label(info: Any) -> str:
     """'MoCo v2 · resnet18 · moco_v2-resnet18-demo' for a checkpoint; 'Random weights · resnet18' for builtins."""
     if info.name in ("random", "imagenet"):
         return f"{method_label(info.method)} · {info.arch}"
+    if getattr(info, "shipped", False):
+        return f"{method_label(info.method)} · {info.arch} · {info.name} · ships with scarce-cxr (real chest X-rays)"
     return f"{method_label(info.method)} · {info.arch} · {info.name}"
 
 

@@ -39,7 +39,9 @@ def register(sub) -> None:
     p = sub.add_parser("classify", help="build a classifier for one finding from a labeled manifest")
     p.add_argument("--manifest", required=True)
     p.add_argument("--finding", required=True)
-    p.add_argument("--init", default="random")
+    p.add_argument("--init", default=None,
+                   help="starting backbone (see `python -m engine inits`); default: the best shipped backbone "
+                        "(pretrained on real chest X-rays), else random")
     p.add_argument("--out", required=True, help="classifier file to write (.safetensors)")
     p.add_argument("--mode", choices=["probe", "finetune"], default="probe")
     p.add_argument("--image-size", type=int, default=224)
@@ -90,14 +92,18 @@ def _sweep(args) -> int:
 def _classify(args) -> int:
     from engine.device import resolve_device
     from engine.fewshot.classifier import build_classifier
+    from engine.models import default_init
 
+    init = args.init or default_init(args.arch)
+    if args.init is None:
+        print(f"init: {init} (the default; --init chooses another)", file=sys.stderr)
     clf, est = build_classifier(
-        init=args.init, mode=args.mode, device=resolve_device(args.device), image_size=args.image_size,
+        init=init, mode=args.mode, device=resolve_device(args.device), image_size=args.image_size,
         seed=args.seed, cv_repeats=args.cv_repeats, on_event=_log, manifest=args.manifest, finding=args.finding,
         arch=args.arch,
     )
     path = clf.save(args.out)
-    print(json.dumps({"model": str(path), "threshold": clf.threshold, **{k: getattr(est, k) for k in (
+    print(json.dumps({"model": str(path), "init": init, "threshold": clf.threshold, **{k: getattr(est, k) for k in (
         "auc", "ci_low", "ci_high", "n_positive", "n_negative", "folds", "repeats")}}))
     return 0
 

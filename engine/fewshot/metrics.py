@@ -157,3 +157,34 @@ def summary(values, n_boot: int = N_BOOTSTRAP, seed: int = 0, level: float = 0.9
         "ci_low": lo,
         "ci_high": hi,
     }
+
+
+def paired_differences(trials, baseline: str = "random") -> list[dict]:
+    """Per (finding, mode, shots, init != baseline): mean AUC, mean paired difference to `baseline`, its SE, wins.
+
+    `trials`: a sweep's trials DataFrame (columns finding, init, mode, shots, trial, auc). Trial t of a
+    (finding, mode, shots) trains every init on the same images (engine.fewshot.sweep), so
+    d_t = AUC_init,t - AUC_baseline,t is a paired difference; the row reports mean(d), its standard
+    error sd(d, ddof=1) / sqrt(n) (NaN for one trial), and wins = #(d_t > 0). Trials where either AUC
+    is missing are left out. Returns rows sorted as the groups appear.
+    """
+    rows = []
+    t = trials.copy()
+    if "mode" not in t:
+        t["mode"] = "probe"
+    piv = t.pivot_table(index=["finding", "mode", "shots", "trial"], columns="init", values="auc")
+    if baseline not in piv.columns:
+        raise ValueError(f"baseline init {baseline!r} is not in the trials (inits: {', '.join(map(str, piv.columns))})")
+    for (finding, mode, shots), g in piv.groupby(level=["finding", "mode", "shots"]):
+        base = g[baseline].to_numpy(float)
+        for init in [c for c in g.columns if c != baseline]:
+            a = g[init].to_numpy(float)
+            ok = ~(np.isnan(a) | np.isnan(base))
+            d = a[ok] - base[ok]
+            if not len(d):
+                continue
+            rows.append({"finding": finding, "mode": mode, "shots": int(shots), "init": init, "n": int(len(d)),
+                         "auc": float(a[ok].mean()), "auc_random": float(base[ok].mean()), "diff": float(d.mean()),
+                         "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan"),
+                         "wins": int((d > 0).sum())})
+    return rows

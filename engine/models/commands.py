@@ -5,7 +5,8 @@ import json
 
 
 def register(sub) -> None:
-    p = sub.add_parser("inits", help="list available initializations (random, imagenet, checkpoints)")
+    p = sub.add_parser("inits", help="list initializations, one JSON object per line: shipped backbones (best first), "
+                                      "random, imagenet, your checkpoints")
     p.add_argument("--arch", default=None, help="arch for random/imagenet (default resnet18)")
     p.set_defaults(func=_inits)
     p = sub.add_parser("fetch-imagenet", help="download torchvision ImageNet weights for offline use")
@@ -17,7 +18,11 @@ def _inits(args) -> int:
     from engine.models import list_inits
 
     for i in list_inits(arch=args.arch):
-        print(json.dumps({"name": i.name, "arch": i.arch, "method": i.method, "available": i.available, "reason": i.reason}))
+        row = {"name": i.name, "arch": i.arch, "method": i.method, "available": i.available, "reason": i.reason,
+               "shipped": i.shipped, "provenance": i.provenance}
+        if i.info.get("image_size"):
+            row["image_size"] = i.info["image_size"]
+        print(json.dumps(row))
     return 0
 
 

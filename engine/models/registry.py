@@ -1,4 +1,11 @@
-"""One registry of initializations: `random`, `imagenet` and every backbone under checkpoints/.
+"""One registry of initializations: shipped backbones, `random`, `imagenet`, and the user's checkpoints.
+
+Order (what `list_inits` returns, what `python -m engine inits` prints): the *shipped* backbones
+first (committed under checkpoints/shipped/, best measured first by their json's `rank`), then
+`random` and `imagenet`, then the user's own checkpoints (checkpoints/, git-ignored), newest first.
+Shipped names are reserved: a user checkpoint of the same name is ignored. A shipped backbone's json
+records the sha256 of its weights file; loading refuses a file that does not match (e.g. a Git LFS
+pointer or a truncated copy).
 
 Names follow timm's style. `random` / `imagenet` take an `arch` (default resnet18, the CPU demo's);
 `random-resnet50` / `imagenet-resnet50` spell it in the name. A checkpoint deliverable is
@@ -21,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from engine.atomic import atomic_write as _atomic_write
 from engine.models.backbones import ARCHS, IMAGENET_MEAN, IMAGENET_STD, build_backbone, check_arch
-from engine.paths import checkpoints_dir, imagenet_weights_dir
+from engine.paths import checkpoints_dir, imagenet_weights_dir, shipped_dir
 
 DEFAULT_ARCH = "resnet18"
 
@@ -61,6 +68,19 @@ class InitInfo:
     available: bool
     reason: str = ""  # why unavailable, with the fix
     info: dict[str, Any] = field(default_factory=dict)
+    shipped: bool = False  # committed with the product (checkpoints/shipped/)
+
+    @property
+    def provenance(self) -> str:
+        """One line on where the weights come from (the json's `provenance`; method/arch otherwise)."""
+        if self.info.get("provenance"):
+            return str(self.info["provenance"])
+        if self.method == "random":
+            return "random weights (He init, seed 0): knows nothing"
+        if self.method == "imagenet":
+            return "torchvision ImageNet-1k weights: natural photos, not X-rays"
+        data = self.info.get("n_images")
+        return f"{self.method} {self.arch}" + (f" pretrained on {data} images" if data else "")
 
 
 def _split_builtin(name: str, arch: str | None) -> tuple[str, str] | None:
@@ -80,22 +100,52 @@ def imagenet_weights_path(arch: str) -> Path:
     return imagenet_weights_dir() / os.path.basename(weights.url)
 
 
-def file_sha256(path: Path, _cache: dict[tuple[str, int, int, int], str] = {}) -> str:
+def file_sha256(path: Path, full: bool = False, _cache: dict[tuple[str, int, int, int], str] = {}) -> str:
+    """sha256 of a file's bytes as hex: the first 16 digits (the feature-cache fingerprint), or all 64
+    with `full`. Cached per (path, mtime, inode, size): a re-saved file gets a new inode (os.replace)."""
     st = path.stat()
-    key = (str(path), st.st_mtime_ns, st.st_ino, st.st_size)  # a re-saved file gets a new inode (os.replace)
+    key = (str(path), st.st_mtime_ns, st.st_ino, st.st_size)
     if key not in _cache:
         h = hashlib.sha256()
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
-        _cache[key] = h.hexdigest()[:16]
-    return _cache[key]
+        _cache[key] = h.hexdigest()
+    return _cache[key] if full else _cache[key][:16]
+
+
+def _read_infos(d: Path | None, shipped: bool) -> list[InitInfo]:
+    out = []
+    for j in sorted(d.glob("*.json")) if d is not None and d.exists() else []:
+        if not j.with_suffix(".safetensors").exists():
+            continue
+        try:
+            info = json.loads(j.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        out.append(InitInfo(j.stem, info.get("arch", "?"), info.get("method", "?"), True, "", info, shipped))
+    return out
+
+
+def shipped_inits() -> list[InitInfo]:
+    """The backbones committed under checkpoints/shipped/, best measured first (json `rank`, then name)."""
+    return sorted(_read_infos(shipped_dir(), True), key=lambda i: (i.info.get("rank", 99), i.name))
+
+
+def default_init(arch: str | None = None) -> str:
+    """The init a user starts from: the best shipped backbone of `arch` (any arch when None), else `random`."""
+    for i in shipped_inits():
+        if arch is None or i.arch == arch:
+            return i.name
+    return "random"
 
 
 def list_inits(checkpoint_dir: Path | None = None, arch: str | None = None) -> list[InitInfo]:
-    """random and imagenet for `arch` (default resnet18), then every checkpoint, newest first."""
+    """Shipped backbones (best first), random and imagenet for `arch` (default resnet18), then the
+    user's checkpoints in `checkpoint_dir` (default checkpoints/), newest first."""
     arch = check_arch(arch or DEFAULT_ARCH)
-    out = [InitInfo("random", arch, "random", True)]
+    shipped = shipped_inits()
+    out = [*shipped, InitInfo("random", arch, "random", True)]
     p = imagenet_weights_path(arch)
     out.append(
         InitInfo(
@@ -104,17 +154,9 @@ def list_inits(checkpoint_dir: Path | None = None, arch: str | None = None) -> l
             f"(or run `python -m engine fetch-imagenet --arch {arch}` on a machine with internet)",
         )
     )
-    d = checkpoint_dir or checkpoints_dir()
-    metas = []
-    for j in d.glob("*.json") if d.exists() else []:
-        if not j.with_suffix(".safetensors").exists():
-            continue
-        try:
-            info = json.loads(j.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        metas.append((info.get("created", ""), InitInfo(j.stem, info.get("arch", "?"), info.get("method", "?"), True, "", info)))
-    out += [m for _, m in sorted(metas, key=lambda t: t[0], reverse=True)]
+    reserved = {i.name for i in shipped}
+    user = [i for i in _read_infos(checkpoint_dir or checkpoints_dir(), False) if i.name not in reserved]
+    out += sorted(user, key=lambda i: i.info.get("created", ""), reverse=True)
     return out
 
 
@@ -147,14 +189,26 @@ def load_backbone(
         return model.to(device).eval(), meta
 
     d = checkpoint_dir or checkpoints_dir()
+    sd_dir = shipped_dir()
+    shipped = sd_dir is not None and (sd_dir / f"{name}.safetensors").exists() and (sd_dir / f"{name}.json").exists()
+    if shipped:
+        d = sd_dir
     st, js = d / f"{name}.safetensors", d / f"{name}.json"
     if not (st.exists() and js.exists()):
         valid = ", ".join(i.name for i in list_inits(d))
         raise UnknownInitError(f"unknown init {name!r}; valid inits: {valid}")
     info = json.loads(js.read_text())
     a = check_arch(info["arch"])
+    want = info.get("sha256")
+    if want and file_sha256(st, full=True) != want:
+        raise InitUnavailableError(
+            f"{st} does not match the sha256 its json records ({want[:16]}...): the file is damaged or is a Git LFS "
+            f"pointer. Restore it with `git checkout -- {st.name}` in {st.parent}, or re-clone the repository")
     model = build_backbone(a)
-    model.load_state_dict(load_file(str(st)), strict=True)
+    try:
+        model.load_state_dict(load_file(str(st)), strict=True)  # fp16 storage is cast to the fp32 model
+    except Exception as e:  # safetensors header errors, missing/unexpected keys
+        raise InitUnavailableError(f"cannot load {st}: {e}. Re-export or delete the checkpoint") from e
     meta = BackboneMeta(
         name=name, arch=a, feat_dim=ARCHS[a], method=info.get("method", "?"),
         mean=tuple(info.get("mean", IMAGENET_MEAN)), std=tuple(info.get("std", IMAGENET_STD)),
