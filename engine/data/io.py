@@ -66,9 +66,23 @@ Never in ``ImageMeta``: names, IDs, dates, UIDs, institutions or any other free-
 code-string values (Modality, View Position, Photometric Interpretation) are copied, and only when
 they look like code strings.
 
+Decompression cost (refused cheaply, from headers, before any pixel buffer is allocated)
+-----------------------------------------------------------------------------------------
+* Images above :data:`MAX_PIXELS` (40 MP: twice the largest chest detector, 43 cm at 0.1 mm).
+* Decompression bombs: an image above :data:`BOMB_MIN_PIXELS` whose decoded buffer would be more
+  than :data:`MAX_EXPANSION` times the compressed data (a PNG of one colour, a DICOM whose JPEG /
+  JPEG 2000 frame is a few bytes). Real radiographs carry detector noise and compress at most about
+  20:1 even with wide black borders; an 8900 x 8900 PNG of 77 KB is 1000:1.
+* DICOM frames whose codestream (JPEG SOF, JPEG-LS SOF55, JPEG 2000 SIZ) declares another size than
+  Rows x Columns: the decoder would allocate what the codestream says.
+* Deflated DICOM (transfer syntax 1.2.840.10008.1.2.1.99), which pydicom inflates in one unbounded
+  call: the data set is first inflated here in 1 MiB steps without keeping the output, and refused
+  once it passes :data:`MAX_EXPANSION` times its compressed size (and 64 MiB).
+:func:`declared_size` reads the pixel size from a header alone (for upload budgets).
+
 Refused with :class:`ImageReadError` (a message saying what is wrong and what to do): missing or
-empty files, unknown formats, truncated or corrupt data, images above :data:`MAX_PIXELS` (checked
-from the header before any pixel buffer is allocated), multi-frame DICOM and multi-page TIFF/PNG,
+empty files, unknown formats, truncated or corrupt data, the decompression costs above,
+multi-frame DICOM and multi-page TIFF/PNG,
 DICOM without pixel data (structured reports, PDFs, presentation states), palette-colour or float
 DICOM, and any result that is not finite.
 """
@@ -87,13 +101,21 @@ from typing import Final
 import numpy as np
 from PIL import Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
 
-__all__ = ["MAX_PIXELS", "ImageMeta", "ImageReadError", "apply_orientation", "describe_content", "detect_format",
-           "jpeg_variant", "pixel_padding_mask", "read_image"]
+__all__ = ["BOMB_MIN_PIXELS", "MAX_EXPANSION", "MAX_PIXELS", "ImageMeta", "ImageReadError", "apply_orientation",
+           "declared_size", "describe_content", "detect_format", "jpeg_variant", "pixel_padding_mask", "read_image"]
 
 # Largest image accepted, in pixels (width * height). The biggest chest radiographs are about
-# 4300 x 4300 = 18.5 MP (43 cm detectors at 0.1 mm); 80 MP leaves room for any real radiograph
-# while refusing "decompression bombs" before a buffer is allocated (80 MP float32 = 320 MB).
-MAX_PIXELS: Final[int] = 80_000_000
+# 4300 x 4300 = 18.5 MP (43 cm detectors at 0.1 mm); 40 MP is twice that. Decoding one costs about
+# 10 bytes per pixel at its peak (decoder buffer + float32 + a scaling copy): 40 MP is ~400 MB, 1-3 s.
+MAX_PIXELS: Final[int] = 40_000_000
+# Decompression bombs: above BOMB_MIN_PIXELS (decoding below it costs < ~80 MB and < 0.5 s), a
+# decoded buffer more than MAX_EXPANSION times the compressed bytes is refused before decoding.
+# Radiographs (noisy detector data) compress 1.5-5:1 losslessly, < 30:1 as JPEG, even with wide
+# black borders; one-colour images compress 1000:1 (PNG) and more (JPEG 2000, deflated DICOM).
+BOMB_MIN_PIXELS: Final[int] = 8_000_000
+MAX_EXPANSION: Final[int] = 200
+_INFLATE_FLOOR: Final[int] = 64 * 2**20  # deflated DICOM: always allowed to inflate this much
+_DEFLATED_TS: Final = b"1.2.840.10008.1.2.1.99"
 
 _OPENERS: Final = {"png": PngImagePlugin.PngImageFile, "jpeg": JpegImagePlugin.jpeg_factory,
                    "tiff": TiffImagePlugin.TiffImageFile}
@@ -133,12 +155,17 @@ class ImageMeta:
 # ----------------------------------------------------------------------------------------- entry
 
 
-def read_image(src: str | os.PathLike[str] | bytes | bytearray | memoryview) -> tuple[np.ndarray, ImageMeta]:
+def read_image(src: str | os.PathLike[str] | bytes | bytearray | memoryview, *,
+               name: str | None = None) -> tuple[np.ndarray, ImageMeta]:
     """Decode a PNG/JPEG/TIFF/DICOM file (path or bytes) to (float32 HxW in [0, 1], ImageMeta).
 
-    Raises ImageReadError for anything it cannot turn into a trustworthy single grey image.
+    `name`: how messages call the file (default: the quoted path, or "the image data" for bytes);
+    callers that must keep a path out of logs (it may hold a patient's name) pass a neutral one.
+    Raises ImageReadError for anything it cannot turn into a trustworthy single grey image,
+    including images too large or too expensive to decode (see "Decompression cost" above).
     """
-    data, name = _load_bytes(src)
+    data, default_name = _load_bytes(src)
+    name = default_name if name is None else name
     fmt = detect_format(data)
     if fmt is None:
         raise ImageReadError(f"{name} is not a {_SUPPORTED} image ({describe_content(data)}). "
@@ -229,6 +256,67 @@ def _check_size(width: int, height: int, name: str) -> None:
             f"If it is genuine, downsample it before importing.")
 
 
+def _check_expansion(width: int, height: int, bytes_per_pixel: float, compressed: int, name: str,
+                     what: str = "data") -> None:
+    """Refuse a decompression bomb: more than BOMB_MIN_PIXELS pixels whose decoded buffer
+    (`bytes_per_pixel` each) exceeds MAX_EXPANSION times the `compressed` byte count."""
+    pixels = width * height
+    decoded = pixels * bytes_per_pixel
+    if pixels <= BOMB_MIN_PIXELS or decoded <= MAX_EXPANSION * max(compressed, 1):
+        return
+    raise ImageReadError(
+        f"{name} declares a {width}x{height} image ({pixels / 1e6:.0f} MP, {decoded / 2**20:.0f} MiB to decode) in "
+        f"only {_kib(compressed)} of {what}, a {decoded / max(compressed, 1):,.0f}:1 expansion; radiographs "
+        f"compress at most about 30:1. The file is truncated or corrupt, or built to exhaust memory (a "
+        f"decompression bomb), so it was refused before decoding. Re-export the image from its source.")
+
+
+def _kib(n: int) -> str:
+    return f"{n} bytes" if n < 10_240 else f"{n / 1024:,.0f} KiB"
+
+
+def _pillow_bytes_per_pixel(mode: str) -> int:
+    """Bytes Pillow's decoder holds per pixel: 1 for 1-bit/8-bit single-band and palette, 2 for
+    16-bit, 4 for 32-bit and every multi-band mode (Pillow stores RGB/LA/CMYK as 4 bytes)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    if mode.startswith("I;16"):
+        return 2
+    return 4
+
+
+def declared_size(data: bytes) -> tuple[str, int, int] | None:
+    """(format, width, height) read from a file's header alone, without decoding any pixels, or None
+    when the content is no PNG/JPEG/TIFF/DICOM or its header cannot be parsed (read_image then says
+    why). Cheap (microseconds for raster headers, a partial parse for DICOM); used to budget an
+    upload's total pixels before decoding any of it. Deflated DICOM is not inflated here: None."""
+    fmt = detect_format(data[:1024])
+    try:
+        if fmt == "png":
+            if data[12:16] != b"IHDR" or len(data) < 24:
+                return None
+            w, h = struct.unpack_from(">II", data, 16)
+            return fmt, int(w), int(h)
+        if fmt == "jpeg":
+            found = _jpeg_frame_size(data)
+            return None if found is None else (fmt, found[0], found[1])
+        if fmt == "tiff":
+            im = _OPENERS["tiff"](io.BytesIO(data))
+            return fmt, int(im.width), int(im.height)
+        if fmt == "dicom":
+            if _DEFLATED_TS in data[:4096]:
+                return None
+            import pydicom
+
+            ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True,
+                                 specific_tags=["Rows", "Columns"])
+            rows, cols = ds.get("Rows"), ds.get("Columns")
+            return (fmt, int(cols), int(rows)) if rows and cols else None
+    except Exception:  # any parse failure: unknown size, read_image reports what is wrong
+        return None
+    return None
+
+
 # ---------------------------------------------------------------------------------------- raster
 
 
@@ -244,6 +332,7 @@ def _read_raster(data: bytes, name: str, fmt: str) -> tuple[np.ndarray, ImageMet
         raise ImageReadError(f"{name} starts like a {fmt.upper()} file but its header is truncated or corrupt "
                              f"({e}); re-export or download it again.") from e
     _check_size(im.width, im.height, name)
+    _check_expansion(im.width, im.height, _pillow_bytes_per_pixel(im.mode), len(data), name)
     if im.format in ("PNG", "TIFF") and getattr(im, "n_frames", 1) > 1:
         raise ImageReadError(f"{name} holds {im.n_frames} images (multi-page {im.format}); scarce-cxr reads "
                              f"single-image files: save the radiograph you want on its own.")
@@ -341,24 +430,51 @@ def jpeg_variant(data: bytes) -> tuple[str, int] | None:
     a start-of-frame marker (SOF0-SOF15 except DHT/JPG/DAC, or JPEG-LS SOF55), whose first byte
     is the sample precision P.
     """
+    i = _sof_offset(data)
+    if i is None or i + 4 >= len(data):
+        return None
+    return _JPEG_SOF[data[i + 1]], data[i + 4]
+
+
+def _sof_offset(data: bytes) -> int | None:
+    """Offset of a JPEG/JPEG-LS stream's first start-of-frame marker (ITU-T T.81 B.2.2), else None."""
     i, n = 2, len(data)
     while i + 4 <= n:
         if data[i] != 0xFF:
             return None
         marker = data[i + 1]
-        if marker == 0xFF:          # fill byte
+        if marker == 0xFF:
             i += 1
             continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # SOI, TEM, RSTn: no length
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
             i += 2
             continue
         (length,) = struct.unpack_from(">H", data, i + 2)
         if marker in _JPEG_SOF:
-            return (_JPEG_SOF[marker], data[i + 4]) if i + 4 < n else None
-        if marker == 0xDA or length < 2:  # start of scan before any frame header: malformed
+            return i
+        if marker == 0xDA or length < 2:
             return None
         i += 2 + length
     return None
+
+
+def _jpeg_frame_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG/JPEG-LS frame header: SOF = FFCn, Lf(2), P(1), Y(2), X(2), Nf(1)."""
+    i = _sof_offset(data)
+    if i is None or i + 9 > len(data):
+        return None
+    height, width = struct.unpack_from(">HH", data, i + 5)
+    return int(width), int(height)
+
+
+def _j2k_size(frame: bytes) -> tuple[int, int] | None:
+    """(width, height) of a JPEG 2000 codestream (ITU-T T.800 A.5.1: SOC FF4F, SIZ FF51, Lsiz, Rsiz,
+    Xsiz, Ysiz, XOsiz, YOsiz) or of a JP2 file holding one; None when there is none."""
+    at = frame.find(b"\xff\x4f\xff\x51", 0, 4096) if not frame.startswith(b"\xff\x4f\xff\x51") else 0
+    if at < 0 or at + 24 > len(frame):
+        return None
+    xsiz, ysiz, xo, yo = struct.unpack_from(">IIII", frame, at + 8)
+    return int(xsiz - xo), int(ysiz - yo)
 
 
 def _refuse_jpeg_variant(data: bytes, name: str, fmt: str) -> None:
@@ -392,6 +508,8 @@ def _read_tiff_tifffile(data: bytes, name: str, pillow_error: BaseException) -> 
             _check_size(int(page.imagewidth), int(page.imagelength), name)
             photometric = int(page.photometric)
             bits = int(page.bitspersample)
+            _check_expansion(int(page.imagewidth), int(page.imagelength),
+                             max(1, int(page.samplesperpixel)) * max(1, -(-bits // 8)), len(data), name)
             compression = getattr(page.compression, "name", str(page.compression))
             tag = page.tags.get(274)
             orientation = int(tag.value) if tag is not None else 1
@@ -520,6 +638,7 @@ def _read_dicom(data: bytes, name: str) -> tuple[np.ndarray, ImageMeta]:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    _refuse_deflate_bomb(data, name)
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except (InvalidDicomError, *_DECODE_ERRORS, KeyError, IndexError, AttributeError) as e:
@@ -533,6 +652,7 @@ def _read_dicom(data: bytes, name: str) -> tuple[np.ndarray, ImageMeta]:
     _check_dicom_is_single_image(ds, name)
     rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
     _check_size(cols, rows, name)
+    _check_compressed_frame(ds, cols, rows, name)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric == "PALETTE COLOR":
         raise ImageReadError(f"{name} is a palette-colour DICOM; only greyscale (MONOCHROME1/2) or RGB/YBR "
@@ -557,6 +677,76 @@ def _read_dicom(data: bytes, name: str) -> tuple[np.ndarray, ImageMeta]:
     meta = ImageMeta(source_format="dicom", width=cols, height=rows, bits=bits, photometric=photometric,
                      modality=_code_string(ds.get("Modality")), view=_code_string(ds.get("ViewPosition")))
     return img, meta
+
+
+def _refuse_deflate_bomb(data: bytes, name: str) -> None:
+    """Deflated Explicit VR Little Endian (PS3.5 A.5): pydicom inflates the whole data set in one
+    unbounded zlib call. Inflate it here first, 1 MiB at a time without keeping the output, and
+    refuse it once it passes MAX_EXPANSION times its compressed size (at least 64 MiB)."""
+    if _DEFLATED_TS not in data[:4096]:
+        return
+    from pydicom import filereader
+
+    fp = io.BytesIO(data)
+    try:
+        filereader.read_preamble(fp, True)
+        meta = filereader._read_file_meta_info(fp)
+    except Exception:  # no readable file meta: dcmread reports what is wrong
+        return
+    if str(meta.get("TransferSyntaxUID", "")) != _DEFLATED_TS.decode():
+        return
+    start = fp.tell()
+    compressed = len(data) - start
+    limit = max(_INFLATE_FLOOR, MAX_EXPANSION * compressed)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    view = memoryview(data)[start:]
+    try:
+        for i in range(0, len(view), 1 << 16):
+            pending = bytes(view[i:i + (1 << 16)])
+            while pending:
+                total += len(inflater.decompress(pending, 1 << 20))
+                pending = inflater.unconsumed_tail
+                if total > limit:
+                    raise ImageReadError(
+                        f"{name} is a deflated DICOM whose {_kib(compressed)} of compressed data inflate to more "
+                        f"than {limit / 2**20:,.0f} MiB (over {MAX_EXPANSION}:1); radiographs compress at most about "
+                        f"30:1. The file is corrupt or built to exhaust memory (a decompression bomb), so it was "
+                        f"refused before reading it. Export the image again, uncompressed.")
+            if inflater.eof:
+                break
+    except zlib.error:
+        return  # corrupt deflate data: dcmread reports it
+
+
+def _check_compressed_frame(ds, cols: int, rows: int, name: str) -> None:
+    """Refuse, before decoding, an encapsulated (compressed) frame whose codestream declares another
+    size than Rows x Columns (the decoder allocates what the codestream says), or whose pixels would
+    expand more than MAX_EXPANSION times the compressed data (a decompression bomb)."""
+    meta = getattr(ds, "file_meta", None)
+    tsyntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if tsyntax is None or not getattr(tsyntax, "is_compressed", False) or "PixelData" not in ds:
+        return
+    frame = _first_frame(ds)
+    size = None
+    if frame is not None:
+        if frame[:2] == b"\xff\xd8":
+            size = _jpeg_frame_size(frame)
+        elif frame[:4] == b"\xff\x4f\xff\x51" or frame[4:8] == b"jP  ":
+            size = _j2k_size(frame)
+    if size is not None and size != (cols, rows):
+        _check_size(*size, name)
+        raise ImageReadError(
+            f"{name}: its compressed frame declares a {size[0]}x{size[1]} image but the DICOM header says "
+            f"{cols}x{rows} (Columns x Rows); the file is corrupt or crafted, so it was refused before decoding. "
+            f"Export the image again.")
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    allocated = int(ds.get("BitsAllocated") or 16)
+    try:
+        compressed = len(ds.PixelData)
+    except (TypeError, AttributeError):
+        return
+    _check_expansion(cols, rows, samples * max(1, -(-allocated // 8)), compressed, name, "compressed pixel data")
 
 
 def _code_string(value: object) -> str:
