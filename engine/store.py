@@ -17,9 +17,20 @@ Layout inside the workspace (see engine.paths):
     cache/thumbs/                   thumbnails (derived, safe to delete)
 
 PHI: only the fields of engine.data.io.ImageMeta (format, size, bits, photometric, modality, view)
-are recorded. DICOM patient tags never reach the store. File names are kept as display names.
-A manifest's `patient_id` is kept only as a keyed hash (HMAC-SHA256 with a random per-workspace
-salt), so patient-level splits survive an export without the identifier itself being stored.
+are recorded. DICOM patient tags never reach the store. File names (which hospitals often build from
+a patient's name and record number, e.g. SURNAME_GIVEN_MRN12345.dcm) are not stored either: an
+image gets the neutral display name `image-<id>` (`keep_names=True` keeps the original, for files
+known to be free of identifiers), and its original base name only as a keyed hash (`name_key`), so a
+label CSV naming the files still finds them. The original name lives on only in the ImportResult the
+caller shows during the upload. A manifest's `patient_id` is likewise kept only as a keyed hash
+(HMAC-SHA256 with a random per-workspace salt), so patient-level splits survive an export without
+the identifier itself being stored.
+
+Decompression cost: a file's bytes are hashed before decoding (`sources`: sha256 of the reader
+version + the bytes -> image), so a file imported before, or a copy inside the same archive, is a
+duplicate without being decoded again. An upload's images are budgeted by their declared pixels
+(`max_upload_pixels`, from headers alone) before any is decoded; single images above the reader's
+limits (engine.data.io: MAX_PIXELS, decompression bombs) are refused per file.
 
 Consistency: every mutation is one SQLite transaction (BEGIN IMMEDIATE ... COMMIT). Pixel files are
 written first (temp file + os.replace) and removed again when the transaction fails, so a failed
@@ -64,6 +75,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DiskFullError", "ImportResult", "ImportSummary", "LabelConflictError", "SCHEMA_VERSION", "Store", "StoreError",
+    "UploadTooLargeError", "neutral_name",
 ]
 
 # ------------------------------------------------------------------------------------------ schema
@@ -133,6 +145,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             job_id INTEGER REFERENCES jobs(id) ON DELETE SET NULL,
             created REAL NOT NULL)""",
     ),
+    # v4: neutral display names (the original base name only as a keyed hash) and source-file hashes
+    # (duplicates found before decoding). Rows imported before keep their names; their name_key is NULL.
+    (
+        "ALTER TABLE images ADD COLUMN name_key TEXT",   # keyed hash of the original file's base name
+        "CREATE INDEX images_name_key ON images(name_key)",
+        """CREATE TABLE sources (
+            sha256 TEXT PRIMARY KEY,              -- sha256 of (reader version, the file's bytes)
+            image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE) WITHOUT ROWID""",
+        "CREATE INDEX sources_image ON sources(image_id)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -172,6 +194,11 @@ class DiskFullError(StoreError, _DiskFull):
         return DiskFullError(self.directory, self.needed, self.free, self.what, detail, committed)
 
 
+class UploadTooLargeError(StoreError):
+    """An upload whose images declare more pixels together than one upload may decode; nothing was
+    imported. The message says to upload fewer files or import the folder by path (a background job)."""
+
+
 class LabelConflictError(StoreError):
     """Labels changed by someone else since the caller read them; nothing was saved.
     `conflicts` maps image id -> (name, label the caller saw, label now) with None = unlabeled."""
@@ -189,7 +216,10 @@ class LabelConflictError(StoreError):
 
 @dataclass(frozen=True)
 class ImportResult:
-    """One imported file: `image_id` is set on success and for duplicates, `error` otherwise."""
+    """One imported file: `image_id` is set on success and for duplicates, `error` otherwise.
+
+    `name` is the name the caller gave (the upload's file name, a ZIP member, a path relative to
+    the folder): it is for showing during the upload only; the store keeps the neutral name."""
 
     name: str
     image_id: int | None
@@ -240,6 +270,28 @@ def decode_png(path: Path) -> np.ndarray:
         arr = np.asarray(im)
     scale = 65535.0 if arr.dtype == np.uint16 else 255.0
     return arr.astype(np.float32) / np.float32(scale)
+
+
+def neutral_name(image_id: int) -> str:
+    """The display name an image is stored under: `image-000042` (never the file's own name)."""
+    return f"image-{int(image_id):06d}"
+
+
+def _basename(name: str) -> str:
+    """The last component of a POSIX or Windows path (a display name, a ZIP member, a CSV cell)."""
+    text = str(name).strip().replace("\\", "/")
+    return text.rsplit("/", 1)[-1]
+
+
+def _source_key(data: bytes | bytearray | memoryview) -> str:
+    """Key of a file's bytes under this reader version: a file seen before (same bytes, same reader)
+    decodes to the same pixels, so it is a duplicate without decoding. A reader change (READER_VERSION)
+    gives every file a new key, so a re-import then decodes again under the new rules."""
+    from engine.data.io import READER_VERSION
+
+    h = hashlib.sha256(f"scarce-cxr read_image v{READER_VERSION}\0".encode())
+    h.update(data)
+    return h.hexdigest()
 
 
 def check_finding_name(name: str) -> str:
@@ -321,6 +373,9 @@ class Store:
     max_zip_members: int = 20_000
     max_zip_bytes: int = 4 * 2**30         # total uncompressed size
     max_member_bytes: int = 512 * 2**20    # one uncompressed member
+    # Pixels one upload (an archive, or the files of one Data-page upload) may decode inside the page
+    # request: ~1000 radiographs of 1 MP, or 50 of the largest detectors (~1-2 min on 2 cores).
+    max_upload_pixels: int = 1_000_000_000
     import_workers: int = min(4, os.cpu_count() or 1)
 
     def __init__(self, workspace: Path | str | None = None):
@@ -425,13 +480,16 @@ class Store:
 
     def import_bytes(self, name: str, data: bytes, on_event: OnEvent | None = None,
                      stop: threading.Event | None = None,
-                     label: tuple[str, int] | None = None) -> list[ImportResult]:
+                     label: tuple[str, int] | None = None, keep_names: bool = False) -> list[ImportResult]:
         """Import one uploaded file: an image (PNG/JPEG/TIFF/DICOM) or a ZIP archive of them.
 
         Returns one ImportResult per image (per archive member for a ZIP, dot-files and __MACOSX
         skipped). Errors are reported per file, never raised. `label=(finding, 1 | 0)` labels every
         imported image in the same transaction that stores it (an image and its label commit
         together); a duplicate already labeled the other way keeps its label (`label_kept`).
+        `name` is only shown back in the results: the image is stored as `image-<id>` unless
+        `keep_names` (see the module docstring, PHI). A ZIP whose images declare more than
+        `max_upload_pixels` together is refused as a whole before any is decoded.
         Raises ValueError for an invalid finding name or label value (before anything is written) and
         DiskFullError when the disk fills up; its `committed` lists the images imported (and kept,
         with their labels) before that.
@@ -442,20 +500,67 @@ class Store:
                 raise ValueError(f"label {label[1]!r} is not 1 (present) or 0 (absent)")
             label = (label[0], int(label[1]))
         if data[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-            return self._import_zip(name, data, on_event, stop, label)
+            return self._import_zip(name, data, on_event, stop, label, keep_names)
         try:
-            return [self._import_one(name, data, label)]
+            return [self._import_one(name, data, label, keep_names)]
         except DiskFullError as e:
             raise e.with_committed([], 1) from e
 
+    def check_upload(self, files: Sequence[tuple[str, bytes]]) -> int:
+        """Budget an upload before decoding any of it: the pixels its images declare in their headers
+        (ZIP members included; engine.data.io.declared_size), summed. Returns that sum. Raises
+        UploadTooLargeError (a StoreError saying what to do) when it exceeds `max_upload_pixels`;
+        files whose size cannot be read from a header count 0 here (each is still refused on its own
+        when too large to decode)."""
+        total, count = 0, 0
+        for name, data in files:
+            px, n = self._declared_pixels(data)
+            total += px
+            count += n
+        if total > self.max_upload_pixels:
+            raise UploadTooLargeError(
+                f"these files hold {count:,} images of {total / 1e9:.2f} gigapixels together, more than the "
+                f"{self.max_upload_pixels / 1e9:.2f} gigapixels one upload may decode (that would keep the page "
+                "busy for minutes); nothing was imported. Upload fewer files at a time, or put them in a folder "
+                "and use 'Import from a folder' (it runs in the background with progress)")
+        return total
+
+    def _declared_pixels(self, data: bytes) -> tuple[int, int]:
+        """(declared pixels, images) of one file or of a ZIP's members (headers only, 64 KiB each)."""
+        from engine.data.io import declared_size
+
+        if data[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):
+            size = declared_size(data[:1 << 16]) or declared_size(data)  # a TIFF's IFD may sit at the end
+            return (size[1] * size[2], 1) if size else (0, 0)
+        try:
+            zf = zipfile.ZipFile(io.BytesIO(data))
+            infos = [i for i in zf.infolist() if not i.is_dir() and not is_ignored_member(i.filename)]
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return 0, 0  # the import reports what is wrong with it
+        total, count = 0, 0
+        for info in infos[: self.max_zip_members]:
+            if info.flag_bits & 0x1:
+                continue
+            try:
+                with zf.open(info) as f:
+                    head = f.read(1 << 16)
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError):
+                continue
+            size = declared_size(head)
+            if size:
+                total += size[1] * size[2]
+                count += 1
+        return total, count
+
     def import_paths(self, paths_: Iterable[Path | str], on_event: OnEvent | None = None,
-                     stop: threading.Event | None = None) -> list[ImportResult]:
+                     stop: threading.Event | None = None, keep_names: bool = False) -> list[ImportResult]:
         """Import files and folders. A folder is listed by content (engine.data.listing.list_images:
         PNG/JPEG/TIFF/DICOM and ZIP archives at any depth, whatever their names, e.g. a patient CD's
         DICOM/.../IM000001); every other file (DICOMDIR, reports, text, BMP, ...) gets an ImportResult
         whose error says "skipped" and why, plus one warning event with the count and first names.
-        Display names are paths relative to the folder given, prefixed with its name. Each image is
-        its own transaction; on `stop` the images already imported stay and Cancelled is raised."""
+        Result names are paths relative to the folder given, prefixed with its name; images are
+        stored as `image-<id>` unless `keep_names`. Each image is its own transaction; on `stop` the
+        images already imported stay and Cancelled is raised. Raises DiskFullError (with `committed`)."""
         todo: list[tuple[str, Path]] = []
         results: list[ImportResult] = []
         for p in map(Path, paths_):
@@ -477,9 +582,9 @@ class Store:
             check_stop(stop)
             try:
                 if _is_zip_file(f):  # by content: an archive saved without its .zip suffix too
-                    results.extend(self._import_zip(name, f.read_bytes(), None, stop))
+                    results.extend(self._import_zip(name, f.read_bytes(), None, stop, None, keep_names))
                 else:
-                    results.append(self._import_one(name, f))
+                    results.append(self._import_one(name, f, None, keep_names))
             except DiskFullError as e:  # what was committed before stays; say exactly what that is
                 done = results + list(e.committed)
                 raise e.with_committed(done, len(done) + len(todo) - i) from e
@@ -487,7 +592,8 @@ class Store:
         return results
 
     def _import_zip(self, name: str, data: bytes, on_event: OnEvent | None,
-                    stop: threading.Event | None, label: tuple[str, int] | None = None) -> list[ImportResult]:
+                    stop: threading.Event | None, label: tuple[str, int] | None = None,
+                    keep_names: bool = False) -> list[ImportResult]:
         def fail(msg: str) -> list[ImportResult]:
             return [ImportResult(name, None, f"{name}: {msg}", False)]
 
@@ -505,6 +611,10 @@ class Store:
                         f"{self.max_zip_bytes / 2**30:.1f} GiB allowed; split it or import the folder by path")
         if not infos:
             return fail("the archive contains no files")
+        try:
+            self.check_upload([(name, data)])
+        except UploadTooLargeError as e:
+            return fail(str(e))
         from engine.data.listing import skipped_summary, sniff_bytes
 
         results: list[ImportResult] = []
@@ -521,7 +631,7 @@ class Store:
                 results.append(ImportResult(member, None, f"{member}: skipped: {why}", False))
             else:
                 try:
-                    results.append(self._import_one(member, blob, label))
+                    results.append(self._import_one(member, blob, label, keep_names))
                 except DiskFullError as e:  # members imported before stay (with their labels)
                     raise e.with_committed(results, len(infos)) from e
             emit(on_event, step=k + 1, total=len(infos), kind="progress")
@@ -547,7 +657,8 @@ class Store:
             return "archives inside archives are not supported; extract it and import its contents"
         return blob
 
-    def _import_one(self, name: str, src: bytes | Path, label: tuple[str, int] | None = None) -> ImportResult:
+    def _import_one(self, name: str, src: bytes | Path, label: tuple[str, int] | None = None,
+                    keep_names: bool = False) -> ImportResult:
         """Decode, dedupe and store one image (and its `label`) in one transaction. Only DiskFullError raises."""
         prepared = self._prepare(name, src)
         if isinstance(prepared, ImportResult):
@@ -556,14 +667,15 @@ class Store:
             with self._tx() as c:  # a duplicate: label it (unless labeled the other way)
                 kept = self._label_upload(c, prepared.image_id, label, duplicate=True)
             return ImportResult(name, prepared.image_id, None, True, kept)
-        sha, meta, new_file = prepared
+        sha, meta, new_file, source = prepared
         try:
             with self._tx() as c:
                 row = c.execute("SELECT id FROM images WHERE sha256=?", (sha,)).fetchone()
-                if row is not None:  # another thread/process stored the same pixels meanwhile
+                if row is not None:  # same pixels stored before (other bytes), or by another thread meanwhile
+                    c.execute("INSERT OR IGNORE INTO sources(sha256, image_id) VALUES (?, ?)", (source, int(row[0])))
                     kept = label is not None and self._label_upload(c, int(row[0]), label, duplicate=True)
                     return ImportResult(name, int(row[0]), None, True, kept)
-                image_id = self._insert_image(c, sha, name, meta)
+                image_id = self._insert_image(c, sha, name, meta, keep_name=keep_names, source=source)
                 if label is not None:
                     self._label_upload(c, image_id, label, duplicate=False)
         except BaseException:
@@ -585,14 +697,25 @@ class Store:
         c.execute("INSERT OR REPLACE INTO labels(image_id, finding, value) VALUES (?,?,?)", (image_id, finding, value))
         return False
 
-    def _prepare(self, name: str, src: bytes | Path,
-                 known: Mapping[str, int] | None = None) -> ImportResult | tuple[str, ImageMeta, bool]:
-        """Read + quantize + hash + write the PNG (when new). Returns an ImportResult for errors and
-        duplicates, else (sha256, meta, whether this call created the file)."""
+    def _prepare(self, name: str, src: bytes | Path, known: Mapping[str, int] | None = None
+                 ) -> ImportResult | tuple[str, ImageMeta, bool, str]:
+        """Hash the file's bytes (a file seen before is a duplicate, not decoded again), else read +
+        quantize + hash + write the PNG (when new). Returns an ImportResult for errors and duplicates,
+        else (pixel sha256, meta, whether this call created the file, source key)."""
         from engine.data.io import ImageReadError, read_image
 
         try:
-            img, meta = read_image(src)
+            data = src if isinstance(src, (bytes, bytearray, memoryview)) else Path(src).read_bytes()
+        except OSError:
+            data = src  # missing, a folder, unreadable: read_image says which
+        source = _source_key(data) if isinstance(data, (bytes, bytearray, memoryview)) else None
+        if source is not None:
+            row = self._conn().execute("SELECT image_id FROM sources WHERE sha256=?", (source,)).fetchone()
+            if row is not None:
+                return ImportResult(name, int(row[0]), None, True)
+        try:
+            # messages say "the file" rather than its path: a path may carry a patient's name
+            img, meta = read_image(data, name=None if isinstance(src, (bytes, bytearray, memoryview)) else "the file")
         except ImageReadError as e:
             return ImportResult(name, None, f"{name}: {e}", False)
         except MemoryError:
@@ -608,22 +731,55 @@ class Store:
             row = self._conn().execute("SELECT id FROM images WHERE sha256=?", (sha,)).fetchone()
             existing = None if row is None else int(row[0])
         if existing is not None:
+            if known is None and source is not None:
+                self._remember_source(source, existing)
             return ImportResult(name, existing, None, True)
         dest = self.images_dir / f"{sha}.png"
         new_file = not dest.exists()
         if new_file:
             write_atomic(dest, encode_png(arr))
-        return sha, meta, new_file
+        return sha, meta, new_file, source or ""
+
+    def _remember_source(self, source: str, image_id: int) -> None:
+        """Map a file's bytes to an image already stored (so the next import of it is not decoded).
+        Best effort: a busy database or a full disk only costs a decode next time."""
+        try:
+            with self._tx() as c:
+                c.execute("INSERT OR IGNORE INTO sources(sha256, image_id) VALUES (?, ?)", (source, int(image_id)))
+        except (StoreError, sqlite3.Error):
+            pass
 
     def _insert_image(self, c: sqlite3.Connection, sha: str, name: str, meta: ImageMeta,
-                      patient_key: str | None = None, split: str = "") -> int:
+                      patient_key: str | None = None, split: str = "", *, keep_name: bool = False,
+                      source: str | None = None) -> int:
+        """Insert one image row (inside the caller's transaction): named `image-<id>` unless
+        `keep_name`, the original base name kept only as its keyed hash, `source` (the file bytes'
+        key) mapped to it."""
         cur = c.execute(
             "INSERT INTO images(sha256, name, file, width, height, bits, source_format, photometric,"
-            " modality, view, patient_key, split, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (sha, name, f"images/{sha}.png", int(meta.width), int(meta.height), int(meta.bits),
-             str(meta.source_format), str(meta.photometric or ""), str(meta.modality or ""),
-             str(meta.view or ""), patient_key, split or "", time.time()))
-        return int(cur.lastrowid)
+            " modality, view, patient_key, split, created, name_key) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (sha, name if keep_name else "", f"images/{sha}.png", int(meta.width), int(meta.height),
+             int(meta.bits), str(meta.source_format), str(meta.photometric or ""), str(meta.modality or ""),
+             str(meta.view or ""), patient_key, split or "", time.time(), self.name_key(name)))
+        image_id = int(cur.lastrowid)
+        if not keep_name:
+            c.execute("UPDATE images SET name=? WHERE id=?", (neutral_name(image_id), image_id))
+        if source:
+            c.execute("INSERT OR IGNORE INTO sources(sha256, image_id) VALUES (?, ?)", (source, image_id))
+        return image_id
+
+    def name_key(self, name: str) -> str:
+        """Keyed hash (HMAC-SHA256, this workspace's salt) of a file's base name (folders and a
+        Windows or POSIX path are dropped, so "a/b/SMITH.dcm" and "SMITH.dcm" match). Stored instead
+        of the name; a label CSV's names are matched through it."""
+        base = _basename(name)
+        return "n" + hmac.new(self._salt_bytes(), b"name\0" + base.encode(), hashlib.sha256).hexdigest()[:20]
+
+    def _salt_bytes(self) -> bytes:
+        if self._salt is None:
+            row = self._conn().execute("SELECT value FROM meta WHERE key='salt'").fetchone()
+            self._salt = bytes.fromhex(row[0])
+        return self._salt
 
     def _discard_files(self, rel_files: Iterable[str]) -> None:
         """Remove pixel/mask files that no row references (cleanup after a failed import)."""
@@ -638,13 +794,10 @@ class Store:
                 (self.workspace / rel).unlink(missing_ok=True)
 
     def _patient_key(self, patient_id: str) -> str:
-        if self._salt is None:
-            row = self._conn().execute("SELECT value FROM meta WHERE key='salt'").fetchone()
-            self._salt = bytes.fromhex(row[0])
-        return "p" + hmac.new(self._salt, patient_id.encode(), hashlib.sha256).hexdigest()[:16]
+        return "p" + hmac.new(self._salt_bytes(), patient_id.encode(), hashlib.sha256).hexdigest()[:16]
 
     def import_manifest(self, csv_path: Path | str, on_event: OnEvent | None = None,
-                        stop: threading.Event | None = None) -> ImportSummary:
+                        stop: threading.Event | None = None, keep_names: bool = False) -> ImportSummary:
         """Import a manifest CSV (with boxes.csv / masks.csv beside it): pixels, labels, regions.
 
         All or nothing. Manifest problems (missing files, unknown values, a finding with only one
@@ -652,6 +805,7 @@ class Store:
         every problem, before anything is written. A row whose pixels are already stored is a
         duplicate: its labels and regions are updated, no second image is created. Masks are copied
         into <workspace>/masks/. On `stop`, everything written so far is removed and Cancelled raised.
+        New images are named `image-<id>` unless `keep_names` (then: the path relative to the CSV).
         """
         from engine.data.manifest import ManifestError, load_manifest
 
@@ -694,6 +848,7 @@ class Store:
         shas: list[str | None] = []   # per row; None = duplicate of an already-stored image
         ids: dict[int, int] = {}       # row -> existing image id (duplicates)
         metas: dict[str, ImageMeta] = {}
+        sources_of: dict[str, str] = {}
         first_row: dict[str, int] = {}
         results = _bounded_map(prepare, paths_, self.import_workers)
         try:
@@ -707,8 +862,9 @@ class Store:
                         ids[i] = int(res.image_id)
                         shas.append(None)
                 else:
-                    sha, meta, _ = res
+                    sha, meta, _, source = res
                     metas[sha] = meta
+                    sources_of.setdefault(sha, source)
                     first_row.setdefault(sha, i)
                     shas.append(sha)
                 emit(on_event, step=i + 1, total=len(paths_), kind="progress")
@@ -732,7 +888,8 @@ class Store:
                         pid = str(df["patient_id"].iloc[i]) if has_patient else ""
                         key = self._patient_key(pid) if pid and pid != paths_[i] else None
                         split = str(df["split"].iloc[i]) if "split" in df.columns else ""
-                        got = (self._insert_image(c, sha, display(paths_[first_row[sha]]), metas[sha], key, split),)
+                        got = (self._insert_image(c, sha, display(paths_[first_row[sha]]), metas[sha], key, split,
+                                                  keep_name=keep_names, source=sources_of.get(sha)),)
                         n_new += 1
                     row_ids.append(int(got[0]))
                 now = time.time()
@@ -832,10 +989,11 @@ class Store:
 
     def images(self, finding: str | None = None) -> pd.DataFrame:
         """One row per image (ordered by id): id, name, width, height, source_format, created, bits,
-        photometric, modality, view, split, file (absolute path), then one column per finding
+        photometric, modality, view, split, file (absolute path), name_key (keyed hash of the original
+        base name, None for images imported before v4; see `name_key`), then one column per finding
         (1.0 / 0.0 / NaN) -- only `finding`'s column when it is given."""
         cols = ["id", "name", "width", "height", "source_format", "created", "bits", "photometric",
-                "modality", "view", "split", "file"]
+                "modality", "view", "split", "file", "name_key"]
         with self._read() as c:
             fnames = [r[0] for r in c.execute("SELECT name FROM findings ORDER BY rowid")]
             if finding is not None:

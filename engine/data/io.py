@@ -101,7 +101,7 @@ from typing import Final
 import numpy as np
 from PIL import Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
 
-__all__ = ["BOMB_MIN_PIXELS", "MAX_EXPANSION", "MAX_PIXELS", "ImageMeta", "ImageReadError", "apply_orientation",
+__all__ = ["BOMB_MIN_PIXELS", "MAX_EXPANSION", "MAX_PIXELS", "READER_VERSION", "ImageMeta", "ImageReadError", "apply_orientation",
            "declared_size", "describe_content", "detect_format", "jpeg_variant", "pixel_padding_mask", "read_image"]
 
 # Largest image accepted, in pixels (width * height). The biggest chest radiographs are about
@@ -114,6 +114,9 @@ MAX_PIXELS: Final[int] = 40_000_000
 # black borders; one-colour images compress 1000:1 (PNG) and more (JPEG 2000, deflated DICOM).
 BOMB_MIN_PIXELS: Final[int] = 8_000_000
 MAX_EXPANSION: Final[int] = 200
+# Bumped whenever read_image returns other pixels for some file than before (2: issue 13's pixel
+# padding, TIFF min-is-white, EXIF/TIFF orientation). Stores key a file's bytes with it.
+READER_VERSION: Final[int] = 2
 _INFLATE_FLOOR: Final[int] = 64 * 2**20  # deflated DICOM: always allowed to inflate this much
 _DEFLATED_TS: Final = b"1.2.840.10008.1.2.1.99"
 

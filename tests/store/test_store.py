@@ -91,7 +91,8 @@ def test_import_8_and_16_bit_pixels_are_kept_and_duplicates_detected(store):
     assert state(store) == before
 
     df = store.images()
-    assert list(df["name"]) == ["a.png", "b.png"]
+    assert list(df["name"]) == [f"image-{r8.image_id:06d}", f"image-{r16.image_id:06d}"]  # neutral (PHI)
+    assert list(df["name_key"]) == [store.name_key("a.png"), store.name_key("b.png")]
     assert list(df[["width", "height", "bits"]].iloc[1]) == [48, 40, 16]
     assert store.thumbnail(r8.image_id, size=24).shape == (20, 24)
     assert store.thumbnail(r8.image_id, size=24).dtype == np.uint8  # second call comes from the cache
@@ -216,7 +217,8 @@ def test_manifest_import_export_roundtrip(store, tmp_path):
     assert (regions["mask"]["x"], regions["mask"]["y"], regions["mask"]["w"], regions["mask"]["h"]) == (20, 5, 10, 10)
     mask_path = Path(regions["mask"]["mask_path"])
     assert mask_path.parent == store.masks_dir and mask_path.exists()
-    assert store.images()["name"][0] == "images/im0.png"
+    assert store.images()["name"][0] == f"image-{summary.image_ids[0]:06d}"
+    assert store.images()["name_key"][0] == store.name_key("im0.png")
 
     out = store.export_manifest(tmp_path / "export" / "m.csv")
     m = load_manifest(out)

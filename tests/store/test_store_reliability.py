@@ -151,8 +151,9 @@ def test_label_edits_detect_a_conflicting_change(store):
     with pytest.raises(LabelConflictError) as info:
         store.set_labels("nodule", {ids[1]: None, ids[2]: 1}, expected=seen)
     e = info.value
-    assert list(e.conflicts) == [ids[1]] and e.conflicts[ids[1]] == ("1.png", 0, 1)
-    assert "changed by someone else" in str(e) and "1.png: absent -> present" in str(e) and "Reload" in str(e)
+    shown = f"image-{ids[1]:06d}"  # the stored (neutral) name
+    assert list(e.conflicts) == [ids[1]] and e.conflicts[ids[1]] == (shown, 0, 1)
+    assert "changed by someone else" in str(e) and f"{shown}: absent -> present" in str(e) and "Reload" in str(e)
     labels = store.images("nodule").set_index("id")["nodule"]
     assert labels[ids[1]] == 1 and np.isnan(labels[ids[2]])  # nothing of A's save was applied
     # with the current labels as `expected` the save goes through; NaN counts as unlabeled
