@@ -4,11 +4,11 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from engine.store import DiskFullError, LabelConflictError, Store
+from engine.store import DiskFullError, LabelConflictError, Store, UploadTooLargeError
 from ui.jobs import set_watched, status_block, watch, watched
 from ui.labels import LabelCSVError, editor_rows, label_changes, labels_from_csv
 from ui.services import services
-from ui.widgets import UPLOAD_TYPES, chunks, data_uri, label_text, page_header, pager
+from ui.widgets import DATA_UPLOAD_TYPES, chunks, data_uri, label_text, page_header, pager
 
 NO_LABEL = "(do not label)"
 PRESENT, ABSENT = "show the finding", "do not show the finding"
@@ -46,9 +46,14 @@ def upload_form(store: Store) -> None:
     findings = store.findings()
     with st.form("upload", clear_on_submit=True, border=True):
         files = st.file_uploader(
-            "Chest X-rays: PNG, JPEG, TIFF, DICOM, or ZIP archives of them. Select many at once.",
-            type=UPLOAD_TYPES, accept_multiple_files=True, key="upload_files",
+            "Chest X-rays: PNG, JPEG, TIFF, DICOM (any file name, also without an extension such as IM000001), "
+            "or ZIP archives of them. Select many at once.",
+            type=DATA_UPLOAD_TYPES, accept_multiple_files=True, key="upload_files",
+            help="Each file is recognised by its content; files that are no image are listed with the reason.",
         )
+        st.caption("Images are stored under neutral names (image-000123), never under their file names, which "
+                   "often hold a patient's name or record number; the original names are shown only here, "
+                   "right after the upload. A label CSV naming the original files still finds them.")
         c1, c2 = st.columns(2)
         finding = c1.selectbox(
             "Label the uploaded images for this finding (optional)", [NO_LABEL, *findings], index=0,
@@ -70,12 +75,17 @@ def _import_uploads(store: Store, files: list, finding: str | None, present: boo
     bar = st.progress(0.0, text="Importing...")
     label = (finding, int(present)) if finding else None  # each image and its label commit together
     try:
+        store.check_upload([(f.name, f.getvalue()) for f in files])  # header sizes only, before decoding
         for i, f in enumerate(files):
             results.extend(store.import_bytes(f.name, f.getvalue(), label=label))
             bar.progress((i + 1) / len(files), text=f"Importing {f.name} ({i + 1} of {len(files)})")
     except ValueError as e:  # an invalid finding name: checked before anything is written
         bar.empty()
         st.error(f"Nothing was imported: {e}", icon=":material/error:")
+        return
+    except UploadTooLargeError as e:  # too many pixels to decode inside the page request
+        bar.empty()
+        st.error(str(e), icon=":material/error:")
         return
     except DiskFullError as e:  # what was committed before stays, labeled; say exactly that
         results.extend(e.committed)
@@ -219,7 +229,7 @@ def _label_csv(store: Store, images: pd.DataFrame) -> None:
             go = st.form_submit_button("Apply labels")
         if go and f is not None:
             try:
-                labels, unmatched = labels_from_csv(f.getvalue(), images)
+                labels, unmatched = labels_from_csv(f.getvalue(), images, store.name_key)
             except LabelCSVError as e:
                 st.error(f"{f.name}: {e}", icon=":material/error:")
                 return

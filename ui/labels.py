@@ -1,7 +1,10 @@
 """Pure helpers for labeling (no streamlit calls): label CSVs and the tick-box editor's rows."""
 from __future__ import annotations
 
+import csv
 import io
+import warnings
+from collections.abc import Callable
 from pathlib import PurePosixPath, PureWindowsPath
 
 import numpy as np
@@ -33,17 +36,49 @@ def _value(v: object) -> int | None:
     raise LabelCSVError(f"unknown label value {v!r}: use 1 (present), 0 (absent) or leave the cell blank (unknown)")
 
 
-def labels_from_csv(data: bytes, images: pd.DataFrame) -> tuple[dict[str, dict[int, int | None]], list[str]]:
+def read_label_table(data: bytes) -> pd.DataFrame:
+    """A label CSV as spreadsheet programs save it (the same rules as manifests, engine.data.manifest:
+    UTF-8 with or without BOM, UTF-16, Windows-1252 / Latin-1; separated by commas, semicolons or
+    tabs), every cell as the text written ("" for blank). Raises LabelCSVError saying what to fix."""
+    from engine.data.manifest import decode_table, sniff_delimiter
+
+    text, _encoding = decode_table(data)
+    lines = text.splitlines()
+    if not lines or not lines[0].strip():
+        raise LabelCSVError("the CSV is empty: it needs a header row (name, then one column per finding)")
+    sep = sniff_delimiter(lines[0])
+    sep_name = {",": "commas", ";": "semicolons", "\t": "tabs"}[sep]
+    width = len(next(csv.reader([lines[0]], delimiter=sep)))
+    for n, row in enumerate(csv.reader(lines[1:], delimiter=sep), start=2):
+        if any(c.strip() for c in row[width:]):  # pandas would shift such rows into the wrong columns
+            raise LabelCSVError(f"line {n} has {len(row)} cells but the header has {width} (columns separated by "
+                                f"{sep_name}); every row needs as many cells as the header")
+    try:
+        with warnings.catch_warnings():  # trailing empty cells (a separator at each line's end) are dropped
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)
+            df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, index_col=False,
+                             skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
+        raise LabelCSVError(f"could not read the CSV (columns separated by {sep_name}): {e}; every row needs as "
+                            "many cells as the header") from e
+    df.columns = [str(c).strip() for c in df.columns]
+    return df
+
+
+def labels_from_csv(data: bytes, images: pd.DataFrame, name_key: Callable[[str], str] | None = None
+                    ) -> tuple[dict[str, dict[int, int | None]], list[str]]:
     """Match a label CSV to the workspace's images by file name.
 
     The CSV needs one name column (`name`, `path`, `file`, `filename` or `image`; folders are ignored,
-    only the file name is matched) and one column per finding with 1 / 0 / blank. Returns
-    `({finding: {image_id: 1 | 0 | None}}, names in the CSV that match no image)`.
+    only the file name is matched) and one column per finding with 1 / 0 / blank. It is read as a
+    spreadsheet saves it (`read_label_table`). A row matches the images whose stored name has that
+    file name, or, with `name_key` (`Store.name_key`) and a `name_key` column in `images`, the images
+    imported from a file of that name (stored under a neutral name, the original only as its keyed
+    hash). Returns `({finding: {image_id: 1 | 0 | None}}, names in the CSV that match no image)`.
+    Raises LabelCSVError (a ValueError saying what to fix) for an unreadable CSV, a missing name or
+    finding column, or unknown label values.
     """
-    try:
-        df = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-        raise LabelCSVError(f"could not read the CSV ({e}); save it as comma-separated UTF-8 text") from e
+    df = read_label_table(data)
     cols = {c.lower().strip(): c for c in df.columns}
     name_col = next((cols[c] for c in NAME_COLUMNS if c in cols), None)
     if name_col is None:
@@ -54,11 +89,17 @@ def labels_from_csv(data: bytes, images: pd.DataFrame) -> tuple[dict[str, dict[i
     by_name: dict[str, list[int]] = {}
     for iid, name in zip(images["id"], images["name"]):
         by_name.setdefault(_basename(name), []).append(int(iid))
+    by_key: dict[str, list[int]] = {}
+    if name_key is not None and "name_key" in images.columns:
+        for iid, key in zip(images["id"], images["name_key"]):
+            if isinstance(key, str) and key:
+                by_key.setdefault(key, []).append(int(iid))
     out: dict[str, dict[int, int | None]] = {f.strip(): {} for f in findings}
     unmatched: list[str] = []
     problems: list[str] = []
     for _, row in df.iterrows():
-        ids = by_name.get(_basename(row[name_col]))
+        base = _basename(row[name_col])
+        ids = sorted(set(by_name.get(base, [])) | set(by_key.get(name_key(base), []) if by_key else []))
         if not ids:
             unmatched.append(str(row[name_col]))
             continue
@@ -98,21 +139,3 @@ def label_changes(before: pd.DataFrame, after: pd.DataFrame) -> tuple[dict[int, 
             continue
         changes[int(a["id"])] = 1 if a["Present"] else 0 if a["Absent"] else None
     return changes, both
-
-
-
-def upload_labels(imported: list[tuple[int, str, bool]], existing: pd.Series | None,
-                  value: int) -> tuple[dict[int, int], list[str]]:
-    """Labels for freshly uploaded images: `value` for each, except duplicates already labeled the
-    other way (their labels are kept, never silently flipped). `imported` holds (image_id, name,
-    duplicate); `existing` maps image id -> current label (NaN = unlabeled) or is None.
-    Returns (labels to set, names whose label was kept)."""
-    labels: dict[int, int] = {}
-    kept: list[str] = []
-    for image_id, name, duplicate in imported:
-        old = existing.get(image_id, np.nan) if existing is not None else np.nan
-        if duplicate and not np.isnan(old) and int(old) != value:
-            kept.append(name)
-        else:
-            labels[int(image_id)] = value
-    return labels, kept

@@ -17,6 +17,9 @@ PAGE_FILES = {
     "gradcam": "app_pages/gradcam.py",
 }
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "dcm", "dicom", "zip"]
+# The Data page's uploader takes any file (None = no extension filter): DICOM from CDs and PACS often
+# has no extension (IM000001), and the store decides by content, reporting non-images per file.
+DATA_UPLOAD_TYPES = None
 METHOD_LABEL = {
     "moco_v2": "MoCo v2",
     "barlow_twins": "Barlow Twins",

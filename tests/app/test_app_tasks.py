@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from engine import tasks
-from ui.labels import LabelCSVError, editor_rows, label_changes, labels_from_csv, upload_labels
+from ui.labels import LabelCSVError, editor_rows, label_changes, labels_from_csv
 
 
 class FakeRunner:
@@ -96,10 +96,3 @@ def test_editor_changes_only_touch_edited_rows_and_reject_double_ticks():
     after.loc[3, ["Present", "Absent"]] = True  # d.png: both ticked
     changes, both = label_changes(before, after)
     assert changes == {3: 1, 1: None} and both == ["d.png"]
-
-
-def test_upload_labels_never_flip_an_existing_label_of_a_duplicate():
-    existing = pd.Series({1: 1.0, 2: 0.0, 3: np.nan})
-    labels, kept = upload_labels([(1, "a.png", True), (2, "b.png", True), (3, "c.png", True), (9, "new.png", False)],
-                                 existing, 0)
-    assert labels == {2: 0, 3: 0, 9: 0} and kept == ["a.png"]
