@@ -12,6 +12,7 @@ from engine.ssl import METHODS
 from engine.ssl.monitor import ERANK_MIN, STD_MIN
 from engine.ssl.pretrain import SSL_ARCHS
 from ui.jobs import job_table, job_warnings, set_watched, status_block, watch, watched
+from ui.monitor_plots import study_collapse_figure
 from ui.plots import collapse_figure, loss_figure
 from ui.services import services
 from ui.widgets import empty_state, init_label, is_ssl, method_label, page_header
@@ -129,9 +130,34 @@ def draw_job(snap: Any) -> None:
         st.caption("Collapse monitor: a fixed sample of the training images is embedded every few steps. A healthy run "
                    "keeps the images spread apart (spread above the dotted line, mean cosine well below 1, effective "
                    "rank above the dotted line). If these flatline, the backbone is learning nothing useful.")
+        study_metrics(snap, hist, last)
     if snap.state == "done" and snap.result:
         st.success(f"Backbone **{snap.result.get('checkpoint')}** is ready: it now appears as an init on the "
                    "Classifier, Benchmark and Grad-CAM pages.", icon=":material/check_circle:")
+
+
+def study_metrics(snap: Any, hist: list[dict[str, Any]], last: dict[str, float]) -> None:
+    """The seed study's collapse numbers for the latest reading and over steps (engine.ssl.monitor)."""
+    if "collapse_centred_erank" not in last:  # a run from before the study's set was recorded
+        return
+    with st.expander("The study's metrics (raw std, mean cosine of random pairs, centred effective rank)",
+                     icon=":material/compare_arrows:"):
+        rows = [{"Features": name, "Raw feature std": last.get(f"{p}raw_std"),
+                 "Mean cosine of random pairs": last.get(f"{p}cos"),
+                 "Effective rank (centred)": last.get(f"{p}centred_erank"),
+                 "Effective rank (uncentred, RankMe)": last.get(f"{p}erank")}
+                for name, p in (("head (the loss's space)", "collapse_"), ("backbone (pooled)", "collapse_backbone_"))]
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                     column_config={"Raw feature std": st.column_config.NumberColumn(format="%.4g"),
+                                    "Mean cosine of random pairs": st.column_config.NumberColumn(format="%.3f"),
+                                    "Effective rank (centred)": st.column_config.NumberColumn(format="%.1f"),
+                                    "Effective rank (uncentred, RankMe)": st.column_config.NumberColumn(format="%.1f")})
+        st.plotly_chart(study_collapse_figure(hist), width="stretch", key=f"study:{snap.id}")
+        st.caption("The numbers the seed study reports, for comparison with it: raw feature std (per-dimension std "
+                   "of the unnormalized features, averaged; in feature units, so compare it within one method), mean "
+                   "cosine of random pairs (the same quantity as the mean cosine above), and the effective rank of "
+                   "the centred features (the direction every image shares does not count, so it is higher than the "
+                   "uncentred rank above when the images are nearly parallel). The warnings use the metrics above.")
 
 
 def collapse_warnings(snap: Any, last: dict[str, float] | None) -> None:
@@ -159,12 +185,15 @@ def backbones_table() -> None:
                 "Epochs": round(float(info["epochs"]), 1) if info.get("epochs") is not None else None,
                 "Steps": info.get("steps"), "Images": info.get("n_images"), "Size (px)": info.get("image_size"),
                 "Spread (std)": final.get("std"), "Mean cosine": final.get("cos"), "Eff. rank": final.get("erank"),
+                "Raw std (study)": final.get("raw_std"), "Centred eff. rank (study)": final.get("centred_erank"),
                 "Created": str(info.get("created", "")).replace("T", " "),
             })
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
                      column_config={"Spread (std)": st.column_config.NumberColumn(format="%.3f"),
                                     "Mean cosine": st.column_config.NumberColumn(format="%.3f"),
-                                    "Eff. rank": st.column_config.NumberColumn(format="%.1f")})
+                                    "Eff. rank": st.column_config.NumberColumn(format="%.1f"),
+                                    "Raw std (study)": st.column_config.NumberColumn(format="%.4g"),
+                                    "Centred eff. rank (study)": st.column_config.NumberColumn(format="%.1f")})
     else:
         st.info("No pretrained backbone yet.", icon=":material/model_training:")
     for i in inits:
@@ -205,5 +234,6 @@ with st.expander("Earlier runs", expanded=False):
 st.divider()
 st.subheader("Backbones")
 st.caption("Backbones pretrained here; the Classifier, Benchmark and Grad-CAM pages can start from any of them. "
-           "Spread, mean cosine and effective rank are the collapse monitor's last reading.")
+           "Spread, mean cosine and effective rank are the collapse monitor's last reading of the method's head "
+           "(RankMe-style); raw std and centred effective rank are the same reading in the seed study's terms.")
 backbones_table()

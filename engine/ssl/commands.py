@@ -176,7 +176,11 @@ def _pretrain(args: argparse.Namespace) -> int:
             m = e.metrics
             tqdm.write(f"step {e.step}: collapse std {m['collapse_std']:.3f} cos {m['collapse_cos']:.3f} "
                        f"erank {m['collapse_erank']:.1f} (backbone std {m['collapse_backbone_std']:.3f} "
-                       f"erank {m['collapse_backbone_erank']:.1f})")
+                       f"erank {m['collapse_backbone_erank']:.1f}) | study: raw std "
+                       f"{m.get('collapse_raw_std', float('nan')):.3g} centred erank "
+                       f"{m.get('collapse_centred_erank', float('nan')):.1f} (backbone raw std "
+                       f"{m.get('collapse_backbone_raw_std', float('nan')):.3g} centred erank "
+                       f"{m.get('collapse_backbone_centred_erank', float('nan')):.1f})")
         elif e.kind == "log" and e.message:
             tqdm.write(e.message)
 

@@ -1,16 +1,33 @@
 """Collapse monitor: is the embedding still spreading images apart, or did it flatline?
 
-Pure metrics on an (N, D) embedding matrix:
+Pure metrics on an (N, D) embedding matrix, in two labelled sets (`METRIC_SETS`, `METRIC_LABELS`).
+
+The product's set (RankMe-style, scale-free; the warning thresholds act on it):
 
 - `std`: mean per-dimension standard deviation of the L2-normalized embeddings, reported relative
   to 1/sqrt(D) (SimSiam, Chen & He 2021, Sec. 4.1: an isotropic embedding gives ~1, a collapsed
   one 0);
 - `cos`: mean pairwise cosine similarity between different images (1 = all images the same);
-- `erank`: effective rank, exp of the entropy of the normalized singular values (Roy & Vetterli
-  2007; RankMe, Garrido et al. 2023): 1 for a rank-1 set, up to min(N, D).
+- `erank`: effective rank of the *uncentred* embedding, exp of the entropy of the normalized
+  singular values (Roy & Vetterli 2007; RankMe, Garrido et al. 2023): 1 for a rank-1 set, up to
+  min(N, D).
+
+The seed study's set (so a run can be compared with the numbers the study reports):
+
+- `raw_std`: mean over dimensions of the per-dimension standard deviation of the *raw* embedding
+  (no normalization; torch's default unbiased estimator, as `z.std(0).mean()`), in feature units:
+  it depends on the feature scale, so compare it only between runs of one method/head;
+- `cos`: mean cosine of random pairs of different images. The study averages sampled pairs; the
+  monitor reports the exact mean over all N(N-1) pairs, which is that estimator's expectation
+  (same key as the product's set: it is one quantity);
+- `centred_erank`: the same effective rank (Roy & Vetterli 2007) of the *centred* embedding
+  z - mean(z): the shared mean direction no longer counts as a dimension, so an embedding that is
+  one common vector plus spread in k directions reads ~k here and less than that uncentred.
 
 `CollapseMonitor` embeds a fixed seeded sample of training images every N steps (eval mode, no
-gradient), keeps the history, and turns low `std` / `erank` into warning messages.
+gradient), keeps the history (one flat record per reading with every key of both sets, for the
+method's head and, prefixed `backbone_`, for the pooled backbone features), and turns low `std` /
+`erank` into warning messages.
 """
 from __future__ import annotations
 
@@ -28,6 +45,19 @@ import torch.nn.functional as F
 # backbone erank 64); collapsed MoCo runs fell to std 0.002 / erank 1.1, or erank 1.6 at std 0.2.
 STD_MIN = 0.05
 ERANK_MIN = 2.0
+
+# The two labelled metric sets (keys of `collapse_metrics`); `cos` belongs to both.
+METRIC_SETS: dict[str, tuple[str, ...]] = {
+    "product": ("std", "cos", "erank"),  # RankMe-style; thresholds STD_MIN / ERANK_MIN act on these
+    "study": ("raw_std", "cos", "centred_erank"),  # the seed study's collapse numbers
+}
+METRIC_LABELS: dict[str, str] = {
+    "std": "spread: std of L2-normalized features x sqrt(D) (SimSiam)",
+    "cos": "mean cosine of random pairs of images (exact all-pairs mean)",
+    "erank": "effective rank, uncentred (RankMe)",
+    "raw_std": "raw feature std: mean per-dimension std, feature units (study)",
+    "centred_erank": "effective rank of centred features (study)",
+}
 
 
 def normalized_std(z: torch.Tensor) -> float:
@@ -57,12 +87,48 @@ def effective_rank(z: torch.Tensor, eps: float = 1e-12) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
+def raw_std(z: torch.Tensor) -> float:
+    """Mean over dimensions of the per-dimension std of the raw rows (unbiased, torch's default). z: (N, D).
+
+    The seed study's "feature std": in the embedding's own units (not scale-free, unlike
+    `normalized_std`); 0 when every image maps to the same point.
+    """
+    return float(z.double().std(dim=0, unbiased=True).mean())
+
+
+def centred_effective_rank(z: torch.Tensor) -> float:
+    """Effective rank (Roy & Vetterli 2007) of the column-centred embedding z - mean(z). z: (N, D).
+
+    The seed study's effective rank: at most min(N - 1, D); 0 when all rows are equal (nothing is
+    left after centring).
+    """
+    zd = z.double()
+    zc = zd - zd.mean(dim=0, keepdim=True)  # (N, D)
+    # rows equal up to rounding: what is left is isotropic float noise, which must not read as rank
+    if float(zc.norm()) <= 1e-9 * float(zd.norm()):
+        return 0.0
+    return effective_rank(zc)
+
+
 def collapse_metrics(z: torch.Tensor) -> dict[str, float]:
-    """{"std", "cos", "erank"} of an (N, D) embedding (N >= 2)."""
+    """Both labelled sets of an (N, D) embedding (N >= 2): {"std", "cos", "erank", "raw_std", "centred_erank"}.
+
+    See the module docstring for each formula and its source. Raises ValueError for other shapes.
+    """
     if z.ndim != 2 or z.shape[0] < 2:
         raise ValueError(f"collapse metrics need an (N >= 2, D) embedding, got shape {tuple(z.shape)}")
     z = z.detach()
-    return {"std": normalized_std(z), "cos": mean_pairwise_cosine(z), "erank": effective_rank(z)}
+    return {"std": normalized_std(z), "cos": mean_pairwise_cosine(z), "erank": effective_rank(z),
+            "raw_std": raw_std(z), "centred_erank": centred_effective_rank(z)}
+
+
+def metric_definitions() -> dict[str, object]:
+    """What the checkpoint json stores beside the history: {"sets": METRIC_SETS, "labels": ...}.
+
+    Labels cover the head keys and their `backbone_` counterparts (the pooled backbone features)."""
+    labels = dict(METRIC_LABELS)
+    labels.update({f"backbone_{k}": f"{v}; pooled backbone features" for k, v in METRIC_LABELS.items()})
+    return {"sets": {k: list(v) for k, v in METRIC_SETS.items()}, "labels": labels}
 
 
 def sample_indices(n_images: int, n: int, seed: int) -> np.ndarray:

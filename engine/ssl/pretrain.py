@@ -50,7 +50,7 @@ from engine.ssl.common import (
     DistInfo, OptimRecipe, SSLMethod, atomic_torch_save, build_optimizer, clip_grad_per_param_, cosine_lr,
     init_distributed, param_hash, step_generator,
 )
-from engine.ssl.monitor import ERANK_MIN, STD_MIN, CollapseMonitor, sample_indices
+from engine.ssl.monitor import ERANK_MIN, STD_MIN, CollapseMonitor, metric_definitions, sample_indices
 
 # name -> (method config class, module class, optimizer recipe)
 METHODS: dict[str, tuple[type, type[SSLMethod], OptimRecipe]] = {
@@ -422,7 +422,7 @@ class _Run:
             "device": describe(self.device), "run_dir": str(self.run_dir), "param_hash": h, **extra,
             "train_seconds": round(self.train_seconds, 1), "torch": torch.__version__,
             "collapse": {"final": ({k: v for k, v in collapse[-1].items() if k != "step"} if collapse else {}),
-                         "history": collapse},
+                         "history": collapse, **metric_definitions()},  # sets + labels of both metric sets
             "loss": ({"first": losses[0], "last": losses[-1], "min": min(losses),
                       "last_mean": float(np.mean(losses[-max(1, len(losses) // 10):])),
                       "curve": [[r["step"], r["loss"]] for r in self.history[::stride]]} if losses else {}),

@@ -1,6 +1,8 @@
 """Batched X-ray augmentations and the collapse metrics."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -112,3 +114,71 @@ def test_gaussian_blur_is_per_sample_seeded_mean_preserving_and_off_by_default()
     g = torch.Generator().manual_seed(3)
     v = xray_view(x, 24, AugmentConfig(blur_p=1.0, noise_std=0.0), g)
     assert v.shape == (6, 1, 24, 24) and float(v.min()) >= 0 and float(v.max()) <= 1
+
+
+def test_study_metrics_raw_std_random_pair_cosine_and_centred_erank():
+    from engine.ssl.monitor import METRIC_LABELS, METRIC_SETS, centred_effective_rank, raw_std
+
+    g = _g(0)
+    h = torch.randn(256, 64, generator=g)
+    m = collapse_metrics(h)
+    # every key of both labelled sets is reported, with a label
+    assert set(METRIC_SETS["product"]) | set(METRIC_SETS["study"]) == set(m) == set(METRIC_LABELS)
+    # raw std: per-dimension unbiased std, averaged; in feature units (x3 when the features are x3)
+    assert m["raw_std"] == pytest.approx(float(np.std(h.numpy().astype(np.float64), axis=0, ddof=1).mean()), rel=1e-9)
+    assert collapse_metrics(3 * h)["raw_std"] == pytest.approx(3 * m["raw_std"], rel=1e-9)
+    assert collapse_metrics(3 * h)["std"] == pytest.approx(m["std"], rel=1e-9)  # the product's is scale-free
+    # a shared offset: images still spread in 64 directions, but nearly parallel. The uncentred (RankMe)
+    # numbers read near-collapse, the study's centred rank and raw std are unchanged
+    off = collapse_metrics(h + 10.0)
+    assert off["cos"] > 0.98 and off["erank"] < 15 and off["std"] < 0.15
+    assert off["centred_erank"] == pytest.approx(m["centred_erank"], rel=1e-6) and off["centred_erank"] > 55
+    assert off["raw_std"] == pytest.approx(m["raw_std"], rel=1e-6)
+    # centred erank equals the effective rank computed by hand from the SVD of the centred matrix
+    zc = (h + 10.0).double().numpy()
+    zc = zc - zc.mean(axis=0)
+    s = np.linalg.svd(zc, compute_uv=False)
+    p = s / s.sum()
+    assert centred_effective_rank(h + 10.0) == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-6)
+    # k directions plus a common vector: centred rank ~k (the mean is no dimension)
+    k3 = torch.randn(256, 3, generator=g) @ torch.linalg.qr(torch.randn(64, 3, generator=g))[0].t() + 5.0
+    assert 2.5 < centred_effective_rank(k3) <= 3.0 + 1e-6
+    # one point: both ranks of a collapsed set agree it is gone, even at a large feature scale
+    same = (100 * torch.randn(1, 64, generator=g)).repeat(256, 1)
+    c = collapse_metrics(same)
+    assert c["raw_std"] == 0.0 and c["centred_erank"] == 0.0 and raw_std(same) == 0.0
+    # the study averages the cosine of sampled random pairs; `cos` is that estimator's expectation
+    rng = np.random.default_rng(0)
+    x = torch.nn.functional.normalize((h + 1.0).double(), dim=1).numpy()
+    i, j = rng.integers(0, 256, 200_000), rng.integers(0, 256, 200_000)
+    keep = i != j
+    sampled = float((x[i[keep]] * x[j[keep]]).sum(1).mean())
+    assert collapse_metrics(h + 1.0)["cos"] == pytest.approx(sampled, abs=3e-3)
+
+
+def test_pretraining_stores_both_labelled_sets_in_events_history_and_checkpoint_json(tmp_path):
+    from engine.ssl import BarlowConfig, PretrainConfig, pretrain
+    from engine.ssl.monitor import METRIC_SETS
+
+    images = np.random.default_rng(0).integers(0, 256, size=(16, 32, 32), dtype=np.uint8)
+    cfg = PretrainConfig(method="barlow_twins", epochs=1, batch_size=8, image_size=32, lr=0.01,
+                         monitor_every_steps=1, monitor_images=8, save_every_steps=2,
+                         method_config=BarlowConfig(proj_dim=32))
+    events = []
+    path = pretrain(images, cfg, "mon", "cpu", tmp_path / "run", on_event=events.append,
+                    checkpoint_dir=tmp_path / "ck")
+    keys = [k for s in METRIC_SETS.values() for k in s]
+    readings = [e.metrics for e in events if e.kind == "metrics"]
+    assert len(readings) == 3  # step 0 baseline + steps 1, 2
+    for r in readings:
+        for k in keys:
+            assert np.isfinite(r[f"collapse_{k}"]) and np.isfinite(r[f"collapse_backbone_{k}"])
+    info = json.loads(path.with_suffix(".json").read_text())
+    col = info["collapse"]
+    assert col["sets"] == {k: list(v) for k, v in METRIC_SETS.items()}
+    assert "centred" in col["labels"]["centred_erank"] and "backbone" in col["labels"]["backbone_raw_std"]
+    assert [h["step"] for h in col["history"]] == [0, 1, 2]
+    for k in keys:
+        assert col["final"][k] == col["history"][-1][k] and f"backbone_{k}" in col["final"]
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert hist["collapse"][-1]["centred_erank"] == col["final"]["centred_erank"]

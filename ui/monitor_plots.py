@@ -1,0 +1,46 @@
+"""Plotly figure of the collapse monitor's second metric set: the seed study's numbers.
+
+`ui.plots.collapse_figure` draws the product's RankMe-style set (spread, mean cosine, uncentred effective
+rank) with the warning thresholds; this draws the study's set (raw feature std, mean cosine of random
+pairs, effective rank of centred features; see `engine.ssl.monitor`) for the head and the pooled
+backbone, so a run can be read against the figures the study reports.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from ui.plots import history_frame
+
+STUDY = (  # (metric key without the collapse_ / collapse_backbone_ prefix, panel title)
+    ("raw_std", "Raw feature std"),
+    ("cos", "Mean cosine of random pairs"),
+    ("centred_erank", "Effective rank (centred)"),
+)
+SERIES = (("collapse_", "head", "#8250df", "solid"), ("collapse_backbone_", "backbone", "#bf8700", "dash"))
+
+
+def study_collapse_figure(history: list[dict[str, Any]]) -> go.Figure:
+    """Three panels over steps, one line for the method's head and one for the pooled backbone features.
+
+    `history` is a job's metric history (records with `step` and `collapse_*` keys). No thresholds:
+    the study reports these numbers without warning levels, and raw std is in feature units."""
+    fig = make_subplots(rows=1, cols=3, subplot_titles=[t for _, t in STUDY], horizontal_spacing=0.08)
+    for c, (key, _) in enumerate(STUDY, start=1):
+        for prefix, name, colour, dash in SERIES:
+            d = history_frame(history, prefix + key)
+            if len(d):
+                fig.add_trace(go.Scatter(x=d["step"], y=d[prefix + key], mode="lines+markers", marker={"size": 4},
+                                         name=name, legendgroup=name, showlegend=c == 1,
+                                         line={"color": colour, "width": 2, "dash": dash},
+                                         hovertemplate=f"{name}, step %{{x}}: %{{y:.3g}}<extra></extra>"), row=1, col=c)
+    fig.update_yaxes(range=[-0.05, 1.05], row=1, col=2)
+    fig.update_yaxes(rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(rangemode="tozero", row=1, col=3)
+    fig.update_layout(title="Collapse monitor, the study's metrics", template="plotly_white", height=320,
+                      margin={"l": 10, "r": 10, "t": 60, "b": 10},
+                      legend={"orientation": "h", "y": -0.2, "x": 0})
+    fig.update_xaxes(title_text="step", rangemode="tozero")
+    return fig
