@@ -16,6 +16,7 @@ AREAS = (
     "engine.ssl.commands",
     "engine.fewshot.commands",
     "engine.explain.commands",
+    "engine.analysis.commands",
 )
 
 
