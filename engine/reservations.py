@@ -12,11 +12,15 @@ sharing that folder sees it. Rules (`reserve_checkpoint`):
 - a name held by a queued or running job is never given away, not even with `replace`;
 - a name held by a job that ended without exporting (failed, cancelled, interrupted) is kept for its
   resume; `replace=True` hands it to the new run;
-- a name whose backbone already exists is refused unless `replace=True` (the user asked to overwrite).
+- a name whose backbone already exists is refused unless `replace=True` (the user asked to overwrite);
+- the name of a backbone shipped with scarce-cxr (`checkpoints/shipped/`, engine.paths.shipped_dir)
+  is never given to a run, whatever the flags: the registry would ignore the user's file anyway.
 
 Owners of app jobs are `job:<workspace>:<id>`; whether such a job is still active is read from that
 workspace's store (read-only), so reservations of a deleted workspace or a finished job go stale by
-themselves.
+themselves. Owners of command-line runs (`python -m engine pretrain`) are `pid:<host>:<pid>:<start>`
+(`process_owner()`): active while that process runs on this host (its start time tells a reused pid
+apart); on another host their state is unknown and counts as active.
 """
 from __future__ import annotations
 
@@ -31,10 +35,11 @@ from typing import Any
 
 from filelock import FileLock
 
+from engine import paths
 from engine.names import check_name, inside
 
-__all__ = ["NameTakenError", "job_owner", "owner_active", "release_checkpoint", "reserve_checkpoint",
-           "reserved_checkpoints"]
+__all__ = ["NameTakenError", "job_owner", "owner_active", "process_owner", "release_checkpoint",
+           "reserve_checkpoint", "reserved_checkpoints", "shipped_name"]
 
 RESERVED_DIR = ".reserved"
 _LOCK_TIMEOUT_S = 30.0
@@ -49,6 +54,47 @@ def job_owner(workspace: str | Path, job_id: int) -> str:
     return f"job:{Path(workspace).expanduser().resolve()}:{int(job_id)}"
 
 
+def _start_time(pid: int) -> str:
+    """A process's start time (Linux /proc/<pid>/stat field 22, clock ticks since boot), "" elsewhere
+    or when the process does not exist."""
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[-1].split()[19]  # fields after "(comm)": state is field 3, starttime 22
+
+
+def process_owner(pid: int | None = None) -> str:
+    """The owner string of a command-line run: `pid:<host>:<pid>:<start time>` (this process by default)."""
+    pid = os.getpid() if pid is None else int(pid)
+    return f"pid:{socket.gethostname()}:{pid}:{_start_time(pid)}"
+
+
+def _process_active(owner: str) -> bool | None:
+    """For a `pid:` owner: whether that process still runs (None when it ran on another host)."""
+    try:
+        host, pid, start = owner[4:].rsplit(":", 2)
+        pid_n = int(pid)
+    except ValueError:
+        return None
+    if host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid_n, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by another user
+    now = _start_time(pid_n)
+    return not (start and now and now != start)  # a reused pid is another process
+
+
+def shipped_name(name: str) -> bool:
+    """True when a backbone of that name ships with scarce-cxr (checkpoints/shipped/<name>.*)."""
+    d = paths.shipped_dir()
+    return d is not None and any((d / f"{name}{ext}").exists() for ext in (".safetensors", ".json"))
+
+
 def _parse_job_owner(owner: str) -> tuple[Path, int] | None:
     if not owner.startswith("job:"):
         return None
@@ -61,7 +107,10 @@ def _parse_job_owner(owner: str) -> tuple[Path, int] | None:
 
 def owner_active(owner: str) -> bool | None:
     """For a job owner: True while the job is queued or running, False once it ended (or its
-    workspace or job is gone); None for other owners (CLI runs), whose state is unknown."""
+    workspace or job is gone). For a command-line owner (`process_owner`): whether its process still
+    runs on this host. None when unknown (another host, another kind of owner)."""
+    if owner.startswith("pid:"):
+        return _process_active(owner)
     parsed = _parse_job_owner(owner)
     if parsed is None:
         return None
@@ -100,6 +149,9 @@ def _describe(rec: dict[str, Any]) -> str:
     if parsed is not None:
         ws, jid = parsed
         return f"pretraining job {jid} of the workspace {ws} (submitted {when})"
+    if rec["owner"].startswith("pid:"):
+        host, pid = (rec["owner"][4:].rsplit(":", 2) + ["", ""])[:2]
+        return f"the command-line run `python -m engine pretrain` (process {pid} on {host}, started {when})"
     return f"{rec['owner']} (since {when})"
 
 
@@ -108,11 +160,15 @@ def reserve_checkpoint(name: str, owner: str, checkpoint_dir: str | Path, *, rep
     """Reserve `name` in `checkpoint_dir` for `owner`; returns the reservation file.
 
     Raises `engine.names.InvalidNameError` for an invalid checkpoint name and `NameTakenError`
-    (a ValueError saying who holds it and what to do) when a backbone of that name exists and
-    `replace` is False, or another owner holds the name (always while that owner is active; for an
-    ended owner unless `replace`). Owners whose state is unknown (None from `is_active`) count as active.
+    (a ValueError saying who holds it and what to do) when the name is a shipped backbone's (always),
+    a backbone of that name exists and `replace` is False, or another owner holds the name (always
+    while that owner is active; for an ended owner unless `replace`). Owners whose state is unknown
+    (None from `is_active`) count as active.
     """
     name = check_name(name, "checkpoint")
+    if shipped_name(name):
+        raise NameTakenError(f"{name!r} is the name of a backbone shipped with scarce-cxr (checkpoints/shipped/); "
+                             "shipped names are reserved, even with replace or resume: pick another name")
     folder = _folder(checkpoint_dir)
     path = inside(folder, f"{name}.json")
     with FileLock(str(folder / ".lock"), timeout=_LOCK_TIMEOUT_S):
@@ -127,11 +183,13 @@ def reserve_checkpoint(name: str, owner: str, checkpoint_dir: str | Path, *, rep
             if not replace:
                 raise NameTakenError(f"the backbone name {name!r} is reserved by {_describe(rec)}, which stopped "
                                      "before finishing; resume that run, pick another name, or ask to replace it "
-                                     "(replace=True) to give the name to this run")
+                                     "(--replace on the command line, replace=True in the API) to give the name "
+                                     "to this run")
         exists = (Path(checkpoint_dir).expanduser().resolve() / f"{name}.safetensors").exists()
         if exists and not replace:
             raise NameTakenError(f"a backbone named {name!r} already exists in {checkpoint_dir}; pick another name, "
-                                 "or ask to replace it (replace=True) to overwrite it")
+                                 "or ask to replace it (--replace on the command line, replace=True in the API) "
+                                 "to overwrite it")
         body = json.dumps({"name": name, "owner": owner, "created": time.time(), "pid": os.getpid(),
                            "host": socket.gethostname(), "replace": bool(replace)})
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -30,6 +30,9 @@ def register(sub) -> None:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--out", required=True, help="checkpoint name: writes checkpoints/<out>.safetensors + .json")
     p.add_argument("--resume", action="store_true", help="continue from the run's saved state")
+    p.add_argument("--replace", action="store_true",
+                   help="overwrite an existing backbone of this name, or take the name from a run that stopped "
+                        "before finishing (never from a running one, never a shipped backbone's name)")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto (default)")
     p.add_argument("--init", choices=("random", "imagenet"), default="random",
                    help="start from random or ImageNet weights (MoCo-transfer)")
@@ -111,7 +114,7 @@ def _overrides(cls: type, items: list[str], flag: str, what: str) -> dict[str, A
 
 
 def _resume_command(args: argparse.Namespace) -> str:
-    skip = {"func", "command", "resume", "opt", "aug"}
+    skip = {"func", "command", "resume", "replace", "opt", "aug"}  # --resume implies --replace
     parts = ["python", "-m", "engine", "pretrain"]
     for k, v in vars(args).items():
         if k in skip or v is None or v is False:
@@ -192,6 +195,15 @@ def _pretrain(args: argparse.Namespace) -> int:
             tqdm.write("stopping after this step and saving the state (Ctrl-C again to abort without saving)",
                        file=sys.stderr)
 
+    # The name is reserved (engine.reservations) before any work, by rank 0 for all ranks: refused when a
+    # backbone of that name exists or another run holds it, unless --resume / --replace; kept after a
+    # crash or Ctrl-C (for --resume), released once the backbone is exported.
+    from engine.paths import checkpoints_dir
+    from engine.reservations import process_owner, release_checkpoint, reserve_checkpoint
+
+    owner = process_owner()
+    if main:
+        reserve_checkpoint(args.out, owner, checkpoints_dir(), replace=args.replace or args.resume)
     in_main_thread = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGINT, on_sigint) if in_main_thread else None
     try:
