@@ -10,10 +10,8 @@ import time
 import tracemalloc
 import zipfile
 import zlib
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
 
