@@ -221,5 +221,6 @@ def _pretrain(args: argparse.Namespace) -> int:
         for bar in bars.values():
             bar.close()
     if main:
+        release_checkpoint(args.out, owner, checkpoints_dir())  # exported: the file now holds the name
         print(path)
     return 0
