@@ -9,7 +9,7 @@
 Layout under `cache_dir` (default ``<workspace>/cache``)::
 
     hashes.sqlite                 (path, size, mtime_ns) -> content hash; skips rehashing unchanged files
-    u8-v1-s<S>-<mode>/            one folder per (pipeline version, size, mode)
+    u8-v<V>-s<S>-<mode>/          one folder per (CACHE_VERSION, size, mode)
         lock                      held while a build writes in this folder
         list-<id>.npy / .json     a built list: (n, S, S) uint8 + its keys and letterboxes
         part-<id>.npy / .json     decoded chunks of an unfinished build (resume state)
@@ -55,7 +55,8 @@ from engine.diskspace import disk_full_guard, ensure_free
 from engine.events import OnEvent, check_stop, emit
 from engine.sqlite_wal import enable_wal
 
-CACHE_VERSION = 1  # bump when decoding or resizing changes: old blocks then stop matching
+CACHE_VERSION = 2  # bump when decoding or resizing changes: old blocks then stop matching (2: issue 13 decoding
+#   of pixel padding, TIFF min-is-white and orientation = engine.data.io.READER_VERSION 2)
 KEY_CHARS = 20  # hex characters of sha256 kept as the content key (80 bits)
 CHUNK = 256  # images decoded per resumable part
 MAX_LISTED = 10

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import engine.data.cache as cache_mod
-from engine.data.cache import CacheError, ImageCache
+from engine.data.cache import CACHE_VERSION, CacheError, ImageCache
 from engine.data.io import read_image
 from engine.data.transforms import fit_square
 from engine.events import Cancelled
@@ -94,7 +94,7 @@ def test_lists_sharing_images_decode_only_new_ones(tmp_path, counted):
     # Another size or mode is another cache.
     ImageCache.build(paths[:2], size=24, cache_dir=tmp_path / "cache", mode="crop")
     assert decode.n == 14
-    folder = tmp_path / "cache" / "u8-v1-s24-pad"
+    folder = tmp_path / "cache" / f"u8-v{CACHE_VERSION}-s24-pad"
     assert not list(folder.glob("part-*")) and not list(folder.glob(".*tmp*"))
 
 
@@ -144,10 +144,10 @@ def test_stop_leaves_resumable_parts(tmp_path, counted, monkeypatch):
     with pytest.raises(Cancelled):
         ImageCache.build(paths, size=16, cache_dir=tmp_path / "cache", on_event=on_event, stop=stop, workers=1)
     assert decode.n == 4
-    assert len(list((tmp_path / "cache" / "u8-v1-s16-pad").glob("part-*.npy"))) == 1
+    assert len(list((tmp_path / "cache" / f"u8-v{CACHE_VERSION}-s16-pad").glob("part-*.npy"))) == 1
     c = ImageCache.build(paths, size=16, cache_dir=tmp_path / "cache")
     assert decode.n == 10 and len(c) == 10
-    assert not list((tmp_path / "cache" / "u8-v1-s16-pad").glob("part-*"))
+    assert not list((tmp_path / "cache" / f"u8-v{CACHE_VERSION}-s16-pad").glob("part-*"))
 
 
 def test_default_dir_is_the_workspace_cache_and_inputs_are_checked(tmp_path):
@@ -178,5 +178,32 @@ def test_two_processes_building_at_once(tmp_path):
     assert str(c.file) == results[0][0] and c.array.sum(dtype=np.int64) == results[0][1]
     for i in (0, 23):
         np.testing.assert_array_equal(c[i], fit_square(read_image(paths[i])[0], 32)[0])
-    folder = tmp_path / "cache" / "u8-v1-s32-pad"
+    folder = tmp_path / "cache" / f"u8-v{CACHE_VERSION}-s32-pad"
     assert sorted(p.name for p in folder.iterdir()) == sorted([c.file.name, c.file.with_suffix(".json").name, "lock"])
+
+
+def test_a_cache_written_under_an_older_version_is_not_reused(tmp_path, monkeypatch):
+    """Decoding changed in v2 (pixel padding, TIFF min-is-white, orientation): blocks an older version
+    wrote hold the old pixels and must never be returned, even for the very same files."""
+    assert CACHE_VERSION >= 2
+    paths = _make_images(tmp_path / "src", 5)
+    truth = np.stack([fit_square(read_image(p)[0], 16)[0] for p in paths])
+    real_decode = cache_mod._decode
+
+    def old_decoder(path, key, size, mode):  # what the old reader made of them: e.g. inverted
+        img, lb = real_decode(path, key, size, mode)
+        return 255 - img, lb
+
+    monkeypatch.setattr(cache_mod, "CACHE_VERSION", CACHE_VERSION - 1)
+    monkeypatch.setattr(cache_mod, "_decode", old_decoder)
+    old = ImageCache.build(paths, 16, cache_dir=tmp_path / "cache", workers=1)
+    assert np.array_equal(np.asarray(old.array), 255 - truth)
+    assert old.file.parent.name == f"u8-v{CACHE_VERSION - 1}-s16-pad"
+    monkeypatch.undo()
+
+    calls = []
+    monkeypatch.setattr(cache_mod, "_decode", lambda *a: calls.append(a[0]) or real_decode(*a))
+    new = ImageCache.build(paths, 16, cache_dir=tmp_path / "cache", workers=1)
+    assert sorted(calls) == sorted(paths)                      # every image decoded again
+    assert np.array_equal(np.asarray(new.array), truth)        # the current reader's pixels
+    assert new.file.parent.name == f"u8-v{CACHE_VERSION}-s16-pad" and list(new.keys) == list(old.keys)
