@@ -60,7 +60,6 @@ METHODS: dict[str, tuple[type, type[SSLMethod], OptimRecipe]] = {
     "dino": (dino.DINOConfig, dino.DINO, dino.RECIPE),
 }
 SSL_ARCHS = ("resnet18", "resnet50")
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".bmp"}
 # Config fields a resume may change (they do not alter the trajectory).
 _RESUME_FREE = {"save_every_steps", "monitor_every_steps", "monitor_images", "collapse_std_min", "collapse_erank_min"}
 
