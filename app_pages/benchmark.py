@@ -119,6 +119,130 @@ def show_sweep(res: dict[str, Any]) -> None:
                            key=f"dl_trials:{res['id']}")
 
 
+# ------------------------------------------------------------------------------- dataset similarity
+
+SIM_LAYERS = ["layer1", "layer2", "layer3", "layer4"]
+
+
+def similarity_form(svc: Any) -> None:
+    """Reference set (the workspace's labeled images or a path) + candidate pools -> a `similarity` job."""
+    from engine.models import default_init
+
+    inits = [i for i in list_inits() if i.available]
+    names = [i.name for i in inits]
+    findings = svc.store.findings()
+    refs = {"all": f"All images of this workspace ({len(svc.store.images())})"}
+    refs.update({f"finding:{f}": f"Images labeled for {f}" for f in findings})
+    refs["path"] = "A manifest CSV or a folder of images on this computer"
+    with st.form("similarity_form", border=True):
+        c1, c2 = st.columns(2)
+        first = default_init()
+        init = c1.selectbox("Backbone", names, index=names.index(first) if first in names else 0, key="sim_init",
+                            help="The network whose activations are compared; a chest X-ray backbone sees X-ray "
+                                 "differences, a random one mostly image statistics.")
+        ref = c2.selectbox("Your images (the reference)", list(refs), format_func=refs.get, key="sim_ref")
+        ref_path = st.text_input("Reference path (only for 'a manifest CSV or a folder')", key="sim_ref_path")
+        cands = st.text_area("Candidate pools, one per line (a manifest CSV or an image folder; optionally NAME=PATH)",
+                             key="sim_cands", height=100,
+                             placeholder="cxr_pool=/data/cxr_pool\nnih=/data/nih_pneumonia/manifest.csv")
+        c1, c2, c3, c4 = st.columns([3, 2, 2, 2])
+        layers = c1.multiselect("Layers", SIM_LAYERS, default=SIM_LAYERS, key="sim_layers",
+                                help="ResNet stages, early (edges, texture) to late (anatomy, global content).")
+        n_images = c2.number_input("Images per set", 3, 2000, 200, key="sim_n",
+                                   help="Every set is sampled (seeded) to this many images, or to the smallest set.")
+        size = c3.select_slider("Image size (pixels)", [64, 96, 128, 160, 224], value=224, key="sim_size")
+        grid = c4.number_input("Pooling grid", 1, 8, 4, key="sim_grid",
+                               help="Each layer's map is average-pooled to grid x grid positions; 1 = global average. "
+                                    "SVCCA needs more units (channels x positions) than kept directions.")
+        go = st.form_submit_button("Compare", icon=":material/compare_arrows:")
+    if not go:
+        return
+    lines = [c.strip() for c in cands.splitlines() if c.strip()]
+    problems = []
+    if not lines:
+        problems.append("enter at least one candidate pool (a manifest CSV or a folder of images)")
+    if ref == "path" and not ref_path.strip():
+        problems.append("enter the reference path, or choose the workspace's images as the reference")
+    if not layers:
+        problems.append("choose at least one layer")
+    if problems:
+        st.error("To compare: " + "; ".join(problems) + ".", icon=":material/error:")
+        return
+    params: dict[str, Any] = {"init": init, "candidates": lines, "layers": [l for l in SIM_LAYERS if l in layers],
+                              "n_images": int(n_images), "image_size": int(size), "grid": int(grid)}
+    if ref == "path":
+        params["reference_path"] = ref_path.strip()
+    elif ref.startswith("finding:"):
+        params["reference_finding"] = ref.split(":", 1)[1]
+    params["title"] = f"{'workspace' if ref != 'path' else ref_path.strip()} vs {len(lines)} pool(s) · {init}"
+    try:
+        job_id = svc.runner.submit("similarity", params)
+    except ValueError as e:
+        st.error(f"{e}", icon=":material/error:")
+        return
+    set_watched("similarity", job_id)
+    st.rerun()
+
+
+def show_similarity(res: dict[str, Any]) -> None:
+    """A finished comparison: the sentence naming the closest pool, the layer plot, the table, downloads."""
+    from engine.analysis.plots import similarity_figure
+
+    s = res["summary"]
+    table_csv = Path(s["table_csv"])
+    if not table_csv.exists():
+        st.error(f"The results file {table_csv} is missing.", icon=":material/error:")
+        return
+    table = pd.read_csv(table_csv)
+    ranking = pd.read_csv(s["ranking_csv"]) if Path(s["ranking_csv"]).exists() else None
+    st.success(s.get("sentence", ""), icon=":material/join_inner:")
+    st.plotly_chart(similarity_figure(table, s.get("settings")), width="stretch", key=f"sim:{res['id']}")
+    st.caption("SVCCA (Raghu et al. 2017) between your images and each pool, as the backbone sees them at each layer: "
+               "1 = the two sets occupy the same directions of the layer's feature space, lower = different image "
+               "statistics. Dotted: the same computation with the pairing shuffled (chance); read each line against "
+               "its dotted line. Figures are comparable only at the same number of images, size and grid.")
+    st.markdown("**SVCCA by layer**")
+    wide = table.pivot_table(index="candidate", columns="layer", values="svcca", sort=False).reset_index()
+    if ranking is not None:
+        wide = ranking[["rank", "candidate", "mean_svcca", "mean_chance"]].merge(wide, on="candidate")
+    st.dataframe(wide, hide_index=True, width="stretch",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in wide.columns
+                                if c not in ("rank", "candidate")})
+    st.download_button("Download the table (CSV)", table_csv.read_bytes(), file_name=f"similarity-{res['id']}.csv",
+                       mime="text/csv", icon=":material/download:", key=f"dl_sim:{res['id']}")
+
+
+def draw_similarity_job(snap: Any) -> None:
+    p = snap.params
+    st.markdown(f"**{p.get('title', 'similarity')}** · {', '.join(p.get('layers') or SIM_LAYERS)} · "
+                f"{p.get('n_images')} images per set")
+    status_block(snap, "similarity")
+
+
+def similarity_section(svc: Any) -> None:
+    st.divider()
+    st.subheader("Dataset similarity")
+    st.caption("Which pretraining pool looks most like your images? SVCCA compares the activations of two image sets "
+               "at each layer of a backbone (MoCo-Transfer, Chen et al. 2023). A pool closer to your images is the "
+               "better candidate for pretraining a backbone for them.")
+    results = svc.store.results(kind="similarity")
+    with st.expander("Compare image sets", expanded=not results, icon=":material/add_circle:"):
+        similarity_form(svc)
+    job = watched("similarity", ["similarity"])
+    snap = svc.runner.snapshot(job) if job is not None else None
+    if snap is not None and snap.state != "done":
+        watch(job, draw_similarity_job)
+    if results:
+        by_id = {r["id"]: r for r in results}
+        newest = (snap.result or {}).get("result_id") if snap is not None and snap.state == "done" else None
+        if newest in by_id and st.session_state.get("sim_seen_job") != job:  # show a comparison that just ended
+            st.session_state["sim_result"] = newest
+            st.session_state["sim_seen_job"] = job
+        pick = st.selectbox("Comparison", list(by_id), key="sim_result",
+                            format_func=lambda i: f"{by_id[i]['name']} · {fmt_time(by_id[i]['created'])}")
+        show_similarity(by_id[pick])
+
+
 # ------------------------------------------------------------------------------------------- page
 
 svc = services()
@@ -153,3 +277,5 @@ else:
     pick = st.selectbox("Benchmark", order, key="bm_result",
                         format_func=lambda i: f"{by_id[i]['name']} · {fmt_time(by_id[i]['created'])}")
     show_sweep(by_id[pick])
+
+similarity_section(svc)

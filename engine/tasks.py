@@ -8,6 +8,8 @@
     sweep          {findings, inits, modes, shots, trials, image_size?, image_ids?, seed?}
     gradcam        {finding, inits?, method, layer?, shots?, n_images?, mode?, image_size?, image_ids?}
     gradcam_image  {finding, image_id, inits?, method, layer?, image_size?}
+    similarity     {init, candidates, reference_path? | reference_finding?, layers?, n_images?, image_size?, grid?}
+                   (engine.analysis.tasks: SVCCA of a reference set with candidate pools)
 
 Optional `title` is shown in job lists. Each adapter exports what it needs from the store as a
 manifest (the one format the engine reads),
@@ -433,6 +435,9 @@ def register_all(runner: Any) -> None:
     runner.register("sweep", run_sweep_job, uses_gpu=gpu)
     runner.register("gradcam", run_gradcam_study_job, uses_gpu=gpu)
     runner.register("gradcam_image", run_gradcam_image_job, uses_gpu=gpu)
+    from engine.analysis.tasks import run_similarity_job
+
+    runner.register("similarity", run_similarity_job, uses_gpu=gpu)  # SVCCA dataset similarity (engine.analysis)
 
 
 # ------------------------------------------------------------------------------------ demo
