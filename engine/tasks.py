@@ -242,6 +242,23 @@ def model_card(meta: dict[str, Any], init_info: dict[str, Any] | None = None, n_
         f"- **Decision threshold:** {float(meta.get('threshold', 0.5)):.3f} on the probability "
         "(Youden's cut on cross-validated scores).",
     ]
+    cal, op, fam = meta.get("calibration") or {}, meta.get("operating_point") or {}, meta.get("familiarity") or {}
+    if cal.get("method") in ("platt", "isotonic"):
+        lines[-1] = (f"- **Probabilities:** calibrated by {'Platt scaling (Platt 1999)' if cal['method'] == 'platt' else 'isotonic regression (Zadrozny & Elkan 2002)'}"
+                     " on the cross-validated (out-of-fold) scores.")
+        lines.append(f"- **Decision threshold:** probability >= {float(op.get('threshold', meta.get('threshold', 0.5))):.3f} "
+                     f"(balanced: Youden's J on cross-validated scores); cross-validated sensitivity "
+                     f"{float(op.get('sensitivity', float('nan'))):.0%}, specificity {float(op.get('specificity', float('nan'))):.0%}. "
+                     "Another operating point (a target sensitivity or specificity) can be chosen on the Classifier page "
+                     "or with `predict --sensitivity 0.9`.")
+    if fam:
+        lines.append(f"- **Unfamiliar images:** {fam.get('rule', '')}. Such images are flagged `unfamiliar` (Sun et al. "
+                     "2022 nearest-neighbour rule, conformal leave-one-out threshold); the estimate does not apply to them.")
+    if info.get("provenance") or info.get("shipped") or str(meta.get("init", "")).endswith("-demo"):
+        prov = info.get("provenance") or ("pretrained on synthetic phantom images of the demo workspace, not real X-rays"
+                                          if str(meta.get("init", "")).endswith("-demo") else "")
+        if prov:
+            lines.append(f"- **Backbone provenance:** {prov}.")
     if est:
         lines += [
             f"- **Estimated AUC:** {est['auc']:.3f} (95% interval {est['ci_low']:.3f} to {est['ci_high']:.3f}), "
@@ -300,7 +317,7 @@ def run_classify(params: dict[str, Any], ctx: Any) -> dict[str, Any]:
     clf, est = build_classifier(
         manifest=csv, finding=finding, init=init, mode=mode, device=ctx.device,
         image_size=int(params.get("image_size", 224)), seed=int(params.get("seed", 0)),
-        cv_repeats=int(params.get("cv_repeats", 10 if mode == "probe" else 3)),
+        cv_repeats=int(params["cv_repeats"]) if params.get("cv_repeats") else None,  # engine default: 10 probe / 1 finetune
         on_event=ctx.on_event, stop=ctx.stop,
     )
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -308,7 +325,7 @@ def run_classify(params: dict[str, Any], ctx: Any) -> dict[str, Any]:
     folder = paths.sub(store.workspace, "results") / "classifiers"
     folder.mkdir(parents=True, exist_ok=True)
     path = clf.save(inside(folder, f"{name}.safetensors"))  # resolved and checked to stay in the folder
-    info = next((i.info for i in list_inits() if i.name == init), {})
+    info = next(({**i.info, "provenance": i.provenance} for i in list_inits() if i.name == init), {})
     meta = clf.metadata()
     card = model_card(meta, info, n_images=est.n_positive + est.n_negative)
     card_path = atomic_write_text(inside(folder, f"{name}.md"), card)

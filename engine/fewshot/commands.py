@@ -45,7 +45,10 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="classifier file to write (.safetensors)")
     p.add_argument("--mode", choices=["probe", "finetune"], default="probe")
     p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--cv-repeats", type=int, default=10)
+    p.add_argument("--cv-repeats", type=int, default=None,
+                   help="cross-validation repeats (default 10 for probe, 1 for finetune)")
+    p.add_argument("--calibration", choices=["platt", "isotonic"], default="platt",
+                   help="how scores become probabilities, fitted on the cross-validated scores (default platt)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arch", default=None)
@@ -55,6 +58,11 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, help="classifier file from `classify`")
     p.add_argument("images", nargs="+", help="image files (PNG/JPEG/TIFF/DICOM)")
     p.add_argument("--device", default="auto")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--sensitivity", type=float, default=None,
+                   help="operating point: the cut-off whose cross-validated sensitivity is at least this (e.g. 0.9)")
+    g.add_argument("--specificity", type=float, default=None,
+                   help="operating point: the cut-off whose cross-validated specificity is at least this")
     p.set_defaults(func=_predict)
 
 
@@ -100,27 +108,48 @@ def _classify(args) -> int:
     clf, est = build_classifier(
         init=init, mode=args.mode, device=resolve_device(args.device), image_size=args.image_size,
         seed=args.seed, cv_repeats=args.cv_repeats, on_event=_log, manifest=args.manifest, finding=args.finding,
-        arch=args.arch,
+        arch=args.arch, calibration=args.calibration,
     )
     path = clf.save(args.out)
+    op = clf.operating
     print(json.dumps({"model": str(path), "init": init, "threshold": clf.threshold, **{k: getattr(est, k) for k in (
-        "auc", "ci_low", "ci_high", "n_positive", "n_negative", "folds", "repeats")}}))
+        "auc", "ci_low", "ci_high", "n_positive", "n_negative", "folds", "repeats")},
+        "calibration": clf.calibration.method, "cv_sensitivity": op.sensitivity, "cv_specificity": op.specificity,
+        "familiarity_threshold": clf.familiarity.threshold}, allow_nan=False))
     return 0
 
 
 def _predict(args) -> int:
-    from engine.device import resolve_device
-    from engine.fewshot.classifier import Classifier
+    """One strict-JSON line per image (`json.dumps(allow_nan=False)`): image, probability (calibrated), label,
+    threshold, finding, calibration, operating_point, cv_sensitivity, cv_specificity, unfamiliar,
+    familiarity_distance, familiarity_threshold; or image, error. Exit 1 when any image got an error (an
+    unreadable file, or a NaN/infinite score), 2 when the classifier file itself is refused."""
+    import math
 
     from engine.data.io import ImageReadError
+    from engine.device import resolve_device
+    from engine.fewshot.classifier import Classifier, ClassifierScoreError
 
-    clf = Classifier.load(args.model, device=resolve_device(args.device))
+    clf = Classifier.load(args.model, device=resolve_device(args.device))  # ClassifierLoadError -> exit 2
+    if args.sensitivity is not None:
+        op = clf.operating_point("sensitivity", args.sensitivity)
+    elif args.specificity is not None:
+        op = clf.operating_point("specificity", args.specificity)
+    else:
+        op = clf.operating_point("youden")
+    extra = {"operating_point": op.rule if op.target is None else f"{op.rule}>={op.target:g}",
+             "cv_sensitivity": op.sensitivity if math.isfinite(op.sensitivity) else None,
+             "cv_specificity": op.specificity if math.isfinite(op.specificity) else None}
     failed = 0
     for path in args.images:
         try:
-            out = clf.predict([path])[0]
-        except (ImageReadError, FileNotFoundError) as e:  # one unreadable file does not stop the others
+            out = {**clf.predict([path], threshold=op.threshold)[0], **extra}
+            line = json.dumps({"image": path, **out}, allow_nan=False)
+        except (ImageReadError, FileNotFoundError, ClassifierScoreError) as e:  # one bad file does not stop the others
             failed += 1
-            out = {"error": str(e)}
-        print(json.dumps({"image": path, **out}), flush=True)
+            line = json.dumps({"image": path, "error": str(e)}, allow_nan=False)
+        except ValueError as e:  # allow_nan=False refused a non-finite number: an error row, never NaN
+            failed += 1
+            line = json.dumps({"image": path, "error": f"the answer held a non-finite number ({e}); no result given"})
+        print(line, flush=True)
     return 1 if failed else 0

@@ -76,7 +76,8 @@ def test_build_save_load_predict_round_trip(tmp_path):
     module = loaded.explain_module()
     logit = module(x)
     assert logit.shape == (1, 1) and logit.requires_grad  # Grad-CAM can backpropagate
-    p = torch.sigmoid(logit).item()
+    # the shown probability is the calibrated logit (Platt on the out-of-fold scores), not sigmoid(logit)
+    p = float(loaded.probability(np.array([logit.item()]))[0])
     assert p == pytest.approx(after[0]["probability"], abs=1e-5)
     assert dict(module.named_modules())[loaded.target_layer] is not None
 
