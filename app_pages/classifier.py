@@ -8,10 +8,11 @@ import streamlit as st
 
 from engine.fewshot.classifier import MIN_PER_CLASS, ClassifierDataError, check_counts
 from engine.models import list_inits
-from ui.inference import LoadedClassifier, explain_uploads, fmt_probability, verdict
-from ui.jobs import ACTIVE, set_watched, status_block, watch, watched
+from ui.inference import LoadedClassifier, explain_uploads, familiarity_note, fmt_pair, headline, verdict
+from ui.jobs import set_watched, status_block, watch, watched
 from ui.services import services
-from ui.widgets import UPLOAD_TYPES, empty_state, init_label, is_ssl, method_label, page_header
+from ui.widgets import (UPLOAD_TYPES, empty_state, init_label, is_synthetic_workspace, method_label, page_header,
+                        synthetic_notice)
 
 MODES = {
     "probe": "Probe (recommended): keep the backbone fixed and fit a simple logistic regression on its features. "
@@ -65,37 +66,105 @@ def pick_training_images(svc: Any) -> tuple[str | None, list[int]]:
     return finding, [int(i) for i in use["id"]]
 
 
-def pick_init(svc: Any) -> str | None:
-    """Step 2: starting backbone, defaulting to the best shipped one (measured on real X-rays), else
-    the newest self-supervised one."""
+def synthetic_inits(svc: Any) -> set[str]:
+    """Backbones pretrained on synthetic phantoms: the demo's own runs (`*-demo`), and any backbone pretrained
+    inside the demo workspace (its store records the checkpoints made there)."""
+    names = {i.name for i in list_inits() if i.name.endswith("-demo")}
+    if is_synthetic_workspace(svc.workspace):
+        names |= {c["name"] for c in svc.store.checkpoints()}
+    return names
+
+
+def measured_aucs(svc: Any, finding: str, n_pos: int, n_neg: int) -> dict[str, dict[str, Any]]:
+    """{init: the best cross-validated estimate} among this workspace's classifiers for `finding` built on the
+    same number of images of each class (measured evidence on the user's own images)."""
+    best: dict[str, dict[str, Any]] = {}
+    for r in svc.store.results(kind="classifier"):
+        s = r["summary"]
+        c, e = s.get("counts") or {}, s.get("estimate") or {}
+        if s.get("finding") != finding or (c.get("positive"), c.get("negative")) != (n_pos, n_neg) or "auc" not in e:
+            continue
+        if s["init"] not in best or e["auc"] > best[s["init"]]["auc"]:
+            best[s["init"]] = {**e, "name": r["name"], "mode": s.get("mode")}
+    return best
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def expected_seconds(n: int, mode: str, arch: str, size: int, device: str) -> dict[str, float]:
+    from engine.fewshot.classifier import estimate_seconds
+
+    return estimate_seconds(n, mode, arch, size, device=device)
+
+
+def fmt_minutes(seconds: float) -> str:
+    return f"about {max(1, round(seconds))} s" if seconds < 90 else f"about {seconds / 60:.0f} min"
+
+
+def pick_init(svc: Any, finding: str, ids: list[int]) -> str | None:
+    """Step 2: starting backbone. Suggested only on measured evidence: the best cross-validated AUC on these
+    images when several backbones were tried, else the best shipped backbone (measured on real X-rays)."""
     st.subheader("2 · Starting backbone")
     inits = list_inits()
     available = [i for i in inits if i.available]
-    shipped = [i for i in available if i.shipped]
-    ssl = [i for i in available if is_ssl(i)]
     by_name = {i.name: i for i in available}
-    default = shipped[0].name if shipped else ssl[0].name if ssl else "random"
-    choice = st.radio("Initialization", list(by_name), index=list(by_name).index(default),
-                      format_func=lambda n: init_label(by_name[n]) + ("  (suggested)" if n == default and ssl else ""),
-                      # a new backbone resets the choice to the new suggestion
-                      key="clf_init:" + ",".join(by_name))
+    synthetic = synthetic_inits(svc)
+    labeled = svc.store.images(finding)
+    y = labeled.loc[labeled["id"].isin(ids), finding].to_numpy()
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    measured = {k: v for k, v in measured_aucs(svc, finding, n_pos, n_neg).items() if k in by_name}
+    shipped = [i for i in available if i.shipped]
+    if len(measured) >= 2:
+        suggested = max(measured, key=lambda k: measured[k]["auc"])
+        m = measured[suggested]
+        why = (f"Suggested: **{suggested}** had the highest cross-validated AUC on your {n_pos + n_neg} images "
+               f"({m['auc']:.2f}, 95% interval {m['ci_low']:.2f}-{m['ci_high']:.2f}) of the {len(measured)} backbones "
+               "you tried. Overlapping intervals mean the difference may be chance.")
+    elif shipped:
+        suggested = shipped[0].name
+        ev = shipped[0].info.get("evaluation_summary")
+        why = (f"Suggested: **{suggested}** ships with scarce-cxr: {shipped[0].provenance}."
+               + (f" Measured on real labeled X-rays it was not trained on: {ev}" if ev else "")
+               + " Not yet measured on your images: *Compare backbones* below does that.")
+    else:
+        suggested = None
+        why = ("No backbone is suggested: none has been measured on your images yet. *Compare backbones* builds a "
+               "quick probe with each one and shows their cross-validated AUC.")
+    names = list(by_name)
+    default = suggested if suggested in by_name else "random"
+    choice = st.radio("Initialization", names, index=names.index(default),
+                      format_func=lambda n: init_label(by_name[n], synthetic=n in synthetic)
+                      + ("  (suggested)" if n == suggested else ""),
+                      key="clf_init:" + ",".join(names) + f":{suggested}")  # a new suggestion resets the choice
+    st.caption(why)
     chosen = by_name.get(choice)
-    if chosen is not None and chosen.shipped:
-        measured = chosen.info.get("evaluation_summary")
-        st.caption(f"{'Suggested: ' if choice == default else ''}**{choice}**: {chosen.provenance}."
-                   + (f" Measured on real labeled X-rays it was not in: {measured}" if measured else ""))
-    elif ssl and choice == ssl[0].name and not shipped:
-        info = ssl[0].info or {}
-        st.caption(f"Suggested: **{ssl[0].name}** is the newest self-supervised backbone, pretrained on "
-                   f"{info.get('n_images', 'unlabeled')} chest X-rays. Backbones pretrained on chest X-rays usually "
-                   "give better classifiers from few labeled images than random or ImageNet weights.")
-    elif not ssl:
-        running = [j for j in svc.runner.jobs() if j.kind == "pretrain" and j.state in ACTIVE]
-        msg = ("No self-supervised backbone yet: pretraining is in progress, see Pretrain. "
-               "Until it finishes you can use random weights (expect a weak classifier)."
-               if running else
-               "No self-supervised backbone yet: start one on the Pretrain page. Random weights work but are weak.")
-        empty_state(msg, link="pretrain", link_label="Go to Pretrain", icon=":material/hourglass_top:")
+    if chosen is not None and choice != suggested:
+        if choice in synthetic:
+            st.warning(f"**{choice}** was pretrained on synthetic phantom images (the demo workspace), not on real "
+                       "X-rays: it is not expected to help on real images.", icon=":material/science:")
+        else:
+            st.caption(f"**{choice}**: {chosen.provenance}.")
+    if measured:
+        rows = [{"backbone": k, "AUC": round(v["auc"], 3), "95% interval": f"{v['ci_low']:.2f}-{v['ci_high']:.2f}",
+                 "method": v.get("mode"), "classifier": v["name"]}
+                for k, v in sorted(measured.items(), key=lambda kv: -kv[1]["auc"])]
+        st.caption(f"Measured on your {n_pos + n_neg} images (cross-validated):")
+        st.dataframe(rows, hide_index=True, width="stretch")
+    untried = [n for n in names if n not in measured]
+    if untried:
+        size = 224
+        eta = sum(expected_seconds(len(ids), "probe", by_name[n].arch, int(by_name[n].info.get("image_size") or size),
+                                   "cpu")["seconds"] for n in untried)
+        if st.button(f"Compare backbones on these images ({len(untried)} probes, {fmt_minutes(eta)})",
+                     icon=":material/compare_arrows:", key="clf_compare",
+                     help="Builds a probe classifier with each backbone not tried yet and lists their "
+                          "cross-validated AUC, so the suggestion rests on your own images."):
+            jid = None
+            for n in untried:
+                jid = svc.runner.submit("classify", {"finding": finding, "image_ids": ids, "init": n, "mode": "probe",
+                                                     "image_size": int(by_name[n].info.get("image_size") or size),
+                                                     "title": f"{finding} ({n}, probe, comparison)"})
+            set_watched("classifier", jid)
+            st.rerun()
     for i in inits:
         if not i.available:
             st.caption(f":material/block: **{method_label(i.method)}** is unavailable: {i.reason}")
@@ -106,6 +175,40 @@ def draw_build(snap: Any) -> None:
     status_block(snap, "classifier", show_log=False)
     if snap.active:
         st.caption(snap.message or "Starting...")
+
+
+def operating_panel(res: dict[str, Any], loaded: LoadedClassifier | None) -> Any:
+    """The operating point: balanced, or a target sensitivity / specificity, with the cross-validated
+    sensitivity and specificity at that cut. Returns the OperatingPoint (None for files without CV scores)."""
+    from engine.fewshot.classifier import ClassifierLoadError
+
+    if loaded is None:
+        return None
+    clf = loaded.clf
+    st.markdown("**Operating point** (when to call an image positive)")
+    rules = {"youden": "Balanced", "sensitivity": "Target sensitivity", "specificity": "Target specificity"}
+    rule = st.radio("Operating point", list(rules), format_func=rules.get, horizontal=True,
+                    key=f"clf_op:{res['id']}", label_visibility="collapsed",
+                    help="Balanced maximizes sensitivity + specificity. A target sensitivity misses fewer images with "
+                         "the finding at the cost of more false alarms; a target specificity the reverse.")
+    target = None
+    if rule != "youden":
+        target = st.slider(f"{rules[rule]} (cross-validated)", 0.50, 1.00, 0.90, 0.01, key=f"clf_op_t:{res['id']}:{rule}")
+    try:
+        op = clf.operating_point(rule, target)
+    except ClassifierLoadError as e:
+        st.info(str(e), icon=":material/info:")
+        return clf.operating_point("youden")
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Cut-off (probability)", f"{op.threshold:.2f}")
+    c2.metric("Sensitivity (CV)", f"{op.sensitivity:.0%}" if op.sensitivity == op.sensitivity else "n/a",
+              help="Share of the training images with the finding called positive by models that had not seen them.")
+    c3.metric("Specificity (CV)", f"{op.specificity:.0%}" if op.specificity == op.specificity else "n/a",
+              help="Share of the training images without the finding called negative by models that had not seen them.")
+    st.caption(f"Probabilities are calibrated by {clf.calibration.label} on the cross-validated scores, so among "
+               "images like the training images, those given 0.7 have the finding about 70% of the time. "
+               "Sensitivity and specificity are measured the same way, on images each model had not seen.")
+    return op
 
 
 def show_result(res: dict[str, Any]) -> None:
@@ -131,7 +234,7 @@ def show_result(res: dict[str, Any]) -> None:
     if est["ci_low"] <= 0.5:
         advice = "Label more images" + ("." if s["init"] not in ("random", "imagenet") and not
                                         s["init"].startswith(("random-", "imagenet-")) else
-                                        ", or start from a self-supervised backbone (see Pretrain).")
+                                        ", or start from a pretrained backbone.")
         st.warning(f"The interval includes 0.5: the classifier may be no better than chance. {advice}",
                    icon=":material/warning:")
     for w in est.get("warnings") or []:
@@ -148,22 +251,35 @@ def show_result(res: dict[str, Any]) -> None:
             st.markdown(card.read_text(encoding="utf-8"))
 
 
-def predict_panel(res: dict[str, Any], device: str) -> None:
-    st.subheader("4 · Try it on new X-rays")
-    s = res["summary"]
+def open_classifier(res: dict[str, Any], device: str) -> LoadedClassifier | None:
+    """The cached loaded classifier, or None with the reason shown (missing or refused file)."""
+    from engine.fewshot.classifier import ClassifierLoadError
+
     path = Path(res["path"])
     if not path.exists():
         st.error(f"The classifier file {path} is missing; build the classifier again.", icon=":material/error:")
+        return None
+    try:
+        return load_classifier(str(path), path.stat().st_mtime, device)
+    except ClassifierLoadError as e:
+        st.error(str(e), icon=":material/error:")
+        return None
+
+
+def predict_panel(res: dict[str, Any], loaded: LoadedClassifier | None, op: Any) -> None:
+    st.subheader("4 · Try it on new X-rays")
+    s = res["summary"]
+    if loaded is None:
         return
     files = st.file_uploader("New chest X-rays (PNG, JPEG, DICOM)", type=[t for t in UPLOAD_TYPES if t != "zip"],
                              accept_multiple_files=True, key=f"clf_predict:{res['id']}")
     if not files:
-        st.caption("Each image gets a probability and a Grad-CAM heatmap showing which regions drove the score.")
+        st.caption("Each image gets a calibrated probability, a verdict at the operating point above, a warning when "
+                   "it is unlike the training images, and a Grad-CAM heatmap showing which regions drove the score.")
         return
-    loaded = load_classifier(str(path), path.stat().st_mtime, device)
-    with st.spinner("Scoring and explaining..."):
-        results = explain_uploads(loaded, [(f.name, f.getvalue()) for f in files])
-    threshold = float(s.get("threshold", 0.5))
+    threshold = op.threshold if op is not None else None
+    with st.spinner(f"Scoring and explaining {len(files)} image(s)..."):
+        results = explain_uploads(loaded, [(f.name, f.getvalue()) for f in files], threshold=threshold)
     for r in results:
         st.markdown(f"##### {r.name}")
         if r.error:
@@ -173,9 +289,14 @@ def predict_panel(res: dict[str, Any], device: str) -> None:
         c1.image(r.image, caption="X-ray", clamp=True, width="stretch")
         c2.image(r.overlay, caption="Grad-CAM: red = regions that raised the score", width="stretch")
         with c3:
-            st.metric(f"Probability of {s['finding']}", fmt_probability(r.probability))
+            st.markdown(f"### {headline(r.probability, r.threshold, s['finding'])}")
+            ps, _ = fmt_pair(r.probability, r.threshold)
+            st.metric(f"Probability of {s['finding']} (calibrated)", ps)
             st.progress(min(max(r.probability, 0.0), 1.0))
-            st.markdown(verdict(r.probability, threshold, s["finding"]))
+            st.markdown(verdict(r.probability, r.threshold, s["finding"]))
+            note = familiarity_note(r)
+            if note:
+                st.warning(note, icon=":material/help:")
             st.caption("Decision support only: a clinician must review every image.")
 
 
@@ -187,16 +308,24 @@ page_header(
     "Build a classifier for one finding from a few labeled chest X-rays, see how well it is likely to work, "
     "then use it on new images.",
 )
+synthetic_notice(svc.workspace)
 left, right = st.columns([1, 1], gap="large")
 with left:
     finding, ids = pick_training_images(svc)
 with right:
-    init = pick_init(svc) if finding else None
+    init = pick_init(svc, finding, ids) if finding else None
 if finding and init:
     st.subheader("3 · Build")
     mode = st.radio("Method", list(MODES), format_func=lambda m: MODES[m], key="clf_mode")
+    info = next((i for i in list_inits() if i.name == init), None)
+    size = int(((info.info if info else {}) or {}).get("image_size") or 224)
+    arch = info.arch if info is not None and info.arch in ("resnet18", "resnet50", "densenet121") else "resnet18"
+    eta = expected_seconds(len(ids), mode, arch, size, "cuda" if svc.runner.device.type == "cuda" else "cpu")
+    st.caption(f":material/schedule: Expected time on this machine: **{fmt_minutes(eta['seconds'])}** "
+               f"({len(ids)} images at {size} px; {int(eta['trainings'])} model fits for "
+               f"{int(eta['repeats'])} repeat(s) of cross-validation plus the final one; measured from this "
+               "computer's speed, longer while other jobs run).")
     if st.button("Build classifier", type="primary", icon=":material/construction:", key="clf_build"):
-        size = int((next((i.info for i in list_inits() if i.name == init), {}) or {}).get("image_size") or 224)
         jid = svc.runner.submit("classify", {"finding": finding, "image_ids": ids, "init": init, "mode": mode,
                                              "image_size": size, "title": f"{finding} ({init}, {mode})"})
         set_watched("classifier", jid)
@@ -222,4 +351,6 @@ if results:
         format_func=lambda i: f"{by_id[i]['name']}  (AUC {by_id[i]['summary']['estimate']['auc']:.2f})",
     )
     show_result(by_id[pick])
-    predict_panel(by_id[pick], "cuda" if svc.runner.device.type == "cuda" else "cpu")
+    loaded = open_classifier(by_id[pick], "cuda" if svc.runner.device.type == "cuda" else "cpu")
+    op = operating_panel(by_id[pick], loaded)
+    predict_panel(by_id[pick], loaded, op)

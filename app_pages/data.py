@@ -8,7 +8,7 @@ from engine.store import DiskFullError, LabelConflictError, Store, UploadTooLarg
 from ui.jobs import set_watched, status_block, watch, watched
 from ui.labels import LabelCSVError, editor_rows, label_changes, labels_from_csv
 from ui.services import services
-from ui.widgets import DATA_UPLOAD_TYPES, chunks, data_uri, label_text, page_header, pager
+from ui.widgets import DATA_UPLOAD_TYPES, chunks, data_uri, label_text, page_header, pager, synthetic_notice
 
 NO_LABEL = "(do not label)"
 PRESENT, ABSENT = "show the finding", "do not show the finding"
@@ -320,6 +320,7 @@ page_header(
     "Import chest X-rays and mark, per finding, which images show it. Everything stays on this computer; "
     "DICOM patient tags are never stored.",
 )
+synthetic_notice(svc.workspace)
 top = st.container()  # the summary is drawn last, so it counts what this run imported or deleted
 all_images = svc.store.images()
 

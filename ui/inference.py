@@ -3,6 +3,10 @@
 The page caches one `LoadedClassifier` per file (st.cache_resource) and calls `explain_uploads`,
 which serializes on the classifier's lock: Grad-CAM hooks live on the model's modules, so two
 sessions must not explain with the same model at once.
+
+The number shown is the classifier's *calibrated* probability and the verdict compares that same number
+with the chosen cut-off (`label = probability >= threshold`), so headline and verdict cannot disagree;
+`fmt_pair` adds decimals where two decimals would make them look equal or reversed.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import numpy as np
 from engine.data.io import ImageReadError, read_image
 from engine.explain.gradcam import CAMExplainer, explain_image
 from engine.explain.overlay import overlay
-from engine.fewshot.classifier import Classifier
+from engine.fewshot.classifier import Classifier, ClassifierScoreError
 
 
 @dataclass
@@ -28,13 +32,19 @@ class Explained:
     name: str
     image: np.ndarray | None = None  # float32 HxW in [0, 1]
     overlay: np.ndarray | None = None  # uint8 HxWx3
-    probability: float | None = None
-    label: int | None = None
+    probability: float | None = None  # calibrated
+    label: int | None = None  # 1 = probability >= threshold
+    threshold: float | None = None
+    unfamiliar: bool | None = None  # None: the classifier file has no familiarity rule (older version)
+    distance: float | None = None  # to the nearest training image (L2-normalized features)
+    distance_threshold: float | None = None
     error: str | None = None
 
 
-def explain_uploads(loaded: LoadedClassifier, files: list[tuple[str, bytes]], method: str = "gradcam") -> list[Explained]:
-    """Probability and Grad-CAM overlay per uploaded file; unreadable files get an `error` instead."""
+def explain_uploads(loaded: LoadedClassifier, files: list[tuple[str, bytes]], method: str = "gradcam",
+                    threshold: float | None = None) -> list[Explained]:
+    """Calibrated probability, verdict at `threshold` (default: the classifier's saved cut), familiarity flag
+    and Grad-CAM overlay per uploaded file; unreadable files and non-finite scores get an `error` instead."""
     clf = loaded.clf
     out: list[Explained] = []
     with loaded.lock:
@@ -42,13 +52,19 @@ def explain_uploads(loaded: LoadedClassifier, files: list[tuple[str, bytes]], me
             try:
                 img, _ = read_image(data)
             except ImageReadError as e:
-                out.append(Explained(name, error=str(e)))
+                out.append(Explained(name, error=f"This file could not be read as an X-ray, so it was not scored: {e}"))
                 continue
-            pred = clf.predict([img])[0]
+            try:
+                pred = clf.predict([img], threshold=threshold)[0]
+            except ClassifierScoreError as e:
+                out.append(Explained(name, img, error=f"No answer for this image: {e}"))
+                continue
             with CAMExplainer(clf.explain_module(), clf.target_layer, method, clf.device, mean=clf.mean,
                               std=clf.std) as ex:
                 heat = explain_image(ex, img, clf.image_size)
-            out.append(Explained(name, img, overlay(img, heat), float(pred["probability"]), int(pred["label"])))
+            out.append(Explained(name, img, overlay(img, heat), float(pred["probability"]), int(pred["label"]),
+                                 float(pred["threshold"]), pred["unfamiliar"], pred["familiarity_distance"],
+                                 pred["familiarity_threshold"]))
     return out
 
 
@@ -57,11 +73,37 @@ def fmt_probability(p: float) -> str:
     return "< 0.01" if p < 0.005 else "> 0.99" if p > 0.995 else f"{p:.2f}"
 
 
-def verdict(p: float, threshold: float, finding: str) -> str:
-    """Plain words for one probability and the classifier's cut-off."""
-    f = finding.replace("_", " ")
-    detail = f"probability {fmt_probability(p)}; the classifier's cut-off is {threshold:.2f}"
-    if p >= threshold:
-        return f"Suggests **{f}** ({detail})."
-    return f"Does not suggest {f} ({detail})."
+def fmt_pair(p: float, threshold: float) -> tuple[str, str]:
+    """(probability, cut-off) as text with as many decimals (2..4) as it takes for the printed numbers to
+    order the same way as the real ones, e.g. (0.7951, 0.7953) -> ('0.7951', '0.7953'), never ('0.80', '0.80')."""
+    for d in (2, 3, 4):
+        a, b = round(p, d), round(threshold, d)
+        if (p >= threshold) == (a >= b) and (p == threshold or a != b):
+            break
+    ps = fmt_probability(p) if d == 2 and 0.005 <= threshold <= 0.995 else f"{p:.{d}f}"
+    return ps, f"{threshold:.{d}f}"
 
+
+def verdict(p: float, threshold: float, finding: str) -> str:
+    """Plain words for one calibrated probability and the cut-off (probability >= cut-off: suggests)."""
+    f = finding.replace("_", " ")
+    ps, ts = fmt_pair(p, threshold)
+    if p >= threshold:
+        return f"Suggests **{f}**: probability {ps} is at or above the cut-off {ts}."
+    return f"Does not suggest {f}: probability {ps} is below the cut-off {ts}."
+
+
+def headline(p: float, threshold: float, finding: str) -> str:
+    """The large-type line: the verdict itself, so it can never contradict the number beside it."""
+    f = finding.replace("_", " ")
+    return f"Suggests {f}" if p >= threshold else f"Does not suggest {f}"
+
+
+def familiarity_note(r: Explained) -> str | None:
+    """A warning when the image is unlike the training images (None when it is familiar or unknown)."""
+    if not r.unfamiliar:
+        return None
+    return (f"Unlike the training images: its nearest training image is at distance {r.distance:.3f} in the backbone's "
+            f"feature space, beyond the {r.distance_threshold:.3f} that about 95% of images like the training images "
+            "stay within. The accuracy estimate and the probability do not apply to it (another hospital, scanner, "
+            "age group or image type?). Do not rely on this result.")

@@ -50,13 +50,33 @@ def method_label(method: str) -> str:
     return METHOD_LABEL.get(method, method.replace("_", " ").title())
 
 
-def init_label(info: Any) -> str:
-    """'MoCo v2 · resnet18 · moco_v2-resnet18-demo' for a checkpoint; 'Random weights · resnet18' for builtins."""
+def init_label(info: Any, synthetic: bool | None = None) -> str:
+    """'MoCo v2 · resnet18 · moco_v2-resnet18-demo' for a checkpoint; 'Random weights · resnet18' for builtins.
+    Backbones pretrained on synthetic phantoms (`synthetic`, default: the demo's `*-demo` runs) say so."""
     if info.name in ("random", "imagenet"):
         return f"{method_label(info.method)} · {info.arch}"
     if getattr(info, "shipped", False):
         return f"{method_label(info.method)} · {info.arch} · {info.name} · ships with scarce-cxr (real chest X-rays)"
+    if synthetic if synthetic is not None else info.name.endswith("-demo"):
+        return f"{method_label(info.method)} · {info.arch} · {info.name} · synthetic phantoms, not real X-rays"
     return f"{method_label(info.method)} · {info.arch} · {info.name}"
+
+
+def is_synthetic_workspace(workspace: Any) -> bool:
+    """Whether `workspace` is the demo one (filled with synthetic phantom radiographs on first use)."""
+    from pathlib import Path
+
+    from engine.tasks import is_demo_workspace
+
+    return is_demo_workspace(Path(workspace))
+
+
+def synthetic_notice(workspace: Any) -> None:
+    """A plain label on every page that shows the demo workspace's images or what was built from them."""
+    if is_synthetic_workspace(workspace):
+        st.info("**Demo workspace: synthetic images.** The images here are computer-generated phantom chest "
+                "radiographs, not real X-rays. Classifiers, estimates and backbones made from them show how the "
+                "tool works; they say nothing about real patients.", icon=":material/science:")
 
 
 def is_ssl(info: Any) -> bool:

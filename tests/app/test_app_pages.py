@@ -237,11 +237,15 @@ def test_classifier_main_path_build_estimate_predict_with_gradcam(phantom):
     at = start()
     label_upload(at, phantom, "nodule", 5, 6)
     at.switch_page("app_pages/classifier.py").run()
-    assert "No self-supervised backbone yet" in texts(at)
+    assert "No backbone is suggested" in texts(at)
     save_ssl_checkpoint()
     at.run()
-    assert [r for r in at.radio if r.key.startswith("clf_init:")][0].value == "moco_v2-resnet18-test"
-    assert "newest self-supervised backbone" in texts(at)
+    # issue 12: a backbone is suggested only on measured evidence; an unmeasured SSL checkpoint is not
+    radio = [r for r in at.radio if r.key.startswith("clf_init:")][0]
+    assert radio.value == "random" and "(suggested)" not in " ".join(radio.options)
+    assert "none has been measured on your images" in texts(at)
+    assert "Expected time on this machine" in texts(at)
+    radio.set_value("moco_v2-resnet18-test").run()
     at.button(key="clf_build").click().run()
     wait_all()
     at.run()
@@ -256,11 +260,52 @@ def test_classifier_main_path_build_estimate_predict_with_gradcam(phantom):
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     labels = {m.label: m.value for m in at.metric}
-    p = labels["Probability of nodule"]
+    p = labels["Probability of nodule (calibrated)"]
     assert p in ("< 0.01", "> 0.99") or 0.0 <= float(p) <= 1.0
+    assert "Sensitivity (CV)" in labels and "Specificity (CV)" in labels and "Cut-off (probability)" in labels
+    heads = [m.value for m in at.markdown if m.value.startswith("### ")]
+    verdicts = [m.value for m in at.markdown if "cut-off" in m.value and "probability" in m.value]
+    assert len(heads) == 1 and len(verdicts) == 1  # headline and verdict say the same thing
+    assert ("Does not suggest" in heads[0]) == ("Does not suggest" in verdicts[0])
+    assert "Platt" in texts(at)
     assert len(at.get("imgs")) >= 2 or len(at.image) >= 2  # the X-ray and its Grad-CAM overlay
     assert any("broken.dcm" in m.value for m in at.markdown)
     assert at.error, "the unreadable upload gets an error of its own"
+
+
+def test_classifier_compare_backbones_suggests_the_best_measured_and_operating_point_moves_the_cut(phantom):
+    at = start()
+    label_upload(at, phantom, "nodule", 5, 6)
+    save_ssl_checkpoint()
+    at.switch_page("app_pages/classifier.py").run()
+    compare = at.button(key="clf_compare")
+    assert "2 probes" in compare.label
+    compare.click().run()
+    wait_all()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    results = services().store.results(kind="classifier")
+    assert {r["summary"]["init"] for r in results} == {"random", "moco_v2-resnet18-test"}
+    best = max(results, key=lambda r: r["summary"]["estimate"]["auc"])["summary"]["init"]
+    radio = [r for r in at.radio if r.key.startswith("clf_init:")][0]
+    assert radio.value == best and "highest cross-validated AUC on your 11 images" in texts(at)
+    assert not [b for b in at.button if b.key == "clf_compare"]  # every backbone measured
+    op = [r for r in at.radio if r.key.startswith("clf_op:")][0]
+    balanced = float({m.label: m.value for m in at.metric}["Cut-off (probability)"])
+    op.set_value("sensitivity").run()
+    slider = [s for s in at.slider if s.key.startswith("clf_op_t:")][0]
+    slider.set_value(1.0).run()
+    labels = {m.label: m.value for m in at.metric}
+    assert labels["Sensitivity (CV)"] == "100%" and float(labels["Cut-off (probability)"]) <= balanced
+
+
+def test_demo_workspace_is_labelled_synthetic_on_data_and_classifier(monkeypatch):
+    monkeypatch.setenv("SCARCE_CXR_DEMO", "1")
+    at = start()
+    assert "Demo workspace: synthetic images" in "\n".join(i.value for i in at.info)
+    at.switch_page("app_pages/classifier.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Demo workspace: synthetic images" in "\n".join(i.value for i in at.info)
 
 
 # -------------------------------------------------------------------------------------------- pretrain
