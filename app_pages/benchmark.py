@@ -205,9 +205,11 @@ def show_similarity(res: dict[str, Any]) -> None:
     wide = table.pivot_table(index="candidate", columns="layer", values="svcca", sort=False).reset_index()
     if ranking is not None:
         wide = ranking[["rank", "candidate", "mean_svcca", "mean_chance"]].merge(wide, on="candidate")
+    wide = wide.rename(columns={"rank": "Rank", "candidate": "Pool", "mean_svcca": "Mean SVCCA",
+                                "mean_chance": "Chance (mean)"})
     st.dataframe(wide, hide_index=True, width="stretch",
                  column_config={c: st.column_config.NumberColumn(format="%.3f") for c in wide.columns
-                                if c not in ("rank", "candidate")})
+                                if c not in ("Rank", "Pool")})
     st.download_button("Download the table (CSV)", table_csv.read_bytes(), file_name=f"similarity-{res['id']}.csv",
                        mime="text/csv", icon=":material/download:", key=f"dl_sim:{res['id']}")
 

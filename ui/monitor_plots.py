@@ -39,8 +39,8 @@ def study_collapse_figure(history: list[dict[str, Any]]) -> go.Figure:
     fig.update_yaxes(range=[-0.05, 1.05], row=1, col=2)
     fig.update_yaxes(rangemode="tozero", row=1, col=1)
     fig.update_yaxes(rangemode="tozero", row=1, col=3)
-    fig.update_layout(title="Collapse monitor, the study's metrics", template="plotly_white", height=320,
+    fig.update_layout(title="Collapse monitor, the study's metrics", template="plotly_white", height=340,
                       margin={"l": 10, "r": 10, "t": 60, "b": 10},
-                      legend={"orientation": "h", "y": -0.2, "x": 0})
+                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.1, "xanchor": "right", "x": 1})
     fig.update_xaxes(title_text="step", rangemode="tozero")
     return fig

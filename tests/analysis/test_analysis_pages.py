@@ -103,8 +103,8 @@ def test_benchmark_page_compares_the_workspace_with_pools_and_reports_errors(pha
     assert len(res) == 1 and res[0]["summary"]["settings"]["layers"] == ["layer1", "layer4"]
     assert any("Closest to workspace" in s.value for s in at.success)
     table = at.dataframe[-1].value
-    assert {"rank", "candidate", "mean_svcca", "mean_chance", "layer1", "layer4"} <= set(table.columns)
-    assert set(table["candidate"]) == {"phantoms", phantom_csv.parent.name}
+    assert {"Rank", "Pool", "Mean SVCCA", "Chance (mean)", "layer1", "layer4"} <= set(table.columns)
+    assert set(table["Pool"]) == {"phantoms", phantom_csv.parent.name}
     assert ((table["layer1"] > 0) & (table["layer1"] <= 1)).all()
     assert len(at.get("plotly_chart")) >= 1 and len(at.get("download_button")) >= 1
 
