@@ -33,6 +33,53 @@ PAGES = [  # in the order of the workflow; Data is the landing page
 ]
 
 page = st.navigation(PAGES, position="sidebar")
+
+
+@st.cache_resource(show_spinner=False)
+def _started() -> set[str]:
+    """Workspaces whose services this server process has opened (start-up messages are shown once each)."""
+    return set()
+
+
+def start_up() -> None:
+    """First request for a workspace: say what is happening while the workspace opens (creating the synthetic
+    demo on first use, starting the job runner, queueing demo pretraining only without a shipped backbone)."""
+    from engine import paths, tasks
+    from engine.models import shipped_inits
+
+    ws = paths.workspace_dir()
+    if str(ws) in _started():
+        return
+    with st.status("Starting scarce-cxr...", expanded=True) as status:
+        st.write(f"Opening the workspace `{ws}`.")
+        if tasks.is_demo_workspace(ws):
+            from engine.demo import ensure_demo_workspace
+
+            bar = st.progress(0.0, text="Checking the demo workspace...")
+
+            from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+            def progress(ev) -> None:  # only from the script's own thread (st.* is not thread-safe)
+                if get_script_run_ctx(suppress_warning=True) is not None and ev.step is not None and ev.total:
+                    bar.progress(min(1.0, ev.step / ev.total), text=f"Demo workspace: {ev.message or 'working'}")
+
+            ensure_demo_workspace(ws, on_event=progress).close()  # a no-op once it has images
+            bar.progress(1.0, text="Demo workspace ready: synthetic phantom radiographs, not real X-rays.")
+        st.write("Starting the background job runner.")
+        from ui.services import services
+
+        svc = services()
+        shipped = shipped_inits()
+        if shipped:
+            st.write(f"Backbone ready: **{shipped[0].name}** ships with scarce-cxr ({shipped[0].provenance}); "
+                     "no pretraining is needed before building a classifier.")
+        elif svc.demo_jobs:
+            st.write(f"Queued {len(svc.demo_jobs)} short demo pretraining jobs (see Pretrain).")
+        _started().add(str(ws))
+        status.update(label="scarce-cxr is ready", state="complete", expanded=False)
+
+
+start_up()
 try:
     page.run()
 finally:

@@ -303,6 +303,8 @@ def test_demo_workspace_is_labelled_synthetic_on_data_and_classifier(monkeypatch
     monkeypatch.setenv("SCARCE_CXR_DEMO", "1")
     at = start()
     assert "Demo workspace: synthetic images" in "\n".join(i.value for i in at.info)
+    said = texts(at)  # start-up says what it does instead of a bare spinner
+    assert "Opening the workspace" in said and "Starting the background job runner" in said
     at.switch_page("app_pages/classifier.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert "Demo workspace: synthetic images" in "\n".join(i.value for i in at.info)
