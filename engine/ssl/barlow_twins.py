@@ -86,5 +86,8 @@ class BarlowTwins(SSLMethod):
         loss, on, off = barlow_twins_loss(z_a, z_b, self.cfg.lambd, self.cfg.eps)
         return loss, {"on_diag": on.detach(), "off_diag": off.detach()}
 
+    def backbone_work(self, views: list[torch.Tensor]) -> list[tuple[torch.Tensor, bool]]:
+        return [(views[0], True), (views[1], True)]  # both views through the one backbone
+
     def head_embedding(self, f: torch.Tensor) -> torch.Tensor:
         return self.projector(f)  # (B, D) the space C is computed in

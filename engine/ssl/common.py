@@ -67,6 +67,14 @@ class SSLMethod(nn.Module, ABC):
     def after_step(self, step: int, total: int) -> None:
         """Updates after optimizer.step() of 0-based `step` (momentum encoders, queue, centre)."""
 
+    @abstractmethod
+    def backbone_work(self, views: list[torch.Tensor]) -> list[tuple[torch.Tensor, bool]]:
+        """The backbone passes one step of this method cannot avoid: (input (N, 3, s, s), with gradient?).
+
+        bench/pretrain_throughput.py times a plain backbone forward (+ backward where True) on exactly
+        these inputs as the 'bare' baseline, so its ratio measures everything else a step costs
+        (augmentation, heads, loss, optimizer, momentum updates, data loading, monitor, checkpoints)."""
+
     def head_embedding(self, f: torch.Tensor) -> torch.Tensor | None:
         """The head-space embedding (B, D') of pooled backbone features f (B, D) that the loss acts on,
         watched by the collapse monitor besides f itself; None for methods without a projection head."""

@@ -170,6 +170,11 @@ class DINO(SSLMethod):
             self.center.mul_(self.cfg.center_momentum).add_(bc, alpha=1 - self.cfg.center_momentum)
             self._batch_center = None
 
+    def backbone_work(self, views: list[torch.Tensor]) -> list[tuple[torch.Tensor, bool]]:
+        glob = torch.cat(views[:2])  # (2B, 3, S, S)
+        work = [(glob, True)] + ([(torch.cat(views[2:]), True)] if len(views) > 2 else [])  # student
+        return work + [(glob, False)]  # teacher on the global crops
+
     def head_embedding(self, f: torch.Tensor) -> torch.Tensor:
         return self.head.bottleneck(f)  # (B, 256) before the prototypes
 

@@ -186,6 +186,9 @@ class MoCoV2(SSLMethod):
             self.queue_ptr.fill_(enqueue_(self.queue, int(self.queue_ptr), keys))
             self._keys = None
 
+    def backbone_work(self, views: list[torch.Tensor]) -> list[tuple[torch.Tensor, bool]]:
+        return [(views[0], True), (views[1], False)]  # query encoder f+b, key encoder forward
+
     def head_embedding(self, f: torch.Tensor) -> torch.Tensor:
         return self.head(f)  # (B, d) the space L_var acts on
 

@@ -107,6 +107,9 @@ class SparK(SSLMethod):
         mask = random_patch_mask(x01.shape[0], self.size // self.cfg.patch, self.cfg.mask_ratio, g)  # (B,h,w)
         return [v, mask]
 
+    def backbone_work(self, views: list[torch.Tensor]) -> list[tuple[torch.Tensor, bool]]:
+        return [(views[0], True)]  # one (masked) view through the encoder
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor):  # type: ignore[override]
         p = self.cfg.patch
         m_pix = mask.repeat_interleave(p, 1).repeat_interleave(p, 2)[:, None]  # (B, 1, S, S) True = masked

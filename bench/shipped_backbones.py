@@ -1,0 +1,120 @@
+"""The shipped backbones vs random init on real labeled X-rays: paired few-shot AUC differences.
+
+Issue #11's quality table, through the product's own sweep (engine.fewshot.sweep.run_sweep):
+
+- tasks: `../shared/data/nih_pneumonia` (796 adult NIH images, pneumonia vs no finding, report-mined
+  labels, patient-level split: a hard task) and `../shared/data/kermany224` (paediatric pneumonia:
+  an easy one). Each manifest's own `split=test` images are the fixed test set; shots are drawn from
+  its train split, per class, patient-level.
+- inits: `random` and every shipped backbone (checkpoints/shipped/), at `--image-size` (224 = the
+  size they were pretrained at and the product's default).
+- trials are paired: trial t of a (task, mode, shots) trains every init on the same images, so
+  d = AUC(init) - AUC(random) is a per-trial difference; the table gives mean d, its standard
+  error over trials (SE), and the trials won. A backbone "beats random" at a shot count when
+  d >= 0.05 and d > 2 SE (the issue's target).
+
+    .venv/bin/python bench/shipped_backbones.py                                  # probe, 20 trials, ~15 min on 2 cores
+    .venv/bin/python bench/shipped_backbones.py --modes finetune --shots 5,20 --trials 5   # finetune (slow on CPU)
+    .venv/bin/python bench/shipped_backbones.py --device cuda --modes probe,finetune --trials 20
+
+Writes `--workdir` (default artifacts/shipped_backbones): per task sweep/ folders, results.md and
+results.json. Re-running resumes the sweeps (rows already in trials.csv are kept).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED = ROOT.parent / "shared" / "data"
+TASKS = ("nih_pneumonia", "kermany224")  # folders of --data-root, each with its manifest.csv
+TARGET_D = 0.05  # issue #11: beat random by >= 0.05 AUC ...
+TARGET_Z = 2.0  # ... with the paired difference above 2 SE
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--inits", default=None, help="comma-separated (default: every shipped backbone)")
+    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated of {', '.join(TASKS)}")
+    p.add_argument("--data-root", default=str(SHARED), help="folder holding the task folders (default ../shared/data)")
+    p.add_argument("--modes", default="probe", help="probe and/or finetune")
+    p.add_argument("--shots", default="1,5,10,20,50")
+    p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", default=str(ROOT / "artifacts" / "shipped_backbones"))
+    return p.parse_args(argv)
+
+
+def verdict(row: dict) -> str:
+    """'beats' when d >= 0.05 and d > 2 SE; 'better' when only d > 2 SE; '' otherwise."""
+    if row["se"] == row["se"] and row["diff"] > TARGET_Z * row["se"]:
+        return "beats" if row["diff"] >= TARGET_D else "better"
+    return ""
+
+
+def table(rows: list[dict]) -> list[str]:
+    lines = ["| task | mode | shots | init | AUC | random | d | SE | wins | target |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        v = verdict(r)
+        lines.append(f"| {r['task']} | {r['mode']} | {r['shots']} | {r['init']} | {r['auc']:.3f} | {r['auc_random']:.3f} | "
+                     f"{r['diff']:+.3f} | {r['se']:.3f} | {r['wins']}/{r['n']} | "
+                     f"{'met' if v == 'beats' else ('d > 2 SE, < 0.05' if v == 'better' else 'not met')} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    work = Path(args.workdir).resolve()
+    os.environ.setdefault("SCARCE_CXR_WORKSPACE", str(work / "workspace"))
+    from engine.fewshot.metrics import paired_differences
+    from engine.fewshot.sweep import SweepConfig, run_sweep
+    from engine.models import shipped_inits
+
+    inits = args.inits.split(",") if args.inits else [i.name for i in shipped_inits()]
+    if not inits:
+        print("no shipped backbones found in checkpoints/shipped/ and no --inits given", file=sys.stderr)
+        return 2
+    modes = tuple(args.modes.split(","))
+    shots = tuple(int(s) for s in args.shots.split(","))
+    rows: list[dict] = []
+    t0 = time.time()
+    for task in args.tasks.split(","):
+        manifest = Path(args.data_root) / task / "manifest.csv"
+        if not manifest.exists():
+            print(f"skipping {task}: {manifest} not found (needs ../shared/data or --data-root)", file=sys.stderr)
+            continue
+        cfg = SweepConfig(findings=("pneumonia",), inits=("random", *inits), modes=modes, shots=shots,
+                          trials=args.trials, image_size=args.image_size, seed=args.seed)
+        last = [0.0]
+
+        def on_event(e, task=task, last=last) -> None:
+            now = time.time()
+            if e.total and now - last[0] > 30:
+                last[0] = now
+                print(f"  {task}: {e.message or ''} {e.step}/{e.total} ({now - t0:.0f}s)", flush=True)
+
+        print(f"{task}: {len(inits) + 1} inits x {modes} x shots {shots} x {args.trials} trials", flush=True)
+        res = run_sweep(manifest, cfg, work / task, args.device, on_event=on_event, resume=True)
+        rows += [{"task": task, **r} for r in paired_differences(res.trials)]
+    lines = [f"# Shipped backbones vs random init ({args.image_size} px, {args.trials} paired trials per shot count)",
+             "", "d = AUC minus random's AUC on the same training images (mean over trials), SE its standard error, "
+             "wins = trials where the backbone's AUC is higher; target = d >= 0.05 and d > 2 SE.", "",
+             *table(rows), "", f"{time.time() - t0:.0f} s on {args.device}"]
+    text = "\n".join(lines)
+    print(text, flush=True)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "results.md").write_text(text + "\n")
+    (work / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
