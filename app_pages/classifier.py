@@ -154,7 +154,7 @@ def pick_init(svc: Any, finding: str, ids: list[int]) -> str | None:
         size = 224
         eta = sum(expected_seconds(len(ids), "probe", by_name[n].arch, int(by_name[n].info.get("image_size") or size),
                                    "cpu")["seconds"] for n in untried)
-        if st.button(f"Compare backbones on these images ({len(untried)} probes, {fmt_minutes(eta)})",
+        if st.button(f"Compare backbones on these images ({len(untried)} probe{'s' if len(untried) != 1 else ''}, {fmt_minutes(eta)})",
                      icon=":material/compare_arrows:", key="clf_compare",
                      help="Builds a probe classifier with each backbone not tried yet and lists their "
                           "cross-validated AUC, so the suggestion rests on your own images."):

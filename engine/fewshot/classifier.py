@@ -74,7 +74,7 @@ from engine.fewshot.finetune import (FastFinetune, FinetuneConfig, assemble_back
 from engine.fewshot.metrics import N_BOOTSTRAP, auc, bootstrap_auc_samples, percentile_interval
 from engine.fewshot.probe import DEFAULT_C, Probe, fit_probe
 from engine.models.backbones import ARCHS, DEFAULT_LAYER, build_backbone, prepare_batch
-from engine.models.registry import BackboneMeta, load_backbone
+from engine.models.registry import load_backbone
 
 MIN_PER_CLASS = 3  # below this no classifier is built: k-fold CV needs >= 2 training images per class
 WARN_PER_CLASS = 10  # below this the estimate is flagged as rough
