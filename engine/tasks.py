@@ -3,7 +3,8 @@
 `register_all(runner)` registers every kind with an `engine.jobs.JobRunner`:
 
     import         {source: folder|manifest|folder_tree|nih|padchest, path, images_root?}
-    pretrain       {method, arch, image_size, epochs, batch_size, out_name, image_ids? | data?, seed?}
+    pretrain       {method, arch, image_size, epochs, batch_size, out_name, image_ids? | data?, seed?,
+                    preset?, collapse_control? ("erank:TARGET", engine.ssl.monitor.CollapseControl)}
     classify       {finding, image_ids?, init, mode, image_size?, seed?, cv_repeats?, name?}
     sweep          {findings, inits, modes, shots, trials, image_size?, image_ids?, seed?}
     gradcam        {finding, inits?, method, layer?, shots?, n_images?, mode?, image_size?, image_ids?}
@@ -121,6 +122,7 @@ def pretrain_config(params: dict[str, Any], n_images: int) -> Any:
         # about 25 collapse checks and 10 resumable saves per run, whatever its length
         monitor_every_steps=max(1, steps // 25), save_every_steps=max(1, steps // 10),
         monitor_images=max(2, min(256, n_images)),
+        collapse_control=params.get("collapse_control") or None,
     )
 
 

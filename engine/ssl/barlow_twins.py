@@ -68,10 +68,15 @@ class BarlowTwins(SSLMethod):
 
     name = "barlow_twins"
     sync_bn = True
+    # Adaptive collapse control (engine.ssl.monitor.CollapseController) adjusts the off-diagonal
+    # weight: a larger lambda decorrelates more dimensions; reference = the paper's 5e-3.
+    control_knob: str | None = "lambd"
+    control_ref: float = 0.005
 
     def __init__(self, backbone: nn.Module, cfg: BarlowConfig, aug: AugmentConfig, image_size: int) -> None:
         super().__init__(backbone)
         self.cfg, self.aug, self.size = cfg, aug, image_size
+        self.lambd = float(cfg.lambd)  # the weight in use; the collapse controller may change it
         gc = cfg.grad_checkpointing
         self.grad_checkpointing = (backbone.arch == "resnet50") if gc is None else gc
         self.projector = mlp([backbone.feat_dim, cfg.proj_dim, cfg.proj_dim, cfg.proj_dim], bn=True)
@@ -83,7 +88,7 @@ class BarlowTwins(SSLMethod):
         z_a = self.projector(resnet_features(self.backbone, y_a, self.grad_checkpointing))  # (B, D)
         z_b = self.projector(resnet_features(self.backbone, y_b, self.grad_checkpointing))  # (B, D)
         z_a, z_b = gather_with_grad(z_a), gather_with_grad(z_b)  # (W*B, D) global batch
-        loss, on, off = barlow_twins_loss(z_a, z_b, self.cfg.lambd, self.cfg.eps)
+        loss, on, off = barlow_twins_loss(z_a, z_b, self.lambd, self.cfg.eps)
         return loss, {"on_diag": on.detach(), "off_diag": off.detach()}
 
     def backbone_work(self, views: list[torch.Tensor]) -> list[tuple[torch.Tensor, bool]]:

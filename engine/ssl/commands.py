@@ -13,12 +13,12 @@ import shlex
 import sys
 from typing import Any
 
-METHOD_NAMES = ("moco_v2", "barlow_twins", "spark", "dino")  # == engine.ssl.pretrain.METHODS (tested)
+METHOD_NAMES = ("moco_v2", "barlow_twins", "spark", "dino", "masked_contrastive")  # == engine.ssl.pretrain.METHODS (tested)
 
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "pretrain", help="self-supervised pretraining of a backbone (MoCo v2, Barlow Twins, SparK, DINO)",
+        "pretrain", help="self-supervised pretraining of a backbone (MoCo v2, Barlow Twins, SparK, DINO, masked-contrastive)",
         description="Pretrain a ResNet on unlabeled X-rays and export checkpoints/<out>.safetensors. "
                     "Run under `torchrun --nproc_per_node=N -m engine pretrain ...` for several GPUs/processes.",
     )
@@ -51,9 +51,16 @@ def register(sub) -> None:
                         "random init in a few hundred steps at batch 32 on a CPU; long = the shipped backbones' "
                         "recipe for thousands of steps at batch 256 on ~10,000 images (moco_v2, barlow_twins) "
                         "(engine/ssl/presets.py). --lr, --opt and --aug override any")
+    p.add_argument("--collapse-control", default=None, metavar="erank:TARGET",
+                   help="adaptive collapse control: at every collapse-monitor reading, double the method's "
+                        "regularization weight (moco_v2 / masked_contrastive: VICReg var_weight; barlow_twins: lambd) "
+                        "when the head's effective rank is below TARGET, halve it when the rank is >= 1.25 x TARGET, "
+                        "within [w0/8, w0*16] (w0 = the configured weight, or the method's reference when 0). "
+                        "Also centred_erank:TARGET. Not for spark or dino (no such term)")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="method setting, repeatable, e.g. --opt queue=4096 --opt T=0.2 (moco_v2), "
-                        "--opt proj_dim=8192 (barlow_twins), --opt mask_ratio=0.75 (spark), --opt out_dim=4096 (dino)")
+                        "--opt proj_dim=8192 (barlow_twins), --opt mask_ratio=0.75 (spark), --opt out_dim=4096 (dino), "
+                        "--opt recon_weight=1 (masked_contrastive)")
     p.add_argument("--aug", action="append", default=[], metavar="KEY=VALUE",
                    help="augmentation setting, repeatable (engine/ssl/augment.py AugmentConfig), e.g. "
                         "--aug crop_scale=0.3,1 --aug blur_p=0.5 --aug noise_std=0.05")
@@ -149,7 +156,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         image_size=args.image_size, lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
         seed=args.seed, max_steps=args.max_steps, save_every_steps=args.save_every,
         monitor_every_steps=args.monitor_every, amp={"auto": None, "on": True, "off": False}[args.amp],
-        init=args.init,
+        init=args.init, collapse_control=args.collapse_control,
     )
     main = int(os.environ.get("RANK", "0")) == 0
     stop = threading.Event()
@@ -183,7 +190,8 @@ def _pretrain(args: argparse.Namespace) -> int:
                        f"{m.get('collapse_raw_std', float('nan')):.3g} centred erank "
                        f"{m.get('collapse_centred_erank', float('nan')):.1f} (backbone raw std "
                        f"{m.get('collapse_backbone_raw_std', float('nan')):.3g} centred erank "
-                       f"{m.get('collapse_backbone_centred_erank', float('nan')):.1f})")
+                       f"{m.get('collapse_backbone_centred_erank', float('nan')):.1f})"
+                       + (f" | control weight {m['collapse_control_weight']:.4g}" if "collapse_control_weight" in m else ""))
         elif e.kind == "log" and e.message:
             tqdm.write(e.message)
 

@@ -143,10 +143,15 @@ class MoCoV2(SSLMethod):
     """Query encoder (backbone + head), momentum key encoder, negative queue."""
 
     name = "moco_v2"
+    # Adaptive collapse control (engine.ssl.monitor.CollapseController) adjusts this attribute; its
+    # reference value (the study's VICReg weight) sets the bounds when a run starts from var_weight 0.
+    control_knob: str | None = "var_weight"
+    control_ref: float = 1.0
 
     def __init__(self, backbone: nn.Module, cfg: MoCoConfig, aug: AugmentConfig, image_size: int) -> None:
         super().__init__(backbone)
         self.cfg, self.aug, self.size = cfg, aug, image_size
+        self.var_weight = float(cfg.var_weight)  # the weight in use; the collapse controller may change it
         d = backbone.feat_dim
         self.head = mlp([d, cfg.proj_hidden or d, cfg.proj_dim], bn=cfg.head_bn, last_bn=cfg.head_out_bn)  # g_q: D -> D -> 128
         if cfg.bn_splits > 1:  # the head's BN too: one full-batch BN would leak the key's batch again
@@ -175,7 +180,7 @@ class MoCoV2(SSLMethod):
         self._keys = k
         metrics = {"nce": l_nce.detach(), "var": l_var.detach(), "pos_sim": logits[:, 0].mean().detach(),
                    "neg_sim": logits[:, 1:].mean().detach()}
-        return l_nce + self.cfg.var_weight * l_var, metrics
+        return l_nce + self.var_weight * l_var, metrics
 
     @torch.no_grad()
     def after_step(self, step: int, total: int) -> None:

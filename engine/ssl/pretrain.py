@@ -44,13 +44,16 @@ from engine.device import amp_dtype, describe, resolve_device
 from engine.diskspace import DiskFullError
 from engine.events import Cancelled, OnEvent, emit
 from engine.models import build_backbone, load_backbone, save_backbone
-from engine.ssl import barlow_twins, dino, moco_v2, spark
+from engine.ssl import barlow_twins, dino, masked_contrastive, moco_v2, spark
 from engine.ssl.augment import AugmentConfig
 from engine.ssl.common import (
     DistInfo, OptimRecipe, SSLMethod, atomic_torch_save, build_optimizer, clip_grad_per_param_, cosine_lr,
     init_distributed, param_hash, step_generator,
 )
-from engine.ssl.monitor import ERANK_MIN, STD_MIN, CollapseMonitor, metric_definitions, sample_indices
+from engine.ssl.monitor import (
+    ERANK_MIN, STD_MIN, CollapseControl, CollapseController, CollapseMonitor, metric_definitions,
+    parse_collapse_control, sample_indices,
+)
 
 # name -> (method config class, module class, optimizer recipe)
 METHODS: dict[str, tuple[type, type[SSLMethod], OptimRecipe]] = {
@@ -58,6 +61,8 @@ METHODS: dict[str, tuple[type, type[SSLMethod], OptimRecipe]] = {
     "barlow_twins": (barlow_twins.BarlowConfig, barlow_twins.BarlowTwins, barlow_twins.RECIPE),
     "spark": (spark.SparKConfig, spark.SparK, spark.RECIPE),
     "dino": (dino.DINOConfig, dino.DINO, dino.RECIPE),
+    "masked_contrastive": (masked_contrastive.MaskedContrastiveConfig, masked_contrastive.MaskedContrastive,
+                           masked_contrastive.RECIPE),
 }
 SSL_ARCHS = ("resnet18", "resnet50")
 # Config fields a resume may change (they do not alter the trajectory).
@@ -91,7 +96,10 @@ class PretrainConfig:
     channels_last: bool | None = None  # None = on for CUDA
     init: str = "random"  # "random" | "imagenet" (MoCo-transfer: start SSL from ImageNet weights)
     aug: AugmentConfig = field(default_factory=AugmentConfig)
-    method_config: Any = None  # MoCoConfig | BarlowConfig | SparKConfig | DINOConfig; None = defaults
+    method_config: Any = None  # MoCoConfig | BarlowConfig | SparKConfig | DINOConfig | ...; None = defaults
+    # Adaptive collapse control (engine.ssl.monitor.CollapseControl; "erank:TARGET" or a dict also
+    # accepted): None = off. Acts at every collapse-monitor reading.
+    collapse_control: CollapseControl | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -111,15 +119,24 @@ class PretrainConfig:
             object.__setattr__(self, "method_config", cls())
         elif isinstance(self.method_config, dict):
             object.__setattr__(self, "method_config", _from_dict(cls, self.method_config))
-        elif not isinstance(self.method_config, cls):
+        elif type(self.method_config) is not cls:
             raise ValueError(f"method_config for {self.method} must be a {cls.__name__}, "
                              f"not {type(self.method_config).__name__}")
         if isinstance(self.aug, dict):
             object.__setattr__(self, "aug", _from_dict(AugmentConfig, self.aug))
-        if self.method == "spark" and self.image_size % self.method_config.patch:
-            raise ValueError(f"spark needs image_size divisible by its patch {self.method_config.patch} "
-                             f"(got {self.image_size}); use e.g. --image-size "
-                             f"{max(1, self.image_size // self.method_config.patch) * self.method_config.patch}")
+        patch = getattr(self.method_config, "patch", None)
+        if patch and self.image_size % patch:
+            raise ValueError(f"{self.method} needs image_size divisible by its patch {patch} "
+                             f"(got {self.image_size}); use e.g. --image-size {max(1, self.image_size // patch) * patch}")
+        object.__setattr__(self, "collapse_control", parse_collapse_control(self.collapse_control))
+        if self.collapse_control is not None:
+            module_cls = METHODS[self.method][1]
+            if getattr(module_cls, "control_knob", None) is None:
+                raise ValueError("--collapse-control: " + getattr(
+                    module_cls, "control_refusal", f"{self.method} has no regularization weight to adjust"))
+            if self.monitor_every_steps < 1:
+                raise ValueError("--collapse-control acts on the collapse monitor's readings, but the monitor is off "
+                                 "(monitor_every_steps 0); set --monitor-every N (e.g. 25)")
 
     @property
     def recipe(self) -> OptimRecipe:
@@ -228,6 +245,12 @@ class _Run:
         mon_idx = sample_indices(n, cfg.monitor_images, cfg.seed)
         self.monitor = CollapseMonitor(np.asarray(images[mon_idx]), cfg.monitor_every_steps,
                                        std_min=cfg.collapse_std_min, erank_min=cfg.collapse_erank_min)
+        self.control: CollapseController | None = None
+        if cfg.collapse_control is not None:
+            module_cls = METHODS[cfg.method][1]
+            knob = module_cls.control_knob
+            self.control = CollapseController(cfg.collapse_control, knob, float(getattr(cfg.method_config, knob)),
+                                              float(module_cls.control_ref))
 
     # --- model ---------------------------------------------------------------------------------
     def build(self, state: dict[str, Any] | None) -> None:
@@ -252,10 +275,14 @@ class _Run:
             self._train_s0 = float(state.get("train_seconds", 0.0))
             self.history = list(state["history"])
             self.monitor.history = list(state["collapse"])
+            if self.control is not None:
+                self.control.load_state_dict(state["collapse_control"])
             self._order_cache = (int(state["epoch"]), state["order"].cpu().numpy())  # exact data order
             torch.set_rng_state(state["rng"]["torch"])
             if self.device.type == "cuda" and state["rng"].get("cuda"):
                 torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if self.control is not None:
+            setattr(m, self.control.knob, self.control.weight)  # the weight in use (restored on resume)
         self.model: nn.Module = m
         if self.d.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -302,12 +329,14 @@ class _Run:
                         "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []},
                 "order": torch.from_numpy(self.order(epoch)), "epoch": epoch,
                 "history": self.history, "collapse": self.monitor.history, "train_seconds": self.train_seconds,
+                "collapse_control": self.control.state_dict() if self.control is not None else None,
             }
             try:
                 atomic_torch_save(state, self.state_path, what=f"the training state at step {self.step}")
                 _atomic_json(self.run_dir / "history.json",
                              {"step": self.step, "total": self.total, "loss": self.history,
-                              "collapse": self.monitor.history})
+                              "collapse": self.monitor.history,
+                              "collapse_control": self.control.summary() if self.control is not None else None})
             except DiskFullError as e:
                 kept = (f"the last saved state (step {self.saved_step}) in {self.state_path} is kept; resume continues "
                         "from it" if self.saved_step >= 0 else "no state had been saved yet; the run restarts")
@@ -337,13 +366,28 @@ class _Run:
         return bool(t.item() > 0)
 
     def _monitor(self) -> None:
-        if not self.d.main:
-            return
-        metrics = self.monitor.measure(self.method, self.device, self.cfg.image_size, self.step, self.amp)
-        emit(self.on_event, step=self.step, total=self.total, kind="metrics",
-             metrics={f"collapse_{k}": v for k, v in metrics.items()}, message="collapse monitor")
-        for w in self.monitor.warnings(metrics, self.step):
-            emit(self.on_event, step=self.step, total=self.total, kind="warning", level="warning", message=w)
+        """Collapse-monitor reading (rank 0), then the collapse controller's decision (shared by all ranks)."""
+        rec = None
+        if self.d.main:
+            metrics = self.monitor.measure(self.method, self.device, self.cfg.image_size, self.step, self.amp)
+            extra: dict[str, float] = {}
+            if self.control is not None:
+                rec = self.control.update(self.step, metrics)
+                extra = {"control_weight": self.control.weight, "control_target": self.control.spec.target}
+                self.monitor.history[-1].update(extra)  # the weight in use from here on, beside the reading
+            emit(self.on_event, step=self.step, total=self.total, kind="metrics",
+                 metrics={f"collapse_{k}": v for k, v in {**metrics, **extra}.items()}, message="collapse monitor")
+            for w in self.monitor.warnings(metrics, self.step):
+                emit(self.on_event, step=self.step, total=self.total, kind="warning", level="warning", message=w)
+            if rec is not None:
+                emit(self.on_event, step=self.step, total=self.total, kind="log", message=self.control.message(rec))
+        if self.control is not None:
+            w = self.control.weight
+            if self.d.enabled:  # rank 0 decided; every rank uses its weight
+                t = torch.tensor([w], dtype=torch.float64, device=self.device)
+                dist.broadcast(t, 0)
+                w = self.control.weight = float(t.item())
+            setattr(self.method, self.control.knob, w)
 
     @property
     def train_seconds(self) -> float:
@@ -422,6 +466,7 @@ class _Run:
             "train_seconds": round(self.train_seconds, 1), "torch": torch.__version__,
             "collapse": {"final": ({k: v for k, v in collapse[-1].items() if k != "step"} if collapse else {}),
                          "history": collapse, **metric_definitions()},  # sets + labels of both metric sets
+            "collapse_control": self.control.summary() if self.control is not None else None,
             "loss": ({"first": losses[0], "last": losses[-1], "min": min(losses),
                       "last_mean": float(np.mean(losses[-max(1, len(losses) // 10):])),
                       "curve": [[r["step"], r["loss"]] for r in self.history[::stride]]} if losses else {}),
