@@ -1,4 +1,4 @@
-"""Self-supervised pretraining: MoCo v2 (+ VICReg variance), Barlow Twins, SparK, DINO; one loop.
+"""Self-supervised pretraining: MoCo v2 (+ VICReg variance), Barlow Twins, SparK, DINO, masked-contrastive; one loop.
 
 Public API: `PretrainConfig`, `pretrain` (uint8 image array -> checkpoint), `pretrain_from_data`
 (manifest CSV / folder -> cache -> checkpoint), the per-method configs, `collapse_metrics`.
@@ -19,7 +19,8 @@ _EXPORTS = {
     "engine.ssl.barlow_twins": ["BarlowConfig"],
     "engine.ssl.dino": ["DINOConfig"],
     "engine.ssl.moco_v2": ["MoCoConfig"],
-    "engine.ssl.monitor": ["CollapseMonitor", "collapse_metrics"],
+    "engine.ssl.masked_contrastive": ["MaskedContrastiveConfig"],
+    "engine.ssl.monitor": ["CollapseControl", "CollapseMonitor", "collapse_metrics"],
     "engine.ssl.pretrain": ["METHODS", "NonFiniteLossError", "PretrainConfig", "pretrain", "pretrain_from_data"],
     "engine.ssl.spark": ["SparKConfig"],
 }

@@ -40,6 +40,10 @@ Why each quick setting (measured, 20 paired 10-shot trials; "d" = AUC minus rand
 - barlow_twins: 1024-d projector (the 8192-d one is for batch 2048) and milder augmentation
   (crops 0.3-1, jitter 0.4, noise 0.05); with the study's augmentation it did not beat random.
 - spark: a 256-wide decoder and lr 5e-4 (AdamW).
+- masked_contrastive: MoCo v2's quick recipe unchanged (the contrastive objective and its SGD drive the
+  run), half of the query's 32 px patches masked (at 64 px: 2 of 4 quadrants; SparK's 0.6 rounds to the
+  same 2 of 4) and SparK's reconstruction of them at weight 1 with the 256-wide decoder. Not tuned
+  beyond that; measured against its parents in bench/masked_contrastive_vs_parents.py.
 - dino: BatchNorm in the head (DINO's use_bn_in_head), 256 prototypes, a sharper teacher
   (tau_t 0.02), key momentum 0.99, lr 0.02, and MoCo's quick views: two global crops of 0.8-1
   with jitter 0.4, always-on blur and noise 0.05, and no local crops. With the paper's head the
@@ -71,6 +75,12 @@ _QUICK: dict[str, dict[str, Any]] = {
     "dino": {"lr": 0.02, "method_config": {"out_dim": 256, "n_local_crops": 0, "momentum_teacher": 0.99, "head_bn": True,
                                            "teacher_temp": 0.02, "warmup_teacher_temp": 0.02, "global_scale": (0.8, 1.0)},
              "aug": dict(_GRAINLESS_VIEWS)},
+    # MoCo v2's quick recipe (same views, head, queue, momentum, T, lr) with a SparK mask of half the
+    # query's 32 px patches and SparK's reconstruction at weight 1 (its 256-wide decoder).
+    "masked_contrastive": {"lr": 0.0075, "method_config": {"queue": 256, "m": 0.99, "T": 0.2, "head_bn": True,
+                                                           "head_out_bn": True, "patch": 32, "mask_ratio": 0.5,
+                                                           "recon_weight": 1.0, "decoder_width": 256},
+                           "aug": {"crop_scale": (0.8, 1.0), **_GRAINLESS_VIEWS}},
 }
 
 

@@ -11,7 +11,8 @@ import torch
 from engine.events import Cancelled
 from engine.models import InitUnavailableError, load_backbone
 from engine.ssl import (
-    METHODS, BarlowConfig, DINOConfig, MoCoConfig, NonFiniteLossError, PretrainConfig, SparKConfig, pretrain,
+    METHODS, BarlowConfig, DINOConfig, MaskedContrastiveConfig, MoCoConfig, NonFiniteLossError, PretrainConfig,
+    SparKConfig, pretrain,
 )
 from engine.ssl.moco_v2 import MoCoV2
 
@@ -21,6 +22,8 @@ SMALL = {
     "barlow_twins": (BarlowConfig(proj_dim=64, grad_checkpointing=True), 32),
     "spark": (SparKConfig(decoder_width=64), 64),
     "dino": (DINOConfig(out_dim=64, hidden_dim=64, bottleneck_dim=16, n_local_crops=2), 32),
+    "masked_contrastive": (MaskedContrastiveConfig(queue=40, proj_hidden=64, proj_dim=32, recon_weight=1.0,
+                                                   decoder_width=64), 64),
 }
 
 
@@ -260,7 +263,7 @@ def test_presets_merge_under_the_callers_settings():
 def test_quick_preset_trains_each_method(method, images, tmp_path):
     from engine.ssl.presets import build_config
 
-    size = 64 if method == "spark" else 32
+    size = 64 if method in ("spark", "masked_contrastive") else 32
     cfg = build_config(method, "quick", epochs=1, batch_size=8, image_size=size, max_steps=2, monitor_every_steps=1,
                        monitor_images=8, save_every_steps=1)
     path = pretrain(images, cfg, f"q-{method}", "cpu", tmp_path / "run")
