@@ -18,7 +18,7 @@ The image cache is built once before timing (users build it once per dataset; it
 
     python bench/pretrain_throughput.py                                   # CPU: resnet18, 64 px, batch 32
     python bench/pretrain_throughput.py --device cuda --image-size 224 --batch 256 --steps 30
-    python bench/pretrain_throughput.py --methods moco_v2 --presets quick --steps 20
+    python bench/pretrain_throughput.py --methods moco_v2 --presets quick --steps 20 --threads 2
 """
 from __future__ import annotations
 
@@ -113,12 +113,13 @@ def main() -> None:
     ap.add_argument("--arch", default="resnet18", choices=("resnet18", "resnet50"))
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=12, help="real-path steps per run")
+    ap.add_argument("--steps", type=int, default=30, help="real-path steps per run")
     ap.add_argument("--images", type=int, default=256, help="phantom images in the folder")
     ap.add_argument("--methods", default="moco_v2,barlow_twins,spark,dino")
     ap.add_argument("--presets", default="quick,paper")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads (default: torch's own, what `python -m engine pretrain` uses)")
+    ap.add_argument("--threads", default="auto",
+                    help="CPU threads: auto (default) = what `python -m engine pretrain` chooses "
+                         "(engine.device.configure_cpu_threads), or a number")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="tp-") as tmp:
         work = Path(tmp)
@@ -131,9 +132,11 @@ def main() -> None:
         from engine.device import describe, resolve_device
         from engine.ssl.pretrain import resolve_image_paths
 
-        if args.threads:
-            torch.set_num_threads(args.threads)
         device = resolve_device(args.device)
+        if device.type == "cpu":
+            from engine.device import configure_cpu_threads
+
+            print(configure_cpu_threads(args.threads, args.arch, args.image_size, args.batch)[1])
         args.device = str(device)
         generate(work / "ph", args.images, size=max(128, args.image_size), seed=0)
         data = work / "ph" / "images"

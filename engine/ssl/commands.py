@@ -44,6 +44,9 @@ def register(sub) -> None:
     p.add_argument("--save-every", type=int, default=500, help="write the resumable state every N steps")
     p.add_argument("--monitor-every", type=int, default=100, help="collapse metrics every N steps (0 = off)")
     p.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="mixed precision (auto = on CUDA)")
+    p.add_argument("--threads", default="auto",
+                   help="CPU threads for training: auto (default) times 1 thread against all cores before training "
+                        "and keeps the faster (a busy machine runs far faster on 1), or a number")
     p.add_argument("--run-dir", default=None, help="state folder (default <workspace>/runs/<out>)")
     p.add_argument("--include-test-split", action="store_true", help="also pretrain on a manifest's split=test rows")
     p.add_argument("--preset", choices=("paper", "quick", "long"), default="paper",
@@ -121,7 +124,7 @@ def _overrides(cls: type, items: list[str], flag: str, what: str) -> dict[str, A
 
 
 def _resume_command(args: argparse.Namespace) -> str:
-    skip = {"func", "command", "resume", "replace", "opt", "aug"}  # --resume implies --replace
+    skip = {"func", "command", "resume", "replace", "opt", "aug", "threads"}  # --resume implies --replace
     parts = ["python", "-m", "engine", "pretrain"]
     for k, v in vars(args).items():
         if k in skip or v is None or v is False:
@@ -136,6 +139,17 @@ def _resume_command(args: argparse.Namespace) -> str:
     if world > 1:
         return f"torchrun --nproc_per_node={world} " + shlex.join(parts[1:] + ["--resume"])
     return shlex.join(parts + ["--resume"])
+
+
+def _set_threads(args: argparse.Namespace, cfg: Any, main: bool) -> None:
+    """--threads on a CPU run of one process (engine.device.configure_cpu_threads); GPU/torchrun runs keep torch's."""
+    from engine.device import configure_cpu_threads, resolve_device
+
+    if resolve_device(args.device).type != "cpu" or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    _, why = configure_cpu_threads(args.threads, cfg.arch, cfg.image_size, min(cfg.batch_size, 32))
+    if main:
+        print(why, file=sys.stderr)
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -212,6 +226,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     owner = process_owner()
     if main:
         reserve_checkpoint(args.out, owner, checkpoints_dir(), replace=args.replace or args.resume)
+    _set_threads(args, cfg, main)
     in_main_thread = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGINT, on_sigint) if in_main_thread else None
     try:

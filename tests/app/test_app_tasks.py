@@ -29,7 +29,7 @@ def test_register_all_keeps_short_jobs_off_the_pretraining_slot_on_cpu():
     r = FakeRunner("cpu")
     tasks.register_all(r)
     assert r.registered == {"import": False, "pretrain": True, "classify": False, "sweep": False, "gradcam": False,
-                            "gradcam_image": False}
+                            "gradcam_image": False, "similarity": False}
 
 
 def test_demo_pretraining_starts_once_per_demo_workspace(monkeypatch, tmp_path):
@@ -43,6 +43,20 @@ def test_demo_pretraining_starts_once_per_demo_workspace(monkeypatch, tmp_path):
     assert len(ids) == 3 and [p["method"] for _, p in r.submitted] == ["moco_v2", "barlow_twins", "spark"]
     assert all(p["arch"] == "resnet18" and p["image_size"] <= 96 for _, p in r.submitted)
     assert tasks.start_demo_pretraining(store, r) == []  # remembered in the store
+
+
+def test_demo_needs_no_pretraining_when_a_backbone_ships(monkeypatch, tmp_path):
+    from engine.store import Store
+    from tests.conftest import SHIPPED_DIR
+
+    if not any(SHIPPED_DIR.glob("*.safetensors")):
+        pytest.skip("no shipped backbone in the checkout")
+    monkeypatch.setenv("SCARCE_CXR_SHIPPED", str(SHIPPED_DIR))
+    monkeypatch.setenv(tasks.DEMO_ENV, "1")
+    store, r = Store(tmp_path / "ws"), FakeRunner()
+    assert tasks.start_demo_pretraining(store, r) == [] and not r.submitted  # useful at once
+    monkeypatch.setenv(tasks.DEMO_PRETRAIN_ENV, "1")  # asked for explicitly: the phantom jobs still start
+    assert len(tasks.start_demo_pretraining(store, r)) == 3
     assert len(r.submitted) == 3
     monkeypatch.setenv(tasks.AUTOPRETRAIN_OFF_ENV, "1")
     assert not tasks.autopretrain_enabled()

@@ -181,15 +181,21 @@ def test_cli_pretrains_from_a_folder(tmp_path, capsys):
     rc = main(["pretrain", "--method", "moco_v2", "--data", str(folder), "--epochs", "1", "--batch-size", "8",
                "--image-size", "32", "--out", "cli-moco", "--device", "cpu", "--max-steps", "2",
                "--monitor-every", "1", "--opt", "queue=64", "--opt", "proj_hidden=32", "--run-dir", str(tmp_path / "run"),
-               "--preset", "quick"])
+               "--preset", "quick", "--aug", "blur_p=0", "--aug", "crop_scale=0.5,1", "--threads", "1"])
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert out.out.strip().endswith("cli-moco.safetensors")
+    assert "CPU threads: 1 (as asked)" in out.err
     _, meta = load_backbone("cli-moco")
     mc = meta.info["config"]["method_config"]
     assert meta.info["n_images"] == 20 and mc["queue"] == 64  # --opt wins over the preset
     assert mc["head_bn"] and mc["m"] == 0.99 and meta.info["config"]["lr"] == 0.0075  # the rest is the quick preset
     assert meta.info["data_fingerprint"]
+    aug = meta.info["config"]["aug"]
+    assert aug["blur_p"] == 0 and aug["crop_scale"] == [0.5, 1.0] and aug["noise_std"] == 0.05  # --aug over the preset
+    assert meta.info["train_seconds"] > 0 and meta.info["torch"]
+    assert main(["pretrain", "--data", str(folder), "--out", "x", "--aug", "blur=1"]) == 2  # a typo: clear error
+    assert "--aug 'blur=1': expected KEY=VALUE with KEY one of" in capsys.readouterr().err
 
 
 def test_data_resolution_leaves_the_test_split_out(tmp_path):
@@ -252,7 +258,11 @@ def test_presets_merge_under_the_callers_settings():
     assert build_config("dino", "quick", method_opts={"n_local_crops": 2}).method_config.n_local_crops == 2
     b = build_config("barlow_twins", "quick", lr=0.05, aug_opts={"noise_std": 0.0})
     assert b.lr == 0.05 and b.aug.crop_scale == (0.3, 1.0) and b.aug.noise_std == 0.0
-    assert set(PRESETS) == {"paper", "quick"} and all(preset_overrides(m, "quick") for m in METHODS)
+    assert set(PRESETS) == {"paper", "quick", "long"} and all(preset_overrides(m, "quick") for m in METHODS)
+    lg = build_config("moco_v2", "long")  # the shipped backbone's recipe
+    assert lg.lr == 0.06 and lg.method_config.queue == 4096 and lg.aug.crop_scale == (0.3, 1.0) and lg.aug.blur_p == 0.5
+    with pytest.raises(ValueError, match="no 'long' preset for method 'spark'"):
+        build_config("spark", "long")
     with pytest.raises(ValueError, match="unknown preset"):
         build_config("spark", "fast")
     with pytest.raises(ValueError, match="unknown SSL method"):
