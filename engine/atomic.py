@@ -6,6 +6,13 @@ disk raises `engine.diskspace.DiskFullError` naming the folder, the space needed
 Temp files are named `.<name>.<pid>.<random>.tmp` beside their destination. A process killed mid-write
 leaves one behind; `remove_stale_temps(root)` (run when a JobRunner starts) deletes those whose
 writer is no longer alive, never a live writer's.
+
+Files that are complete but belong to an unfinished operation (the store's pixel files, written
+before the row that references them commits) cannot carry a pid in their name. Such a writer holds a
+marker instead: `writer_marker(folder)` creates `<folder>/<pid>.<random>.writer` (content: the owner
+`pid:<host>:<pid>:<start time>`, engine.reservations.process_owner) for the duration of the work, and
+`live_writers(folder)` returns the start times of the markers whose process still runs (removing the
+others), so a cleanup can keep everything a live writer may still commit.
 """
 from __future__ import annotations
 
@@ -13,12 +20,15 @@ import os
 import re
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
 from engine.diskspace import disk_full_guard, ensure_free
 
-__all__ = ["atomic_write", "atomic_write_text", "remove_stale_temps"]
+__all__ = ["atomic_write", "atomic_write_text", "live_writers", "remove_stale_temps", "writer_marker"]
 
 # Temp-file names of every writer in the engine, with the writer's pid:
 #   .<name>.<pid>.<random>.tmp  (atomic_write)   .<name>.<pid>.<tid>.tmp (store)   .<name>.<pid>.tmp (torch state)
@@ -118,3 +128,60 @@ def remove_stale_temps(root: str | Path, min_age_s: float = 60.0, pidless_age_s:
             except OSError:
                 continue
     return removed
+
+
+@contextmanager
+def writer_marker(folder: str | Path) -> Iterator[Path]:
+    """Mark this process as a live writer for the duration of the `with` block: a file
+    `<folder>/<pid>.<random>.writer` holding the owner `pid:<host>:<pid>:<start time>`, removed on exit
+    (a killed process leaves it; `live_writers` then sees its process is gone). Its mtime is the time
+    the work started: a cleanup keeps every file at least that new. Raises OSError when the marker
+    cannot be written (then the work must not start: nothing would protect its files)."""
+    from engine.reservations import process_owner
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / f"{os.getpid()}.{uuid.uuid4().hex[:12]}.writer"
+    marker.write_text(process_owner())
+    try:
+        yield marker
+    finally:
+        try:
+            marker.unlink()
+        except OSError:
+            pass
+
+
+def live_writers(folder: str | Path) -> list[float]:
+    """Start times (marker mtimes) of the writers of `folder` (see `writer_marker`) still running.
+
+    A marker whose process has ended on this host (or whose pid now belongs to another process) is
+    deleted; one from another host, or unreadable, counts as live (its process cannot be checked).
+    Never raises for a missing folder or markers that vanish meanwhile."""
+    from engine.reservations import owner_active
+
+    folder = Path(folder)
+    out: list[float] = []
+    try:
+        markers = [e for e in os.scandir(folder) if e.name.endswith(".writer") and e.is_file(follow_symlinks=False)]
+    except OSError:
+        return out
+    for e in markers:
+        try:
+            mtime = e.stat(follow_symlinks=False).st_mtime
+            owner = Path(e.path).read_text().strip()
+        except OSError:
+            continue  # removed by its writer meanwhile
+        if owner.startswith("pid:"):
+            dead = owner_active(owner) is False
+        else:  # killed before its owner was written: the pid in the name decides
+            pid = e.name.split(".", 1)[0]
+            dead = pid.isdigit() and not _pid_alive(int(pid))
+        if dead:
+            try:
+                os.unlink(e.path)
+            except OSError:
+                pass
+            continue
+        out.append(mtime)
+    return out

@@ -32,6 +32,7 @@ traceback); the full traceback goes to `<workdir>/job.log` with every logged mes
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import socket
@@ -49,7 +50,7 @@ import filelock
 
 from engine.atomic import remove_stale_temps
 from engine.events import Cancelled, Event, OnEvent
-from engine.store import Store
+from engine.store import OrphanReport, Store, StoreError
 
 __all__ = ["ACTIVE_STATES", "FINAL_STATES", "JobContext", "JobRunner", "JobSnapshot"]
 
@@ -57,6 +58,7 @@ ACTIVE_STATES = frozenset({"queued", "running"})
 FINAL_STATES = frozenset({"done", "failed", "cancelled", "interrupted"})
 RESUMABLE_STATES = ("interrupted", "cancelled", "failed")
 FLUSH_INTERVAL_S = 0.2    # at most ~5 coalesced DB writes per second per job
+log = logging.getLogger(__name__)
 LOG_TAIL = 50             # messages kept in a snapshot's log
 MAX_WARNINGS = 100
 HISTORY_CAP = 2000        # metric points kept; halved (every other point) when exceeded
@@ -270,6 +272,22 @@ class JobRunner:
                 self._owner_alive(stale.stem)
         # temp files of writers killed mid-write (never a live writer's: see engine.atomic)
         self.removed_temps: list[Path] = remove_stale_temps(store.workspace)
+        # pixel files of imports killed before their rows committed (never a live import's: see Store)
+        self.removed_orphans: OrphanReport = self._remove_orphans()
+
+    def _remove_orphans(self) -> OrphanReport:
+        """Store.remove_orphan_files, reported as one log line (logger `engine.jobs`); a busy database
+        skips it until the next start."""
+        try:
+            report = self.store.remove_orphan_files()
+        except StoreError as e:
+            log.warning("orphan file cleanup skipped in %s: %s", self.store.workspace, e)
+            return OrphanReport()
+        if report.files:
+            log.warning("%s: %s", self.store.workspace, report)
+        else:
+            log.info("%s: no orphan image files", self.store.workspace)
+        return report
 
     # ------------------------------------------------------------------------------ registration
 

@@ -64,6 +64,7 @@ import pandas as pd
 from PIL import Image
 
 from engine import paths
+from engine.atomic import live_writers, writer_marker
 from engine.diskspace import DiskFullError as _DiskFull
 from engine.diskspace import free_bytes, is_disk_full
 from engine.events import Event, OnEvent, check_stop, emit
@@ -192,6 +193,22 @@ class DiskFullError(StoreError, _DiskFull):
                       f"({new} new, {len(done) - new} already stored); the rest were not imported, so import them "
                       "again once there is space (the imported ones will be recognized as duplicates)")
         return DiskFullError(self.directory, self.needed, self.free, self.what, detail, committed)
+
+
+class _FileVanished(Exception):
+    """A pixel file an import wrote (or adopted) was gone when its row was about to commit."""
+
+
+@dataclass(frozen=True)
+class OrphanReport:
+    """What `Store.remove_orphan_files` removed: workspace-relative paths and their total size."""
+
+    files: tuple[str, ...] = ()
+    bytes: int = 0
+
+    def __str__(self) -> str:
+        return (f"removed {len(self.files)} orphan image/mask file{'s' * (len(self.files) != 1)} "
+                f"({self.bytes / 2**20:.1f} MiB) left by killed imports")
 
 
 class UploadTooLargeError(StoreError):
@@ -363,6 +380,20 @@ def _bounded_map(fn: Callable[[Any], Any], items: Sequence[Any], workers: int, w
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _writes(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a Store method that writes pixel/mask files under a live-writer marker
+    (`<workspace>/.writers/`, engine.atomic.writer_marker), so `remove_orphan_files` never removes a
+    file it may still commit."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
+        with writer_marker(self.writers_dir):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 # ----------------------------------------------------------------------------------------- store
 
 
@@ -384,6 +415,7 @@ class Store:
         self.db_path = self.workspace / "store.sqlite"
         self.images_dir = self.workspace / "images"
         self.masks_dir = self.workspace / "masks"
+        self.writers_dir = self.workspace / ".writers"  # live importers' markers (engine.atomic.writer_marker)
         self.images_dir.mkdir(exist_ok=True)
         self.masks_dir.mkdir(exist_ok=True)
         self._local = threading.local()
@@ -478,6 +510,7 @@ class Store:
 
     # -------------------------------------------------------------------------------- import
 
+    @_writes
     def import_bytes(self, name: str, data: bytes, on_event: OnEvent | None = None,
                      stop: threading.Event | None = None,
                      label: tuple[str, int] | None = None, keep_names: bool = False) -> list[ImportResult]:
@@ -552,6 +585,7 @@ class Store:
                 count += 1
         return total, count
 
+    @_writes
     def import_paths(self, paths_: Iterable[Path | str], on_event: OnEvent | None = None,
                      stop: threading.Event | None = None, keep_names: bool = False) -> list[ImportResult]:
         """Import files and folders. A folder is listed by content (engine.data.listing.list_images:
@@ -658,7 +692,7 @@ class Store:
         return blob
 
     def _import_one(self, name: str, src: bytes | Path, label: tuple[str, int] | None = None,
-                    keep_names: bool = False) -> ImportResult:
+                    keep_names: bool = False, _retry: bool = True) -> ImportResult:
         """Decode, dedupe and store one image (and its `label`) in one transaction. Only DiskFullError raises."""
         prepared = self._prepare(name, src)
         if isinstance(prepared, ImportResult):
@@ -675,9 +709,16 @@ class Store:
                     c.execute("INSERT OR IGNORE INTO sources(sha256, image_id) VALUES (?, ?)", (source, int(row[0])))
                     kept = label is not None and self._label_upload(c, int(row[0]), label, duplicate=True)
                     return ImportResult(name, int(row[0]), None, True, kept)
+                if not (self.images_dir / f"{sha}.png").exists():  # an orphan cleanup took it meanwhile
+                    raise _FileVanished(sha)
                 image_id = self._insert_image(c, sha, name, meta, keep_name=keep_names, source=source)
                 if label is not None:
                     self._label_upload(c, image_id, label, duplicate=False)
+        except _FileVanished:
+            if not _retry:
+                return ImportResult(name, None, f"{name}: its pixel file was removed twice while it was imported "
+                                    "(a workspace cleanup ran meanwhile); import it again", False)
+            return self._import_one(name, src, label, keep_names, _retry=False)  # writes the file again
         except BaseException:
             if new_file:
                 self._discard_files([f"images/{sha}.png"])
@@ -736,6 +777,11 @@ class Store:
             return ImportResult(name, existing, None, True)
         dest = self.images_dir / f"{sha}.png"
         new_file = not dest.exists()
+        if not new_file:  # left by an earlier (killed) import: adopt it, made as new as this import
+            try:
+                os.utime(dest)  # so remove_orphan_files keeps it while this import may still commit it
+            except FileNotFoundError:
+                new_file = True
         if new_file:
             write_atomic(dest, encode_png(arr))
         return sha, meta, new_file, source or ""
@@ -793,9 +839,55 @@ class Store:
             if used is None:
                 (self.workspace / rel).unlink(missing_ok=True)
 
+    def remove_orphan_files(self, min_age_s: float = 60.0) -> OrphanReport:
+        """Delete pixel and mask files that no row references, left by imports killed between
+        writing a file and committing its row (a manifest import commits all rows at its end).
+
+        Only `images/<sha256>.png` and `masks/<sha256>.png` are considered, and only files older than
+        every live writer: each import runs under a marker (`<workspace>/.writers/`, see
+        engine.atomic.writer_marker) whose mtime is its start, and a file at least as new as the oldest
+        live marker, or as this call, is kept (an import that adopts an old orphan touches it first).
+        `min_age_s` is a further minimum age (for writers of older versions without markers).
+        Decisions and deletions happen inside one write transaction, so no import commits a row for
+        a file while it is being removed (an import whose file vanished writes it again).
+        Returns an OrphanReport (paths, bytes). Raises StoreError when the database stays locked by
+        another writer (the run is then skipped; nothing is removed)."""
+        import re
+
+        started = time.time()
+        live = live_writers(self.writers_dir)
+        cutoff = min([started, *live]) - 1.0  # mtimes within a second of a writer's start are its own
+        name = re.compile(r"^[0-9a-f]{64}\.png$")
+        removed: list[str] = []
+        size = 0
+        with self._tx() as c:  # holds the write lock: no import commits meanwhile
+            used = {r[0] for r in c.execute("SELECT file FROM images")}
+            used |= {r[0] for r in c.execute("SELECT mask_file FROM regions WHERE mask_file IS NOT NULL")}
+            for folder in (self.images_dir, self.masks_dir):
+                try:
+                    entries = list(os.scandir(folder))
+                except OSError:
+                    continue
+                for e in entries:
+                    rel = f"{folder.name}/{e.name}"
+                    if rel in used or not name.match(e.name):
+                        continue
+                    try:
+                        st = e.stat(follow_symlinks=False)
+                        if not e.is_file(follow_symlinks=False) or st.st_mtime >= cutoff \
+                                or started - st.st_mtime < min_age_s:
+                            continue
+                        os.unlink(e.path)
+                    except OSError:
+                        continue
+                    removed.append(rel)
+                    size += st.st_size
+        return OrphanReport(tuple(removed), size)
+
     def _patient_key(self, patient_id: str) -> str:
         return "p" + hmac.new(self._salt_bytes(), patient_id.encode(), hashlib.sha256).hexdigest()[:16]
 
+    @_writes
     def import_manifest(self, csv_path: Path | str, on_event: OnEvent | None = None,
                         stop: threading.Event | None = None, keep_names: bool = False) -> ImportSummary:
         """Import a manifest CSV (with boxes.csv / masks.csv beside it): pixels, labels, regions.
@@ -884,6 +976,9 @@ class Store:
                         row_ids.append(ids[i])
                         continue
                     got = c.execute("SELECT id FROM images WHERE sha256=?", (sha,)).fetchone()
+                    if got is None and not (self.images_dir / f"{sha}.png").exists():
+                        raise StoreError(f"row {i + 2}: its pixel file was removed by a workspace cleanup while "
+                                         "this import ran; nothing was imported, run the import again")
                     if got is None:
                         pid = str(df["patient_id"].iloc[i]) if has_patient else ""
                         key = self._patient_key(pid) if pid and pid != paths_[i] else None
