@@ -12,7 +12,7 @@ from engine.ssl import METHODS
 from engine.ssl.monitor import ERANK_MIN, STD_MIN
 from engine.ssl.pretrain import SSL_ARCHS
 from ui.jobs import job_table, job_warnings, set_watched, status_block, watch, watched
-from ui.monitor_plots import study_collapse_figure
+from ui.monitor_plots import control_figure, study_collapse_figure
 from ui.plots import collapse_figure, loss_figure
 from ui.services import services
 from ui.widgets import empty_state, init_label, is_ssl, method_label, page_header
@@ -24,7 +24,11 @@ METHOD_HELP = {
     "barlow_twins": "makes the embedding of two views agree while decorrelating its dimensions (Zbontar et al. 2021).",
     "spark": "masked image modelling for CNNs: hide patches, reconstruct them (Tian et al. 2023).",
     "dino": "self-distillation between a student and a momentum teacher (Caron et al. 2021).",
+    "masked_contrastive": "contrastive on partly hidden X-rays: a view with half its patches masked must match an "
+                          "unmasked view (MoCo v2 + SparK masking, optionally reconstructing the hidden patches).",
 }
+CONTROL_KNOB = {"moco_v2": "VICReg variance weight", "masked_contrastive": "VICReg variance weight",
+                "barlow_twins": "off-diagonal weight (lambda)"}
 
 
 def unique_name(base: str, taken: set[str]) -> str:
@@ -69,6 +73,14 @@ def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, i
                           help="Quick uses settings measured to beat random init in short runs at batch 32 "
                                "(smaller queue and heads, lower learning rate, milder crops with blur so two "
                                "views share no pixel grain, no DINO local crops); see engine/ssl/presets.py.")
+        cc1, cc2 = st.columns([3, 2])
+        control = cc1.checkbox("Adaptive collapse control", key="pt_control",
+                               help="At every collapse-monitor reading, double the method's regularization weight "
+                                    "(MoCo v2 and masked-contrastive: the VICReg variance weight; Barlow Twins: the "
+                                    "off-diagonal weight) while the head's effective rank is below the target, halve it "
+                                    "once the rank is 1.25 x the target, within 1/8 to 16 x its starting value. "
+                                    "SparK and DINO have no such weight and refuse it.")
+        target = cc2.number_input("Target effective rank", 1.0, 512.0, 8.0, step=1.0, key="pt_control_target")
         name = st.text_input("Name of the new backbone", value=unique_name(f"{method}-{arch}-{svc.workspace.name}", taken),
                              key="pt_name", help="Letters, digits, '-' and '_'.")
         go = st.form_submit_button("Start pretraining", type="primary", icon=":material/play_arrow:")
@@ -79,6 +91,13 @@ def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, i
         return
     params: dict[str, Any] = {"method": method, "arch": arch, "epochs": int(epochs), "batch_size": int(batch),
                               "image_size": int(size), "preset": preset, "out_name": name}
+    if control:
+        if method not in CONTROL_KNOB:
+            st.error(f"{method_label(method)} has no regularization weight for collapse control to adjust (SparK's loss "
+                     "is reconstruction alone; DINO centres and sharpens its teacher instead). Untick 'Adaptive collapse "
+                     "control' or choose MoCo v2, Barlow Twins or masked-contrastive.", icon=":material/error:")
+            return
+        params["collapse_control"] = f"erank:{float(target):g}"
     if image_set == "path":
         if not path.strip():
             st.error("Enter the path of a manifest CSV or a folder of images.", icon=":material/error:")
@@ -104,7 +123,8 @@ def draw_job(snap: Any) -> None:
     p = snap.params
     st.markdown(f"**{p.get('out_name', 'backbone')}** · {method_label(p.get('method', ''))} · {p.get('arch', '')} · "
                 f"{p.get('epochs', '?')} epochs · batch {p.get('batch_size', '?')} · {p.get('image_size', '?')} px · "
-                f"{p.get('preset', 'paper')} recipe")
+                f"{p.get('preset', 'paper')} recipe"
+                + (f" · collapse control {p['collapse_control']}" if p.get("collapse_control") else ""))
     status_block(snap, "pretrain", show_warnings=False)
     hist = snap.history or []
     losses = [h["loss"] for h in hist if "loss" in h]
@@ -131,6 +151,7 @@ def draw_job(snap: Any) -> None:
                    "keeps the images spread apart (spread above the dotted line, mean cosine well below 1, effective "
                    "rank above the dotted line). If these flatline, the backbone is learning nothing useful.")
         study_metrics(snap, hist, last)
+        control_panel(snap, hist, last)
     if snap.state == "done" and snap.result:
         st.success(f"Backbone **{snap.result.get('checkpoint')}** is ready: it now appears as an init on the "
                    "Classifier, Benchmark and Grad-CAM pages.", icon=":material/check_circle:")
@@ -158,6 +179,23 @@ def study_metrics(snap: Any, hist: list[dict[str, Any]], last: dict[str, float])
                    "cosine of random pairs (the same quantity as the mean cosine above), and the effective rank of "
                    "the centred features (the direction every image shares does not count, so it is higher than the "
                    "uncentred rank above when the images are nearly parallel). The warnings use the metrics above.")
+
+
+def control_panel(snap: Any, hist: list[dict[str, Any]], last: dict[str, float]) -> None:
+    """Live view of the adaptive collapse controller: weight in use, its adjustments, weight and rank over steps."""
+    if "collapse_control_weight" not in last:
+        return
+    knob = CONTROL_KNOB.get(snap.params.get("method", ""), "weight")
+    adjustments = [line for line in snap.log if "collapse control:" in line]
+    st.markdown(f"**Adaptive collapse control** · target effective rank {last.get('collapse_control_target', 0):g}")
+    c1, c2 = st.columns(2)
+    c1.metric(f"{knob[:1].upper() + knob[1:]} in use", f"{last['collapse_control_weight']:.4g}",
+              help="Doubled at a reading below the target, halved at 1.25 x the target or more, within 1/8 to 16 x "
+                   "the starting value (engine/ssl/monitor.py).")
+    c2.metric("Adjustments (latest log)", len(adjustments))
+    st.plotly_chart(control_figure(hist, knob), width="stretch", key=f"control:{snap.id}")
+    if adjustments:
+        st.code("\n".join(adjustments[-8:]), language=None)
 
 
 def collapse_warnings(snap: Any, last: dict[str, float] | None) -> None:

@@ -44,3 +44,31 @@ def study_collapse_figure(history: list[dict[str, Any]]) -> go.Figure:
                       legend={"orientation": "h", "yanchor": "bottom", "y": 1.1, "xanchor": "right", "x": 1})
     fig.update_xaxes(title_text="step", rangemode="tozero")
     return fig
+
+
+def control_figure(history: list[dict[str, Any]], knob: str = "weight") -> go.Figure:
+    """The collapse controller's weight over steps (log scale) beside the monitored effective rank and its target.
+
+    `history`: a job's metric history; records with `collapse_control_weight` are monitor readings of a run
+    with `--collapse-control` (engine.ssl.monitor.CollapseController). A weight of 0 (before the first raise
+    of a run that starts without the term) is drawn at the bottom of the axis as a gap."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[f"Regularization weight ({knob})", "Effective rank vs target"],
+                        horizontal_spacing=0.1)
+    d = history_frame(history, "collapse_control_weight")
+    if len(d):
+        w = d["collapse_control_weight"].where(d["collapse_control_weight"] > 0)
+        fig.add_trace(go.Scatter(x=d["step"], y=w, mode="lines+markers", line={"shape": "hv", "color": "#cf222e"},
+                                 name=knob, hovertemplate="step %{x}: %{y:.4g}<extra></extra>"), row=1, col=1)
+        r = history_frame(history, "collapse_erank")
+        fig.add_trace(go.Scatter(x=r["step"], y=r["collapse_erank"], mode="lines+markers", name="effective rank",
+                                 line={"color": "#8250df"}), row=1, col=2)
+        t = history_frame(history, "collapse_control_target")
+        if len(t):
+            fig.add_hline(y=float(t["collapse_control_target"].iloc[-1]), line_dash="dot", line_color="#57606a",
+                          annotation_text="target", row=1, col=2)
+    fig.update_yaxes(type="log", row=1, col=1)
+    fig.update_yaxes(rangemode="tozero", row=1, col=2)
+    fig.update_xaxes(title_text="step", rangemode="tozero")
+    fig.update_layout(title="Collapse control", template="plotly_white", height=320, showlegend=False,
+                      margin={"l": 10, "r": 10, "t": 60, "b": 10})
+    return fig

@@ -25,6 +25,7 @@ METHOD_LABEL = {
     "barlow_twins": "Barlow Twins",
     "spark": "SparK",
     "dino": "DINO",
+    "masked_contrastive": "Masked-contrastive (MoCo v2 on SparK-masked views)",
     "simclr": "SimCLR",
     "byol": "BYOL",
     "random": "Random weights",
