@@ -12,7 +12,7 @@ from engine.models import list_inits
 from ui.jobs import job_table, set_watched, status_block, watch, watched
 from ui.plots import tidy_auc_figure
 from ui.services import services
-from ui.widgets import empty_state, fmt_time, init_label, page_header
+from ui.widgets import default_image_size, empty_state, fmt_time, init_label, page_header
 
 SHOTS = [1, 2, 5, 10, 20, 50, 100]
 MODE_LABEL = {"probe": "probe (frozen backbone)", "finetune": "finetune (whole backbone)"}
@@ -52,8 +52,10 @@ def sweep_form(svc: Any) -> None:
                                default=[k for k in (1, 5, 10, 20, 50) if k <= fit] or [1])
         trials = c3.number_input("Trials per shot count", 1, 100, 10, key="bm_trials",
                                  help="Each trial draws a new random training set; the spread shows how much luck matters.")
-        size = c4.select_slider("Image size (pixels)", [64, 96, 128, 160, 224], value=96 if svc.runner.device.type == "cpu"
-                                else 224, key="bm_size")
+        size = c4.select_slider("Image size (pixels)", [64, 96, 128, 160, 224],
+                                value=default_image_size(svc.runner.device.type), key="bm_size",
+                                help="224 = the shipped backbone's pretraining size (smaller is faster on a CPU "
+                                     "but misjudges it)")
         go = st.form_submit_button("Run benchmark", type="primary", icon=":material/play_arrow:")
     unavailable = [i for i in list_inits() if not i.available]
     for i in unavailable:

@@ -11,7 +11,7 @@ from engine.explain.gradcam import METHODS
 from engine.models import list_inits
 from ui.jobs import job_table, set_watched, status_block, watch, watched
 from ui.services import services
-from ui.widgets import empty_state, init_label, page_header
+from ui.widgets import default_image_size, empty_state, init_label, page_header
 
 METHOD_LABEL = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM (slow)",
                 "ablationcam": "Ablation-CAM (slow)"}
@@ -69,7 +69,7 @@ def one_image_form(svc: Any, common: dict[str, Any]) -> None:
     st.caption("For each init a probe is fitted on the finding's other labeled images (this image left out), then "
                "explained on this image.")
     if st.button("Explain this image with every init", type="primary", icon=":material/visibility:", key="gc_go_one"):
-        params = {**common, "image_id": int(image_id), "image_size": 224 if svc.runner.device.type == "cuda" else 96,
+        params = {**common, "image_id": int(image_id), "image_size": default_image_size(svc.runner.device.type),
                   "title": f"{names[image_id]} ({f})"}
         set_watched("gradcam", svc.runner.submit("gradcam_image", params))
         st.rerun()
@@ -85,7 +85,7 @@ def study_form(svc: Any, common: dict[str, Any]) -> None:
     n = c2.number_input("Held-out positives to explain", 1, 32, 4, key="gc_n")
     if st.button("Run the Grad-CAM study", type="primary", icon=":material/grid_view:", key="gc_go_study"):
         params = {**common, "shots": int(shots), "n_images": int(n),
-                  "image_size": 224 if svc.runner.device.type == "cuda" else 96, "title": common["finding"]}
+                  "image_size": default_image_size(svc.runner.device.type), "title": common["finding"]}
         set_watched("gradcam", svc.runner.submit("gradcam", params))
         st.rerun()
 

@@ -80,6 +80,15 @@ def synthetic_notice(workspace: Any) -> None:
                 "tool works; they say nothing about real patients.", icon=":material/science:")
 
 
+def default_image_size(device_type: str) -> int:
+    """Working size a page proposes: 224 on a GPU, or when a shipped backbone exists (it was pretrained
+    at its json's image_size, 224, and is misjudged at a smaller one); 96 on a CPU otherwise (fast)."""
+    from engine.models import shipped_inits
+
+    sizes = [int(i.info.get("image_size") or 224) for i in shipped_inits()]
+    return 224 if device_type == "cuda" else max(sizes, default=96)
+
+
 def is_ssl(info: Any) -> bool:
     return info.name not in ("random", "imagenet") and not info.name.startswith(("random-", "imagenet-"))
 
