@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from engine.store import DiskFullError, LabelConflictError, Store, UploadTooLargeError
+from engine.store import DiskFullError, LabelConflictError, Store, UploadTooLargeError, check_finding_name
 from ui.jobs import set_watched, status_block, watch, watched
 from ui.labels import LabelCSVError, editor_rows, label_changes, labels_from_csv
 from ui.services import services
@@ -53,7 +53,10 @@ def upload_form(store: Store) -> None:
         )
         st.caption("Images are stored under neutral names (image-000123), never under their file names, which "
                    "often hold a patient's name or record number; the original names are shown only here, "
-                   "right after the upload. A label CSV naming the original files still finds them.")
+                   "right after the upload. A label CSV naming the original files still finds them. "
+                   f"More than {store.background_upload_files} files or "
+                   f"{store.background_upload_pixels / 1e6:,.0f} megapixels are decoded in the background with "
+                   f"progress (shown below); one upload holds at most {store.max_upload_pixels / 1e9:g} gigapixel.")
         c1, c2 = st.columns(2)
         finding = c1.selectbox(
             "Label the uploaded images for this finding (optional)", [NO_LABEL, *findings], index=0,
@@ -72,20 +75,23 @@ def upload_form(store: Store) -> None:
 
 def _import_uploads(store: Store, files: list, finding: str | None, present: bool) -> None:
     results = []
-    bar = st.progress(0.0, text="Importing...")
     label = (finding, int(present)) if finding else None  # each image and its label commit together
     try:
-        store.check_upload([(f.name, f.getvalue()) for f in files])  # header sizes only, before decoding
+        pixels = store.check_upload([(f.name, f.getvalue()) for f in files])  # header sizes, before decoding
+    except UploadTooLargeError as e:  # too many pixels for one upload, even in the background
+        st.error(str(e), icon=":material/error:")
+        return
+    if store.upload_in_background(len(files), pixels):  # large: decoded by an import job, with progress
+        _import_in_background(store, files, label, pixels)
+        return
+    bar = st.progress(0.0, text="Importing...")
+    try:
         for i, f in enumerate(files):
             results.extend(store.import_bytes(f.name, f.getvalue(), label=label))
             bar.progress((i + 1) / len(files), text=f"Importing {f.name} ({i + 1} of {len(files)})")
     except ValueError as e:  # an invalid finding name: checked before anything is written
         bar.empty()
         st.error(f"Nothing was imported: {e}", icon=":material/error:")
-        return
-    except UploadTooLargeError as e:  # too many pixels to decode inside the page request
-        bar.empty()
-        st.error(str(e), icon=":material/error:")
         return
     except DiskFullError as e:  # what was committed before stays, labeled; say exactly that
         results.extend(e.committed)
@@ -112,6 +118,29 @@ def _import_uploads(store: Store, files: list, finding: str | None, present: boo
                      hide_index=True, width="stretch")
 
 
+def _import_in_background(store: Store, files: list, label: tuple[str, int] | None, pixels: int) -> None:
+    """Stage a large upload on disk and decode it in an `import` job (engine.tasks.run_import, source
+    "upload"); the page then watches the job. The original names stay in this session only
+    (`upload_names:<job id>`), to show them beside the job's per-file problems."""
+    try:
+        if label is not None:
+            check_finding_name(label[0])  # before anything is written
+        folder = store.stage_upload([(f.name, f.getvalue()) for f in files])
+    except ValueError as e:
+        st.error(f"Nothing was imported: {e}", icon=":material/error:")
+        return
+    except DiskFullError as e:
+        st.error(f"Nothing was imported: {e}", icon=":material/hard_drive:")
+        return
+    n = len(files)
+    params = {"source": "upload", "path": str(folder), "label": list(label) if label else None,
+              "title": f"of {n} uploaded file{'s' * (n != 1)} ({pixels / 1e6:,.0f} megapixels)"}
+    job_id = services().runner.submit("import", params)
+    st.session_state[f"upload_names:{job_id}"] = [f.name for f in files]
+    set_watched("data", job_id)
+    st.rerun()
+
+
 def import_by_path_form() -> None:
     st.subheader("Import from a folder on this computer")
     st.caption("For large collections: the files are read from disk in the background, no upload needed.")
@@ -131,17 +160,48 @@ def import_by_path_form() -> None:
         st.rerun()
 
 
+def _upload_name(label: str, names: list[str] | None) -> str:
+    """'file 3/x.dcm' -> the third uploaded file's original name (+ '/x.dcm'), when this session has it."""
+    head, _, rest = label.partition("/")
+    k = head[5:] if head.startswith("file ") else ""
+    if names and k.isdigit() and 1 <= int(k) <= len(names):
+        return names[int(k) - 1] + (f"/{rest}" if rest else "")
+    return label
+
+
 def draw_import(snap) -> None:
-    """Progress of a by-path import, then what it imported."""
-    st.markdown(f"**Import from** `{snap.params.get('path', '')}`")
-    status_block(snap, "data")
+    """Progress of a background import (by path, or a large upload), then what it imported."""
     res = snap.result or {}
+    upload = snap.params.get("source") == "upload"
+    if upload:
+        label = snap.params.get("label")
+        st.markdown(f"**Import {snap.params.get('title', '')}**, decoded in the background"
+                    + (f"; labeled *{label[0]}: {'present' if label[1] else 'absent'}*" if label else ""))
+    else:
+        st.markdown(f"**Import from** `{snap.params.get('path', '')}`")
+    status_block(snap, "data")
     if snap.state != "done" or not res:
         return
-    st.success(f"Imported {res.get('images', 0)} new images ({res.get('duplicates', 0)} already present), "
-               f"{res.get('labels', 0)} labels, {res.get('regions', 0)} boxes/masks.", icon=":material/check_circle:")
+    if upload:
+        kept = res.get("label_kept", 0)
+        st.success(f"Imported {res.get('images', 0)} new images ({res.get('duplicates', 0)} already present)"
+                   + (f", {res.get('labels', 0)} labeled" if snap.params.get("label") else "") + ".",
+                   icon=":material/check_circle:")
+        if kept:
+            st.warning(f"{kept} of these images were already in the workspace labeled the other way; their labels "
+                       "were kept (change them on the Label tab).", icon=":material/warning:")
+    else:
+        st.success(f"Imported {res.get('images', 0)} new images ({res.get('duplicates', 0)} already present), "
+                   f"{res.get('labels', 0)} labels, {res.get('regions', 0)} boxes/masks.",
+                   icon=":material/check_circle:")
     if res.get("errors"):
-        st.dataframe(pd.DataFrame(res["errors"], columns=["File", "Problem"]), hide_index=True, width="stretch")
+        names = st.session_state.get(f"upload_names:{snap.id}") if upload else None
+        rows = [[_upload_name(f, names), _upload_name(f, names) + p[len(f):] if p.startswith(f + ":") else p]
+                for f, p in res["errors"]]
+        n = len(rows)
+        st.error(f"{n} file{'s' * (n != 1)} could not be imported. The others were imported.",
+                 icon=":material/error:")
+        st.dataframe(pd.DataFrame(rows, columns=["File", "Problem"]), hide_index=True, width="stretch")
 
 
 def label_panel(store: Store, images: pd.DataFrame) -> None:

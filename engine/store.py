@@ -55,7 +55,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -407,6 +407,10 @@ class Store:
     # Pixels one upload (an archive, or the files of one Data-page upload) may decode inside the page
     # request: ~1000 radiographs of 1 MP, or 50 of the largest detectors (~1-2 min on 2 cores).
     max_upload_pixels: int = 1_000_000_000
+    # Uploads above either of these are decoded by a background `import` job (source "upload":
+    # stage_upload + import_staged) instead of inside the page request: about 10-30 s of decoding.
+    background_upload_files: int = 50
+    background_upload_pixels: int = 200_000_000
     import_workers: int = min(4, os.cpu_count() or 1)
 
     def __init__(self, workspace: Path | str | None = None):
@@ -557,6 +561,96 @@ class Store:
                 "busy for minutes); nothing was imported. Upload fewer files at a time, or put them in a folder "
                 "and use 'Import from a folder' (it runs in the background with progress)")
         return total
+
+    def upload_in_background(self, n_files: int, pixels: int) -> bool:
+        """Whether an upload of `n_files` files declaring `pixels` pixels (check_upload) is decoded by
+        a background job rather than in the page request: more than `background_upload_files` files or
+        more than `background_upload_pixels` pixels."""
+        return n_files > self.background_upload_files or pixels > self.background_upload_pixels
+
+    def stage_upload(self, files: Sequence[tuple[str, bytes]]) -> Path:
+        """Write an upload's files to a new folder `<workspace>/uploads/<random>/` for `import_staged`
+        (run by a background job): `00000.bin`, `00001.bin`, ... in upload order, plus `names.json`
+        with the original names (needed for `name_key`; the folder is deleted once imported).
+        Returns the folder. Raises DiskFullError (nothing is left behind) when the files do not fit."""
+        import uuid
+
+        folder = self.workspace / "uploads" / uuid.uuid4().hex[:16]
+        folder.mkdir(parents=True)
+        try:
+            for i, (_, data) in enumerate(files):
+                write_atomic(folder / f"{i:05d}.bin", bytes(data))
+            write_atomic(folder / "names.json", json.dumps([str(n) for n, _ in files]).encode())
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return folder
+
+    @_writes
+    def import_staged(self, folder: Path | str, label: tuple[str, int] | None = None,
+                      on_event: OnEvent | None = None, stop: threading.Event | None = None,
+                      keep_names: bool = False) -> list[ImportResult]:
+        """Import an upload staged by `stage_upload`, file by file through `import_bytes` (each image
+        and its `label` commit together; ZIPs are expanded). Progress events count images (a ZIP's
+        members each). Results and warnings name the files `file <k>` (k = position in the upload, from
+        1; `file <k>/<member>` for a ZIP's members), never their original names, so a job may store
+        them; the caller maps `file <k>` back to the name it showed. The folder is deleted once every
+        file was processed. Raises FileNotFoundError when the folder is not a staged upload, ValueError
+        for an invalid label, Cancelled on `stop` (the folder is kept for a retry; files already
+        imported are duplicates then) and DiskFullError (with `committed`) on a full disk."""
+        folder = Path(folder)
+        try:
+            names = json.loads((folder / "names.json").read_text())
+        except (OSError, ValueError) as e:
+            raise FileNotFoundError(f"{folder} is not a staged upload (names.json unreadable: {e}); "
+                                    "upload the files again") from e
+        units = []
+        for i in range(len(names)):
+            f = folder / f"{i:05d}.bin"
+            n = 1
+            if _is_zip_file(f):
+                try:
+                    with zipfile.ZipFile(f) as zf:
+                        n = max(1, sum(not x.is_dir() and not is_ignored_member(x.filename) for x in zf.infolist()))
+                except (zipfile.BadZipFile, OSError, ValueError):
+                    n = 1
+            units.append(n)
+        total, done = sum(units), 0
+        results: list[ImportResult] = []
+        emit(on_event, step=0, total=total, kind="log", message=f"importing {len(names)} uploaded files")
+        for i, orig in enumerate(map(str, names)):
+            check_stop(stop)
+            token = f"file {i + 1}"
+
+            def neutral(text: str, orig: str = orig, token: str = token) -> str:
+                """`orig` where results and warnings name the file (their start; "in <name> that")."""
+                if orig and text.startswith(orig) and text[len(orig):len(orig) + 1] in ("", ":", "/"):
+                    text = token + text[len(orig):]
+                return text.replace(f" in {orig} that ", f" in {token} that ") if orig else text
+
+            def relay(ev: Event, base: int = done) -> None:
+                if ev.kind == "progress" and ev.step is not None:
+                    emit(on_event, step=base + int(ev.step), total=total, kind="progress")
+                elif on_event is not None:
+                    on_event(Event(step=ev.step, total=ev.total, message=neutral(ev.message), level=ev.level,
+                                   kind=ev.kind))
+
+            try:
+                got = self.import_bytes(orig, (folder / f"{i:05d}.bin").read_bytes(), on_event=relay, stop=stop,
+                                        label=label, keep_names=keep_names)
+            except DiskFullError as e:
+                kept = results + [replace(r, name=neutral(r.name), error=r.error and neutral(r.error))
+                                  for r in e.committed]
+                raise e.with_committed(kept, len(kept) + len(names) - i) from e
+            results.extend(replace(r, name=neutral(r.name), error=r.error and neutral(r.error)) for r in got)
+            done += units[i]
+            emit(on_event, step=done, total=total, kind="progress")
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+        return results
 
     def _declared_pixels(self, data: bytes) -> tuple[int, int]:
         """(declared pixels, images) of one file or of a ZIP's members (headers only, 64 KiB each)."""

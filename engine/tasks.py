@@ -45,9 +45,28 @@ DEMO_ENV = "SCARCE_CXR_DEMO"  # =1: treat the active workspace as the demo (phan
 
 
 def run_import(params: dict[str, Any], ctx: Any) -> dict[str, Any]:
-    """Import images by path: a folder, a manifest CSV, a folder-per-class tree, NIH or PadChest."""
+    """Import images by path: a folder, a manifest CSV, a folder-per-class tree, NIH or PadChest; or a
+    large Data-page upload staged by `Store.stage_upload` (source "upload", params `label`: [finding,
+    1|0] or None), decoded here with progress instead of in the page request. Results name uploaded
+    files `file <k>` (never their original names: they are stored with the job).
+
+    Raises FileNotFoundError for a missing path or a staged upload already imported, ValueError for an
+    unknown source or invalid label, Cancelled on stop and DiskFullError on a full disk (its message
+    says what was imported)."""
     store = _store(ctx)
     source, path = params["source"], Path(str(params["path"])).expanduser()
+    if source == "upload":
+        if not path.exists():
+            raise FileNotFoundError("the uploaded files of this job are gone (imported already, or removed); "
+                                    "upload them again")
+        label = params.get("label")
+        res = store.import_staged(path, label=(str(label[0]), int(label[1])) if label else None,
+                                  on_event=ctx.on_event, stop=ctx.stop)
+        ok = [r for r in res if r.error is None]
+        return {"images": sum(not r.duplicate for r in ok), "duplicates": sum(r.duplicate for r in ok),
+                "labels": len(ok) - sum(r.label_kept for r in ok) if label else 0,
+                "label_kept": sum(r.label_kept for r in ok), "regions": 0,
+                "errors": [[r.name, r.error] for r in res if r.error][:500]}
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: check the path (it is read on the computer running the app)")
     if source == "folder":
