@@ -90,8 +90,12 @@ def weights_fingerprint(model: nn.Module) -> str:
 
 
 def model_key(meta: BackboneMeta, fingerprint: str, size: int, mode: str) -> str:
+    """Key of a feature cache: the embedding pipeline (FEATURE_VERSION), the pixels it read (the
+    resolution cache's CACHE_VERSION: decoding fixes change the pixels of the same file), the weights."""
+    from engine.data import cache as _cache
+
     blob = json.dumps(
-        {"v": FEATURE_VERSION, "name": meta.name, "arch": meta.arch, "fp": fingerprint, "mean": list(meta.mean),
+        {"v": FEATURE_VERSION, "pixels": _cache.CACHE_VERSION, "name": meta.name, "arch": meta.arch, "fp": fingerprint, "mean": list(meta.mean),
          "std": list(meta.std), "size": int(size), "mode": mode}, sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -104,3 +104,16 @@ def test_weights_fingerprint_sees_in_place_changes():
     assert F.weights_fingerprint(model) != fp
     model.load_state_dict(load_backbone("random")[0].state_dict())
     assert F.weights_fingerprint(model) == fp
+
+
+def test_feature_cache_key_follows_the_pixel_decoder_version(monkeypatch):
+    """Features computed from pixels decoded by an older reader are never reused (CACHE_VERSION in the key)."""
+    from engine.data import cache
+    from engine.fewshot.features import model_key
+    from engine.models import load_backbone
+
+    _, meta = load_backbone("random")
+    k = model_key(meta, "fp", 64, "pad")
+    assert model_key(meta, "fp", 64, "pad") == k
+    monkeypatch.setattr(cache, "CACHE_VERSION", cache.CACHE_VERSION + 1)
+    assert model_key(meta, "fp", 64, "pad") != k
