@@ -47,8 +47,8 @@ def test_case_spreadsheet_csvs_read_like_a_plain_utf8_comma_csv(cases, tmp_path,
     # the same rows written as a plain UTF-8 comma CSV (absolute paths) load to the same table
     rows = [line.split(sniff_delimiter(line)) for line in decode_table(src.read_bytes())[0].splitlines()]
     plain = tmp_path / "plain.csv"
-    plain.write_text("\n".join([",".join(rows[0])] + [",".join([str(src.parent / r[0]), *r[1:]]) for r in rows[1:]])
-                     + "\n", encoding="utf-8")
+    body = [",".join([str((src.parent / r[0]).resolve()), *r[1:]]) for r in rows[1:]]  # resolved like the loader
+    plain.write_text("\n".join([",".join(rows[0]), *body]) + "\n", encoding="utf-8")
     a, b = load_manifest(src), load_manifest(plain)
     pd.testing.assert_frame_equal(a.df, b.df)
     assert a.findings == b.findings == [finding]
