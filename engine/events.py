@@ -41,3 +41,24 @@ def emit(on_event: OnEvent | None, **kw: Any) -> None:
 def check_stop(stop: threading.Event | None) -> None:
     if stop is not None and stop.is_set():
         raise Cancelled("stopped on request")
+
+
+def as_log(on_event: OnEvent | None) -> OnEvent | None:
+    """Forward a sub-phase's events (caching, embedding, a stage-one finetune) without their step/total.
+
+    A job's progress bar counts one thing from 0 to its total, monotonically (e.g. a sweep's trials, a
+    build's trainings). A sub-phase that counts something else (images decoded, batches embedded) would
+    make the bar jump (73/160 -> 0/41 -> 118/160), so its counts travel only inside its messages
+    ("embedded 23/23 images"); events without a message are dropped.
+    """
+    if on_event is None:
+        return None
+
+    def forward(ev: Event) -> None:
+        if not ev.message and not ev.metrics:
+            return
+        kind = "log" if ev.kind in (None, "progress", "metrics") else ev.kind
+        on_event(Event(message=ev.message, level=ev.level, kind=kind, time=ev.time,
+                       metrics={} if ev.kind == "metrics" else dict(ev.metrics)))
+
+    return forward

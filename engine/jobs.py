@@ -63,7 +63,12 @@ LOG_TAIL = 50             # messages kept in a snapshot's log
 MAX_WARNINGS = 100
 HISTORY_CAP = 2000        # metric points kept; halved (every other point) when exceeded
 ETA_SPACING_S = 0.25      # (time, step) samples for the rate are at least this far apart
-ETA_SAMPLES = 40          # ... and this many are kept (a ~10 s window at full speed)
+# ETA smoothing: an exponential moving average of the step rate (steps/s). Each new sample, dt seconds
+# after the previous one, gets weight min(ETA_ALPHA_MAX, 1 - exp(-dt / ETA_TAU_S)): fast jobs average
+# over about ETA_TAU_S seconds, slow ones (a trial every few minutes) over the last few steps, so one
+# slow or fast step moves the estimate by at most ETA_ALPHA_MAX of the difference.
+ETA_TAU_S = 30.0
+ETA_ALPHA_MAX = 0.3
 REAP_INTERVAL_S = 5.0     # how often snapshots of other runners' active jobs check their owner
 CANCEL_POLL_S = 0.5       # how often the store is asked for cancel requests from other runners
 
@@ -141,7 +146,8 @@ class _Tracker:
         self.log: deque[str] = deque(maxlen=LOG_TAIL)
         self.warnings: list[str] = []
         self.message = ""
-        self._rate: deque[tuple[float, int]] = deque(maxlen=ETA_SAMPLES)
+        self._sample: tuple[float, int] | None = None  # the last (time, step) rate sample
+        self._rate_ema: float | None = None             # smoothed steps per second
         self._last: tuple[float, int] | None = None
         self.last_seq = 0  # for rebuilt trackers: last stored event folded in
 
@@ -149,11 +155,18 @@ class _Tracker:
         t = float(ev.time)
         if ev.step is not None:
             step = int(ev.step)
-            if self.step is not None and step < self.step:  # a new phase restarted its count
-                self._rate.clear()
+            if self.step is not None and step < self.step:  # a new run (resume) restarted its count
+                self._sample, self._rate_ema = None, None
             self.step = step
-            if not self._rate or t - self._rate[-1][0] >= ETA_SPACING_S:
-                self._rate.append((t, step))
+            if self._sample is None:
+                self._sample = (t, step)
+            elif t - self._sample[0] >= ETA_SPACING_S:
+                t0, s0 = self._sample
+                if step > s0:
+                    r = (step - s0) / (t - t0)
+                    a = min(ETA_ALPHA_MAX, 1.0 - math.exp(-(t - t0) / ETA_TAU_S))
+                    self._rate_ema = r if self._rate_ema is None else a * r + (1.0 - a) * self._rate_ema
+                    self._sample = (t, step)
             self._last = (t, step)
         if ev.total is not None:
             self.total = int(ev.total)
@@ -182,13 +195,12 @@ class _Tracker:
             self._hist_stride *= 2
 
     def eta(self, now: float) -> float | None:
-        if self.state != "running" or not self.total or self.step is None or self._last is None or not self._rate:
+        if self.state != "running" or not self.total or self.step is None or self._last is None:
             return None
-        t0, s0 = self._rate[0]
+        if not self._rate_ema or self._rate_ema <= 0:
+            return None
         t1, s1 = self._last
-        if t1 <= t0 or s1 <= s0:
-            return None
-        left = (self.total - s1) / ((s1 - s0) / (t1 - t0)) - (now - t1)
+        left = (self.total - s1) / self._rate_ema - (now - t1)
         return max(0.0, left)
 
     def snapshot(self) -> JobSnapshot:

@@ -186,7 +186,10 @@ def run_pretrain(params: dict[str, Any], ctx: Any) -> dict[str, Any]:
     reserve_checkpoint(out_name, owner, ckpts, replace=bool(params.get("replace", False)))
     files = resolve_image_paths(params["data"]) if params.get("data") else _pretrain_paths(store, ctx, params.get("image_ids"))
     cfg = pretrain_config(params, len(files))
-    cache = ImageCache.build(files, size=cfg.image_size, on_event=ctx.on_event, stop=ctx.stop)
+    from engine.events import as_log
+
+    # the bar counts pretraining steps; decoding the images reports its counts in log lines only
+    cache = ImageCache.build(files, size=cfg.image_size, on_event=as_log(ctx.on_event), stop=ctx.stop)
     if getattr(ctx.device, "type", "cpu") == "cpu":  # a busy machine trains far faster on fewer threads
         from engine.device import configure_cpu_threads
         from engine.events import emit

@@ -34,6 +34,17 @@ KIND_LABEL = {
     "import": "Import",
 }
 
+# What each kind's bar counts (engine: one thing per job, from 0 to its total; sub-phases such as
+# decoding or embedding images report their counts in the message line, not on the bar).
+KIND_UNIT = {
+    "pretrain": "step",
+    "sweep": "trial",
+    "classify": "training",
+    "gradcam": "step",
+    "gradcam_image": "initialization",
+    "import": "image",
+}
+
 
 def is_active(snap: Any) -> bool:
     return snap.state in ACTIVE
@@ -60,7 +71,7 @@ def fmt_duration(seconds: float | None) -> str:
 def progress_text(snap: Any) -> str:
     parts = [STATE_LABEL.get(snap.state, snap.state)]
     if snap.total:
-        parts.append(f"step {snap.step or 0} of {snap.total}")
+        parts.append(f"{KIND_UNIT.get(snap.kind, 'step')} {snap.step or 0} of {snap.total}")
     if is_active(snap) and snap.eta_s:
         parts.append(f"about {fmt_duration(snap.eta_s)} left")
     return " · ".join(parts)

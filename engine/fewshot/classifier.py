@@ -67,7 +67,7 @@ import torch
 import torch.nn as nn
 from scipy.special import expit
 
-from engine.events import OnEvent, check_stop, emit
+from engine.events import OnEvent, as_log, check_stop, emit
 from engine.fewshot.features import ArrayImages, embed, forward_features, weights_fingerprint
 from engine.fewshot.finetune import (FastFinetune, FinetuneConfig, assemble_backbone, build_activation_cache,
                                      cached_features, finetune, finetune_cached, predict_logits)
@@ -847,7 +847,8 @@ def build_classifier(
         y = lab[rows].astype(np.float64)
         check_counts(y, finding)
         groups = man.df["patient_id"].astype(str).to_numpy()[rows]
-        images_src: Any = ImageCache.build(list(man.df["path"].iloc[rows]), image_size, on_event=on_event, stop=stop)
+        images_src: Any = ImageCache.build(list(man.df["path"].iloc[rows]), image_size, on_event=as_log(on_event),
+                                           stop=stop)
     else:
         if images is None or labels is None:
             raise ValueError("give images and labels, or a manifest and a finding")
@@ -870,11 +871,13 @@ def build_classifier(
     n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
     k = min(5, n_pos, n_neg)
     total = cv_repeats * k + 1  # trainings: the progress bar counts these, one unit each
+    emit(on_event, step=0, total=total, message=f"{total} trainings to run ({cv_repeats} x {k}-fold cross-validation "
+                                                 "and the final model)")
     X, acts = None, None
     if mode == "probe":
-        X = embed(init, images_src, device, arch=arch, on_event=_as_log(on_event), stop=stop, backbone=(model, meta))
+        X = embed(init, images_src, device, arch=arch, on_event=as_log(on_event), stop=stop, backbone=(model, meta))
     elif fast:
-        acts = build_activation_cache((model, meta), u8, ft_cfg, device, seed, on_event=_as_log(on_event), stop=stop)
+        acts = build_activation_cache((model, meta), u8, ft_cfg, device, seed, on_event=as_log(on_event), stop=stop)
 
     def fit(tr: np.ndarray, r_seed: int):
         if mode == "probe":
@@ -943,15 +946,3 @@ def build_classifier(
     emit(on_event, step=total, total=total, kind="result", message=est.sentence,
          metrics={"auc": est.auc, "ci_low": est.ci_low, "ci_high": est.ci_high})
     return clf, est
-
-
-def _as_log(on_event: OnEvent | None) -> OnEvent | None:
-    """Forward embedding / caching progress as log lines, so the build's own bar counts one thing (trainings)."""
-    if on_event is None:
-        return None
-
-    def forward(ev) -> None:
-        emit(on_event, message=ev.message, level=ev.level, kind="log" if ev.kind in (None, "progress") else ev.kind,
-             metrics=ev.metrics)
-
-    return forward

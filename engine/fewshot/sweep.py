@@ -35,7 +35,7 @@ import torch
 from scipy.special import expit
 
 from engine.atomic import atomic_write as _atomic_write
-from engine.events import Cancelled, OnEvent, check_stop, emit
+from engine.events import Cancelled, OnEvent, as_log, check_stop, emit
 from engine.fewshot.episodes import ShotsError, sample_episode, test_split, trial_seed
 from engine.fewshot.features import embed
 from engine.fewshot.finetune import FinetuneConfig, finetune_many, intermediate_backbone, predict_logits
@@ -295,14 +295,18 @@ def _run_locked(manifest_csv, manifest, cfg: SweepConfig, out_dir: Path, device:
         [p.test_idx for p in plans] + [e[2] for p in plans for eps in p.episodes.values() for e in eps]))
     where = np.full(len(df), -1, dtype=np.int64)
     where[needed] = np.arange(needed.size)
-    cache = ImageCache.build([df["path"].iloc[i] for i in needed], cfg.image_size, on_event=on_event, stop=stop)
 
     def pending(finding: str, init: str, mode: str, k: int, eps) -> list:
         return [e for e in eps if (finding, init, mode, k, e[0]) not in finished]
 
+    # The bar counts trials (this run's, from 0 to `work`); caching, embedding and double finetune's
+    # stage one report their own counts in log lines only (engine.events.as_log).
     work = sum(len(pending(p.finding, i, m, k, eps)) for i in cfg.inits for m in cfg.modes for p in plans
                for k, eps in p.episodes.items())
     progress = {"step": 0}
+    emit(on_event, step=0, total=work, message=f"{work} trials to run" + (f" ({len(rows)} done earlier)" if rows else ""))
+    cache = ImageCache.build([df["path"].iloc[i] for i in needed], cfg.image_size, on_event=as_log(on_event),
+                             stop=stop)
 
     def flush() -> None:
         write_csv(pd.DataFrame(rows, columns=TRIAL_COLUMNS), trials_path)
@@ -333,7 +337,7 @@ def _run_locked(manifest_csv, manifest, cfg: SweepConfig, out_dir: Path, device:
                 if not any(t[2] for t in todo[mode]):
                     continue
                 if mode == "probe":
-                    feats = embed(init, cache, device, cfg.embed_batch_size, arch=cfg.arch, on_event=on_event,
+                    feats = embed(init, cache, device, cfg.embed_batch_size, arch=cfg.arch, on_event=as_log(on_event),
                                   stop=stop, backbone=backbone)
                     for p, k, eps in todo[mode]:
                         y_te = p.labels[p.test_idx]
@@ -350,7 +354,7 @@ def _run_locked(manifest_csv, manifest, cfg: SweepConfig, out_dir: Path, device:
                 start = backbone
                 if mode == "double_finetune":
                     start = _intermediate(init, backbone, manifest_csv, manifest, plans, cfg, out_dir, device,
-                                          on_event, stop)
+                                          as_log(on_event), stop)
                 for p, k, eps in todo[mode]:
                     if not eps:
                         continue

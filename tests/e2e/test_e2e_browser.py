@@ -255,7 +255,7 @@ def loaded_images(d) -> int:
 
 
 def steps_shown(text: str) -> list[int]:
-    return [int(m) for m in re.findall(r"step (\d+) of \d+", text)]
+    return [int(m) for m in re.findall(r"(?:step|trial|training|image|initialization) (\d+) of \d+", text)]
 
 
 PAGES = ["Data", "Pretrain", "Classifier", "Benchmark", "Grad-CAM"]

@@ -56,6 +56,10 @@ def test_build_save_load_predict_round_trip(tmp_path):
     assert est.auc > 0.7  # the blob is easy to see
     assert "Estimated AUC" in est.sentence and "13 images" in est.sentence
     assert est.warnings and any(e.kind == "warning" and "rough" in e.message for e in events)
+    # the bar counts trainings only (issue 12 item 7: no "step 0 of 16" beside "embedding 13 of 13")
+    counted = [e for e in events if e.step is not None or e.total is not None]
+    assert {e.total for e in counted} == {16} and [e.step for e in counted][0] == 0
+    assert [e.step for e in counted] == sorted(e.step for e in counted) and counted[-1].step == 16
     assert 0.0 < clf.threshold < 1.0
 
     new, _ = _arrays(3, 3, seed=1)

@@ -124,3 +124,21 @@ def test_finetune_mode_runs_batched_trials(manifest, tmp_path):
     fig = auc_vs_shots_figure(t)
     dashes = {tr.name: tr.line.dash for tr in fig.data if tr.showlegend is not False}
     assert dashes == {"random (probe)": "solid", "random (finetune)": "dash"}
+
+
+def test_the_progress_bar_counts_trials_only_and_never_goes_back(manifest, tmp_path):
+    """Issue 12 item 7: caching, embedding and double finetune's stage one (which counts its own
+    finetune steps) used to share the bar with the trials (73/160 -> 0/41 -> 118/160)."""
+    from engine.fewshot.finetune import FinetuneConfig
+
+    cfg = SweepConfig(findings=("cardiomegaly",), inits=("random",), modes=("probe", "double_finetune"), shots=(2,),
+                      trials=2, image_size=32, n_bootstrap=20, batch_trials=True, intermediate_finding="noise",
+                      intermediate_max_images=24, finetune=FinetuneConfig(mode="last_stage", steps=3, batch_size=4))
+    events = []
+    res = run_sweep(manifest, cfg, tmp_path / "bar", "cpu", on_event=events.append)
+    counted = [e for e in events if e.step is not None or e.total is not None]
+    assert {e.total for e in counted} == {4} and len(res.trials) == 4
+    steps = [e.step for e in counted]
+    assert steps[0] == 0 and steps[-1] == 4 and steps == sorted(steps)
+    logs = " ".join(e.message for e in events if e.step is None)
+    assert "stage one" in logs and "images" in logs  # the sub-phases still report, in words

@@ -311,3 +311,19 @@ def test_stopping_the_server_interrupts_running_jobs_after_they_save_their_state
     fresh = JobRunner(store)  # after a restart: resumable
     assert fresh.snapshot(running).resumable
     fresh.shutdown()
+
+
+def test_eta_is_an_exponential_moving_average_of_the_step_rate():
+    """Issue 12 item 7: one slow step (a trial that took 5x longer) moved the ETA from 17 to 52 minutes."""
+    from engine.jobs import ETA_ALPHA_MAX
+
+    t = _Tracker({"id": 1, "kind": "k", "state": "running", "created": 0.0, "updated": 0.0})
+    for step in range(11):  # one step a minute
+        t.apply(Event(step=step, total=100, time=60.0 * step))
+    assert t.eta(now=600.0) == pytest.approx(90 * 60.0)
+    t.apply(Event(step=11, total=100, time=600.0 + 300.0))  # one step took 5 minutes
+    rate = (1 - ETA_ALPHA_MAX) / 60.0 + ETA_ALPHA_MAX / 300.0  # at most ETA_ALPHA_MAX of the new rate
+    assert t.eta(now=900.0) == pytest.approx(89 / rate)
+    assert t.eta(now=900.0) < 1.5 * 89 * 60.0  # a raw last-interval rate would say 5x
+    t.apply(Event(step=0, total=50, time=1000.0))  # a resumed run counts again from 0
+    assert t.eta(now=1000.0) is None
