@@ -2,7 +2,7 @@
 
     .venv/bin/python -m streamlit run app.py
 
-Lists the five pages explicitly (each with its own URL: /data, /pretrain, /classifier, /benchmark,
+Lists the five pages explicitly (each with its own URL: / or /data, /pretrain, /classifier, /benchmark,
 /gradcam, so deep links work), draws the shared sidebar and runs the selected page. All work
 happens in `engine`; pages start it as background jobs and show their snapshots.
 
@@ -25,11 +25,14 @@ st.set_page_config(page_title="scarce-cxr", page_icon=":material/radiology:", la
                    initial_sidebar_state="expanded")
 
 PAGES = [  # in the order of the workflow; Data is the landing page
-    st.Page("app_pages/data.py", title="Data", icon=":material/photo_library:", url_path="data", default=True),
+    st.Page("app_pages/data.py", title="Data", icon=":material/photo_library:", url_path="home", default=True),
     st.Page("app_pages/pretrain.py", title="Pretrain", icon=":material/model_training:", url_path="pretrain"),
     st.Page("app_pages/classifier.py", title="Classifier", icon=":material/stethoscope:", url_path="classifier"),
     st.Page("app_pages/benchmark.py", title="Benchmark", icon=":material/monitoring:", url_path="benchmark"),
     st.Page("app_pages/gradcam.py", title="Grad-CAM", icon=":material/visibility:", url_path="gradcam"),
+    # Streamlit serves the default page at "/" only (its url_path is reserved, not served), so /data would be
+    # "Page not found": this hidden page runs the same Data script at /data.
+    st.Page("app_pages/data.py", title="Data", icon=":material/photo_library:", url_path="data", visibility="hidden"),
 ]
 
 page = st.navigation(PAGES, position="sidebar")

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SHOTS = ROOT / "artifacts" / "screenshots"
+SHOTS = Path(os.environ.get("SCARCE_CXR_SHOTS", ROOT / "artifacts" / "screenshots"))
 CHROMIUM = Path(os.environ.get("SCARCE_CXR_CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("SCARCE_CXR_CHROMEDRIVER", "/usr/bin/chromedriver"))
 SSL_INIT = "moco_v2-resnet18-e2e"
@@ -281,6 +281,23 @@ def test_deep_link_on_a_fresh_server_shows_the_app_navigation(server):
             idle(d)
             assert nav_labels(d) == PAGES
         shot(d, "pretrain-empty")
+    finally:
+        d.quit()
+
+
+def test_deep_link_data_opens_the_data_page(server):
+    """/data as the first request of a fresh browser is the Data page (the default page is served at /)."""
+    d = browser()
+    try:
+        d.get(server.url + "/data")
+        wait_for(d, "Upload X-rays", what="the Data page at /data")
+        idle(d)
+        text = wait_for(d, "Background jobs", what="the shared sidebar")
+        assert "Page not found" not in body(d)
+        assert nav_labels(d) == PAGES
+        assert d.find_element(By.TAG_NAME, "h1").text.strip() == "Data"
+        assert "Workspace" in text
+        shot(d, "data-deep-link")
     finally:
         d.quit()
 
