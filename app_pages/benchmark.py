@@ -29,6 +29,20 @@ def appendix_table(summary: pd.DataFrame) -> pd.DataFrame:
     return t.reset_index()
 
 
+def default_shots(counts: dict, findings: list[str]) -> list[int]:
+    """Shot counts the smallest of `findings`' ~70% training pools can give (the sweep skips larger ones);
+    findings not selected do not shrink it."""
+    fit = max(1, int(0.7 * min(min(counts[f]["positive"], counts[f]["negative"]) for f in findings)))
+    return [k for k in (1, 5, 10, 20, 50) if k <= fit] or [1]
+
+
+def _propose_shots(counts: dict) -> None:
+    """Findings changed: propose the shot counts for the new selection (the user can still edit them)."""
+    sel = [f for f in st.session_state.get("bm_findings") or [] if f in counts]
+    if sel:
+        st.session_state["bm_shots"] = default_shots(counts, sel)
+
+
 def sweep_form(svc: Any) -> None:
     counts = svc.store.counts()
     usable = [f for f, c in counts.items() if c["positive"] >= 2 and c["negative"] >= 2]
@@ -38,18 +52,20 @@ def sweep_form(svc: Any) -> None:
         return
     inits = [i for i in list_inits() if i.available]
     names = {i.name: i.name for i in inits}  # registry names, as in the results table
+    # Findings outside the form: choosing them re-runs the page, so the proposed shot counts follow the selection.
+    findings = st.multiselect("Findings", usable, default=usable[:1], key="bm_findings",
+                              format_func=lambda f: f"{f} ({counts[f]['positive']}+ / {counts[f]['negative']}−)",
+                              help="In brackets: images labeled with (+) and without (−) the finding.",
+                              on_change=_propose_shots, args=(counts,))
+    if "bm_shots" not in st.session_state:
+        st.session_state["bm_shots"] = default_shots(counts, findings or usable[:1])
     with st.form("sweep_form", border=True):
-        c1, c2 = st.columns(2)
-        findings = c1.multiselect("Findings", usable, default=usable[:1], key="bm_findings",
-                                  format_func=lambda f: f"{f} ({counts[f]['positive']}+ / {counts[f]['negative']}−)",
-                                  help="In brackets: images labeled with (+) and without (−) the finding.")
-        sel_inits = c2.multiselect("Inits", list(names), default=list(names), format_func=names.get, key="bm_inits")
+        sel_inits = st.multiselect("Inits", list(names), default=list(names), format_func=names.get, key="bm_inits")
         c1, c2, c3, c4 = st.columns([3, 3, 2, 2])
         modes = c1.multiselect("Modes", list(MODE_LABEL), default=["probe"], format_func=MODE_LABEL.get, key="bm_modes")
-        # shot counts the smallest usable finding's ~70% training pool can give (the sweep skips larger ones)
-        fit = max(1, int(0.7 * min(min(counts[f]["positive"], counts[f]["negative"]) for f in usable)))
         shots = c2.multiselect("Shots (labeled images per class)", SHOTS, key="bm_shots",
-                               default=[k for k in (1, 5, 10, 20, 50) if k <= fit] or [1])
+                               help="Proposed from the selected findings: the shot counts the smallest one's ~70% "
+                                    "training pool can give (the sweep skips larger ones).")
         trials = c3.number_input("Trials per shot count", 1, 100, 10, key="bm_trials",
                                  help="Each trial draws a new random training set; the spread shows how much luck matters.")
         size = c4.select_slider("Image size (pixels)", [64, 96, 128, 160, 224],

@@ -369,6 +369,22 @@ def test_benchmark_runs_a_tiny_sweep_and_shows_plot_table_export(phantom):
     assert len(at.get("plotly_chart")) >= 1 and len(at.get("download_button")) == 2
 
 
+def test_benchmark_default_shots_follow_the_selected_findings(phantom):
+    """A finding with few images does not shrink the proposed shots of another finding unless both are selected."""
+    at = start()
+    label_upload(at, phantom, "nodule", 8, 12)  # 70% of 8 -> up to 5 shots
+    label_upload(at, phantom, "cardiomegaly", 2, 2)  # 70% of 2 -> 1 shot
+    at.switch_page("app_pages/benchmark.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    at.multiselect(key="bm_findings").set_value(["nodule"]).run()
+    assert at.multiselect(key="bm_shots").value == [1, 5]
+    at.multiselect(key="bm_findings").set_value(["nodule", "cardiomegaly"]).run()
+    assert at.multiselect(key="bm_shots").value == [1]
+    at.multiselect(key="bm_findings").set_value(["nodule"]).run()
+    assert at.multiselect(key="bm_shots").value == [1, 5]
+    assert not at.exception, [e.value for e in at.exception]
+
+
 # --------------------------------------------------------------------------------------------- grad-cam
 
 
