@@ -4,7 +4,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from engine.store import DiskFullError, LabelConflictError, Store, UploadTooLargeError, check_finding_name
+from engine.store import (DiskFullError, LabelConflictError, Store, UploadTooLargeError, check_finding_name,
+                          upload_label_report)
 from ui.jobs import set_watched, status_block, watch, watched
 from ui.labels import LabelCSVError, editor_rows, label_changes, labels_from_csv
 from ui.services import services
@@ -101,16 +102,12 @@ def _import_uploads(store: Store, files: list, finding: str | None, present: boo
     bad = [r for r in results if r.error is not None]
     dup = sum(r.duplicate for r in ok)
     kept = [r.name for r in ok if r.label_kept]
-    labeled = f" and labeled *{finding}: {'present' if present else 'absent'}*" if finding and ok else ""
     if ok:
-        new = len(ok) - dup
-        st.success(f"Imported {new} new image{'s' * (new != 1)}"
-                   + (f" ({dup} already in the workspace)" if dup else "") + labeled + ".",
-                   icon=":material/check_circle:")
-    if kept:
-        st.warning(f"{len(kept)} of these images were already in the workspace labeled the other way for {finding}; "
-                   "their labels were kept (change them on the Label tab): " + ", ".join(kept[:10]),
-                   icon=":material/warning:")
+        text, warn = upload_label_report(len(ok) - dup, dup, len(ok) - len(kept) if finding else 0, len(kept),
+                                         finding, present if finding else None)
+        st.success(text, icon=":material/check_circle:")
+        if warn:
+            st.warning(warn + ": " + ", ".join(kept[:10]), icon=":material/warning:")
     if bad:
         st.error(f"{len(bad)} file{'s' * (len(bad) != 1)} could not be imported. The others were imported.",
                  icon=":material/error:")
@@ -183,13 +180,13 @@ def draw_import(snap) -> None:
     if snap.state != "done" or not res:
         return
     if upload:
-        kept = res.get("label_kept", 0)
-        st.success(f"Imported {res.get('images', 0)} new images ({res.get('duplicates', 0)} already present)"
-                   + (f", {res.get('labels', 0)} labeled" if snap.params.get("label") else "") + ".",
-                   icon=":material/check_circle:")
-        if kept:
-            st.warning(f"{kept} of these images were already in the workspace labeled the other way; their labels "
-                       "were kept (change them on the Label tab).", icon=":material/warning:")
+        label = snap.params.get("label")
+        text, warn = upload_label_report(int(res.get("images", 0)), int(res.get("duplicates", 0)),
+                                         int(res.get("labels", 0)), int(res.get("label_kept", 0)),
+                                         label[0] if label else None, bool(label[1]) if label else None)
+        st.success(text, icon=":material/check_circle:")
+        if warn:
+            st.warning(warn + ".", icon=":material/warning:")
     else:
         st.success(f"Imported {res.get('images', 0)} new images ({res.get('duplicates', 0)} already present), "
                    f"{res.get('labels', 0)} labels, {res.get('regions', 0)} boxes/masks.",

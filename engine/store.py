@@ -245,6 +245,33 @@ class ImportResult:
     label_kept: bool = False  # a duplicate already labeled the other way kept its label (import_bytes label=)
 
 
+def upload_label_report(new: int, duplicates: int, labeled: int, kept: int, finding: str | None,
+                        present: bool | None) -> tuple[str, str | None]:
+    """What an upload did, in words: (success line, warning line or None).
+
+    `labeled` counts the images that now carry the chosen label; `kept` the duplicates that were
+    already labeled the other way and kept that label (an upload never flips a label). The success
+    line claims the label only for the images that got it, so re-uploading images labeled absent as
+    present never reads "labeled pneumonia: present" while the workspace still says absent.
+    """
+    text = f"Imported {new} new image{'s' * (new != 1)}" + (f" ({duplicates} already in the workspace)"
+                                                            if duplicates else "")
+    warn = None
+    if finding and present is not None:
+        chosen, other = ("present", "absent") if present else ("absent", "present")
+        if labeled and not kept:
+            text += f" and labeled {'it' if labeled == 1 else 'them'} *{finding}: {chosen}*"
+        elif labeled:
+            text += f"; labeled {labeled} of them *{finding}: {chosen}*"
+        elif kept:
+            text += f"; none was labeled *{finding}: {chosen}*"
+        if kept:
+            warn = (f"{kept} of these images {'were' if kept != 1 else 'was'} already in the workspace labeled "
+                    f"*{finding}: {other}*; {'they keep' if kept != 1 else 'it keeps'} that label (an upload never "
+                    f"changes an existing label; change it on the Label tab)")
+    return text + ".", warn
+
+
 @dataclass(frozen=True)
 class ImportSummary:
     """Outcome of Store.import_manifest (all rows imported, or an exception and nothing changed)."""

@@ -57,7 +57,7 @@ def test_a_large_upload_runs_as_an_import_job_with_progress_labels_and_named_pro
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     msg = _texts(at)
-    assert f"Imported {n} new images (0 already present), {n} labeled." in msg
+    assert f"Imported {n} new images and labeled them *nodule: present*." in msg  # all {n} got the label
     assert "1 file could not be imported" in msg
     problems = at.dataframe[-1].value
     assert list(problems["File"]) == ["DOE_JANE_MRN999.png"]  # the original name, shown in this session

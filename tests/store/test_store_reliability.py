@@ -143,6 +143,26 @@ def test_upload_label_never_flips_a_duplicate_labeled_the_other_way(store):
     assert store.table_counts()["images"] == 2
 
 
+def test_upload_report_claims_a_label_only_for_the_images_that_got_it(store):
+    """Issue 12 item 7: re-uploading images labeled absent as present said "labeled mass: present"."""
+    from engine.store import upload_label_report
+
+    store.import_bytes("a.png", png_bytes(5), label=("mass", 0))
+    res = store.import_bytes("a-copy.png", png_bytes(5), label=("mass", 1))
+    ok = [r for r in res if r.error is None]
+    kept = sum(r.label_kept for r in ok)
+    text, warn = upload_label_report(0, 1, len(ok) - kept, kept, "mass", True)
+    assert "mass: present" in text and "none was labeled" in text and "labeled it" not in text
+    assert "1 of these images was already in the workspace labeled *mass: absent*" in warn
+    assert "never changes an existing label" in warn
+    text, warn = upload_label_report(2, 1, 2, 1, "mass", True)
+    assert text == "Imported 2 new images (1 already in the workspace); labeled 2 of them *mass: present*."
+    assert "*mass: absent*" in warn
+    assert upload_label_report(3, 0, 3, 0, "mass", False) == (
+        "Imported 3 new images and labeled them *mass: absent*.", None)
+    assert upload_label_report(1, 0, 0, 0, None, None) == ("Imported 1 new image.", None)
+
+
 def test_label_edits_detect_a_conflicting_change(store):
     ids = [store.import_bytes(f"{i}.png", png_bytes(20 + i))[0].image_id for i in range(3)]
     store.set_labels("nodule", {ids[0]: 1, ids[1]: 0})
