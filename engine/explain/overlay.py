@@ -99,6 +99,19 @@ def _fmt_scores(s: object) -> str:
     return "" if s is None else str(s)
 
 
+def fit_text(text: str, width: float, font) -> str:
+    """`text` shortened with a middle "..." so it draws within `width` pixels (a column's title never runs into
+    the next column); the start and the end (e.g. a file name's extension or a '(finding)' suffix) stay."""
+    if font.getlength(text) <= width:
+        return text
+    for keep in range(len(text) - 1, 0, -1):
+        head, tail = text[: (keep + 1) // 2], text[len(text) - keep // 2:] if keep // 2 else ""
+        short = head + "..." + tail
+        if font.getlength(short) <= width:
+            return short
+    return "..." if font.getlength("...") <= width else ""
+
+
 def grid(
     img_f32: np.ndarray,
     heatmaps: Mapping[str, np.ndarray],
@@ -128,7 +141,7 @@ def grid(
     for i, (name, rgb, s) in enumerate(cols):
         x0 = pad + i * (tw + pad)
         canvas.paste(Image.fromarray(rgb).resize((tw, th), Image.Resampling.BILINEAR), (x0, header))
-        draw.text((x0 + 2, 2), str(name), fill=(255, 255, 255), font=font)
+        draw.text((x0 + 2, 2), fit_text(str(name), tw - 4, font), fill=(255, 255, 255), font=font)
         if s is not None:
-            draw.text((x0 + 2, 2 + line), _fmt_scores(s), fill=(200, 200, 200), font=font)
+            draw.text((x0 + 2, 2 + line), fit_text(_fmt_scores(s), tw - 4, font), fill=(200, 200, 200), font=font)
     return np.asarray(canvas, dtype=np.uint8)

@@ -57,3 +57,25 @@ def test_grid_has_one_column_per_init_plus_the_original():
     assert g3.shape[1] - g1.shape[1] == 2 * (tile_w + 4)
     assert g3.shape[0] > 64 and g3.shape[0] > g1.shape[0]  # the scores line adds header height
     assert (g3[:10] > 0).any()  # labels are drawn
+
+
+def test_grid_titles_fit_their_column():
+    """Long titles (e.g. 40-character hash file names) are shortened in the middle so no column overprints the next."""
+    from PIL import ImageFont
+
+    from engine.explain.overlay import fit_text
+
+    font = ImageFont.load_default()
+    name = "3f2a9c" * 7 + ".png (nodule)"
+    short = fit_text(name, 120, font)
+    assert font.getlength(short) <= 120 and "..." in short
+    assert short.startswith("3f2a") and short.endswith("(nodule)")
+    assert fit_text("random", 120, font) == "random"
+    img = np.zeros((64, 64), np.float32)
+    heats = {"moco_v2-resnet18-a-very-long-checkpoint-name-e2e": np.zeros_like(img), "random": np.ones_like(img)}
+    g = grid(img, heats, title=name, tile=64, scores={"random": {"energy_ratio": 1.0, "pointing_hit": 0}})
+    # each header stays within its own column: the gap pixels between columns' headers are black
+    tw, pad = 64, 4
+    for i in range(1, 3):
+        gap = g[:20, i * (tw + pad): i * (tw + pad) + pad]
+        assert (gap == 0).all(), f"column {i - 1}'s title runs into column {i}"
