@@ -21,6 +21,15 @@ SCORE_HELP = ("**Energy in region**: share of the heatmap inside the lesion's bo
               "hottest pixel lies inside the region. **Top-15% IoU**: overlap of the hottest 15% of pixels with the region.")
 
 
+FLAT_MAP_NOTE = ("flat map: Grad-CAM found no positive evidence for the finding in this image (the gradients "
+                 "point away from it or vanish), so the overlay shows no hot spot; scored as a flat map")
+
+
+def is_flat(r: dict[str, Any]) -> bool:
+    v = r.get("empty_map")
+    return bool(v) and str(v).lower() not in ("false", "0", "nan")
+
+
 def fmt_scores(r: dict[str, Any]) -> str:
     parts = [f"p = {r['probability']:.2f}" if "probability" in r else f"p = {r.get('prob', float('nan')):.2f}"]
     if r.get("energy_ratio") == r.get("energy_ratio") and "energy_ratio" in r:
@@ -105,6 +114,8 @@ def draw_image_result(res: dict[str, Any]) -> None:
         if Path(r["overlay"]).exists():
             c.image(r["overlay"], width="stretch")
         c.markdown(f"**{names.get(r['init'], r['init'])}**  \n{fmt_scores(r)}")
+        if is_flat(r):
+            c.caption(f":material/info: {FLAT_MAP_NOTE}.")
     if res.get("region") != "none":
         st.caption(SCORE_HELP)
 
@@ -121,12 +132,12 @@ def show_study(res: dict[str, Any]) -> None:
     s = res["summary"]
     loc_csv, sum_csv = Path(s["localization_csv"]), Path(s["summary_csv"])
     loc = pd.read_csv(loc_csv) if loc_csv.exists() else pd.DataFrame()
+    names = {i.name: init_label(i) for i in list_inits()}
     st.markdown(f"**{s['finding']}** · {METHOD_LABEL.get(s.get('method'), s.get('method'))} · "
                 f"classifiers from {s.get('shots')} images per class · {s.get('images')} held-out positives")
     if sum_csv.exists():
         summ = pd.read_csv(sum_csv)
         if len(summ):
-            names = {i.name: init_label(i) for i in list_inits()}
             cols = {"init": "Init", "n": "Images", "energy_in_region_mean": "Energy in region",
                     "energy_ratio_mean": "Energy ratio", "pointing_hit_mean": "Pointing hits",
                     "topq_iou_mean": "Top-15% IoU"}
@@ -148,7 +159,11 @@ def show_study(res: dict[str, Any]) -> None:
             name = gp.stem.removeprefix("grid_")
             sub = loc[loc["image"].astype(str) == name]
             if len(sub):
-                st.caption("  |  ".join(f"**{r['init']}**: {fmt_scores(r)}" for r in sub.to_dict("records")))
+                recs = sub.to_dict("records")
+                st.caption("  |  ".join(f"**{names.get(r['init'], r['init'])}**: {fmt_scores(r)}" for r in recs))
+                flat = [names.get(r["init"], r["init"]) for r in recs if is_flat(r)]
+                if flat:
+                    st.caption(f":material/info: {', '.join(flat)}: {FLAT_MAP_NOTE}.")
 
 
 # ------------------------------------------------------------------------------------------- page

@@ -409,7 +409,7 @@ def run_gradcam_image_job(params: dict[str, Any], ctx: Any) -> dict[str, Any]:
 
     from engine.events import check_stop, emit
     from engine.explain.gradcam import CAMExplainer, ExplainModel, explain_image
-    from engine.explain.localization import region_mask, scores
+    from engine.explain.localization import is_empty, region_mask, scores
     from engine.explain.overlay import overlay
     from engine.fewshot.classifier import build_classifier
     from engine.models import InitUnavailableError
@@ -457,7 +457,7 @@ def run_gradcam_image_job(params: dict[str, Any], ctx: Any) -> dict[str, Any]:
         os.replace(tmp, png)
         s = scores(heat, region) if region is not None else {}
         rows.append({"init": init, "overlay": str(png), "probability": float(1 / (1 + np.exp(-logit))),
-                     "cv_auc": est.auc, **{k2: float(v) for k2, v in s.items()}})
+                     "cv_auc": est.auc, "empty_map": is_empty(heat), **{k2: float(v) for k2, v in s.items()}})
         emit(ctx.on_event, step=k + 1, total=len(inits), message=f"{init}: done")
     if not rows:
         raise RuntimeError("none of the inits could be loaded; see the Pretrain page's backbone list")

@@ -388,6 +388,53 @@ def test_benchmark_default_shots_follow_the_selected_findings(phantom):
 # --------------------------------------------------------------------------------------------- grad-cam
 
 
+def test_gradcam_flat_map_is_explained(phantom, monkeypatch):
+    """An all-zero Grad-CAM map is not shown without comment: its column says it is flat and why."""
+    import numpy as np
+
+    import engine.explain.gradcam as gc
+
+    real = gc.explain_image  # runs the model (so the logits exist), then the map is flattened to zeros
+    monkeypatch.setattr(gc, "explain_image", lambda *a, **k: np.zeros_like(real(*a, **k)))
+    at = start()
+    label_upload(at, phantom, "nodule", 5, 5)
+    at.switch_page("app_pages/gradcam.py").run()
+    at.button(key="gc_go_one").click().run()
+    wait_all()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    snap = [j for j in services().runner.jobs() if j.kind == "gradcam_image"][0]
+    assert snap.state == "done", snap.error
+    assert all(r["empty_map"] is True for r in snap.result["rows"])
+    notes = [c.value for c in at.caption if "flat map" in c.value]
+    assert len(notes) == len(snap.result["rows"]) and "no positive evidence" in notes[0]
+
+
+def test_gradcam_study_grid_labels_and_flat_maps(phantom, monkeypatch):
+    """The study's per-image captions use the inits' labels and say when a map is flat."""
+    import numpy as np
+
+    import engine.explain.study as study
+
+    real = study.explain_images
+    monkeypatch.setattr(study, "explain_images", lambda *a, **k: [np.zeros_like(m) for m in real(*a, **k)])
+    at = start()
+    label_upload(at, phantom, "nodule", 6, 6)
+    at.switch_page("app_pages/gradcam.py").run()
+    at.segmented_control(key="gc_kind").set_value("A finding's held-out positives").run()
+    at.number_input(key="gc_shots:nodule").set_value(2)
+    at.number_input(key="gc_n").set_value(1)
+    at.button(key="gc_go_study").click().run()
+    wait_all()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    snap = [j for j in services().runner.jobs() if j.kind == "gradcam"][0]
+    assert snap.state == "done", snap.error
+    md = texts(at)
+    assert "**Random weights · resnet18**:" in md
+    assert "Random weights · resnet18: flat map: Grad-CAM found no positive evidence" in md
+
+
 def test_gradcam_one_image_across_inits(phantom):
     at = start()
     label_upload(at, phantom, "nodule", 5, 5)
