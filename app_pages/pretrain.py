@@ -9,7 +9,7 @@ import streamlit as st
 
 from engine.models import list_inits
 from engine.ssl import METHODS
-from engine.ssl.monitor import ERANK_MIN, STD_MIN
+from engine.ssl.monitor import COS_MAX, ERANK_MIN, STD_MIN, collapse_status
 from engine.ssl.pretrain import SSL_ARCHS
 from ui.jobs import job_table, job_warnings, set_watched, status_block, watch, watched
 from ui.monitor_plots import control_figure, study_collapse_figure
@@ -129,7 +129,7 @@ def draw_job(snap: Any) -> None:
     hist = snap.history or []
     losses = [h["loss"] for h in hist if "loss" in h]
     coll = [h for h in hist if "collapse_std" in h]
-    collapse_warnings(snap, coll[-1] if coll else None)
+    status = monitor_status(snap, coll[-1] if coll else None)
     if not losses and not coll:
         if snap.active:
             st.caption(snap.message or "Preparing the images...")
@@ -153,8 +153,13 @@ def draw_job(snap: Any) -> None:
         study_metrics(snap, hist, last)
         control_panel(snap, hist, last)
     if snap.state == "done" and snap.result:
-        st.success(f"Backbone **{snap.result.get('checkpoint')}** is ready: it now appears as an init on the "
-                   "Classifier, Benchmark and Grad-CAM pages.", icon=":material/check_circle:")
+        if status == "warning":  # saved and listed, but not called ready: its last reading looks collapsed
+            st.warning(f"Backbone **{snap.result.get('checkpoint')}** was saved and appears as an init on the "
+                       "Classifier, Benchmark and Grad-CAM pages, but its last collapse-monitor reading looks "
+                       "collapsed (above): expect it to do no better than random weights.", icon=":material/warning:")
+        else:
+            st.success(f"Backbone **{snap.result.get('checkpoint')}** is ready: it now appears as an init on the "
+                       "Classifier, Benchmark and Grad-CAM pages.", icon=":material/check_circle:")
 
 
 def study_metrics(snap: Any, hist: list[dict[str, Any]], last: dict[str, float]) -> None:
@@ -198,16 +203,35 @@ def control_panel(snap: Any, hist: list[dict[str, Any]], last: dict[str, float])
         st.code("\n".join(adjustments[-8:]), language=None)
 
 
-def collapse_warnings(snap: Any, last: dict[str, float] | None) -> None:
-    """Warnings as they arrive; a collapse warning whose latest monitor reading is healthy again is
-    shown as a note (the baseline at step 0 of a random network often reads as collapsed)."""
-    healthy = last is not None and last["collapse_std"] >= STD_MIN and last.get("collapse_erank", 0.0) >= ERANK_MIN
-    for w in job_warnings(snap):
-        if w.startswith("collapse") and healthy:
-            st.info(f"Earlier warning, since recovered (the latest collapse-monitor reading is healthy): {w}",
-                    icon=":material/history:")
-        else:
-            st.warning(w, icon=":material/warning:")
+def monitor_status(snap: Any, last: dict[str, Any] | None) -> str:
+    """One current collapse status line for the run (the latest reading, in plain words, judged by the
+    same thresholds for every method: engine.ssl.monitor.collapse_status), the earlier readings'
+    warnings on demand in an expander, then the job's other warnings. Returns the status level."""
+    level, line, problems = collapse_status(last, last.get("step") if last else None, "collapse_")
+    earlier = [w for w in job_warnings(snap) if w.startswith("collapse")]
+    others = [w for w in job_warnings(snap) if not w.startswith("collapse")]
+    if level == "warning":
+        st.warning(f"**Collapse monitor:** {line}", icon=":material/warning:")
+    elif level == "ok":
+        st.success(f"**Collapse monitor:** {line[:1].upper() + line[1:]}"
+                   + (f" {len(earlier)} earlier reading{'s' * (len(earlier) != 1)} looked collapsed (details below)."
+                      if earlier else ""), icon=":material/check_circle:")
+    elif level == "baseline" or snap.active:
+        st.caption(f"Collapse monitor: {line}")
+    if last is not None or earlier:
+        with st.expander("Collapse monitor details", icon=":material/monitor_heart:"):
+            st.markdown(f"Every method is judged by the same thresholds, on its head embedding (if it has one) "
+                        f"and on its pooled backbone features: spread at least {STD_MIN:g}, mean cosine of "
+                        f"different images at most {COS_MAX:g}, effective rank at least {ERANK_MIN:g} "
+                        f"(engine/ssl/monitor.py). The step-0 reading of the untrained network is not judged.")
+            for p in problems:
+                st.markdown(f"- latest reading: {p}")
+            if earlier:
+                st.markdown(f"Earlier readings that looked collapsed ({len(earlier)}):")
+                st.code("\n".join(earlier[-20:]), language=None)
+    for w in others:
+        st.warning(w, icon=":material/warning:")
+    return level
 
 
 def backbones_table() -> None:

@@ -26,8 +26,9 @@ The seed study's set (so a run can be compared with the numbers the study report
 
 `CollapseMonitor` embeds a fixed seeded sample of training images every N steps (eval mode, no
 gradient), keeps the history (one flat record per reading with every key of both sets, for the
-method's head and, prefixed `backbone_`, for the pooled backbone features), and turns low `std` /
-`erank` into warning messages.
+method's head and, prefixed `backbone_`, for the pooled backbone features), and turns a low `std`, a high `cos` or a low
+`erank` (the same thresholds for every method, on its head and its backbone features) into at most one
+plain-words warning per reading (`collapse_status`).
 """
 from __future__ import annotations
 
@@ -45,6 +46,11 @@ import torch.nn.functional as F
 # backbone erank 64); collapsed MoCo runs fell to std 0.002 / erank 1.1, or erank 1.6 at std 0.2.
 STD_MIN = 0.05
 ERANK_MIN = 2.0
+# Mean cosine of different images above this reads as collapsed: the untrained network's ~0.99, a
+# SparK demo run that finished at 0.979; the shipped MoCo backbone (224 px, real X-rays) ends at head
+# 0.017 / backbone 0.909. Every method is judged by the same three thresholds on the same spaces:
+# its head embedding (if it has one) and its pooled backbone features (every method has those).
+COS_MAX = 0.95
 
 # The two labelled metric sets (keys of `collapse_metrics`); `cos` belongs to both.
 METRIC_SETS: dict[str, tuple[str, ...]] = {
@@ -181,20 +187,60 @@ class CollapseMonitor:
         self.history.append({"step": step, **metrics})
         return metrics
 
+    cos_max: float = COS_MAX
+
     def warnings(self, metrics: dict[str, float], step: int | None = None) -> list[str]:
-        """Collapse messages for `metrics`; none for the step-0 baseline (an untrained network on
-        homogeneous X-rays is nearly parallel already; that is the starting point, not a collapse)."""
-        out: list[str] = []
-        if step == 0:
-            return out
-        if metrics["std"] < self.std_min:
-            out.append(f"collapse: embedding std {metrics['std']:.3f} (relative to 1/sqrt(D)) is below "
-                       f"{self.std_min}; all images map to nearly the same point. Lower the lr, check the "
-                       f"augmentations, or stop and try another method")
-        if metrics["erank"] < self.erank_min:
-            out.append(f"collapse: effective rank {metrics['erank']:.2f} is below {self.erank_min}; the "
-                       f"embedding uses almost a single direction")
-        return out
+        """At most one collapse message for a reading (`collapse_status`'s line); none for the step-0
+        baseline (an untrained network on homogeneous X-rays is nearly parallel already; that is the
+        starting point, not a collapse). The same thresholds for every method."""
+        level, line, _ = collapse_status(metrics, step, std_min=self.std_min, erank_min=self.erank_min,
+                                         cos_max=self.cos_max)
+        return [f"collapse: {line}"] if level == "warning" else []
+
+
+def collapse_problems(metrics: dict[str, Any], prefix: str = "", *, std_min: float = STD_MIN,
+                      erank_min: float = ERANK_MIN, cos_max: float = COS_MAX) -> list[str]:
+    """Each threshold a reading breaks, in words, for the head embedding and the pooled backbone
+    features (keys `{prefix}std` ... and `{prefix}backbone_std` ...). A method without a head (SparK)
+    records its backbone features in both, so they are judged once."""
+    spaces = [("embedding", prefix)]
+    bb = [metrics.get(f"{prefix}backbone_{k}") for k in ("std", "cos", "erank")]
+    if any(v is not None for v in bb) and bb != [metrics.get(f"{prefix}{k}") for k in ("std", "cos", "erank")]:
+        spaces.append(("backbone features", f"{prefix}backbone_"))
+    out: list[str] = []
+    for name, p in spaces:
+        std, cos, erank = (metrics.get(f"{p}{k}") for k in ("std", "cos", "erank"))
+        if std is not None and std < std_min:
+            out.append(f"{name}: spread {std:.3f} is below {std_min:g} (all images map to nearly the same point)")
+        if cos is not None and cos > cos_max:
+            out.append(f"{name}: mean cosine of different images {cos:.3f} is above {cos_max:g} (nearly parallel)")
+        if erank is not None and erank < erank_min:
+            out.append(f"{name}: effective rank {erank:.2f} is below {erank_min:g} (almost a single direction)")
+    return out
+
+
+def collapse_status(metrics: dict[str, Any] | None, step: int | None = None, prefix: str = "", *,
+                    std_min: float = STD_MIN, erank_min: float = ERANK_MIN,
+                    cos_max: float = COS_MAX) -> tuple[str, str, list[str]]:
+    """(level, one plain-words line, the problems) for one reading: level "none" (no reading yet),
+    "baseline" (step 0, the untrained network), "ok" or "warning". The Pretrain page shows the line
+    of the latest reading; the job's warnings are the lines of the readings that broke a threshold."""
+    if not metrics:
+        return "none", "No collapse-monitor reading yet.", []
+    problems = collapse_problems(metrics, prefix, std_min=std_min, erank_min=erank_min, cos_max=cos_max)
+    at = f" at step {int(step)}" if step is not None else ""
+    if step == 0:
+        return "baseline", ("Baseline reading of the untrained network (step 0): nearly parallel features are "
+                            "normal before training; later readings are judged."), problems
+    if problems:
+        return "warning", (f"looks collapsed{at}: the images map to nearly the same features ("
+                           + "; ".join(problems) + "). Lower the learning rate, check the augmentations, "
+                           "or stop and try another method."), problems
+    cos = metrics.get(f"{prefix}backbone_cos", metrics.get(f"{prefix}cos"))
+    erank = metrics.get(f"{prefix}backbone_erank", metrics.get(f"{prefix}erank"))
+    detail = ", ".join(x for x in (f"mean cosine {cos:.2f}" if cos is not None else "",
+                                   f"effective rank {erank:.1f}" if erank is not None else "") if x)
+    return "ok", f"healthy{at}: the images stay spread apart" + (f" ({detail})." if detail else "."), []
 
 
 # ----------------------------------------------------------------------------------------------

@@ -88,7 +88,8 @@ def test_collapse_metrics_tell_collapsed_from_healthy():
     assert effective_rank(torch.eye(5)) == pytest.approx(5.0)
     monitor = CollapseMonitor(np.zeros((2, 8, 8), np.uint8), every=10)
     assert monitor.warnings(h) == []
-    assert len(monitor.warnings(s)) == 2 and "collapse" in monitor.warnings(s)[0]
+    [w] = monitor.warnings(s)  # one line per reading, naming every broken threshold
+    assert w.startswith("collapse: looks collapsed") and all(x in w for x in ("spread", "mean cosine", "rank"))
     assert monitor.warnings(s, step=0) == []  # the untrained baseline is not a collapse
     assert monitor.due(10, 100) and monitor.due(100, 100) and not monitor.due(11, 100)
     with pytest.raises(ValueError, match="N >= 2"):
@@ -182,3 +183,25 @@ def test_pretraining_stores_both_labelled_sets_in_events_history_and_checkpoint_
         assert col["final"][k] == col["history"][-1][k] and f"backbone_{k}" in col["final"]
     hist = json.loads((tmp_path / "run" / "history.json").read_text())
     assert hist["collapse"][-1]["centred_erank"] == col["final"]["centred_erank"]
+
+
+def test_every_method_gets_the_same_collapse_thresholds():
+    """Issue 12 item 8: a SparK run (no head: its backbone features fill both sets) that finished at
+    mean cosine 0.979 got no warning; a MoCo run with the same backbone reading must get the same one."""
+    from engine.ssl.monitor import COS_MAX, collapse_status
+
+    monitor = CollapseMonitor(np.zeros((2, 8, 8), np.uint8), every=10)
+    spark_bb = {"std": 0.14, "cos": 0.979, "erank": 9.0}
+    spark = {**spark_bb, **{f"backbone_{k}": v for k, v in spark_bb.items()}}
+    moco = {"std": 0.9, "cos": 0.02, "erank": 50.0, **{f"backbone_{k}": v for k, v in spark_bb.items()}}
+    [ws], [wm] = monitor.warnings(spark, 40), monitor.warnings(moco, 40)
+    assert "mean cosine of different images 0.979 is above 0.95" in ws and "0.979" in wm
+    assert ws.count("0.979") == 1  # SparK's two identical sets are judged once
+    shipped = {"std": 0.99, "cos": 0.017, "erank": 53.6, "backbone_std": 0.29, "backbone_cos": 0.909,
+               "backbone_erank": 53.3}
+    assert monitor.warnings(shipped, 100) == [] and COS_MAX == 0.95
+    level, line, problems = collapse_status({f"collapse_{k}": v for k, v in spark.items()}, 40, "collapse_")
+    assert level == "warning" and line.startswith("looks collapsed at step 40") and len(problems) == 1
+    level, line, _ = collapse_status({f"collapse_{k}": v for k, v in shipped.items()}, 100, "collapse_")
+    assert level == "ok" and line.startswith("healthy at step 100") and "0.91" in line
+    assert collapse_status(spark, 0)[0] == "baseline" and collapse_status(None)[0] == "none"
