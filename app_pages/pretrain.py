@@ -234,6 +234,9 @@ def monitor_status(snap: Any, last: dict[str, Any] | None) -> str:
     return level
 
 
+BACKBONE_COLUMNS = ["Name", "Method", "Images", "Size (px)", "Epochs", "Mean cosine", "Eff. rank", "Created"]
+
+
 def backbones_table() -> None:
     inits = list_inits()
     trained = [i for i in inits if is_ssl(i)]
@@ -250,12 +253,17 @@ def backbones_table() -> None:
                 "Raw std (study)": final.get("raw_std"), "Centred eff. rank (study)": final.get("centred_erank"),
                 "Created": str(info.get("created", "")).replace("T", " "),
             })
-        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
-                     column_config={"Spread (std)": st.column_config.NumberColumn(format="%.3f"),
-                                    "Mean cosine": st.column_config.NumberColumn(format="%.3f"),
-                                    "Eff. rank": st.column_config.NumberColumn(format="%.1f"),
-                                    "Raw std (study)": st.column_config.NumberColumn(format="%.4g"),
-                                    "Centred eff. rank (study)": st.column_config.NumberColumn(format="%.1f")})
+        table = pd.DataFrame(rows)
+        fmt = {"Spread (std)": st.column_config.NumberColumn(format="%.3f"),
+               "Mean cosine": st.column_config.NumberColumn(format="%.3f"),
+               "Eff. rank": st.column_config.NumberColumn(format="%.1f"),
+               "Raw std (study)": st.column_config.NumberColumn(format="%.4g"),
+               "Centred eff. rank (study)": st.column_config.NumberColumn(format="%.1f")}
+        # the columns that fit the page's width (a wider table is cut off on the right); the rest on demand
+        st.dataframe(table[BACKBONE_COLUMNS].assign(Created=table["Created"].str[:16]), hide_index=True,
+                     width="stretch", column_config=fmt)
+        with st.expander("All columns (arch, steps, spread, the seed study's metrics)"):
+            st.dataframe(table, hide_index=True, width="stretch", column_config=fmt)
     else:
         st.info("No pretrained backbone yet.", icon=":material/model_training:")
     for i in inits:
