@@ -18,6 +18,14 @@ SHOTS = [1, 2, 5, 10, 20, 50, 100]
 MODE_LABEL = {"probe": "probe (frozen backbone)", "finetune": "finetune (whole backbone)"}
 
 
+def labeled(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with its registry init names replaced by the inits' labels (ui.widgets.init_label), as on every page."""
+    if "init" not in df.columns:
+        return df
+    labels = {i.name: init_label(i) for i in list_inits()}
+    return df.assign(init=[labels.get(n, n) for n in df["init"]])
+
+
 def appendix_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Mean ± std per finding x init x mode (rows) and shots (columns), like the studies' appendix."""
     ok = summary[summary["status"] == "ok"] if "status" in summary else summary
@@ -51,7 +59,7 @@ def sweep_form(svc: Any) -> None:
                     "the Data page (the demo workspace comes labeled).", link="data", icon=":material/label_off:")
         return
     inits = [i for i in list_inits() if i.available]
-    names = {i.name: i.name for i in inits}  # registry names, as in the results table
+    names = {i.name: init_label(i) for i in inits}  # one label per init, as in the results and on every page
     # Findings outside the form: choosing them re-runs the page, so the proposed shot counts follow the selection.
     findings = st.multiselect("Findings", usable, default=usable[:1], key="bm_findings",
                               format_func=lambda f: f"{f} ({counts[f]['positive']}+ / {counts[f]['negative']}−)",
@@ -101,7 +109,8 @@ def draw_running(snap: Any) -> None:
             return
         if len(trials):
             st.caption(f"Partial results: {len(trials)} trials so far.")
-            st.plotly_chart(tidy_auc_figure(auc_vs_shots_figure(trials)), width="stretch", key=f"partial:{snap.id}")
+            st.plotly_chart(tidy_auc_figure(auc_vs_shots_figure(labeled(trials))), width="stretch",
+                            key=f"partial:{snap.id}")
 
 
 def show_sweep(res: dict[str, Any]) -> None:
@@ -110,7 +119,7 @@ def show_sweep(res: dict[str, Any]) -> None:
     if not summary_csv.exists():
         st.error(f"The results file {summary_csv} is missing.", icon=":material/error:")
         return
-    summary = pd.read_csv(summary_csv)
+    summary = labeled(pd.read_csv(summary_csv))
     ok = summary[summary["status"] == "ok"]
     for w in s.get("warnings") or []:
         st.warning(w, icon=":material/warning:")

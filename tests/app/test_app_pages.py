@@ -384,6 +384,8 @@ def test_benchmark_runs_a_tiny_sweep_and_shows_plot_table_export(phantom):
     table = at.dataframe[-1].value
     assert {"finding", "init", "mode", "1-shot", "2-shot"} <= set(table.columns)
     assert "±" in str(table["1-shot"].iloc[0])
+    assert list(table["init"]) == ["Random weights · resnet18"]  # init_label, as on the other pages
+    assert at.multiselect(key="bm_inits").format_func("random") == "Random weights · resnet18"
     assert len(at.get("plotly_chart")) >= 1 and len(at.get("download_button")) == 2
 
 
