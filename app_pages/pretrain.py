@@ -208,7 +208,7 @@ def monitor_status(snap: Any, last: dict[str, Any] | None) -> str:
     same thresholds for every method: engine.ssl.monitor.collapse_status), the earlier readings'
     warnings on demand in an expander, then the job's other warnings. Returns the status level."""
     level, line, problems = collapse_status(last, last.get("step") if last else None, "collapse_")
-    earlier = [w for w in job_warnings(snap) if w.startswith("collapse")]
+    earlier = [w for w in job_warnings(snap) if w.startswith("collapse") and w != f"collapse: {line}"]
     others = [w for w in job_warnings(snap) if not w.startswith("collapse")]
     if level == "warning":
         st.warning(f"**Collapse monitor:** {line}", icon=":material/warning:")
@@ -228,7 +228,7 @@ def monitor_status(snap: Any, last: dict[str, Any] | None) -> str:
                 st.markdown(f"- latest reading: {p}")
             if earlier:
                 st.markdown(f"Earlier readings that looked collapsed ({len(earlier)}):")
-                st.code("\n".join(earlier[-20:]), language=None)
+                st.code("\n".join(earlier[-20:]), language=None, wrap_lines=True)
     for w in others:
         st.warning(w, icon=":material/warning:")
     return level
