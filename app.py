@@ -47,10 +47,11 @@ def _started() -> set[str]:
 def start_up() -> None:
     """First request for a workspace: say what is happening while the workspace opens (creating the synthetic
     demo on first use, starting the job runner, queueing demo pretraining only without a shipped backbone)."""
-    from engine import paths, tasks
+    from engine import tasks
     from engine.models import shipped_inits
+    from ui.services import active_workspace
 
-    ws = paths.workspace_dir()
+    ws = active_workspace()  # this session's choice (sidebar), else the default
     if str(ws) in _started():
         return
     with st.status("Starting scarce-cxr...", expanded=True) as status:

@@ -365,6 +365,38 @@ def test_pretrain_backbones_table_fits_with_all_columns_on_demand():
     assert any(e.label.startswith("All columns") for e in at.expander)
 
 
+def test_new_empty_workspace_and_switching_from_the_sidebar(phantom):
+    """Sidebar: a named new empty workspace becomes this session's (its own store), and one can switch back."""
+    default = Path(os.environ["SCARCE_CXR_WORKSPACE"])
+    at = start()
+    upload(at, files(phantom.head(3)))
+    at.text_input(key="ws_new_name").set_value("bad/name")
+    at.button(key="ws_create").click().run()
+    assert any("workspace name" in e.value for e in at.error), [e.value for e in at.error]
+    assert "active_workspace" not in at.session_state
+    at.text_input(key="ws_new_name").set_value("clinic")
+    at.button(key="ws_create").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    new = default.parent / "clinic"
+    assert at.session_state["active_workspace"] == str(new) and new.is_dir()
+    side = "\n".join(c.value for c in at.sidebar.caption)
+    assert str(new) in side and "0 images" in side
+    assert "No images yet" in texts(at)
+    upload(at, files(phantom.iloc[3:5]))
+    from engine.store import Store
+
+    with Store(new) as st_new, Store(default) as st_default:
+        assert len(st_new.images()) == 2 and len(st_default.images()) == 3
+    assert at.selectbox(key="ws_pick").options == [default.name, "clinic"]
+    at.selectbox(key="ws_pick").set_value(str(default)).run()
+    assert at.session_state["active_workspace"] == str(default)
+    side = "\n".join(c.value for c in at.sidebar.caption)
+    assert str(default) in side and "3 images" in side
+    at.text_input(key="ws_new_name").set_value("clinic")
+    at.button(key="ws_create").click().run()
+    assert any("already exists" in e.value for e in at.error)
+
+
 # ------------------------------------------------------------------------------------------- benchmark
 
 
