@@ -172,7 +172,7 @@ def read_image(src: str | os.PathLike[str] | bytes | bytearray | memoryview, *,
     fmt = detect_format(data)
     if fmt is None:
         raise ImageReadError(f"{name} is not a {_SUPPORTED} image ({describe_content(data)}). "
-                             f"Convert it to PNG or DICOM and import it again.")
+                             f"Convert it to PNG or DICOM and use the converted file.")
     img, meta = _read_dicom(data, name) if fmt == "dicom" else _read_raster(data, name, fmt)
     if img.ndim != 2 or img.size == 0:
         raise ImageReadError(f"{name} decoded to an array of shape {img.shape}, not a 2-D image.")

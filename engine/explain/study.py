@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from engine.atomic import atomic_write as _atomic_write
-from engine.events import OnEvent, check_stop, emit
+from engine.events import OnEvent, as_log, check_stop, emit
 from engine.explain.gradcam import METHODS, CAMExplainer, ExplainModel, explain_images, resolve_layer
 from engine.explain.localization import METRICS, TOPQ, aggregate, is_empty, region_mask, scores
 from engine.explain.overlay import grid
@@ -117,7 +117,7 @@ def _train_classifier(init: str, backbone: tuple[nn.Module, Any], cache: Any, y:
         from engine.fewshot.features import embed
         from engine.fewshot.probe import fit_probe
 
-        X = embed(init, cache, device, backbone=(model, meta), on_event=on_event, stop=stop)  # (2k, D)
+        X = embed(init, cache, device, backbone=(model, meta), on_event=as_log(on_event), stop=stop)  # (2k, D)
         head = fit_probe(X, y, seed=seed).as_torch_head().to(device)
         sd = {}
     else:
@@ -125,7 +125,7 @@ def _train_classifier(init: str, backbone: tuple[nn.Module, Any], cache: Any, y:
 
         cfg = FinetuneConfig() if finetune_steps is None else FinetuneConfig(steps=finetune_steps)
         u8 = np.array(cache.array)  # (2k, S, S) uint8, a writable copy of the memmap rows
-        model, head = finetune((model, meta), u8, y, cfg, device, seed, on_event=on_event, stop=stop)
+        model, head = finetune((model, meta), u8, y, cfg, device, seed, on_event=as_log(on_event), stop=stop)
         sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     sd |= {"head.weight": head.weight.detach().cpu().contiguous(), "head.bias": head.bias.detach().cpu().contiguous()}
     _atomic_write(state, lambda tmp: save_file(sd, tmp))
@@ -226,8 +226,8 @@ def run_gradcam_study(
 
     from engine.data.cache import ImageCache
 
-    cache = ImageCache.build([df["path"].iat[i] for i in train_idx], image_size, mode=fit_mode, on_event=on_event,
-                             stop=stop)
+    cache = ImageCache.build([df["path"].iat[i] for i in train_idx], image_size, mode=fit_mode,
+                             on_event=as_log(on_event), stop=stop)  # its image counts only as messages
     total = len(backbones) + len(chosen)
     step = 0
     base_key = {"v": STATE_VERSION, "manifest": str(m.csv_path), "train": sorted(cache.keys), "y": y_train.tolist(),

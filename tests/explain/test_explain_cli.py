@@ -92,6 +92,8 @@ def test_study_cancel_resume_and_finetune(phantom, tmp_path):
     msgs = [e.message for e in events]
     assert sum("reusing the classifier" in m for m in msgs) == 2  # both finetuned models came from the state
     assert sum(m.startswith("explained") for m in msgs) == 2  # the first image was not explained again
+    counted = [(e.step, e.total) for e in events if e.total]  # the job's bar: one total, never going back
+    assert len({t for _, t in counted}) == 1 and all(a <= b for (a, _), (b, _) in zip(counted, counted[1:]))
     assert len(grids) == 3 and all(g.exists() for g in grids)
     assert len(loc) == 6 and list(loc["init"][:2]) == ["random", "other"]
     assert list(summary["init"]) == ["random", "other"]
