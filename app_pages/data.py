@@ -9,7 +9,8 @@ from engine.store import (DiskFullError, LabelConflictError, Store, UploadTooLar
 from ui.jobs import set_watched, status_block, watch, watched
 from ui.labels import LabelCSVError, editor_rows, label_changes, labels_from_csv
 from ui.services import services
-from ui.widgets import DATA_UPLOAD_TYPES, chunks, data_uri, label_text, page_header, pager, synthetic_notice
+from ui.widgets import (DATA_UPLOAD_TYPES, chunks, data_uri, is_synthetic_workspace, label_text, page_header, pager,
+                        synthetic_notice)
 
 NO_LABEL = "(do not label)"
 PRESENT, ABSENT = "show the finding", "do not show the finding"
@@ -42,6 +43,26 @@ def summary(images: pd.DataFrame, counts: dict[str, dict[str, int]]) -> None:
                 icon=":material/label:")
 
 
+DEMO_MIX = ("This is the **demo workspace of synthetic phantoms**. Real X-rays added here would be mixed with them "
+            "(and with the demo's pretraining). Create a workspace of your own first: sidebar, **New empty "
+            "workspace**.")
+
+
+def demo_mix_confirm(store: Store, key: str) -> bool:
+    """Inside an import form of the demo workspace: say that real images would mix with synthetic ones and offer
+    a checkbox to add them anyway (True elsewhere: nothing to confirm)."""
+    if not is_synthetic_workspace(store.workspace):
+        return True
+    st.warning(DEMO_MIX, icon=":material/science:")
+    return st.checkbox("Add them to the synthetic demo workspace anyway", key=key)
+
+
+def refuse_demo_mix() -> None:
+    st.error("Nothing was imported: the demo workspace holds synthetic phantoms. Create a workspace of your own "
+             "(sidebar, New empty workspace), or tick 'Add them to the synthetic demo workspace anyway'.",
+             icon=":material/science:")
+
+
 def upload_form(store: Store) -> None:
     st.subheader("Upload X-rays")
     findings = store.findings()
@@ -66,10 +87,14 @@ def upload_form(store: Store) -> None:
         )
         value = c2.radio("The uploaded images", [PRESENT, ABSENT], horizontal=True, key="upload_value",
                          help="Upload the images that show the finding and those that do not in two rounds.")
+        mix_ok = demo_mix_confirm(store, "upload_into_demo")
         submitted = st.form_submit_button("Import", type="primary", icon=":material/upload:")
     if submitted:
         if not files:
             st.warning("Choose one or more files first.", icon=":material/warning:")
+            return
+        if not mix_ok:
+            refuse_demo_mix()
             return
         _import_uploads(store, files, None if finding in (None, NO_LABEL, "") else str(finding), value == PRESENT)
 
@@ -146,10 +171,14 @@ def import_by_path_form() -> None:
         path = st.text_input("Path", placeholder="/data/chestxray/manifest.csv or /data/nih", key="import_path")
         images_root = st.text_input("PadChest only: folder holding the image sub-folders (optional)",
                                     key="import_images_root")
+        mix_ok = demo_mix_confirm(services().store, "import_into_demo")
         go = st.form_submit_button("Start import", icon=":material/drive_folder_upload:")
     if go:
         if not path.strip():
             st.warning("Enter a path first.", icon=":material/warning:")
+            return
+        if not mix_ok:
+            refuse_demo_mix()
             return
         params = {"source": source, "path": path.strip(), "images_root": images_root.strip() or None,
                   "title": path.strip()}

@@ -9,7 +9,7 @@ from ui.services import ACTIVE_KEY, active_workspace, create_workspace, known_wo
 
 
 def workspace_label(ws) -> str:
-    return f"{ws.name} (demo: synthetic phantoms, not real X-rays)" if is_demo_workspace(ws) else ws.name
+    return f"{ws.name} · synthetic demo" if is_demo_workspace(ws) else ws.name
 
 
 def _switch() -> None:

@@ -397,6 +397,37 @@ def test_new_empty_workspace_and_switching_from_the_sidebar(phantom):
     assert any("already exists" in e.value for e in at.error)
 
 
+def test_real_images_into_the_demo_workspace_need_confirmation(phantom, monkeypatch):
+    """Uploading into the synthetic demo is refused until confirmed; a new workspace of one's own needs nothing."""
+    import ui.widgets as widgets
+
+    default = Path(os.environ["SCARCE_CXR_WORKSPACE"])
+    monkeypatch.setattr(widgets, "is_synthetic_workspace", lambda ws: Path(ws) == default)  # the default is the demo
+    at = start()
+    assert any("demo workspace of synthetic phantoms" in w.value for w in at.warning)
+    at.file_uploader(key="upload_files").set_value(files(phantom.head(2)))
+    at.button(key="FormSubmitter:upload-Import").click().run()
+    assert any(e.value.startswith("Nothing was imported: the demo workspace") for e in at.error)
+    assert len(services().store.images()) == 0
+    at.file_uploader(key="upload_files").set_value(files(phantom.head(2)))
+    at.checkbox(key="upload_into_demo").check()
+    at.button(key="FormSubmitter:upload-Import").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(services().store.images()) == 2
+    at.text_input(key="import_path").set_value(str(default.parent))
+    at.button(key="FormSubmitter:import_path-Start import").click().run()
+    assert any(e.value.startswith("Nothing was imported: the demo workspace") for e in at.error)
+    assert not services().runner.jobs()
+    at.text_input(key="ws_new_name").set_value("mine")
+    at.button(key="ws_create").click().run()
+    assert not any("demo workspace of synthetic phantoms" in w.value for w in at.warning)
+    upload(at, files(phantom.iloc[2:4]))
+    from engine.store import Store
+
+    with Store(default.parent / "mine") as mine:
+        assert len(mine.images()) == 2
+
+
 # ------------------------------------------------------------------------------------------- benchmark
 
 
