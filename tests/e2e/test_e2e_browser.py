@@ -157,6 +157,20 @@ def wait_for(d, cond, timeout: float = 60, what: str = "") -> str:
     raise AssertionError(f"timed out after {timeout} s waiting for {what or cond!r}; page shows:\n{text[-3000:]}")
 
 
+def wait_for_element(d, xpath: str, timeout: float = 30):
+    """The first displayed element matching `xpath` (waits for it)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for e in d.find_elements(By.XPATH, xpath):
+            try:
+                if e.is_displayed():
+                    return e
+            except (StaleElementReferenceException, WebDriverException):
+                continue
+        time.sleep(0.3)
+    raise AssertionError(f"no element {xpath} within {timeout} s")
+
+
 def idle(d, timeout: float = 60) -> None:
     """Wait for the script run to finish and no skeleton placeholders to remain."""
     deadline = time.time() + timeout
@@ -298,6 +312,29 @@ def test_deep_link_data_opens_the_data_page(server):
         assert d.find_element(By.TAG_NAME, "h1").text.strip() == "Data"
         assert "Workspace" in text
         shot(d, "data-deep-link")
+    finally:
+        d.quit()
+
+
+def test_new_empty_workspace_from_the_sidebar(server, env):
+    """Sidebar: create a named empty workspace; this browser session then works in it (0 images), others do not."""
+    d = browser()
+    try:
+        d.get(server.url + "/data")
+        wait_for(d, "Background jobs", what="the shared sidebar")
+        idle(d)
+        click(d, "New empty workspace")
+        inp = wait_for_element(d, '//input[@placeholder="e.g. clinic-2026"]')
+        inp.send_keys("e2e-own")
+        inp.send_keys(Keys.ENTER)
+        idle(d)
+        click(d, "Create and switch")
+        text = wait_for(d, "e2e-own", what="the new workspace in the sidebar")
+        idle(d)
+        new = Path(env["env"]["SCARCE_CXR_WORKSPACE"]).parent / "e2e-own"
+        assert new.is_dir() and "e2e-own" in text
+        assert "0 images" in body(d) and "No images yet" in body(d)
+        shot(d, "data-new-workspace")
     finally:
         d.quit()
 
