@@ -209,7 +209,7 @@ class CAMExplainer:
     `explainer(x)` maps a normalized batch (B, 3, S, S) to heatmaps np.float32 (B, S, S), each min-max
     scaled to [0, 1] (an all-zero map stays zero: no positive evidence anywhere). `last_logits` holds the
     positive logits (B,) of the latest call. `batch_size` bounds images per pass (and, for the
-    gradient-free methods, perturbed copies per pass).
+    gradient-free methods, perturbed copies per pass). Non-finite logits or maps raise ValueError.
     """
 
     def __init__(
@@ -295,6 +295,10 @@ class CAMExplainer:
                 self._cam.activations_and_grads.clear()
         self.last_logits = np.concatenate(logits)
         out = np.concatenate(maps).astype(np.float32, copy=False)  # (B, S, S)
+        if not (np.isfinite(self.last_logits).all() and np.isfinite(out).all()):
+            # a NaN map would be min-max scaled and shown as "empty": refuse it as the error it is
+            raise ValueError("the model produced non-finite scores or heatmaps (NaN/inf weights or inputs); "
+                             "rebuild the classifier, or check the image with `python -m engine info`")
         return np.clip(out, 0.0, 1.0, out=out)
 
     def prepare(self, u8: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -206,9 +206,17 @@ def load_backbone(
             f"pointer. Restore it with `git checkout -- {st.name}` in {st.parent}, or re-clone the repository")
     model = build_backbone(a)
     try:
-        model.load_state_dict(load_file(str(st)), strict=True)  # fp16 storage is cast to the fp32 model
+        sd = load_file(str(st))
+        model.load_state_dict(sd, strict=True)  # fp16 storage is cast to the fp32 model
     except Exception as e:  # safetensors header errors, missing/unexpected keys
         raise InitUnavailableError(f"cannot load {st}: {e}. Re-export or delete the checkpoint") from e
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    std = info.get("std", IMAGENET_STD)
+    if bad or not all(isinstance(x, (int, float)) and x > 0 for x in std):
+        raise InitUnavailableError(
+            f"{st} holds non-finite weights ({', '.join(bad[:3])}{'...' if len(bad) > 3 else ''}) or its json a "
+            f"non-positive input std {std}: it would answer NaN. Re-export it from its training run or delete it"
+            if bad else f"{js} has a non-positive input std {std}: every input would become NaN. Fix or delete it")
     meta = BackboneMeta(
         name=name, arch=a, feat_dim=ARCHS[a], method=info.get("method", "?"),
         mean=tuple(info.get("mean", IMAGENET_MEAN)), std=tuple(info.get("std", IMAGENET_STD)),

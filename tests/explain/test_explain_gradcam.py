@@ -219,3 +219,14 @@ def test_any_backbone_plus_head_module_works(model):
     with CAMExplainer(model, "layer4") as ex:
         b = ex(x)
     np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_a_nan_model_is_an_error_not_an_empty_map(model):
+    """Issue 13 item 7: NaN weights used to give a NaN map shown as "empty"; now a clear ValueError."""
+    head = nn.Linear(512, 1)
+    with torch.no_grad():
+        head.weight.fill_(float("nan"))
+    x, _ = _toy_batch(2)
+    with CAMExplainer(ExplainModel(model.backbone, head), "layer4", "gradcam") as ex:
+        with pytest.raises(ValueError, match="non-finite scores or heatmaps"):
+            ex(x)

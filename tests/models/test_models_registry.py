@@ -76,3 +76,27 @@ def test_fingerprint_changes_when_weights_change():
     assert load_backbone("dino-resnet18-fp")[1].fingerprint == fp1  # same weights, same fingerprint
     save_backbone(_perturbed(5), "dino-resnet18-fp", {"method": "dino", "arch": "resnet18"})
     assert load_backbone("dino-resnet18-fp")[1].fingerprint != fp1
+
+
+def test_a_checkpoint_with_non_finite_weights_or_zero_std_is_refused(tmp_path):
+    """Issue 13 item 7: a backbone that would answer NaN is refused at load, with what to do."""
+    import json
+
+    import pytest
+    import torch
+
+    from engine.models import InitUnavailableError, build_backbone, load_backbone, save_backbone
+
+    m = build_backbone("resnet18")
+    with torch.no_grad():
+        m.layer4[0].conv1.weight[0, 0, 0, 0] = float("nan")
+    save_backbone(m, "nanny", {"method": "moco_v2", "arch": "resnet18"}, tmp_path)
+    with pytest.raises(InitUnavailableError, match="non-finite weights.*layer4.0.conv1.weight"):
+        load_backbone("nanny", checkpoint_dir=tmp_path)
+    save_backbone(build_backbone("resnet18"), "flat", {"method": "moco_v2", "arch": "resnet18", "std": [0, 0, 0]},
+                  tmp_path)
+    with pytest.raises(InitUnavailableError, match="non-positive input std"):
+        load_backbone("flat", checkpoint_dir=tmp_path)
+    js = tmp_path / "flat.json"
+    js.write_text(json.dumps({**json.loads(js.read_text()), "std": [0.2, 0.2, 0.2]}))
+    assert load_backbone("flat", checkpoint_dir=tmp_path)[1].std == (0.2, 0.2, 0.2)
