@@ -67,12 +67,14 @@ def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, i
                              help="Images per step (capped at the number of images).")
         size = c5.selectbox("Image size (pixels)", SIZES, index=SIZES.index(96), key="pt_size",
                                 help="224 matches the studies; 64-96 is enough for a CPU demo.")
-        preset = st.radio("Recipe", ["quick", "paper"], horizontal=True, key="pt_preset",
+        preset = st.radio("Recipe", ["quick", "paper", "long"], horizontal=True, key="pt_preset",
                           format_func={"quick": "Quick (CPU, a few hundred steps)",
-                                       "paper": "Paper (each method's published settings, long GPU runs)"}.get,
+                                       "paper": "Paper (each method's published settings, long GPU runs)",
+                                       "long": "Long (the shipped backbone's: GPU, batch 256, ~10k images)"}.get,
                           help="Quick uses settings measured to beat random init in short runs at batch 32 "
                                "(smaller queue and heads, lower learning rate, milder crops with blur so two "
-                               "views share no pixel grain, no DINO local crops); see engine/ssl/presets.py.")
+                               "views share no pixel grain, no DINO local crops). Long is the recipe of the "
+                               "shipped backbone, for MoCo v2 and Barlow Twins; see engine/ssl/presets.py.")
         cc1, cc2 = st.columns([3, 2])
         control = cc1.checkbox("Adaptive collapse control", key="pt_control",
                                help="At every collapse-monitor reading, double the method's regularization weight "
@@ -88,6 +90,13 @@ def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, i
         return
     if name in taken:
         st.error(f"A backbone named {name!r} exists already: choose another name.", icon=":material/error:")
+        return
+    try:
+        from engine.ssl.presets import preset_overrides
+
+        preset_overrides(method, preset)
+    except ValueError as e:  # e.g. no 'long' recipe for SparK / DINO
+        st.error(f"{e}", icon=":material/error:")
         return
     params: dict[str, Any] = {"method": method, "arch": arch, "epochs": int(epochs), "batch_size": int(batch),
                               "image_size": int(size), "preset": preset, "out_name": name}

@@ -352,6 +352,19 @@ def test_pretrain_runs_shows_curves_lists_backbone_and_resumes_interrupted(phant
     assert "moco-resumed" in set(at.dataframe[-1].value["Name"])
 
 
+def test_pretrain_long_recipe_is_offered_and_refused_where_it_does_not_exist(phantom):
+    """The shipped backbone's 'long' recipe is reachable from the app; for SparK (no such recipe) a clear error, no job."""
+    at = start()
+    upload(at, files(phantom.head(8)))
+    at.switch_page("app_pages/pretrain.py").run()
+    assert any(o.startswith("Long (the shipped backbone") for o in at.radio(key="pt_preset").options)
+    at.selectbox(key="pt_method").set_value("spark")
+    at.radio(key="pt_preset").set_value("long")
+    at.button(key="FormSubmitter:pretrain_form-Start pretraining").click().run()
+    assert any("no 'long' preset for method 'spark'" in e.value for e in at.error), [e.value for e in at.error]
+    assert not services().runner.jobs()
+
+
 def test_pretrain_backbones_table_fits_with_all_columns_on_demand():
     """The Backbones table shows eight columns (the 13-column table was cut off on the right); all are in an expander."""
     save_ssl_checkpoint()
