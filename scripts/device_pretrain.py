@@ -95,7 +95,8 @@ def calibrate(method: str, data: str, steps: int) -> None:
     print("CALIB " + json.dumps({"method": method, "s_per_step": (t[steps] - t[10]) / (steps - 10)}), flush=True)
 
 
-def fp16_parts(src: Path, out_dir: Path, name: str) -> list[str]:
+def fp16_parts(src: Path, out_dir: Path, name: str) -> tuple[list[str], str]:
+    """Write `src` as fp16 safetensors split into <= PART-byte files in `out_dir`: (part names, sha256 of the whole)."""
     from safetensors.torch import load_file, save_file
 
     sd = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(src)).items()}
@@ -107,7 +108,7 @@ def fp16_parts(src: Path, out_dir: Path, name: str) -> list[str]:
         p = out_dir / f"{name}.part{i // PART}"
         p.write_bytes(data[i : i + PART])
         parts.append(p.name)
-    return parts + [hashlib.sha256(data).hexdigest()]
+    return parts, hashlib.sha256(data).hexdigest()
 
 
 def join(d: Path, name: str, dest: Path) -> Path:
@@ -251,7 +252,7 @@ def main() -> None:
         st = ck / f"{n}.safetensors"
         if not st.exists():
             continue
-        *parts, sha = fp16_parts(st, out, n)
+        parts, sha = fp16_parts(st, out, n)
         info = json.loads((ck / f"{n}.json").read_text())
         info["device_run"] = {"fp16_sha256": sha, "parts": parts, "calib_s_per_step": sps.get(n),
                               "driver": "scripts/device_pretrain.py"}

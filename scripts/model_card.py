@@ -51,7 +51,7 @@ def rebuild(info: dict) -> list[str]:
             f"python -m engine pretrain --method {info['method']} --preset long --arch {info['arch']} --data .gpu/pool "
             f"--image-size {info['image_size']} --batch-size {c['batch_size']} --epochs 100000 "
             f"--max-steps {info['steps']} --seed {c['seed']} --device cuda --out {info['name']}",
-            f"# or, on one GPU within a time budget as it was made: python scripts/device_pretrain.py --data .gpu/pool"]
+            "# or, on one GPU within a time budget as it was made: python scripts/device_pretrain.py --data .gpu/pool"]
 
 
 def eval_rows(paths: list[Path], name: str) -> list[dict]:

@@ -211,12 +211,13 @@ def load_backbone(
     except Exception as e:  # safetensors header errors, missing/unexpected keys
         raise InitUnavailableError(f"cannot load {st}: {e}. Re-export or delete the checkpoint") from e
     bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise InitUnavailableError(f"{st} holds non-finite weights ({', '.join(bad[:3])}{'...' if len(bad) > 3 else ''}): "
+                                   "it would answer NaN. Re-export it from its training run or delete it")
     std = info.get("std", IMAGENET_STD)
-    if bad or not all(isinstance(x, (int, float)) and x > 0 for x in std):
-        raise InitUnavailableError(
-            f"{st} holds non-finite weights ({', '.join(bad[:3])}{'...' if len(bad) > 3 else ''}) or its json a "
-            f"non-positive input std {std}: it would answer NaN. Re-export it from its training run or delete it"
-            if bad else f"{js} has a non-positive input std {std}: every input would become NaN. Fix or delete it")
+    if not all(isinstance(x, (int, float)) and x > 0 for x in std):
+        raise InitUnavailableError(f"{js} has a non-positive input std {std}: every input would become NaN. "
+                                   "Fix or delete it")
     meta = BackboneMeta(
         name=name, arch=a, feat_dim=ARCHS[a], method=info.get("method", "?"),
         mean=tuple(info.get("mean", IMAGENET_MEAN)), std=tuple(info.get("std", IMAGENET_STD)),
