@@ -1,7 +1,21 @@
-"""Atomic file writes: write to a temp file in the same folder, then `os.replace` it into place.
+"""Atomic file writes: the one implementation every writer in the project uses.
 
-A crash or a full disk never leaves a half-written checkpoint, manifest or result behind; a full
-disk raises `engine.diskspace.DiskFullError` naming the folder, the space needed and what to do.
+One durability rule (`_commit`): the content goes to a temp file in the destination's folder, the
+temp file is flushed and fsync'ed, `os.replace`d onto the destination, and the folder is fsync'ed
+(POSIX; skipped where a folder cannot be opened, e.g. Windows). On any error the temp file is removed
+and the old destination is left untouched. A crash therefore never leaves a half-written checkpoint,
+manifest or result behind, and a completed write survives a power loss.
+
+A full disk raises `engine.diskspace.DiskFullError` naming the folder, the space needed and what to
+do (`needed`, when given, is checked against the free space first; every flavour of "no space left"
+inside the write becomes DiskFullError, see engine.diskspace).
+
+Entry points, by what the caller has:
+- bytes or str:                         `atomic_write(path, data)` / `atomic_write_text(path, text)`
+- a library that writes to a path:      `atomic_write(path, lambda tmp: torch.save(obj, tmp))`, or
+                                        `with atomic_path(path) as tmp: save_file(sd, tmp)`
+- a library that writes to a file obj:  `with atomic_open(path, "w") as fh: json.dump(obj, fh)`
+- a whole folder built beside its place: `replace_dir(tmp_dir, dest)`
 
 Temp files are named `.<name>.<pid>.<random>.tmp` beside their destination. A process killed mid-write
 leaves one behind; `remove_stale_temps(root)` (run when a JobRunner starts) deletes those whose
@@ -18,33 +32,70 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable, Union
 
 from engine.diskspace import disk_full_guard, ensure_free
 
-__all__ = ["atomic_write", "atomic_write_text", "live_writers", "remove_stale_temps", "writer_marker"]
+__all__ = ["atomic_open", "atomic_path", "atomic_write", "atomic_write_text", "fsync_dir", "live_writers",
+           "remove_stale_temps", "replace_dir", "writer_marker"]
+
+Content = Union[bytes, bytearray, memoryview, str, Callable[[str], None]]
 
 # Temp-file names of every writer in the engine, with the writer's pid:
 #   .<name>.<pid>.<random>.tmp  (atomic_write)   .<name>.<pid>.<tid>.tmp (store)   .<name>.<pid>.tmp (torch state)
-#   .<name>.tmp-<pid>-<hex>     (resolution cache)
+#   .<name>.tmp-<pid>-<hex>     (temp folders: replace_dir callers; older resolution caches)
 _TEMP_PATTERNS = (re.compile(r"^\..+?\.(?P<pid>\d+)\.(?:[A-Za-z0-9_]+\.)?tmp$"),
                   re.compile(r"^\..+?\.tmp-(?P<pid>\d+)-[0-9a-f]+$"))
 _PIDLESS = re.compile(r"^\..+\.tmp$")  # older writers' names without a pid: removed only when a day old
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None], needed: int | None = None,
-                 what: str | None = None) -> Path:
-    """Call `write(tmp_path)` and move the result to `path`; on any error the temp file is removed.
+def _fsync_file(path: str | Path) -> None:
+    """fsync a file that was written (and closed) by someone else, e.g. torch.save or safetensors."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """fsync a folder so a rename into it survives a power loss. Does nothing where folders cannot be
+    opened or fsync'ed (Windows, some network filesystems)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _commit(tmp: str | Path, path: Path) -> None:
+    """The durability rule: fsync the finished temp file, rename it onto `path`, fsync the folder."""
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary readable files
+    _fsync_file(tmp)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+@contextmanager
+def atomic_path(path: str | Path, needed: int | None = None, what: str | None = None) -> Iterator[Path]:
+    """Yield a temp path beside `path`; when the block ends without error the file written there is
+    made durable and moved onto `path` (see the module docstring); on any error it is removed.
 
     `needed` (bytes, optional) is checked against the free space first. Raises
     `engine.diskspace.DiskFullError` when the disk is (or fills up) full, naming the folder, the
-    space needed and what to do; any other error of `write` propagates unchanged.
+    space needed and what to do; any other error of the block propagates unchanged.
     """
     path = Path(path)
     what = what or path.name
@@ -55,20 +106,76 @@ def atomic_write(path: str | Path, write: Callable[[str], None], needed: int | N
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
         os.close(fd)
         try:
-            write(tmp)
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary readable files
-            os.replace(tmp, path)
+            yield Path(tmp)
+            _commit(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
-    return path
+
+
+def atomic_write(path: str | Path, data: Content, needed: int | None = None, what: str | None = None) -> Path:
+    """Write `data` to `path` atomically and durably; returns `path`.
+
+    `data` is bytes, a str (written as UTF-8, newlines untranslated) or a callable `write(tmp_path)`
+    that writes the content to the temp path it is given (torch.save, safetensors, DataFrame.to_csv).
+    `needed` (bytes) defaults to the length of bytes/str data and is checked against the free space
+    first. Raises DiskFullError on a full disk; any other error of `write` propagates unchanged.
+    """
+    if callable(data):
+        write = data
+    else:
+        payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        needed = len(payload) if needed is None else needed
+
+        def write(tmp: str) -> None:
+            Path(tmp).write_bytes(payload)
+    with atomic_path(path, needed, what) as tmp:
+        write(str(tmp))
+    return Path(path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write `text` (UTF-8) to `path` atomically; raises DiskFullError on a full disk."""
-    data = text.encode("utf-8")
-    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), needed=len(data))
+    return atomic_write(path, text)
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "wb", needed: int | None = None, what: str | None = None,
+                encoding: str | None = None, newline: str | None = None) -> Iterator[IO]:
+    """`open` for writing, atomically: yields a file object on a temp file that replaces `path` when
+    the block ends without error (see `atomic_path`). `mode` is "w" (text; UTF-8 unless `encoding`)
+    or "wb". Raises DiskFullError on a full disk."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes a new file: mode must be 'w' or 'wb', got {mode!r}")
+    if mode == "w" and encoding is None:
+        encoding = "utf-8"
+    with atomic_path(path, needed, what) as tmp:
+        with open(tmp, mode, encoding=encoding, newline=newline) as fh:
+            yield fh
+
+
+def replace_dir(tmp_dir: str | Path, dest: str | Path) -> Path:
+    """Put a folder built at `tmp_dir` (beside `dest`, same filesystem) in the place of `dest`.
+
+    Every file in `tmp_dir` is fsync'ed, then an existing `dest` is moved aside, `tmp_dir` renamed
+    onto `dest`, the parent folder fsync'ed and the old folder deleted. Readers see the old folder or
+    the new one, never a mix. On an error before the swap `dest` is untouched (the caller removes
+    `tmp_dir`)."""
+    tmp_dir, dest = Path(tmp_dir), Path(dest)
+    for folder, _, files in os.walk(tmp_dir):
+        for f in files:
+            _fsync_file(os.path.join(folder, f))
+        fsync_dir(folder)
+    old = None
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(dest, old)
+    os.replace(tmp_dir, dest)
+    fsync_dir(dest.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return dest
 
 
 def _pid_alive(pid: int) -> bool:

@@ -36,6 +36,7 @@ from typing import Any
 from filelock import FileLock
 
 from engine import paths
+from engine.atomic import atomic_write_text
 from engine.names import check_name, inside
 
 __all__ = ["NameTakenError", "job_owner", "owner_active", "process_owner", "release_checkpoint",
@@ -192,9 +193,7 @@ def reserve_checkpoint(name: str, owner: str, checkpoint_dir: str | Path, *, rep
                                  "to overwrite it")
         body = json.dumps({"name": name, "owner": owner, "created": time.time(), "pid": os.getpid(),
                            "host": socket.gethostname(), "replace": bool(replace)})
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(body)
-        os.replace(tmp, path)
+        atomic_write_text(path, body)
     return path
 
 

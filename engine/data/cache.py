@@ -22,7 +22,7 @@ any paths) map to the same file. Building a list:
 3. else, under the folder's lock, take every key already present in any block (other lists,
    parts of an interrupted build) and decode only the rest, in chunks written as `part-` blocks
    (between chunks `stop` is honoured: a cancelled build resumes from its parts);
-4. assemble the list block by copying rows, write it (temp file + os.replace, JSON last), and
+4. assemble the list block by copying rows, write it (engine.atomic, JSON last), and
    delete the parts it now contains.
 
 Blocks are written with plain `write()` calls, never through a writable memory map (a full disk
@@ -41,7 +41,6 @@ import json
 import os
 import sqlite3
 import threading
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +50,8 @@ import numpy as np
 from filelock import FileLock
 
 from engine.data.transforms import Letterbox, Mode, fit_square
-from engine.diskspace import disk_full_guard, ensure_free
+from engine.atomic import atomic_path, atomic_write
+from engine.diskspace import disk_full_guard
 from engine.events import OnEvent, check_stop, emit
 from engine.sqlite_wal import enable_wal
 
@@ -154,23 +154,26 @@ def _lb_rows(lbs: Sequence[Letterbox]) -> list[list[float]]:
     return [[lb.scale, lb.top, lb.left, lb.orig_h, lb.orig_w] for lb in lbs]
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def _write_rows(fh, chunks: Iterable[np.ndarray], n: int, size: int, name: str) -> None:
+    """Write an (n, S, S) uint8 .npy to the open file `fh` from `chunks`, (k, S, S) arrays in row order.
+    Raises ValueError for rows of another size and RuntimeError when the chunks hold not n rows."""
+    np.lib.format.write_array_header_1_0(
+        fh, {"descr": np.dtype(np.uint8).str, "fortran_order": False, "shape": (n, size, size)})
+    written = 0
+    for chunk in chunks:
+        chunk = np.ascontiguousarray(chunk, dtype=np.uint8)  # (k, S, S)
+        if chunk.shape[1:] != (size, size):
+            raise ValueError(f"cache rows must be {size}x{size}, got {chunk.shape[1:]}")
+        fh.write(chunk.tobytes())
+        written += len(chunk)
+    if written != n:
+        raise RuntimeError(f"cache block {name}: {written} rows written, {n} expected")
 
 
 def _write_block(folder: Path, name: str, chunks: Iterable[np.ndarray], n: int, size: int, keys: list[str],
                  lbs: np.ndarray, meta: dict) -> _Block:
     """Write `name`.npy (rows from `chunks`, (k, S, S) uint8 arrays in row order) then `name`.json,
-    each atomically.
+    each atomically (engine.atomic).
 
     Plain buffered writes, never a writable memory map: on a full disk a write to a memory map kills
     the whole process with SIGBUS, while `write()` raises ENOSPC, which becomes `DiskFullError`
@@ -180,29 +183,10 @@ def _write_block(folder: Path, name: str, chunks: Iterable[np.ndarray], n: int, 
     body = json.dumps({**meta, "keys": keys, "letterboxes": lbs.tolist()}).encode()
     needed = n * size * size + 4096 + len(body)
     what = f"the resolution cache ({n} images at {size}px)"
-    ensure_free(folder, needed, what)
-    tmp = folder / f".{name}.npy.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     with disk_full_guard(folder, needed, what):
-        try:
-            with open(tmp, "wb") as fh:
-                np.lib.format.write_array_header_1_0(
-                    fh, {"descr": np.dtype(np.uint8).str, "fortran_order": False, "shape": (n, size, size)})
-                written = 0
-                for chunk in chunks:
-                    chunk = np.ascontiguousarray(chunk, dtype=np.uint8)  # (k, S, S)
-                    if chunk.shape[1:] != (size, size):
-                        raise ValueError(f"cache rows must be {size}x{size}, got {chunk.shape[1:]}")
-                    fh.write(chunk.tobytes())
-                    written += len(chunk)
-                if written != n:
-                    raise RuntimeError(f"cache block {name}: {written} rows written, {n} expected")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, npy)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        _atomic_bytes(folder / f"{name}.json", body)
+        with atomic_path(npy, needed, what) as tmp, open(tmp, "wb") as fh:
+            _write_rows(fh, chunks, n, size, name)
+        atomic_write(folder / f"{name}.json", body, what=what)
     return _Block(npy, keys, lbs)
 
 

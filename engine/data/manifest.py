@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,8 @@ from typing import Iterable
 
 import numpy as np
 import pandas as pd
+
+from engine.atomic import atomic_write_text
 
 RESERVED = ("path", "patient_id", "split")
 BOX_COLUMNS = ("path", "finding", "x", "y", "w", "h")
@@ -380,21 +381,6 @@ def relative_paths(paths: Iterable[str], folder: Path) -> list[str]:
     return out
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def manifest_csv_text(df: pd.DataFrame, folder: Path) -> str:
     """The CSV text `write_manifest` writes (exposed for tests and previews).
 
@@ -438,7 +424,7 @@ def write_manifest(df: pd.DataFrame, csv_path: str | Path, boxes: pd.DataFrame |
 
     `df` holds `path` (absolute, or relative to the CSV's folder), optional `patient_id` / `split`,
     and finding columns with 1 / 0 / NaN. Image paths inside the CSV's folder are written relative to
-    it, others absolute. boxes/masks are written first, the manifest last, each via temp + os.replace.
+    it, others absolute. boxes/masks are written first, the manifest last, each atomically (engine.atomic).
     When `boxes` / `masks` are None an existing boxes.csv / masks.csv is left as it is.
     """
     csv_path = Path(csv_path).expanduser().resolve()
@@ -450,7 +436,7 @@ def write_manifest(df: pd.DataFrame, csv_path: str | Path, boxes: pd.DataFrame |
             raise ValueError(f"boxes DataFrame misses column(s) {missing}")
         b = boxes[list(BOX_COLUMNS)].copy()
         b["path"] = relative_paths(b["path"].astype(str), folder)
-        _atomic_write_text(folder / "boxes.csv", b.to_csv(index=False, lineterminator="\n"))
+        atomic_write_text(folder / "boxes.csv", b.to_csv(index=False, lineterminator="\n"))
     if masks is not None:
         missing = [c for c in MASK_COLUMNS if c not in masks.columns]
         if missing:
@@ -458,8 +444,8 @@ def write_manifest(df: pd.DataFrame, csv_path: str | Path, boxes: pd.DataFrame |
         m = masks[list(MASK_COLUMNS)].copy()
         m["path"] = relative_paths(m["path"].astype(str), folder)
         m["mask_path"] = relative_paths(m["mask_path"].astype(str), folder)
-        _atomic_write_text(folder / "masks.csv", m.to_csv(index=False, lineterminator="\n"))
-    _atomic_write_text(csv_path, text)
+        atomic_write_text(folder / "masks.csv", m.to_csv(index=False, lineterminator="\n"))
+    atomic_write_text(csv_path, text)
     return csv_path
 
 

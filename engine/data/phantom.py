@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from engine.atomic import replace_dir
 from engine.events import OnEvent, check_stop, emit
 
 FINDINGS: tuple[str, ...] = (
@@ -892,13 +893,7 @@ def generate(out_dir: str | Path, n: int, size: int = 256, seed: int = 0, findin
         _write_csv(tmp / "masks.csv", ["path", "finding", "mask_path"], mask_rows)
         _write_csv(tmp / "boxes.csv", ["path", "finding", "x", "y", "w", "h"], box_rows)
         (tmp / "phantom.json").write_text(json.dumps({**asdict(spec), "findings": list(fs)}, indent=2) + "\n")
-        old = None
-        if out_dir.exists():  # an empty folder or an earlier phantom: move it aside, swap, then delete
-            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out_dir)  # an empty folder or an earlier phantom is moved aside, swapped, deleted
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -105,7 +105,7 @@ def test_cache_write_that_runs_out_of_space_raises_and_leaves_nothing(tmp_path, 
 
     def fake_open(file, mode="r", *a, **kw):
         f = real_open(file, mode, *a, **kw)
-        return Full(f) if "w" in mode and str(file).endswith(tuple("0123456789abcdef")) else f
+        return Full(f) if "w" in mode and str(file).endswith(".tmp") else f  # the cache's temp files
 
     monkeypatch.setattr(cache_mod, "open", fake_open, raising=False)
     with pytest.raises(DiskFullError, match="disk full: free space in .*resolution cache"):
