@@ -17,6 +17,7 @@ AREAS = (
     "engine.fewshot.commands",
     "engine.explain.commands",
     "engine.analysis.commands",
+    "engine.study.commands",
 )
 
 

@@ -1,0 +1,202 @@
+"""One report of a study folder: appendix-style tables, AUC-vs-shots plots, Grad-CAM grids, collapse histories.
+
+`write_report(out_dir)` reads what the stages wrote (study.json, pretrain/*.json, sweeps/*/trials.csv and
+summary.csv, gradcam/*/*/summary.csv and grid PNGs) and writes
+
+    report.md    tables in Markdown; figures linked (relative paths)
+    report.html  the same tables, the plots inline (plotly, JavaScript embedded: works offline), grids as <img>
+
+Tables follow the seed study's appendix: AUC mean ± std over trials per finding x init x mode x shots,
+then the paired difference to random init per trial (mean d, its standard error, wins; the trials of
+one (finding, mode, shots) train every init on the same images, engine.fewshot.metrics.paired_differences).
+"""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from engine.atomic import atomic_write_text
+
+# keys of the checkpoint json's collapse records (engine.ssl.monitor): RankMe-style, then the seed study's
+COLLAPSE_KEYS = ("erank", "std", "cos", "centred_erank", "raw_std")
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    """A Markdown table of `df` (index dropped; cells as given)."""
+    if df.empty:
+        return "(none)\n"
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def appendix_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """summary.csv of a sweep -> one row per (finding, mode, init), one column per shot count: "mean ± std".
+
+    Skipped groups (status != ok, e.g. ImageNet offline) read "skipped". Raises KeyError on a frame
+    without the sweep's columns (finding, init, mode, shots, status, auc_mean, auc_std).
+    """
+    if summary.empty:
+        return pd.DataFrame()
+    s = summary.copy()
+    s["cell"] = [f"{m:.3f} ± {d:.3f}" if st == "ok" else "skipped"
+                 for m, d, st in zip(s["auc_mean"], s["auc_std"], s["status"])]
+    s = s[s["shots"].notna()]
+    s["shots"] = s["shots"].astype(int)
+    t = s.pivot_table(index=["finding", "mode", "init"], columns="shots", values="cell", aggfunc="first")
+    t.columns = [f"{c} shots" for c in t.columns]
+    return t.reset_index().fillna("")
+
+
+def paired_table(trials: pd.DataFrame, baseline: str = "random") -> pd.DataFrame:
+    """Paired differences to `baseline` per (finding, mode, shots, init): "d (SE)" and wins/n."""
+    from engine.fewshot.metrics import paired_differences
+
+    if trials.empty or baseline not in set(trials["init"]):
+        return pd.DataFrame()
+    rows = paired_differences(trials, baseline)
+    return pd.DataFrame([{"finding": r["finding"], "mode": r["mode"], "shots": r["shots"], "init": r["init"],
+                          "AUC": f"{r['auc']:.3f}", f"AUC {baseline}": f"{r['auc_random']:.3f}",
+                          "d": f"{r['diff']:+.3f}", "SE": f"{r['se']:.3f}", "wins": f"{r['wins']}/{r['n']}"}
+                         for r in rows])
+
+
+def gradcam_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Grad-CAM summary.csv -> per init: n and each localization score as "mean [lo, hi]"."""
+    from engine.explain.localization import METRICS
+
+    if summary.empty:
+        return pd.DataFrame()
+    rows = [{"init": r["init"], "n": int(r["n"]),
+             **{m: f"{r[m + '_mean']:.3f} [{r[m + '_lo']:.3f}, {r[m + '_hi']:.3f}]" for m in METRICS}}
+            for r in summary.to_dict("records")]
+    return pd.DataFrame(rows)
+
+
+def pretrain_table(records: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """pretrain/<method>.json records -> method, checkpoint, steps, epochs, seconds, last loss, final collapse metrics."""
+    rows = []
+    for method, r in records.items():
+        final = ((r.get("collapse") or {}).get("final")) or {}
+        loss = r.get("loss") or {}
+        rows.append({"method": method, "checkpoint": r.get("name", ""), "steps": r.get("steps", ""),
+                     "epochs": _fmt(r.get("epochs")), "images": r.get("n_images", ""),
+                     "seconds": _fmt(r.get("train_seconds"), 0), "last loss": _fmt(loss.get("last_mean")),
+                     **{k: _fmt(final.get(k)) for k in COLLAPSE_KEYS}})
+    return pd.DataFrame(rows)
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    try:
+        return f"{float(v):.{digits}f}"
+    except (TypeError, ValueError):
+        return ""
+
+
+def collapse_figure(records: dict[str, dict[str, Any]]):
+    """Plotly figure: the monitored collapse metrics of every method against the pretraining step."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    keys = COLLAPSE_KEYS[:3]
+    fig = make_subplots(rows=1, cols=len(keys), subplot_titles=["effective rank (RankMe)", "std of normalized embeddings", "mean cosine of pairs"])
+    for i, (method, r) in enumerate(records.items()):
+        hist = ((r.get("collapse") or {}).get("history")) or []
+        for j, k in enumerate(keys):
+            pts = [(h["step"], h[k]) for h in hist if k in h and "step" in h]
+            if pts:
+                x, y = zip(*pts)
+                fig.add_trace(go.Scatter(x=x, y=y, name=method, legendgroup=method, showlegend=j == 0,
+                                         line={"color": f"hsl({(i * 67) % 360},60%,45%)"}), row=1, col=j + 1)
+    fig.update_layout(height=320, margin={"t": 40, "b": 30, "l": 40, "r": 10})
+    return fig
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path) if path.exists() else pd.DataFrame()
+
+
+def _sections(out: Path) -> list[tuple[str, str, Any]]:
+    """(kind, title, payload) in report order: kind is h2 | h3 | table | fig | img | text."""
+    state = json.loads((out / "study.json").read_text())
+    cfg = state["config"]
+    parts: list[tuple[str, str, Any]] = [("text", "", _settings_line(cfg, state))]
+    order = {m: i for i, m in enumerate(cfg["methods"])}
+    files = sorted((out / "pretrain").glob("*.json"), key=lambda p: (order.get(p.stem, len(order)), p.stem))
+    records = {p.stem: json.loads(p.read_text()) for p in files}
+    parts += [("h2", "Pretraining", None), ("table", "", pretrain_table(records))]
+    if records:
+        parts.append(("fig", "collapse", collapse_figure(records)))
+    for sweep in sorted((out / "sweeps").glob("*")) if (out / "sweeps").exists() else []:
+        summary, trials = _read_csv(sweep / "summary.csv"), _read_csv(sweep / "trials.csv")
+        parts += [("h2", f"Few-shot AUC: {sweep.name}", None),
+                  ("text", "", "AUC on the held-out test set, mean ± std over trials (appendix style)."),
+                  ("table", "", appendix_table(summary)),
+                  ("h3", "Paired difference to random init (same images per trial)", None),
+                  ("table", "", paired_table(trials))]
+        if not summary.empty:
+            from engine.fewshot.plots import auc_vs_shots_figure
+
+            for finding in sorted(set(summary["finding"])):
+                parts.append(("fig", f"{sweep.name}-{finding}", auc_vs_shots_figure(summary, finding)))
+    for cam in sorted((out / "gradcam").glob("*/*")) if (out / "gradcam").exists() else []:
+        parts += [("h2", f"Grad-CAM localization: {cam.parent.name} / {cam.name}", None),
+                  ("text", "", "energy ratio, pointing game and top-q IoU against the lesion, mean [95% CI]"),
+                  ("table", "", gradcam_table(_read_csv(cam / "summary.csv")))]
+        parts += [("img", p.stem, p.relative_to(out)) for p in sorted(cam.glob("grid_*.png"))]
+    return parts
+
+
+def _settings_line(cfg: dict[str, Any], state: dict[str, Any]) -> str:
+    secs = sum(float(s.get("seconds", 0)) for s in state.get("stages", {}).values())
+    return (f"Pretraining data `{cfg['pretrain_data']}`; methods {', '.join(cfg['methods']) or '-'}"
+            + (f"; reused {', '.join(f'{m}={n}' for m, n in cfg['reuse'])}" if cfg["reuse"] else "")
+            + f"; recipe {cfg['preset']}" + (f", {cfg['steps']} steps" if cfg["steps"] else "")
+            + f"; {cfg['image_size']} px; shots {', '.join(map(str, cfg['shots']))} x {cfg['trials']} trials; "
+            f"modes {', '.join(cfg['modes'])}; baselines {', '.join(cfg['baselines'])}; seed {cfg['seed']}. "
+            f"Stages took {secs / 60:.1f} min in all.")
+
+
+def write_report(out_dir: str | Path) -> tuple[Path, Path]:
+    """Write `report.md` and `report.html` into a study folder; returns both paths.
+
+    Raises FileNotFoundError when `out_dir` holds no study.json (not a study folder).
+    """
+    out = Path(out_dir)
+    if not (out / "study.json").exists():
+        raise FileNotFoundError(f"{out} holds no study.json: not a study folder (run `python -m engine study` first)")
+    parts = _sections(out)
+    md, body, js_in = ["# Study report\n"], [], False
+    for kind, title, payload in parts:
+        if kind in ("h2", "h3"):
+            md.append(f"\n{'#' * int(kind[1])} {title}\n")
+            body.append(f"<{kind}>{html.escape(title)}</{kind}>")
+        elif kind == "text":
+            md.append(payload + "\n")
+            body.append(f"<p>{html.escape(payload)}</p>")
+        elif kind == "table":
+            md.append(_md_table(payload))
+            body.append(payload.to_html(index=False, border=0, classes="t") if not payload.empty else "<p>(none)</p>")
+        elif kind == "fig":
+            fig_path = out / "figures" / f"{title}.html"
+            atomic_write_text(fig_path, payload.to_html(include_plotlyjs=True, full_html=True))
+            md.append(f"[figure: {title}](figures/{fig_path.name})\n")
+            body.append(payload.to_html(include_plotlyjs=not js_in, full_html=False))  # plotly.js once, inline
+            js_in = True
+        elif kind == "img":
+            md.append(f"![{title}]({payload.as_posix()})\n")
+            body.append(f'<p><img src="{html.escape(payload.as_posix())}" alt="{html.escape(title)}" '
+                        'style="max-width:100%"></p>')
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table.t{border-collapse:collapse;"
+             "font-size:13px}table.t td,table.t th{border:1px solid #ccc;padding:3px 6px}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Study report</title><style>{style}</style>"
+            f"</head><body><h1>Study report</h1>{''.join(body)}</body></html>")
+    md_path, html_path = out / "report.md", out / "report.html"
+    atomic_write_text(md_path, "\n".join(md))
+    atomic_write_text(html_path, page)
+    return md_path, html_path

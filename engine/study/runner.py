@@ -1,0 +1,224 @@
+"""Run a study stage by stage into one folder; every stage resumable, the whole run too.
+
+Stages, in order (one unit each on the job's bar):
+
+    pretrain:<method>           pretrain_from_data -> checkpoint `<name>-<method>` (skipped for reused ones)
+    sweep:<tag>                 run_sweep on one eval manifest: baselines + every method's checkpoint
+    gradcam:<tag>:<finding>     run_gradcam_study, where the manifest has lesion boxes or masks
+    report                      write_report -> report.md, report.html
+
+`<out>/study.json` holds the settings and each finished stage. Started again with `resume=True` and
+the same settings, finished stages are skipped and the running one resumes from its own state
+(pretraining's state.pt, the sweep's trials.csv, the Grad-CAM study's .state/). Layout:
+
+    <out>/study.json   <out>/runs/<method>/ (pretraining run)   <out>/pretrain/<method>.json
+    <out>/sweeps/<tag>/   <out>/gradcam/<tag>/<finding>/   <out>/report.md   <out>/report.html
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.atomic import atomic_write_text
+from engine.events import OnEvent, as_log, check_stop, emit
+from engine.study.config import StudyConfig, eval_tag
+
+STUDY_VERSION = 1
+
+
+class StudyExistsError(ValueError):
+    """The output folder already holds a study with other settings (or one not resumed)."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One unit of work: `kind` is pretrain | sweep | gradcam | report."""
+
+    name: str
+    kind: str
+    method: str = ""
+    manifest: str = ""
+    tag: str = ""
+    finding: str = ""
+
+
+@dataclass
+class StudyResult:
+    """Where the study wrote its report, and each stage's record from study.json."""
+
+    out_dir: Path
+    report_md: Path
+    report_html: Path
+    stages: dict[str, dict[str, Any]]
+
+
+def _findings_of(cfg: StudyConfig, manifests: dict[str, Any]) -> dict[str, list[str]]:
+    """Findings evaluated per eval manifest; a requested finding no manifest has raises ValueError."""
+    out = {p: [f for f in (cfg.findings or m.findings) if f in m.findings] for p, m in manifests.items()}
+    missing = [f for f in cfg.findings if not any(f in fs for fs in out.values())]
+    if missing:
+        have = sorted({f for m in manifests.values() for f in m.findings})
+        raise ValueError(f"finding(s) {missing} are in none of the eval manifests; they have: {', '.join(have)}")
+    return out
+
+
+def _has_regions(manifest: Any, finding: str) -> bool:
+    return any(t is not None and len(t) and (t["finding"] == finding).any() for t in (manifest.boxes, manifest.masks))
+
+
+def plan_stages(cfg: StudyConfig) -> list[Stage]:
+    """Every stage of `cfg` in run order (loads each eval manifest; raises ManifestError / ValueError)."""
+    from engine.data.manifest import load_manifest
+
+    manifests = {p: load_manifest(p) for p in cfg.eval_manifests}
+    findings = _findings_of(cfg, manifests)
+    stages = [Stage(f"pretrain:{m}", "pretrain", method=m) for m in cfg.methods if m not in dict(cfg.reuse)]
+    tags: set[str] = set()
+    for p in cfg.eval_manifests:
+        tag = eval_tag(p, tags)
+        tags.add(tag)
+        if findings[p]:
+            stages.append(Stage(f"sweep:{tag}", "sweep", manifest=p, tag=tag))
+        if cfg.gradcam_images:
+            stages += [Stage(f"gradcam:{tag}:{f}", "gradcam", manifest=p, tag=tag, finding=f)
+                       for f in findings[p] if _has_regions(manifests[p], f)]
+    return stages + [Stage("report", "report")]
+
+
+# ------------------------------------------------------------------------------------------ state file
+def _load_state(out: Path, cfg: StudyConfig, resume: bool) -> dict[str, Any]:
+    path = out / "study.json"
+    if not path.exists():
+        return {"version": STUDY_VERSION, "config": cfg.to_dict(), "stages": {}, "created": time.time()}
+    state = json.loads(path.read_text())
+    if state.get("config") != cfg.to_dict():
+        old = state.get("config") or {}
+        diff = sorted(k for k in set(old) | set(cfg.to_dict()) if old.get(k) != cfg.to_dict().get(k))
+        raise StudyExistsError(f"{out} holds a study with other settings ({', '.join(diff)} differ); "
+                               "use another output folder, or the same settings to resume it")
+    if not resume:
+        raise StudyExistsError(f"{out} already holds this study; resume it (--resume) or use another output folder")
+    return state
+
+
+def _save_state(out: Path, state: dict[str, Any]) -> None:
+    state["updated"] = time.time()
+    atomic_write_text(out / "study.json", json.dumps(state, indent=1, default=str))
+
+
+# ------------------------------------------------------------------------------------------ the run
+def run_study(
+    cfg: StudyConfig, out_dir: str | Path, device: torch.device | str = "cpu", *,
+    on_event: OnEvent | None = None, stop: threading.Event | None = None, resume: bool = False,
+    owner: str | None = None, checkpoint_dir: Path | None = None,
+) -> StudyResult:
+    """Run (or resume) every stage of `cfg` into `out_dir`; returns the report paths and stage records.
+
+    owner: who reserves the checkpoint names (engine.reservations; e.g. `process_owner()` on the CLI,
+    `job_owner(ws, id)` in the app); None reserves nothing. checkpoint_dir: where checkpoints are
+    exported and looked up (default engine.paths.checkpoints_dir()).
+    Raises StudyExistsError (a ValueError) for an existing folder with other settings or without
+    `resume`; ValueError / UnknownInitError for unknown findings, methods or reused checkpoints
+    before any work; engine.reservations.NameTakenError when a checkpoint name is held elsewhere;
+    `Cancelled` when `stop` is set (the running stage saves its state first).
+    """
+    from engine.paths import checkpoints_dir
+
+    out = Path(out_dir)
+    ckpts = Path(checkpoint_dir) if checkpoint_dir is not None else checkpoints_dir()
+    stages = plan_stages(cfg)
+    _check_reused(cfg, ckpts)
+    out.mkdir(parents=True, exist_ok=True)
+    state = _load_state(out, cfg, resume)
+    _save_state(out, state)
+    total = len(stages)
+    for i, stage in enumerate(stages):
+        check_stop(stop)
+        done = state["stages"].get(stage.name, {}).get("status") == "done"
+        emit(on_event, step=i, total=total, message=f"study: {stage.name}" + (" (done before)" if done else ""))
+        if done:
+            continue
+        t0 = time.time()
+        record = _RUNNERS[stage.kind](cfg, stage, out, torch.device(device), ckpts, as_log(on_event), stop, owner)
+        state["stages"][stage.name] = {"status": "done", "seconds": round(time.time() - t0, 1), **record}
+        _save_state(out, state)
+    emit(on_event, step=total, total=total, kind="result", message=f"study finished: {out / 'report.html'}")
+    return StudyResult(out, out / "report.md", out / "report.html", state["stages"])
+
+
+def _check_reused(cfg: StudyConfig, ckpts: Path) -> None:
+    from engine.models.registry import UnknownInitError, list_inits
+
+    known = {i.name for i in list_inits(ckpts)}
+    for method, name in cfg.reuse:
+        if name not in known:
+            raise UnknownInitError(f"--reuse {method}={name}: no checkpoint {name!r} in {ckpts}; "
+                                   f"valid: {', '.join(sorted(known))}")
+
+
+def _pretrain(cfg: StudyConfig, stage: Stage, out: Path, device, ckpts: Path, on_event, stop, owner) -> dict:
+    from engine.reservations import release_checkpoint, reserve_checkpoint
+    from engine.ssl.presets import build_config
+    from engine.ssl.pretrain import pretrain_from_data
+
+    name = cfg.checkpoint(stage.method)
+    run_dir = out / "runs" / stage.method
+    resuming = (run_dir / "state.pt").exists()
+    if owner is not None:
+        reserve_checkpoint(name, owner, ckpts, replace=resuming)
+    pcfg = build_config(stage.method, cfg.preset, image_size=cfg.image_size, seed=cfg.seed,
+                        max_steps=cfg.steps, batch_size=cfg.batch_size)
+    path = pretrain_from_data(cfg.pretrain_data, pcfg, name, device, run_dir=run_dir, on_event=on_event,
+                              stop=stop, resume=resuming, checkpoint_dir=ckpts)
+    if owner is not None:
+        release_checkpoint(name, owner, ckpts)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    keep = {k: meta.get(k) for k in ("name", "method", "arch", "steps", "epochs", "n_images", "image_size",
+                                     "train_seconds", "loss", "collapse", "config", "device")}
+    atomic_write_text(out / "pretrain" / f"{stage.method}.json", json.dumps(keep, indent=1, default=str))
+    return {"checkpoint": name}
+
+
+def _sweep(cfg: StudyConfig, stage: Stage, out: Path, device, ckpts: Path, on_event, stop, owner) -> dict:
+    from engine.data.manifest import load_manifest
+    from engine.fewshot.sweep import SweepConfig, run_sweep
+
+    have = load_manifest(stage.manifest).findings
+    findings = tuple(f for f in (cfg.findings or have) if f in have)
+    inits = tuple(dict.fromkeys([*cfg.baselines, *(cfg.checkpoint(m) for m in cfg.all_methods)]))
+    scfg = SweepConfig(findings=findings, inits=inits, modes=cfg.modes, shots=cfg.shots, trials=cfg.trials,
+                       image_size=cfg.image_size, seed=cfg.seed)
+    sweep_dir = out / "sweeps" / stage.tag
+    res = run_sweep(stage.manifest, scfg, sweep_dir, device, on_event=on_event, stop=stop,
+                    resume=(sweep_dir / "config.json").exists())
+    return {"trials": int(len(res.trials)), "warnings": list(res.warnings)}
+
+
+def _gradcam(cfg: StudyConfig, stage: Stage, out: Path, device, ckpts: Path, on_event, stop, owner) -> dict:
+    from engine.explain.study import run_gradcam_study
+    from engine.models.registry import list_inits
+
+    available = {i.name for i in list_inits(ckpts) if i.available}
+    inits = [i for i in dict.fromkeys([*cfg.baselines, *(cfg.checkpoint(m) for m in cfg.all_methods)])
+             if i in available]
+    loc, _, grids = run_gradcam_study(
+        stage.manifest, stage.finding, inits, out / "gradcam" / stage.tag / stage.finding,
+        shots=cfg.gradcam_shots, mode=cfg.gradcam_mode, n_images=cfg.gradcam_images,
+        image_size=cfg.image_size, seed=cfg.seed, device=device, on_event=on_event, stop=stop)
+    return {"rows": int(len(loc)), "grids": len(grids)}
+
+
+def _report(cfg: StudyConfig, stage: Stage, out: Path, device, ckpts: Path, on_event, stop, owner) -> dict:
+    from engine.study.report import write_report
+
+    md, html = write_report(out)
+    return {"report": md.name, "html": html.name}
+
+
+_RUNNERS = {"pretrain": _pretrain, "sweep": _sweep, "gradcam": _gradcam, "report": _report}

@@ -1,0 +1,125 @@
+"""`python -m engine study`: the seed protocol end to end on phantoms, resumable, one report."""
+from __future__ import annotations
+
+import json
+import threading
+
+import pandas as pd
+import pytest
+
+from engine.cli import main
+from engine.data.phantom import generate
+from engine.events import Cancelled
+from engine.study.config import StudyConfig
+from engine.study.runner import StudyExistsError, plan_stages, run_study
+
+S = 64
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("phantom") / "ph", n=48, size=S, seed=0, findings=("nodule",),
+                    prevalence=0.5)
+
+
+def _cfg(data, **kw):
+    base = dict(pretrain_data=str(data), eval_manifests=(str(data),), methods=("moco_v2", "spark"), name="st",
+                steps=2, batch_size=8, image_size=S, shots=(2, 4), trials=2, baselines=("random",),
+                gradcam_images=2, gradcam_shots=4)
+    return StudyConfig(**{**base, **kw})
+
+
+def test_config_refuses_bad_settings_with_the_fix(data):
+    with pytest.raises(ValueError, match="modes must be among"):
+        _cfg(data, modes=("linear",))
+    with pytest.raises(ValueError, match="at least one labeled manifest"):
+        _cfg(data, eval_manifests=())
+    with pytest.raises(ValueError, match="baselines must be among"):
+        _cfg(data, baselines=("random", "dino"))
+    with pytest.raises(ValueError, match="study name"):
+        _cfg(data, name="../x")
+    with pytest.raises(ValueError, match="in none of the eval manifests"):
+        plan_stages(_cfg(data, findings=("pneumonia",)))
+    c = _cfg(data, reuse=(("dino", "x"),))
+    assert StudyConfig.from_dict(c.to_dict()) == c
+
+
+def test_plan_has_one_stage_per_method_manifest_and_region_finding(data):
+    names = [s.name for s in plan_stages(_cfg(data))]
+    assert names == ["pretrain:moco_v2", "pretrain:spark", "sweep:ph", "gradcam:ph:nodule", "report"]
+    names = [s.name for s in plan_stages(_cfg(data, reuse=(("moco_v2", "x"),), gradcam_images=0))]
+    assert names == ["pretrain:spark", "sweep:ph", "report"]
+
+
+def test_study_end_to_end_then_resume_skips_finished_stages(data, tmp_path):
+    out = tmp_path / "study"
+    events = []
+    res = run_study(_cfg(data), out, "cpu", on_event=events.append)
+    state = json.loads((out / "study.json").read_text())
+    assert set(state["stages"]) == {"pretrain:moco_v2", "pretrain:spark", "sweep:ph", "gradcam:ph:nodule", "report"}
+    # the checkpoints exist and were evaluated beside random init, every trial
+    trials = pd.read_csv(out / "sweeps" / "ph" / "trials.csv")
+    assert set(trials["init"]) == {"random", "st-moco_v2", "st-spark"}
+    assert len(trials) == 3 * 2 * 2  # inits x shots x trials
+    assert trials["auc"].between(0, 1).all()
+    loc = pd.read_csv(out / "gradcam" / "ph" / "nodule" / "localization.csv")
+    assert set(loc["init"]) == {"random", "st-moco_v2", "st-spark"}
+    # the report holds the appendix table (mean ± std per shots), paired d, collapse metrics and grids
+    md = res.report_md.read_text()
+    assert "| finding | mode | init | 2 shots | 4 shots |" in md
+    assert md.count("±") >= 3 * 2
+    assert "st-spark" in md and "pointing_hit" in md
+    pre = md.split("## Pretraining")[1].split("##")[0]
+    assert "| method | checkpoint |" in pre and "centred_erank" in pre
+    erank = [float(r.split("|")[8]) for r in pre.splitlines() if r.startswith("| moco_v2") or r.startswith("| spark")]
+    assert len(erank) == 2 and all(e >= 1.0 for e in erank)  # final collapse readings are in the table
+    assert "![grid_" in md
+    html = res.report_html.read_text()
+    assert html.count("<table") >= 4 and "Plotly" in html and "<img src=\"gradcam/ph/nodule/grid_" in html
+    # bar: one unit per stage, monotone, ends at the total
+    steps = [e.step for e in events if e.total == 5 and e.kind != "log"]
+    assert steps == sorted(steps) and steps[-1] == 5
+    # the same settings without --resume are refused; with it, nothing is redone
+    with pytest.raises(StudyExistsError, match="resume"):
+        run_study(_cfg(data), out, "cpu")
+    with pytest.raises(StudyExistsError, match="trials differ"):
+        run_study(_cfg(data, trials=3), out, "cpu", resume=True)
+    again = []
+    mtime = (out / "sweeps" / "ph" / "trials.csv").stat().st_mtime_ns
+    run_study(_cfg(data), out, "cpu", on_event=again.append, resume=True)
+    assert sum("(done before)" in (e.message or "") for e in again) == 5
+    assert (out / "sweeps" / "ph" / "trials.csv").stat().st_mtime_ns == mtime
+
+
+def test_stopped_study_resumes_where_it_was(data, tmp_path):
+    out = tmp_path / "study"
+    stop = threading.Event()
+
+    def on_event(e):  # stop as soon as the sweep stage begins
+        if e.message == "study: sweep:ph":
+            stop.set()
+
+    with pytest.raises(Cancelled):
+        run_study(_cfg(data, methods=("moco_v2",), gradcam_images=0), out, "cpu", on_event=on_event, stop=stop)
+    done = json.loads((out / "study.json").read_text())["stages"]
+    assert list(done) == ["pretrain:moco_v2"]
+    res = run_study(_cfg(data, methods=("moco_v2",), gradcam_images=0), out, "cpu", resume=True)
+    assert list(res.stages) == ["pretrain:moco_v2", "sweep:ph", "report"]
+
+
+def test_cli_reuses_a_checkpoint_and_prints_the_report(data, tmp_path, capsys):
+    out = tmp_path / "s1"
+    assert main(["study", "--pretrain", str(data), "--eval", str(data), "--methods", "moco_v2", "--name", "c",
+                 "--steps", "2", "--batch-size", "8", "--image-size", str(S), "--shots", "2", "--trials", "2",
+                 "--baselines", "random", "--gradcam-images", "0", "--out", str(out), "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["stages"] == 3
+    out2 = tmp_path / "s2"
+    assert main(["study", "--pretrain", str(data), "--eval", str(data), "--methods", "", "--reuse", "moco_v2=c-moco_v2",
+                 "--image-size", str(S), "--shots", "2", "--trials", "2", "--baselines", "random",
+                 "--gradcam-images", "0", "--out", str(out2), "--device", "cpu"]) == 0
+    assert not (out2 / "runs").exists()  # nothing pretrained
+    assert set(pd.read_csv(out2 / "sweeps" / "ph" / "trials.csv")["init"]) == {"random", "c-moco_v2"}
+    capsys.readouterr()
+    assert main(["study", "--pretrain", str(data), "--eval", str(data), "--reuse", "moco_v2=nope",
+                 "--out", str(tmp_path / "s3")]) == 2
+    assert "no checkpoint 'nope'" in capsys.readouterr().err
