@@ -21,6 +21,7 @@ images, the penalty's relative weight shrinks as shots grow, which is the behavi
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -153,13 +154,14 @@ def fit_probe(X: np.ndarray, y: np.ndarray, C: float = DEFAULT_C, seed: int = 0,
 
 
 def _blas_single_thread():
-    global _CONTROLLER
-    if _CONTROLLER is None:
-        _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER.limit(limits=1, user_api="blas")
+    """Context manager limiting BLAS to one thread for the duration of a fit."""
+    return _threadpool_controller().limit(limits=1, user_api="blas")
 
 
-_CONTROLLER: ThreadpoolController | None = None
+@functools.lru_cache(maxsize=1)
+def _threadpool_controller() -> ThreadpoolController:
+    """One ThreadpoolController per process: building it inspects every loaded native library (slow)."""
+    return ThreadpoolController()
 
 
 def _fit(X: np.ndarray, y: np.ndarray, C: float, max_iter: int) -> Probe:

@@ -14,6 +14,7 @@ collapse metrics, created). Loading never unpickles: safetensors only.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -26,7 +27,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from engine.atomic import atomic_write as _atomic_write
+from engine.atomic import atomic_write
 from engine.models.backbones import ARCHS, IMAGENET_MEAN, IMAGENET_STD, build_backbone, check_arch
 from engine.paths import checkpoints_dir, imagenet_weights_dir, shipped_dir
 
@@ -100,18 +101,24 @@ def imagenet_weights_path(arch: str) -> Path:
     return imagenet_weights_dir() / os.path.basename(weights.url)
 
 
-def file_sha256(path: Path, full: bool = False, _cache: dict[tuple[str, int, int, int], str] = {}) -> str:
+def file_sha256(path: Path, full: bool = False) -> str:
     """sha256 of a file's bytes as hex: the first 16 digits (the feature-cache fingerprint), or all 64
-    with `full`. Cached per (path, mtime, inode, size): a re-saved file gets a new inode (os.replace)."""
-    st = path.stat()
-    key = (str(path), st.st_mtime_ns, st.st_ino, st.st_size)
-    if key not in _cache:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _cache[key] = h.hexdigest()
-    return _cache[key] if full else _cache[key][:16]
+    with `full`. Memoized on (path, mtime, inode, size) by `_sha256_of`: a re-saved file gets a new inode
+    (atomic writes replace the file), so a changed file is always hashed again."""
+    st = Path(path).stat()
+    digest = _sha256_of(str(path), st.st_mtime_ns, st.st_ino, st.st_size)
+    return digest if full else digest[:16]
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256_of(path: str, mtime_ns: int, inode: int, size: int) -> str:
+    """Full sha256 hex digest of `path`; the stat fields only key the cache (256 entries, least recent dropped)."""
+    del mtime_ns, inode, size
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _read_infos(d: Path | None, shipped: bool) -> list[InitInfo]:
@@ -163,32 +170,42 @@ def list_inits(checkpoint_dir: Path | None = None, arch: str | None = None) -> l
 def load_backbone(
     name: str, device: torch.device | str = "cpu", arch: str | None = None, checkpoint_dir: Path | None = None
 ) -> tuple[nn.Module, BackboneMeta]:
-    """Model (eval mode, on `device`) and its metadata. Unknown names fail listing the valid ones."""
+    """Model (eval mode, on `device`) and its metadata. Unknown names fail listing the valid ones
+    (UnknownInitError); known ones that cannot be loaded here raise InitUnavailableError saying why.
+    `checkpoint_dir`: the user's checkpoints (default: engine.paths.checkpoints_dir()); shipped names win."""
     device = torch.device(device)
     builtin = _split_builtin(name, arch)
     if builtin is not None:
-        kind, a = builtin
-        with torch.random.fork_rng(devices=[]):  # leave the caller's RNG state alone
-            torch.manual_seed(0)  # `random` is one fixed random network, so results are reproducible
-            model = build_backbone(a)
-        source = fp = ""
-        if kind == "imagenet":
-            p = imagenet_weights_path(a)
-            if not p.exists():
-                raise InitUnavailableError(
-                    f"init 'imagenet' ({a}) is unavailable: no internet and no weights file at {p}. "
-                    f"Copy torchvision's {p.name} there, or run `python -m engine fetch-imagenet --arch {a}` online."
-                )
-            sd = torch.load(p, map_location="cpu", weights_only=True)
-            sd = {k: v for k, v in sd.items() if not k.startswith(("fc.", "classifier."))}
-            missing, unexpected = model.load_state_dict(sd, strict=False)
-            if unexpected or [m for m in missing if not m.startswith(("fc.", "classifier."))]:
-                raise InitUnavailableError(f"{p} does not hold {a} ImageNet weights (missing {missing[:3]}, unexpected {unexpected[:3]})")
-            source, fp = str(p), file_sha256(p)
-        meta = BackboneMeta(name=name, arch=a, feat_dim=ARCHS[a], method=kind, source=source, fingerprint=fp)
-        return model.to(device).eval(), meta
+        model, meta = _load_builtin(name, *builtin)
+    else:
+        model, meta = _load_checkpoint(name, checkpoint_dir or checkpoints_dir())
+    return model.to(device).eval(), meta
 
-    d = checkpoint_dir or checkpoints_dir()
+
+def _load_builtin(name: str, kind: str, a: str) -> tuple[nn.Module, BackboneMeta]:
+    """`random` (one fixed network, seed 0) or `imagenet` (torchvision's offline weights file) of arch `a`."""
+    with torch.random.fork_rng(devices=[]):  # leave the caller's RNG state alone
+        torch.manual_seed(0)  # `random` is one fixed random network, so results are reproducible
+        model = build_backbone(a)
+    source = fp = ""
+    if kind == "imagenet":
+        p = imagenet_weights_path(a)
+        if not p.exists():
+            raise InitUnavailableError(
+                f"init 'imagenet' ({a}) is unavailable: no internet and no weights file at {p}. "
+                f"Copy torchvision's {p.name} there, or run `python -m engine fetch-imagenet --arch {a}` online."
+            )
+        sd = torch.load(p, map_location="cpu", weights_only=True)
+        sd = {k: v for k, v in sd.items() if not k.startswith(("fc.", "classifier."))}
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        if unexpected or [m for m in missing if not m.startswith(("fc.", "classifier."))]:
+            raise InitUnavailableError(f"{p} does not hold {a} ImageNet weights (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        source, fp = str(p), file_sha256(p)
+    return model, BackboneMeta(name=name, arch=a, feat_dim=ARCHS[a], method=kind, source=source, fingerprint=fp)
+
+
+def _load_checkpoint(name: str, d: Path) -> tuple[nn.Module, BackboneMeta]:
+    """A shipped backbone of that name, else the user's checkpoint in `d`; checked (sha256, finiteness, std)."""
     sd_dir = shipped_dir()
     shipped = sd_dir is not None and (sd_dir / f"{name}.safetensors").exists() and (sd_dir / f"{name}.json").exists()
     if shipped:
@@ -223,7 +240,7 @@ def load_backbone(
         mean=tuple(info.get("mean", IMAGENET_MEAN)), std=tuple(info.get("std", IMAGENET_STD)),
         source=str(st), fingerprint=file_sha256(st), info=info,
     )
-    return model.to(device).eval(), meta
+    return model, meta
 
 
 def save_backbone(model: nn.Module, name: str, info: dict[str, Any], checkpoint_dir: Path | None = None) -> Path:
@@ -248,9 +265,9 @@ def save_backbone(model: nn.Module, name: str, info: dict[str, Any], checkpoint_
     sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     st, js = inside(d, f"{name}.safetensors"), inside(d, f"{name}.json")
     nbytes = sum(v.numel() * v.element_size() for v in sd.values()) + 2**20
-    _atomic_write(st, lambda tmp: save_file(sd, tmp), needed=nbytes, what=f"the backbone {name}")
+    atomic_write(st, lambda tmp: save_file(sd, tmp), needed=nbytes, what=f"the backbone {name}")
     full = {"name": name, "arch": arch, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
-    _atomic_write(js, lambda tmp: Path(tmp).write_text(json.dumps(full, indent=2, default=str)),
+    atomic_write(js, lambda tmp: Path(tmp).write_text(json.dumps(full, indent=2, default=str)),
                   what=f"the backbone {name}'s description")
     return st
 
