@@ -29,9 +29,9 @@ from engine.fewshot.classifier.inputs import ImageInput, forward_with_frozen, to
 from engine.fewshot.classifier.model import Classifier
 from engine.fewshot.classifier.schema import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from engine.fewshot.features import ArrayImages, embed, weights_fingerprint
-from engine.fewshot.finetune import (ActivationCache, FastFinetune, FinetuneConfig, assemble_backbone,
-                                     build_activation_cache, cached_features, finetune, finetune_cached,
-                                     predict_logits)
+from engine.fewshot.fast_finetune import (ActivationCache, FastFinetune, assemble_backbone, build_activation_cache,
+                                          cached_features, finetune_cached)
+from engine.fewshot.finetune import FinetuneConfig, finetune, predict_logits
 from engine.fewshot.metrics import N_BOOTSTRAP, auc, bootstrap_auc_samples, percentile_interval
 from engine.fewshot.probe import DEFAULT_C, Probe, fit_probe
 from engine.models.registry import BackboneMeta, load_backbone
@@ -51,7 +51,7 @@ def estimate_seconds(n_images: int, mode: str, arch: str = "resnet18", image_siz
     process): {"seconds", "trainings", "repeats"}. probe: one forward per image (the probe fits are
     negligible); finetune: (views + 1) frozen forwards per image + (repeats * k + 1) trainings of `steps`
     last-stage steps. An estimate within a factor of ~1.5 when the machine is otherwise idle."""
-    from engine.fewshot.finetune import step_costs
+    from engine.fewshot.fast_finetune import step_costs
 
     fast = fast or default_fast_finetune()
     repeats = cv_repeats or (DEFAULT_REPEATS[mode])
