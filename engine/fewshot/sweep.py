@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn as nn
 from scipy.special import expit
 
-from engine.atomic import atomic_write as _atomic_write
+from engine.atomic import atomic_write
 from engine.events import Cancelled, OnEvent, as_log, check_stop, emit
 from engine.fewshot.episodes import ShotsError, sample_episode, test_split, trial_seed
 from engine.fewshot.features import embed
@@ -42,7 +43,7 @@ from engine.fewshot.finetune import FinetuneConfig, finetune_many, intermediate_
 from engine.fewshot.metrics import auc, bootstrap_auc, summary, threshold_metrics, youden_threshold
 from engine.fewshot.probe import DEFAULT_C, fit_probe
 from engine.models.backbones import ARCHS
-from engine.models.registry import InitUnavailableError, UnknownInitError, list_inits, load_backbone
+from engine.models.registry import BackboneMeta, InitUnavailableError, UnknownInitError, list_inits, load_backbone
 
 MODES = ("probe", "finetune", "double_finetune")
 LOCK_NAME = ".sweep.lock"  # held by the one sweep writing to an output folder
@@ -119,7 +120,7 @@ class SweepResult:
 # ------------------------------------------------------------------------------------------- files
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:
-    _atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
 
 
 def read_trials(path: Path) -> pd.DataFrame:
@@ -145,7 +146,7 @@ def _check_config(out_dir: Path, cfg: SweepConfig, resume: bool) -> None:
         if changed:
             raise ValueError(f"cannot resume the sweep in {out_dir}: {', '.join(changed)} differ from the "
                              f"finished trials' settings; use another output folder for new settings")
-    _atomic_write(cfg_path, lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=2)))
+    atomic_write(cfg_path, lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=2)))
 
 
 # ------------------------------------------------------------------------------------------- trial math
@@ -182,9 +183,9 @@ def summarize(trials: pd.DataFrame, n_bootstrap: int = 500, seed: int = 0,
     return out.sort_values(GROUP, kind="stable").reset_index(drop=True) if len(out) else out
 
 
-def _check_inits(inits: tuple[str, ...], arch: str | None) -> None:
+def _check_inits(inits: tuple[str, ...], arch: str | None, checkpoint_dir: Path | None = None) -> None:
     """Fail before any work on a name the registry does not know (unavailable ones are fine here)."""
-    known = {i.name for i in list_inits(arch=arch)}
+    known = {i.name for i in list_inits(checkpoint_dir, arch=arch)}
     builtin = {f"{b}-{a}" for b in ("random", "imagenet") for a in ARCHS}
     for name in inits:
         if name not in known and name not in builtin:
@@ -235,6 +236,7 @@ def run_sweep(
     on_event: OnEvent | None = None,
     stop: threading.Event | None = None,
     resume: bool = False,
+    checkpoint_dir: Path | None = None,
 ) -> SweepResult:
     """Run (or resume) a sweep; writes trials.csv, summary.csv, auc_vs_shots.html in `out_dir`.
 
@@ -243,13 +245,14 @@ def run_sweep(
     raises `SweepBusyError` at once. Also raises `UnknownInitError` / ValueError for unknown inits
     or findings and for an existing sweep without `resume` (before anything is written),
     `engine.diskspace.DiskFullError` on a full disk (trials.csv keeps the last complete group), and
-    `Cancelled` after saving trials.csv when `stop` is set.
+    `Cancelled` after saving trials.csv when `stop` is set. `checkpoint_dir`: where inits are looked
+    up (default: engine.paths.checkpoints_dir()).
     """
     from engine.data.manifest import load_manifest
 
     device = torch.device(device)
     out_dir = Path(out_dir)
-    _check_inits(cfg.inits, cfg.arch)  # user errors first, before anything is written
+    _check_inits(cfg.inits, cfg.arch, checkpoint_dir)  # user errors first, before anything is written
     manifest = load_manifest(manifest_csv)
     unknown = [f for f in cfg.findings if f not in manifest.findings]
     if unknown:
@@ -257,7 +260,16 @@ def run_sweep(
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock_out_dir(out_dir)
     try:
-        return _run_locked(manifest_csv, manifest, cfg, out_dir, device, on_event, stop, resume)
+        _check_config(out_dir, cfg, resume)
+        run = _SweepRun.start(manifest_csv, manifest, cfg, out_dir, device, on_event, stop, resume, checkpoint_dir)
+        try:
+            for init in cfg.inits:
+                _run_init(run, init)
+        except Cancelled:
+            run.flush()
+            raise
+        run.flush()
+        return run.finish()
     finally:
         lock.release()
 
@@ -276,124 +288,167 @@ def _lock_out_dir(out_dir: Path):
     return lock
 
 
-def _run_locked(manifest_csv, manifest, cfg: SweepConfig, out_dir: Path, device: torch.device,
-                on_event: OnEvent | None, stop: threading.Event | None, resume: bool) -> SweepResult:
-    """run_sweep's work, while this process holds the output folder's lock."""
-    from engine.data.cache import ImageCache
+Todo = list[tuple[_Plan, int, list[tuple[int, int, np.ndarray]]]]  # [(plan, shots, [(trial, seed, rows)])]
 
-    _check_config(out_dir, cfg, resume)
-    df = manifest.df
-    plans, skipped, warnings = _plan(df, cfg, on_event)
 
-    trials_path = out_dir / "trials.csv"
-    done = read_trials(trials_path) if resume else pd.DataFrame(columns=TRIAL_COLUMNS)
-    rows: list[dict[str, Any]] = done.to_dict("records")
-    finished = {tuple(r[k] for k in KEY) for r in rows}
+@dataclass
+class _SweepRun:
+    """One run's shared state: the plans, the image cache of every image some trial uses, the trial rows
+    (earlier ones included when resuming) and the progress bar, which counts this run's trials."""
 
-    # Only images some trial trains or tests on are cached and embedded.
-    needed = np.unique(np.concatenate(
-        [p.test_idx for p in plans] + [e[2] for p in plans for eps in p.episodes.values() for e in eps]))
-    where = np.full(len(df), -1, dtype=np.int64)
-    where[needed] = np.arange(needed.size)
+    manifest_csv: str | Path
+    manifest: Any
+    cfg: SweepConfig
+    out_dir: Path
+    device: torch.device
+    on_event: OnEvent | None
+    stop: threading.Event | None
+    checkpoint_dir: Path | None
+    plans: list[_Plan]
+    skipped: list[dict]
+    warnings: list[str]
+    rows: list[dict[str, Any]]
+    finished: set[tuple]
+    cache: Any = None  # engine.data.cache.ImageCache of the needed images
+    where: np.ndarray | None = None  # manifest row -> cache row (-1: not cached)
+    work: int = 0
+    step: int = 0
 
-    def pending(finding: str, init: str, mode: str, k: int, eps) -> list:
-        return [e for e in eps if (finding, init, mode, k, e[0]) not in finished]
+    @classmethod
+    def start(cls, manifest_csv, manifest, cfg: SweepConfig, out_dir: Path, device: torch.device,
+              on_event: OnEvent | None, stop: threading.Event | None, resume: bool,
+              checkpoint_dir: Path | None) -> "_SweepRun":
+        """Plan the episodes, read finished rows (resume), count the work and cache the needed images."""
+        from engine.data.cache import ImageCache
 
-    # The bar counts trials (this run's, from 0 to `work`); caching, embedding and double finetune's
-    # stage one report their own counts in log lines only (engine.events.as_log).
-    work = sum(len(pending(p.finding, i, m, k, eps)) for i in cfg.inits for m in cfg.modes for p in plans
-               for k, eps in p.episodes.items())
-    progress = {"step": 0}
-    emit(on_event, step=0, total=work, message=f"{work} trials to run" + (f" ({len(rows)} done earlier)" if rows else ""))
-    cache = ImageCache.build([df["path"].iloc[i] for i in needed], cfg.image_size, on_event=as_log(on_event),
-                             stop=stop)
+        df = manifest.df
+        plans, skipped, warnings = _plan(df, cfg, on_event)
+        done = read_trials(out_dir / "trials.csv") if resume else pd.DataFrame(columns=TRIAL_COLUMNS)
+        rows: list[dict[str, Any]] = done.to_dict("records")
+        run = cls(manifest_csv, manifest, cfg, out_dir, device, on_event, stop, checkpoint_dir, plans, skipped,
+                  warnings, rows, {tuple(r[k] for k in KEY) for r in rows})
+        # Only images some trial trains or tests on are cached and embedded.
+        needed = np.unique(np.concatenate(
+            [p.test_idx for p in plans] + [e[2] for p in plans for eps in p.episodes.values() for e in eps]))
+        run.where = np.full(len(df), -1, dtype=np.int64)
+        run.where[needed] = np.arange(needed.size)
+        # The bar counts trials (this run's, from 0 to `work`); caching, embedding and double finetune's
+        # stage one report their own counts in log lines only (engine.events.as_log).
+        run.work = sum(len(eps) for i in cfg.inits for m in cfg.modes for _, _, eps in run.todo(i, m))
+        emit(on_event, step=0, total=run.work,
+             message=f"{run.work} trials to run" + (f" ({len(rows)} done earlier)" if rows else ""))
+        run.cache = ImageCache.build([df["path"].iloc[i] for i in needed], cfg.image_size, on_event=as_log(on_event),
+                                     stop=stop)
+        return run
 
-    def flush() -> None:
-        write_csv(pd.DataFrame(rows, columns=TRIAL_COLUMNS), trials_path)
+    def todo(self, init: str, mode: str) -> Todo:
+        """Every (plan, shots, episodes not yet in trials.csv) of one init and mode."""
+        return [(p, k, [e for e in eps if (p.finding, init, mode, k, e[0]) not in self.finished])
+                for p in self.plans for k, eps in p.episodes.items()]
 
-    def record(finding: str, init: str, mode: str, k: int, trial: int, seed: int, res: dict[str, float]) -> None:
-        rows.append({"finding": finding, "init": init, "mode": mode, "shots": k, "trial": trial, "seed": seed, **res})
-        progress["step"] += 1
-        emit(on_event, step=progress["step"], total=work, kind="metrics", metrics={"auc": res["auc"]},
+    def record(self, finding: str, init: str, mode: str, k: int, trial: int, seed: int, res: dict[str, float]) -> None:
+        """Keep one trial's row and advance the bar."""
+        self.rows.append({"finding": finding, "init": init, "mode": mode, "shots": k, "trial": trial, "seed": seed,
+                          **res})
+        self.step += 1
+        emit(self.on_event, step=self.step, total=self.work, kind="metrics", metrics={"auc": res["auc"]},
              message=f"{finding} {init} {mode} {k}-shot trial {trial}: AUC {res['auc']:.3f}")
 
+    def flush(self) -> None:
+        """Rewrite trials.csv (atomically) with every row so far: the resumable state."""
+        write_csv(pd.DataFrame(self.rows, columns=TRIAL_COLUMNS), self.out_dir / "trials.csv")
+
+    def warn_unavailable(self, init: str, e: Exception) -> None:
+        msg = f"init {init} skipped: {e}"
+        self.warnings.append(msg)
+        emit(self.on_event, message=msg, level="warning", kind="warning")
+        self.skipped += [{"finding": p.finding, "init": init, "mode": m, "shots": k, "status": "unavailable",
+                          "message": str(e)} for p in self.plans for m in self.cfg.modes for k in p.episodes]
+
+    def finish(self) -> SweepResult:
+        """Write summary.csv and the AUC-vs-shots plot; the result."""
+        trials = pd.DataFrame(self.rows, columns=TRIAL_COLUMNS)
+        summ = summarize(trials, self.cfg.n_bootstrap, self.cfg.seed, self.skipped)
+        write_csv(summ, self.out_dir / "summary.csv")
+        _write_plot(summ, self.out_dir / "auc_vs_shots.html")
+        emit(self.on_event, step=self.step, total=self.work, kind="result",
+             message=f"sweep finished: {len(trials)} trials in {self.out_dir}")
+        return SweepResult(trials, summ, self.out_dir, self.warnings)
+
+
+def _run_init(run: _SweepRun, init: str) -> None:
+    """Every pending trial of one init: load it once, then each mode (unavailable: summary rows + warning)."""
+    cfg = run.cfg
+    todo = {m: run.todo(init, m) for m in cfg.modes}
+    if not any(eps for lst in todo.values() for _, _, eps in lst):
+        return
     try:
-        for init in cfg.inits:
-            todo = {m: [(p, k, pending(p.finding, init, m, k, eps)) for p in plans for k, eps in p.episodes.items()]
-                    for m in cfg.modes}
-            if not any(t[2] for lst in todo.values() for t in lst):
-                continue
-            try:
-                backbone = load_backbone(init, device, arch=cfg.arch)
-            except InitUnavailableError as e:
-                msg = f"init {init} skipped: {e}"
-                warnings.append(msg)
-                emit(on_event, message=msg, level="warning", kind="warning")
-                skipped += [{"finding": p.finding, "init": init, "mode": m, "shots": k, "status": "unavailable",
-                             "message": str(e)} for p in plans for m in cfg.modes for k in p.episodes]
-                continue
-            meta = backbone[1]
-            for mode in cfg.modes:
-                if not any(t[2] for t in todo[mode]):
-                    continue
-                if mode == "probe":
-                    feats = embed(init, cache, device, cfg.embed_batch_size, arch=cfg.arch, on_event=as_log(on_event),
-                                  stop=stop, backbone=backbone)
-                    for p, k, eps in todo[mode]:
-                        y_te = p.labels[p.test_idx]
-                        X_te = feats[where[p.test_idx]]
-                        for trial, seed, idx in eps:
-                            check_stop(stop)
-                            X_tr, y_tr = feats[where[idx]], p.labels[idx]
-                            probe = fit_probe(X_tr, y_tr, C=cfg.probe_C, seed=seed)
-                            res = evaluate_trial(probe.decision_function(X_tr), y_tr, probe.decision_function(X_te),
-                                                 y_te, cfg.n_bootstrap, seed)
-                            record(p.finding, init, mode, k, trial, seed, res)
-                        flush()
-                    continue
-                start = backbone
-                if mode == "double_finetune":
-                    start = _intermediate(init, backbone, manifest_csv, manifest, plans, cfg, out_dir, device,
-                                          as_log(on_event), stop)
-                for p, k, eps in todo[mode]:
-                    if not eps:
-                        continue
-                    y_te = p.labels[p.test_idx]
-                    batched = cfg.batch_trials if cfg.batch_trials is not None else device.type == "cuda"
-                    chunks = [eps] if batched else [[e] for e in eps]
-                    for chunk in chunks:
-                        check_stop(stop)
-                        imgs = [cache.array[where[idx]] for _, _, idx in chunk]
-                        ys = [p.labels[idx] for _, _, idx in chunk]
-                        models = finetune_many(start, imgs, ys, cfg.finetune, device, [s for _, s, _ in chunk],
-                                               stop=stop, batched=batched)
-                        for (trial, seed, idx), (bb, head) in zip(chunk, models):
-                            s_tr = predict_logits(bb, head, cache.array, device, meta.mean, meta.std,
-                                                  cfg.embed_batch_size, rows=where[idx])
-                            s_te = predict_logits(bb, head, cache.array, device, meta.mean, meta.std,
-                                                  cfg.embed_batch_size, rows=where[p.test_idx])
-                            res = evaluate_trial(s_tr, p.labels[idx], s_te, y_te, cfg.n_bootstrap, seed)
-                            record(p.finding, init, mode, k, trial, seed, res)
-                        flush()
-            del backbone
-    except Cancelled:
-        flush()
-        raise
-    flush()
-    trials = pd.DataFrame(rows, columns=TRIAL_COLUMNS)
-    summ = summarize(trials, cfg.n_bootstrap, cfg.seed, skipped)
-    write_csv(summ, out_dir / "summary.csv")
-    _write_plot(summ, out_dir / "auc_vs_shots.html")
-    emit(on_event, step=progress["step"], total=work, kind="result",
-         message=f"sweep finished: {len(trials)} trials in {out_dir}")
-    return SweepResult(trials, summ, out_dir, warnings)
+        backbone = load_backbone(init, run.device, arch=cfg.arch, checkpoint_dir=run.checkpoint_dir)
+    except InitUnavailableError as e:
+        run.warn_unavailable(init, e)
+        return
+    for mode in cfg.modes:
+        if not any(eps for _, _, eps in todo[mode]):
+            continue
+        if mode == "probe":
+            _probe_trials(run, init, backbone, todo[mode])
+            continue
+        start = backbone
+        if mode == "double_finetune":
+            start = _intermediate(init, backbone, run.manifest_csv, run.manifest, run.plans, cfg, run.out_dir,
+                                  run.device, as_log(run.on_event), run.stop)
+        _finetune_trials(run, init, mode, start, backbone[1], todo[mode])
+
+
+def _probe_trials(run: _SweepRun, init: str, backbone: tuple[nn.Module, BackboneMeta], todo: Todo) -> None:
+    """Probe trials: embed the cached images once, then fit and score one probe per episode."""
+    cfg = run.cfg
+    feats = embed(init, run.cache, run.device, cfg.embed_batch_size, arch=cfg.arch, on_event=as_log(run.on_event),
+                  stop=run.stop, backbone=backbone)
+    for p, k, eps in todo:
+        y_te = p.labels[p.test_idx]
+        X_te = feats[run.where[p.test_idx]]
+        for trial, seed, idx in eps:
+            check_stop(run.stop)
+            X_tr, y_tr = feats[run.where[idx]], p.labels[idx]
+            probe = fit_probe(X_tr, y_tr, C=cfg.probe_C, seed=seed)
+            res = evaluate_trial(probe.decision_function(X_tr), y_tr, probe.decision_function(X_te), y_te,
+                                 cfg.n_bootstrap, seed)
+            run.record(p.finding, init, "probe", k, trial, seed, res)
+        run.flush()
+
+
+def _finetune_trials(run: _SweepRun, init: str, mode: str, start: tuple[nn.Module, BackboneMeta],
+                     meta: BackboneMeta, todo: Todo) -> None:
+    """Finetune trials from `start` (the init, or its stage-one backbone): a shot count's episodes vmapped
+    together (`batch_trials`; default on CUDA only) or one by one, each scored on its train and test rows."""
+    cfg, where, array = run.cfg, run.where, run.cache.array
+    batched = cfg.batch_trials if cfg.batch_trials is not None else run.device.type == "cuda"
+    for p, k, eps in todo:
+        if not eps:
+            continue
+        y_te = p.labels[p.test_idx]
+        for chunk in [eps] if batched else [[e] for e in eps]:
+            check_stop(run.stop)
+            imgs = [array[where[idx]] for _, _, idx in chunk]
+            ys = [p.labels[idx] for _, _, idx in chunk]
+            models = finetune_many(start, imgs, ys, cfg.finetune, run.device, [s for _, s, _ in chunk],
+                                   stop=run.stop, batched=batched)
+            for (trial, seed, idx), (bb, head) in zip(chunk, models):
+                s_tr = predict_logits(bb, head, array, run.device, meta.mean, meta.std, cfg.embed_batch_size,
+                                      rows=where[idx])
+                s_te = predict_logits(bb, head, array, run.device, meta.mean, meta.std, cfg.embed_batch_size,
+                                      rows=where[p.test_idx])
+                res = evaluate_trial(s_tr, p.labels[idx], s_te, y_te, cfg.n_bootstrap, seed)
+                run.record(p.finding, init, mode, k, trial, seed, res)
+            run.flush()
 
 
 def _write_plot(summ: pd.DataFrame, path: Path) -> None:
     from engine.fewshot.plots import auc_vs_shots_figure
 
     fig = auc_vs_shots_figure(summ)
-    _atomic_write(path, lambda tmp: fig.write_html(tmp, include_plotlyjs=True, full_html=True))
+    atomic_write(path, lambda tmp: fig.write_html(tmp, include_plotlyjs=True, full_html=True))
 
 
 def _intermediate(init, backbone, manifest_csv, manifest, plans, cfg: SweepConfig, out_dir: Path, device,
@@ -437,5 +492,5 @@ def _intermediate(init, backbone, manifest_csv, manifest, plans, cfg: SweepConfi
     emit(on_event, message=f"double finetune: stage one of {init} on {f} ({rows.size} images)")
     m, _ = intermediate_backbone(backbone, np.asarray(cache.array), y, cfg.finetune, device, cfg.seed, on_event, stop)
     sd = {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
-    _atomic_write(path, lambda tmp: save_file(sd, tmp))
+    atomic_write(path, lambda tmp: save_file(sd, tmp))
     return m, meta
