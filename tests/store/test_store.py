@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import engine.store as store_mod
-from engine.events import Cancelled
+import engine.store.files as store_files
+from engine.events import Cancelled, Event
 from engine.data.io import read_image
 from engine.data.manifest import ManifestError, load_manifest
 from engine.store import SCHEMA_VERSION, DiskFullError, Store, StoreError, connect, migrate
@@ -288,7 +288,7 @@ class _FullDisk:
 def test_disk_full_while_writing_pixels_changes_nothing(store, tmp_path, monkeypatch):
     store.import_bytes("ok.png", png_bytes(noise(20)))
     before = state(store)
-    monkeypatch.setattr(store_mod, "_open_tmp", _FullDisk)
+    monkeypatch.setattr(store_files, "_open_tmp", _FullDisk)
     with pytest.raises(DiskFullError, match=f"disk full: free space in {store.images_dir}"):
         store.import_bytes("new.png", png_bytes(noise(21)))
     with pytest.raises(DiskFullError, match="disk full"):
@@ -330,7 +330,7 @@ def test_old_schema_is_migrated_and_newer_refused(tmp_path):
     assert s.schema_version == SCHEMA_VERSION > 1
     assert s.counts() == {"nodule": {"positive": 1, "negative": 0, "unknown": 0}}
     job = s.create_job("toy", {"a": 1})
-    assert s.add_events(job, [store_mod.Event(step=1, total=2, metrics={"loss": 0.5})], step=1) == 1
+    assert s.add_events(job, [Event(step=1, total=2, metrics={"loss": 0.5})], step=1) == 1
     s.add_checkpoint("moco_v2-resnet18-demo", "/x.safetensors", {"epochs": 1}, job_id=job)
     assert s.checkpoints()[0]["job_id"] == job
     s._conn().execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
@@ -342,7 +342,7 @@ def test_old_schema_is_migrated_and_newer_refused(tmp_path):
 def test_job_tables_api(store):
     a = store.create_job("toy", {"n": 3}, device="cpu", owner="dead-owner", state="running")
     b = store.create_job("toy", {"n": 4}, owner="live-owner")
-    seq = store.add_events(a, [store_mod.Event(step=i, total=3, message=f"m{i}") for i in range(3)], step=2, total=3)
+    seq = store.add_events(a, [Event(step=i, total=3, message=f"m{i}") for i in range(3)], step=2, total=3)
     assert seq == 3 and [e["seq"] for e in store.events(a, after_seq=1)] == [2, 3]
     assert store.job(a)["step"] == 2 and store.job(a)["params"] == {"n": 3}
     assert store.interrupt_orphans(lambda owner: owner == "live-owner") == [a]

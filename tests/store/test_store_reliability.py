@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import errno
 import io
+import sqlite3
 import zipfile
 
 import numpy as np
 import pytest
 from PIL import Image
 
-import engine.store as store_mod
+import engine.store.files as store_files
 from engine.diskspace import DiskFullError as AnyDiskFull
 from engine.names import InvalidNameError
 from engine.store import DiskFullError, LabelConflictError, Store
@@ -41,7 +42,7 @@ def store(tmp_path):
 def fill_up_after(monkeypatch, n_ok: int) -> None:
     """The disk is full after `n_ok` pixel files were written (ENOSPC on the next write)."""
     count = {"n": 0}
-    real = store_mod._open_tmp
+    real = store_files._open_tmp
 
     class Full:
         def __init__(self, path):
@@ -60,7 +61,7 @@ def fill_up_after(monkeypatch, n_ok: int) -> None:
         def __exit__(self, *exc):
             self.f.close()
 
-    monkeypatch.setattr(store_mod, "_open_tmp", Full)
+    monkeypatch.setattr(store_files, "_open_tmp", Full)
 
 
 def test_folder_import_on_a_full_disk_reports_exactly_what_was_committed(store, tmp_path, monkeypatch):
@@ -85,7 +86,7 @@ def test_folder_import_on_a_full_disk_reports_exactly_what_was_committed(store, 
 
 
 def test_free_space_is_checked_before_a_pixel_file_is_written(store, monkeypatch):
-    monkeypatch.setattr(store_mod, "free_bytes", lambda folder: 1000)
+    monkeypatch.setattr(store_files, "free_bytes", lambda folder: 1000)
     with pytest.raises(DiskFullError) as info:
         store.import_bytes("a.png", png_bytes(1))
     msg = str(info.value)
@@ -118,7 +119,7 @@ def test_a_failed_label_write_rolls_back_the_image_too(store, monkeypatch):
 
     def broken(c, image_id, label, duplicate):
         real(c, image_id, label, duplicate)
-        raise store_mod.sqlite3.OperationalError("database or disk is full")
+        raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(Store, "_label_upload", staticmethod(broken))
     with pytest.raises(DiskFullError, match="nothing was imported"):
