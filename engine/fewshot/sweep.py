@@ -33,15 +33,15 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-from scipy.special import expit
 
 from engine.atomic import atomic_write
 from engine.events import Cancelled, OnEvent, as_log, check_stop, emit
 from engine.fewshot.episodes import ShotsError, sample_episode, test_split, trial_seed
 from engine.fewshot.features import embed
 from engine.fewshot.finetune import FinetuneConfig, finetune_many, intermediate_backbone, predict_logits
-from engine.fewshot.metrics import auc, bootstrap_auc, summary, threshold_metrics, youden_threshold
 from engine.fewshot.probe import DEFAULT_C, fit_probe
+from engine.fewshot.trials import (GROUP, KEY, METRICS, TRIAL_COLUMNS, evaluate_trial, read_trials,  # noqa: F401
+                                   summarize, write_csv)
 from engine.models.backbones import ARCHS
 from engine.models.registry import BackboneMeta, InitUnavailableError, UnknownInitError, list_inits, load_backbone
 
@@ -52,13 +52,7 @@ LOCK_NAME = ".sweep.lock"  # held by the one sweep writing to an output folder
 class SweepBusyError(RuntimeError):
     """Another sweep holds the output folder's lock; the message says what to do."""
 
-TRIAL_COLUMNS = [
-    "finding", "init", "mode", "shots", "trial", "seed", "auc", "auc_ci_low", "auc_ci_high", "accuracy",
-    "sensitivity", "specificity", "precision", "f1", "threshold", "n_train", "n_test",
-]
-KEY = ["finding", "init", "mode", "shots", "trial"]
-GROUP = ["finding", "init", "mode", "shots"]
-METRICS = ["accuracy", "sensitivity", "specificity", "precision", "f1"]
+
 # Fields that define what a trial row means: a resumed sweep must not change them.
 PROTOCOL_FIELDS = ("image_size", "seed", "n_bootstrap", "test_fraction", "probe_C", "finetune", "arch",
                    "intermediate_manifest", "intermediate_finding", "intermediate_max_images")
@@ -119,21 +113,6 @@ class SweepResult:
 
 # ------------------------------------------------------------------------------------------- files
 
-def write_csv(df: pd.DataFrame, path: Path) -> None:
-    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
-
-
-def read_trials(path: Path) -> pd.DataFrame:
-    """trials.csv as a DataFrame (empty with the right columns when absent)."""
-    if not Path(path).exists():
-        return pd.DataFrame(columns=TRIAL_COLUMNS)
-    df = pd.read_csv(path, dtype={"finding": str, "init": str, "mode": str})
-    missing = [c for c in TRIAL_COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path} is not a trials file of this engine (missing columns {missing})")
-    return df
-
-
 def _check_config(out_dir: Path, cfg: SweepConfig, resume: bool) -> None:
     cfg_path, trials_path = out_dir / "config.json", out_dir / "trials.csv"
     if trials_path.exists() and not resume:
@@ -147,40 +126,6 @@ def _check_config(out_dir: Path, cfg: SweepConfig, resume: bool) -> None:
             raise ValueError(f"cannot resume the sweep in {out_dir}: {', '.join(changed)} differ from the "
                              f"finished trials' settings; use another output folder for new settings")
     atomic_write(cfg_path, lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=2)))
-
-
-# ------------------------------------------------------------------------------------------- trial math
-
-def evaluate_trial(
-    train_scores: np.ndarray, y_train: np.ndarray, test_scores: np.ndarray, y_test: np.ndarray,
-    n_bootstrap: int, boot_seed: int,
-) -> dict[str, float]:
-    """AUC + bootstrap interval on test logits, and threshold metrics at the train Youden cut."""
-    cut = youden_threshold(y_train, train_scores)
-    lo, hi = bootstrap_auc(y_test, test_scores, n_bootstrap, boot_seed)
-    return {"auc": auc(y_test, test_scores), "auc_ci_low": lo, "auc_ci_high": hi,
-            **threshold_metrics(y_test, test_scores, cut), "threshold": float(expit(cut)),
-            "n_train": int(len(y_train)), "n_test": int(len(y_test))}
-
-
-def summarize(trials: pd.DataFrame, n_bootstrap: int = 500, seed: int = 0,
-              skipped: list[dict[str, Any]] | None = None) -> pd.DataFrame:
-    """One row per (finding, init, mode, shots): see the module docstring for which interval is which."""
-    rows = []
-    for key, g in trials.groupby(GROUP, sort=True) if len(trials) else []:
-        s = summary(g["auc"].to_numpy(float), n_bootstrap, seed)
-        rows.append({
-            **dict(zip(GROUP, key)), "status": "ok", "n_trials": s["n"], "auc_mean": s["mean"], "auc_std": s["std"],
-            "auc_ci_low": s["ci_low"], "auc_ci_high": s["ci_high"],
-            "auc_test_ci_low": float(g["auc_ci_low"].mean()), "auc_test_ci_high": float(g["auc_ci_high"].mean()),
-            **{f"{m}_mean": float(g[m].mean()) for m in METRICS}, "message": "",
-        })
-    for s in skipped or []:
-        rows.append({**s, "n_trials": 0})
-    cols = GROUP + ["status", "n_trials", "auc_mean", "auc_std", "auc_ci_low", "auc_ci_high", "auc_test_ci_low",
-                    "auc_test_ci_high"] + [f"{m}_mean" for m in METRICS] + ["message"]
-    out = pd.DataFrame(rows, columns=cols)
-    return out.sort_values(GROUP, kind="stable").reset_index(drop=True) if len(out) else out
 
 
 def _check_inits(inits: tuple[str, ...], arch: str | None, checkpoint_dir: Path | None = None) -> None:
