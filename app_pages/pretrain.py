@@ -18,17 +18,12 @@ from ui.services import services
 from ui.widgets import empty_state, init_label, is_ssl, method_label, page_header
 
 SIZES = [64, 96, 128, 160, 192, 224, 256]  # multiples of 32 (SparK's patch)
-METHOD_HELP = {
-    "moco_v2": "contrastive: two augmented views of one X-ray should match, other X-rays should not "
-               "(He et al. 2020; MoCo-CXR).",
-    "barlow_twins": "makes the embedding of two views agree while decorrelating its dimensions (Zbontar et al. 2021).",
-    "spark": "masked image modelling for CNNs: hide patches, reconstruct them (Tian et al. 2023).",
-    "dino": "self-distillation between a student and a momentum teacher (Caron et al. 2021).",
-    "masked_contrastive": "contrastive on partly hidden X-rays: a view with half its patches masked must match an "
-                          "unmasked view (MoCo v2 + SparK masking, optionally reconstructing the hidden patches).",
-}
-CONTROL_KNOB = {"moco_v2": "VICReg variance weight", "masked_contrastive": "VICReg variance weight",
-                "barlow_twins": "off-diagonal weight (lambda)"}
+# Method texts from the SSL registry (engine/ssl/registry.py).
+METHOD_HELP = {name: spec.summary for name, spec in METHODS.items()}
+CONTROL_KNOB = {name: spec.collapse_knob.label for name, spec in METHODS.items() if spec.collapse_knob is not None}
+LONG_METHODS = " and ".join(spec.label for spec in METHODS.values() if "long" in spec.presets)
+KNOBS = "; ".join(f"{METHODS[name].label}: the {knob}" for name, knob in CONTROL_KNOB.items())
+NO_KNOB_METHODS = " and ".join(spec.label for name, spec in METHODS.items() if name not in CONTROL_KNOB)
 
 
 def unique_name(base: str, taken: set[str]) -> str:
@@ -74,14 +69,14 @@ def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, i
                           help="Quick uses settings measured to beat random init in short runs at batch 32 "
                                "(smaller queue and heads, lower learning rate, milder crops with blur so two "
                                "views share no pixel grain, no DINO local crops). Long is the recipe of the "
-                               "shipped backbone, for MoCo v2 and Barlow Twins; see engine/ssl/presets.py.")
+                               f"shipped backbone, for {LONG_METHODS}; see engine/ssl/presets.py.")
         cc1, cc2 = st.columns([3, 2])
         control = cc1.checkbox("Adaptive collapse control", key="pt_control",
                                help="At every collapse-monitor reading, double the method's regularization weight "
-                                    "(MoCo v2 and masked-contrastive: the VICReg variance weight; Barlow Twins: the "
-                                    "off-diagonal weight) while the head's effective rank is below the target, halve it "
+                                    f"({KNOBS}) "
+                                    "while the head's effective rank is below the target, halve it "
                                     "once the rank is 1.25 x the target, within 1/8 to 16 x its starting value. "
-                                    "SparK and DINO have no such weight and refuse it.")
+                                    f"{NO_KNOB_METHODS} have no such weight and refuse it.")
         target = cc2.number_input("Target effective rank", 1.0, 512.0, 8.0, step=1.0, key="pt_control_target")
         name = st.text_input("Name of the new backbone", value=unique_name(f"{method}-{arch}-{svc.workspace.name}", taken),
                              key="pt_name", help="Letters, digits, '-' and '_'.")

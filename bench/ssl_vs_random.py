@@ -32,7 +32,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-METHODS = ("moco_v2", "barlow_twins", "spark", "dino")
+from engine.ssl.registry import method_names  # noqa: E402  (torch-free)
+
+# every registered method but masked_contrastive, which bench/masked_contrastive_vs_parents.py measures
+METHODS = tuple(m for m in method_names() if m != "masked_contrastive")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

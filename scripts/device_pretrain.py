@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# The one path hack left (issue 15): this script runs on a bare device machine, in a copy of the tree
+# where scripts/setup.sh (the editable install) never ran; its children get PYTHONPATH instead.
 sys.path.insert(0, str(ROOT))
 T0 = time.time()
 PART = 15 * 2**20
@@ -77,7 +79,7 @@ def calibrate(method: str, data: str, steps: int) -> None:
     """Child process: time `steps` steps of the long recipe after a 10-step warmup; print s/step as JSON."""
     from engine.data.cache import ImageCache
     from engine.ssl.presets import build_config
-    from engine.ssl.pretrain import pretrain, resolve_image_paths
+    from engine.ssl.pretrain import pretrain_images, resolve_image_paths
 
     cfg = build_config(method, "long", arch="resnet18", image_size=SIZE, batch_size=BATCH, epochs=100000,
                        max_steps=steps, monitor_every_steps=0, save_every_steps=10**6)
@@ -90,8 +92,8 @@ def calibrate(method: str, data: str, steps: int) -> None:
             if e.step % 10 == 0:
                 print(f"calib {method} step {e.step} loss {e.metrics['loss']:.4f}", flush=True)
 
-    pretrain(cache.array, cfg, f"calib-{method}", DEVICE, Path(f"/tmp/calib/{method}"), on_event=on_event,
-             checkpoint_dir=Path("/tmp/calib"))
+    pretrain_images(cache.array, cfg, f"calib-{method}", DEVICE, Path(f"/tmp/calib/{method}"), on_event=on_event,
+                    checkpoint_dir=Path("/tmp/calib"))
     print("CALIB " + json.dumps({"method": method, "s_per_step": (t[steps] - t[10]) / (steps - 10)}), flush=True)
 
 
@@ -171,7 +173,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     ws, ck = Path("/tmp/ws"), Path("/tmp/ckpt")
     ck.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "SCARCE_CXR_WORKSPACE": str(ws), "SCARCE_CXR_CHECKPOINTS": str(ck), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "SCARCE_CXR_WORKSPACE": str(ws), "SCARCE_CXR_CHECKPOINTS": str(ck), "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     os.environ.update(env)
     if DEVICE.startswith("cuda"):
         subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv"])

@@ -9,6 +9,8 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
+from engine.ssl.registry import METHODS as SSL_METHOD_SPECS
+
 PAGE_FILES = {
     "data": "app_pages/data.py",
     "pretrain": "app_pages/pretrain.py",
@@ -20,18 +22,12 @@ UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "dcm", "dicom", "zip"]
 # The Data page's uploader takes any file (None = no extension filter): DICOM from CDs and PACS often
 # has no extension (IM000001), and the store decides by content, reporting non-images per file.
 DATA_UPLOAD_TYPES = None
+# SSL methods' labels come from their registry entries (engine/ssl/registry.py); builtins' are here.
 METHOD_LABEL = {
-    "moco_v2": "MoCo v2",
-    "barlow_twins": "Barlow Twins",
-    "spark": "SparK",
-    "dino": "DINO",
-    "masked_contrastive": "Masked-contrastive (MoCo v2 on SparK-masked views)",
-    "simclr": "SimCLR",
-    "byol": "BYOL",
+    **{name: spec.label for name, spec in SSL_METHOD_SPECS.items()},
     "random": "Random weights",
     "imagenet": "ImageNet (supervised)",
 }
-SSL_METHODS = {"moco_v2", "barlow_twins", "spark", "dino", "simclr", "byol", "mae", "vicreg"}
 
 
 def page_header(title: str, intro: str) -> None:

@@ -66,12 +66,8 @@ def barlow_twins_loss(z_a: torch.Tensor, z_b: torch.Tensor, lambd: float = 0.005
 class BarlowTwins(SSLMethod):
     """Shared backbone + 3-layer projector (Linear-BN-ReLU x2, Linear), 2048-d by default."""
 
-    name = "barlow_twins"
+    name = "barlow_twins"  # registered in engine/ssl/registry.py (collapse control adjusts `lambd`)
     sync_bn = True
-    # Adaptive collapse control (engine.ssl.monitor.CollapseController) adjusts the off-diagonal
-    # weight: a larger lambda decorrelates more dimensions; reference = the paper's 5e-3.
-    control_knob: str | None = "lambd"
-    control_ref: float = 0.005
 
     def __init__(self, backbone: nn.Module, cfg: BarlowConfig, aug: AugmentConfig, image_size: int) -> None:
         super().__init__(backbone)

@@ -13,12 +13,25 @@ import shlex
 import sys
 from typing import Any
 
-METHOD_NAMES = ("moco_v2", "barlow_twins", "spark", "dino", "masked_contrastive")  # == engine.ssl.pretrain.METHODS (tested)
+from engine.ssl.presets import PRESETS
+from engine.ssl.registry import METHODS, method_names
+
+METHOD_NAMES = method_names()  # the registry's (engine/ssl/registry.py, torch-free)
+
+
+def _collapse_control_help() -> str:
+    knobs = "; ".join(f"{n}: {s.collapse_knob.weight}" for n, s in METHODS.items() if s.collapse_knob is not None)
+    without = ", ".join(n for n, s in METHODS.items() if s.collapse_knob is None)
+    return ("adaptive collapse control: at every collapse-monitor reading, double the method's regularization weight "
+            f"({knobs}) when the head's effective rank is below TARGET, halve it when the rank is >= 1.25 x TARGET, "
+            "within [w0/8, w0*16] (w0 = the configured weight, or the method's reference when 0). "
+            f"Also centred_erank:TARGET. Not for {without} (no such term)")
 
 
 def register(sub) -> None:
+    long_ones = ", ".join(n for n, s in METHODS.items() if "long" in s.presets)
     p = sub.add_parser(
-        "pretrain", help="self-supervised pretraining of a backbone (MoCo v2, Barlow Twins, SparK, DINO, masked-contrastive)",
+        "pretrain", help=f"self-supervised pretraining of a backbone ({', '.join(METHOD_NAMES)})",
         description="Pretrain a ResNet on unlabeled X-rays and export checkpoints/<out>.safetensors. "
                     "Run under `torchrun --nproc_per_node=N -m engine pretrain ...` for several GPUs/processes.",
     )
@@ -49,21 +62,15 @@ def register(sub) -> None:
                         "and keeps the faster (a busy machine runs far faster on 1), or a number")
     p.add_argument("--run-dir", default=None, help="state folder (default <workspace>/runs/<out>)")
     p.add_argument("--include-test-split", action="store_true", help="also pretrain on a manifest's split=test rows")
-    p.add_argument("--preset", choices=("paper", "quick", "long"), default="paper",
+    p.add_argument("--preset", choices=PRESETS, default="paper",
                    help="recipe: paper = each method's published settings; quick = settings measured to beat "
                         "random init in a few hundred steps at batch 32 on a CPU; long = the shipped backbones' "
-                        "recipe for thousands of steps at batch 256 on ~10,000 images (moco_v2, barlow_twins) "
+                        f"recipe for thousands of steps at batch 256 on ~10,000 images ({long_ones}) "
                         "(engine/ssl/presets.py). --lr, --opt and --aug override any")
-    p.add_argument("--collapse-control", default=None, metavar="erank:TARGET",
-                   help="adaptive collapse control: at every collapse-monitor reading, double the method's "
-                        "regularization weight (moco_v2 / masked_contrastive: VICReg var_weight; barlow_twins: lambd) "
-                        "when the head's effective rank is below TARGET, halve it when the rank is >= 1.25 x TARGET, "
-                        "within [w0/8, w0*16] (w0 = the configured weight, or the method's reference when 0). "
-                        "Also centred_erank:TARGET. Not for spark or dino (no such term)")
+    p.add_argument("--collapse-control", default=None, metavar="erank:TARGET", help=_collapse_control_help())
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="method setting, repeatable, e.g. --opt queue=4096 --opt T=0.2 (moco_v2), "
-                        "--opt proj_dim=8192 (barlow_twins), --opt mask_ratio=0.75 (spark), --opt out_dim=4096 (dino), "
-                        "--opt recon_weight=1 (masked_contrastive)")
+                   help="method setting, repeatable, e.g. "
+                        + ", ".join(f"--opt {s.opt_example} ({n})" for n, s in METHODS.items()))
     p.add_argument("--aug", action="append", default=[], metavar="KEY=VALUE",
                    help="augmentation setting, repeatable (engine/ssl/augment.py AugmentConfig), e.g. "
                         "--aug crop_scale=0.3,1 --aug blur_p=0.5 --aug noise_std=0.05")
@@ -94,9 +101,9 @@ def _parse_value(default: Any, text: str) -> Any:
 
 def method_overrides(method: str, items: list[str]) -> dict[str, Any]:
     """`KEY=VALUE` strings -> typed fields of the method's config dataclass (clear errors for typos)."""
-    from engine.ssl.pretrain import METHODS
+    from engine.ssl.registry import get_method
 
-    return _overrides(METHODS[method][0], items, "--opt", method)
+    return _overrides(get_method(method).config_cls, items, "--opt", method)
 
 
 def aug_overrides(items: list[str]) -> dict[str, Any]:
@@ -152,18 +159,11 @@ def _set_threads(args: argparse.Namespace, cfg: Any, main: bool) -> None:
         print(why, file=sys.stderr)
 
 
-def _pretrain(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-    from pathlib import Path
-
-    from tqdm import tqdm
-
-    from engine.events import Cancelled, Event
+def _config(args: argparse.Namespace) -> Any:
+    """The PretrainConfig the flags ask for: --preset, then --opt / --aug and the plain flags over it."""
     from engine.ssl.presets import build_config
-    from engine.ssl.pretrain import pretrain_from_data
 
-    cfg = build_config(
+    return build_config(
         args.method, args.preset, method_opts=method_overrides(args.method, args.opt),
         aug_opts=aug_overrides(args.aug),
         arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
@@ -172,50 +172,84 @@ def _pretrain(args: argparse.Namespace) -> int:
         monitor_every_steps=args.monitor_every, amp={"auto": None, "on": True, "off": False}[args.amp],
         init=args.init, collapse_control=args.collapse_control,
     )
-    main = int(os.environ.get("RANK", "0")) == 0
-    stop = threading.Event()
-    bars: dict[str, tqdm] = {}
 
-    def on_event(e: Event) -> None:
-        if not main:
+
+def _metrics_line(step: int | None, m: dict[str, float]) -> str:
+    """One printed line per collapse-monitor reading: the product metrics, then the study's."""
+    nan = float("nan")
+    return (f"step {step}: collapse std {m['collapse_std']:.3f} cos {m['collapse_cos']:.3f} "
+            f"erank {m['collapse_erank']:.1f} (backbone std {m['collapse_backbone_std']:.3f} "
+            f"erank {m['collapse_backbone_erank']:.1f}) | study: raw std "
+            f"{m.get('collapse_raw_std', nan):.3g} centred erank "
+            f"{m.get('collapse_centred_erank', nan):.1f} (backbone raw std "
+            f"{m.get('collapse_backbone_raw_std', nan):.3g} centred erank "
+            f"{m.get('collapse_backbone_centred_erank', nan):.1f})"
+            + (f" | control weight {m['collapse_control_weight']:.4g}" if "collapse_control_weight" in m else ""))
+
+
+class _Console:
+    """The run's events on the terminal (rank 0): progress bars for caching and training, lines for the rest."""
+
+    def __init__(self, method: str, main: bool) -> None:
+        from tqdm import tqdm
+
+        self.tqdm, self.method, self.main = tqdm, method, main
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, e: Any) -> None:
+        if not self.main:
             return
         if e.kind == "progress" and e.total:
-            key = "train" if "loss" in e.metrics else "prepare"  # training steps / cache building
-            if key == "train" and "prepare" in bars:
-                bars.pop("prepare").close()
-            bar = bars.get(key)
-            if bar is None or bar.total != e.total:
-                if bar is not None:
-                    bar.close()
-                bar = bars[key] = tqdm(total=e.total, initial=e.step or 0, unit="step" if key == "train" else "img",
-                                       desc=args.method if key == "train" else "images", dynamic_ncols=True)
-            if key == "prepare" and e.message:
-                bar.set_description_str(e.message[:40], refresh=False)
-            if "loss" in e.metrics:
-                bar.set_postfix(loss=f"{e.metrics['loss']:.4f}", lr=f"{e.metrics['lr']:.2e}", refresh=False)
-            bar.update((e.step or 0) - bar.n)
+            self._progress(e)
         elif e.kind == "warning":
-            tqdm.write(f"warning: {e.message}", file=sys.stderr)
+            self.tqdm.write(f"warning: {e.message}", file=sys.stderr)
         elif e.kind == "metrics":
-            m = e.metrics
-            tqdm.write(f"step {e.step}: collapse std {m['collapse_std']:.3f} cos {m['collapse_cos']:.3f} "
-                       f"erank {m['collapse_erank']:.1f} (backbone std {m['collapse_backbone_std']:.3f} "
-                       f"erank {m['collapse_backbone_erank']:.1f}) | study: raw std "
-                       f"{m.get('collapse_raw_std', float('nan')):.3g} centred erank "
-                       f"{m.get('collapse_centred_erank', float('nan')):.1f} (backbone raw std "
-                       f"{m.get('collapse_backbone_raw_std', float('nan')):.3g} centred erank "
-                       f"{m.get('collapse_backbone_centred_erank', float('nan')):.1f})"
-                       + (f" | control weight {m['collapse_control_weight']:.4g}" if "collapse_control_weight" in m else ""))
+            self.tqdm.write(_metrics_line(e.step, e.metrics))
         elif e.kind == "log" and e.message:
-            tqdm.write(e.message)
+            self.tqdm.write(e.message)
+
+    def _progress(self, e: Any) -> None:
+        key = "train" if "loss" in e.metrics else "prepare"  # training steps / cache building
+        if key == "train" and "prepare" in self.bars:
+            self.bars.pop("prepare").close()
+        bar = self.bars.get(key)
+        if bar is None or bar.total != e.total:
+            if bar is not None:
+                bar.close()
+            bar = self.bars[key] = self.tqdm(total=e.total, initial=e.step or 0,
+                                             unit="step" if key == "train" else "img",
+                                             desc=self.method if key == "train" else "images", dynamic_ncols=True)
+        if key == "prepare" and e.message:
+            bar.set_description_str(e.message[:40], refresh=False)
+        if "loss" in e.metrics:
+            bar.set_postfix(loss=f"{e.metrics['loss']:.4f}", lr=f"{e.metrics['lr']:.2e}", refresh=False)
+        bar.update((e.step or 0) - bar.n)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+    from pathlib import Path
+
+    from engine.events import Cancelled
+    from engine.ssl.pretrain import pretrain_from_data
+
+    cfg = _config(args)
+    main = int(os.environ.get("RANK", "0")) == 0
+    stop = threading.Event()
+    console = _Console(args.method, main)
 
     def on_sigint(signum, frame) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
         if main:
-            tqdm.write("stopping after this step and saving the state (Ctrl-C again to abort without saving)",
-                       file=sys.stderr)
+            console.tqdm.write("stopping after this step and saving the state (Ctrl-C again to abort without "
+                               "saving)", file=sys.stderr)
 
     # The name is reserved (engine.reservations) before any work, by rank 0 for all ranks: refused when a
     # backbone of that name exists or another run holds it, unless --resume / --replace; kept after a
@@ -232,7 +266,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     try:
         path = pretrain_from_data(
             args.data, cfg, args.out, device=args.device, run_dir=Path(args.run_dir) if args.run_dir else None,
-            on_event=on_event, stop=stop, resume=args.resume, include_test=args.include_test_split,
+            on_event=console, stop=stop, resume=args.resume, include_test=args.include_test_split,
         )
     except Cancelled as e:
         if main:
@@ -241,8 +275,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     finally:
         if in_main_thread:
             signal.signal(signal.SIGINT, old)
-        for bar in bars.values():
-            bar.close()
+        console.close()
     if main:
         release_checkpoint(args.out, owner, checkpoints_dir())  # exported: the file now holds the name
         print(path)

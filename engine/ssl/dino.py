@@ -112,13 +112,7 @@ def teacher_momentum(step: int, total: int, base: float) -> float:
 class DINO(SSLMethod):
     """Student (backbone + head) trained by SGD, teacher = EMA copy, centre buffer."""
 
-    name = "dino"
-    # No adaptive collapse control: DINO avoids collapse by centring and sharpening the teacher
-    # (temperatures and centre momentum), not by a weighted regularization term.
-    control_knob: str | None = None
-    control_refusal = ("dino has no variance-regularization weight: it avoids collapse by centring and sharpening the "
-                       "teacher (--opt teacher_temp=..., --opt center_momentum=...), not by a weighted term. Leave "
-                       "--collapse-control off for dino, or use moco_v2, barlow_twins or masked_contrastive")
+    name = "dino"  # registered in engine/ssl/registry.py (no collapse-control weight: centring and sharpening)
     sync_bn = True
 
     def __init__(self, backbone: nn.Module, cfg: DINOConfig, aug: AugmentConfig, image_size: int) -> None:

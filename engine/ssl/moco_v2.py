@@ -142,11 +142,7 @@ def convert_split_bn(module: nn.Module, max_splits: int) -> nn.Module:
 class MoCoV2(SSLMethod):
     """Query encoder (backbone + head), momentum key encoder, negative queue."""
 
-    name = "moco_v2"
-    # Adaptive collapse control (engine.ssl.monitor.CollapseController) adjusts this attribute; its
-    # reference value (the study's VICReg weight) sets the bounds when a run starts from var_weight 0.
-    control_knob: str | None = "var_weight"
-    control_ref: float = 1.0
+    name = "moco_v2"  # registered in engine/ssl/registry.py (collapse control adjusts `var_weight`)
 
     def __init__(self, backbone: nn.Module, cfg: MoCoConfig, aug: AugmentConfig, image_size: int) -> None:
         super().__init__(backbone)

@@ -247,10 +247,10 @@ def collapse_status(metrics: dict[str, Any] | None, step: int | None = None, pre
 # Adaptive collapse control (issue 16 item 1)
 #
 # The seed study's proposal: watch the effective rank during pretraining and adjust the
-# regularization that keeps dimensions alive. Each method that has such a weight names it
-# (`control_knob` on the method class; MoCo v2: the VICReg variance weight `var_weight`, Bardes et
-# al. 2022; Barlow Twins: the off-diagonal weight `lambd`, Zbontar et al. 2021) and the value its
-# recipe uses (`control_ref`). SparK and DINO have no such term and refuse the option.
+# regularization that keeps dimensions alive. Each method that has such a weight names it in its
+# registry entry (`MethodSpec.collapse_knob`, engine/ssl/registry.py; MoCo v2: the VICReg variance
+# weight `var_weight`, Bardes et al. 2022; Barlow Twins: the off-diagonal weight `lambd`, Zbontar et
+# al. 2021) with a reference value (`ref`). SparK and DINO have no such term and refuse the option.
 #
 # Rule, applied at every collapse-monitor reading after the step-0 baseline (the untrained network's
 # reading describes the init, not the training), on the monitored effective rank r of the head

@@ -83,13 +83,7 @@ def _up_block(cin: int, cout: int) -> nn.Sequential:
 class SparK(SSLMethod):
     """Backbone encoder + mask tokens + densify projections + light decoder."""
 
-    name = "spark"
-    # No adaptive collapse control: SparK's only term is the reconstruction error of masked patches;
-    # it has no variance or decorrelation weight to raise (and no head embedding to keep spread).
-    control_knob: str | None = None
-    control_refusal = ("spark has no variance-regularization term: its loss is the reconstruction error of masked "
-                       "patches alone, so there is no weight to raise when the rank falls. Leave --collapse-control "
-                       "off for spark, or use masked_contrastive (masking + MoCo v2 with its VICReg variance weight)")
+    name = "spark"  # registered in engine/ssl/registry.py (no collapse-control weight: reconstruction only)
 
     def __init__(self, backbone: nn.Module, cfg: SparKConfig, aug: AugmentConfig, image_size: int) -> None:
         super().__init__(backbone)

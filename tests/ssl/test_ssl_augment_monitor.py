@@ -158,7 +158,7 @@ def test_study_metrics_raw_std_random_pair_cosine_and_centred_erank():
 
 
 def test_pretraining_stores_both_labelled_sets_in_events_history_and_checkpoint_json(tmp_path):
-    from engine.ssl import BarlowConfig, PretrainConfig, pretrain
+    from engine.ssl import BarlowConfig, PretrainConfig, pretrain_images
     from engine.ssl.monitor import METRIC_SETS
 
     images = np.random.default_rng(0).integers(0, 256, size=(16, 32, 32), dtype=np.uint8)
@@ -166,7 +166,7 @@ def test_pretraining_stores_both_labelled_sets_in_events_history_and_checkpoint_
                          monitor_every_steps=1, monitor_images=8, save_every_steps=2,
                          method_config=BarlowConfig(proj_dim=32))
     events = []
-    path = pretrain(images, cfg, "mon", "cpu", tmp_path / "run", on_event=events.append,
+    path = pretrain_images(images, cfg, "mon", "cpu", tmp_path / "run", on_event=events.append,
                     checkpoint_dir=tmp_path / "ck")
     keys = [k for s in METRIC_SETS.values() for k in s]
     readings = [e.metrics for e in events if e.kind == "metrics"]

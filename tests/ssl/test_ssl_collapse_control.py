@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine.events import Cancelled
-from engine.ssl import BarlowConfig, MoCoConfig, PretrainConfig, pretrain
+from engine.ssl import BarlowConfig, MoCoConfig, PretrainConfig, pretrain_images
 from engine.ssl.monitor import CollapseControl, CollapseController, parse_collapse_control
 
 
@@ -83,7 +83,7 @@ def test_spec_parsing_and_clear_errors():
 def test_a_collapsing_moco_run_triggers_adjustments_within_bounds_recorded_everywhere(phantom, tmp_path):
     events = []
     # target far above what this tiny run reaches: every reading after step 0 is "collapsed"
-    path = pretrain(phantom, _moco("erank:64"), "ctl", "cpu", tmp_path / "run", on_event=events.append)
+    path = pretrain_images(phantom, _moco("erank:64"), "ctl", "cpu", tmp_path / "run", on_event=events.append)
     logs = [e for e in events if e.kind == "log" and e.message.startswith("collapse control")]
     metrics = [e for e in events if e.kind == "metrics"]
     assert len(metrics) == 7 and len(logs) == 6  # readings at steps 0..6; one raise per reading after step 0
@@ -112,7 +112,7 @@ def test_barlow_lambda_is_lowered_when_healthy(phantom, tmp_path):
                          monitor_every_steps=1, monitor_images=16, method_config=BarlowConfig(proj_dim=64),
                          collapse_control="erank:1.01")  # any spread counts as healthy
     events = []
-    pretrain(phantom, cfg, "ctl-bt", "cpu", tmp_path / "bt", on_event=events.append)
+    pretrain_images(phantom, cfg, "ctl-bt", "cpu", tmp_path / "bt", on_event=events.append)
     weights = [e.metrics["collapse_control_weight"] for e in events if e.kind == "metrics"]
     assert weights == [0.005, 0.0025, 0.00125, 0.000625]  # x0.5 per reading down to 0.005/8
 
@@ -121,7 +121,7 @@ def test_barlow_lambda_is_lowered_when_healthy(phantom, tmp_path):
 def test_a_stopped_controlled_run_resumes_exactly(phantom, tmp_path):
     cfg = _moco("erank:64")  # 2 epochs x 3 steps, an adjustment at every step
     losses_a: list[float] = []
-    pretrain(phantom, cfg, "a", "cpu", tmp_path / "a",
+    pretrain_images(phantom, cfg, "a", "cpu", tmp_path / "a",
              on_event=lambda e: e.kind == "progress" and losses_a.append(e.metrics["loss"]))
     stop, losses_b = threading.Event(), []
 
@@ -132,10 +132,10 @@ def test_a_stopped_controlled_run_resumes_exactly(phantom, tmp_path):
                 stop.set()
 
     with pytest.raises(Cancelled):
-        pretrain(phantom, cfg, "b", "cpu", tmp_path / "b", on_event=on_b, stop=stop)
+        pretrain_images(phantom, cfg, "b", "cpu", tmp_path / "b", on_event=on_b, stop=stop)
     mid = torch.load(tmp_path / "b" / "state.pt", weights_only=True)
     assert mid["step"] == 3 and mid["collapse_control"]["weight"] == 0.5
-    pretrain(phantom, cfg, "b", "cpu", tmp_path / "b", resume=True,
+    pretrain_images(phantom, cfg, "b", "cpu", tmp_path / "b", resume=True,
              on_event=lambda e: e.kind == "progress" and losses_b.append(e.metrics["loss"]))
     assert len(losses_b) == 6
     np.testing.assert_allclose(losses_b, losses_a, rtol=1e-5)
@@ -144,7 +144,7 @@ def test_a_stopped_controlled_run_resumes_exactly(phantom, tmp_path):
     assert sa["collapse_control"] == sb["collapse_control"] and sb["collapse_control"]["weight"] == 4.0
     # resuming without the controller (or with another target) is another run: refused
     with pytest.raises(ValueError, match="collapse_control"):
-        pretrain(phantom, _moco(None), "b", "cpu", tmp_path / "b", resume=True)
+        pretrain_images(phantom, _moco(None), "b", "cpu", tmp_path / "b", resume=True)
 
 
 def test_cli_and_job_params_take_the_option(tmp_path):

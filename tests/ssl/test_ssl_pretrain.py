@@ -12,7 +12,7 @@ from engine.events import Cancelled
 from engine.models import InitUnavailableError, load_backbone
 from engine.ssl import (
     METHODS, BarlowConfig, DINOConfig, MaskedContrastiveConfig, MoCoConfig, NonFiniteLossError, PretrainConfig,
-    SparKConfig, pretrain,
+    SparKConfig, pretrain_images,
 )
 from engine.ssl.moco_v2 import MoCoV2
 
@@ -42,7 +42,7 @@ def _cfg(method: str, **kw) -> PretrainConfig:
 @pytest.mark.parametrize("method", list(METHODS))
 def test_each_method_trains_and_exports_a_loadable_backbone(method, images, tmp_path):
     events = []
-    path = pretrain(images, _cfg(method, max_steps=3), f"t-{method}", "cpu", tmp_path / "run",
+    path = pretrain_images(images, _cfg(method, max_steps=3), f"t-{method}", "cpu", tmp_path / "run",
                     on_event=events.append, data_fingerprint="fp")
     assert path.exists() and path.name == f"t-{method}.safetensors"
     model, meta = load_backbone(f"t-{method}")
@@ -68,7 +68,7 @@ def test_each_method_trains_and_exports_a_loadable_backbone(method, images, tmp_
 def test_a_stopped_run_resumes_exactly(method, images, tmp_path):
     cfg = _cfg(method, epochs=2, save_every_steps=100)  # 2 x 3 steps: crosses an epoch boundary
     losses_a: list[float] = []
-    pretrain(images, cfg, "a", "cpu", tmp_path / "a",
+    pretrain_images(images, cfg, "a", "cpu", tmp_path / "a",
              on_event=lambda e: e.kind == "progress" and losses_a.append(e.metrics["loss"]))
 
     stop, losses_b = threading.Event(), []
@@ -80,9 +80,9 @@ def test_a_stopped_run_resumes_exactly(method, images, tmp_path):
                 stop.set()
 
     with pytest.raises(Cancelled):
-        pretrain(images, cfg, "b", "cpu", tmp_path / "b", on_event=on_b, stop=stop)
+        pretrain_images(images, cfg, "b", "cpu", tmp_path / "b", on_event=on_b, stop=stop)
     assert torch.load(tmp_path / "b" / "state.pt", weights_only=True)["step"] == 3
-    pretrain(images, cfg, "b", "cpu", tmp_path / "b", resume=True,
+    pretrain_images(images, cfg, "b", "cpu", tmp_path / "b", resume=True,
              on_event=lambda e: e.kind == "progress" and losses_b.append(e.metrics["loss"]))
     assert len(losses_b) == 6
     np.testing.assert_allclose(losses_b, losses_a, rtol=1e-5)
@@ -107,18 +107,18 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_state(images, tmp_
 
     monkeypatch.setattr(MoCoV2, "forward", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 3/.*last good state \(step 2\)"):
-        pretrain(images, _cfg("moco_v2", epochs=2, max_steps=5), "nan", "cpu", tmp_path / "run")
+        pretrain_images(images, _cfg("moco_v2", epochs=2, max_steps=5), "nan", "cpu", tmp_path / "run")
     state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
     assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     monkeypatch.setattr(MoCoV2, "forward", real)
-    path = pretrain(images, _cfg("moco_v2", epochs=2, max_steps=5), "nan", "cpu", tmp_path / "run", resume=True)
+    path = pretrain_images(images, _cfg("moco_v2", epochs=2, max_steps=5), "nan", "cpu", tmp_path / "run", resume=True)
     assert json.loads(path.with_suffix(".json").read_text())["steps"] == 5
 
 
 def test_collapse_warnings_and_clear_errors(images, tmp_path):
     events = []
     # (also the autocast path: bf16 on CPU when amp is forced on)
-    pretrain(images, _cfg("barlow_twins", max_steps=1, collapse_std_min=10.0, amp=True), "w", "cpu", tmp_path / "w",
+    pretrain_images(images, _cfg("barlow_twins", max_steps=1, collapse_std_min=10.0, amp=True), "w", "cpu", tmp_path / "w",
              on_event=events.append)
     warnings = [e for e in events if e.kind == "warning"]
     assert warnings and all("collapse" in e.message and e.level == "warning" for e in warnings)
@@ -126,21 +126,21 @@ def test_collapse_warnings_and_clear_errors(images, tmp_path):
     assert np.isfinite([e.metrics["loss"] for e in events if e.kind == "progress"]).all()
 
     with pytest.raises(ValueError, match="fewer than one batch"):
-        pretrain(images[:4], _cfg("moco_v2"), "x", "cpu", tmp_path / "x")
+        pretrain_images(images[:4], _cfg("moco_v2"), "x", "cpu", tmp_path / "x")
     with pytest.raises(ValueError, match="divisible by its patch 32"):
         PretrainConfig(method="spark", image_size=48)
     with pytest.raises(ValueError, match="unknown SSL method"):
         PretrainConfig(method="simclr")
     with pytest.raises(ValueError, match="invalid output name"):
-        pretrain(images, _cfg("moco_v2"), "bad name", "cpu", tmp_path / "x")
+        pretrain_images(images, _cfg("moco_v2"), "bad name", "cpu", tmp_path / "x")
     with pytest.raises(ValueError, match="uint8"):
-        pretrain(images.astype(np.float32), _cfg("moco_v2"), "x", "cpu", tmp_path / "x")
+        pretrain_images(images.astype(np.float32), _cfg("moco_v2"), "x", "cpu", tmp_path / "x")
     with pytest.raises(InitUnavailableError, match="imagenet"):  # tests run offline with an empty weights dir
-        pretrain(images, _cfg("moco_v2", init="imagenet"), "x", "cpu", tmp_path / "x")
+        pretrain_images(images, _cfg("moco_v2", init="imagenet"), "x", "cpu", tmp_path / "x")
     # resuming with other settings is refused, naming the difference
-    pretrain(images, _cfg("moco_v2", max_steps=1), "r", "cpu", tmp_path / "r")
+    pretrain_images(images, _cfg("moco_v2", max_steps=1), "r", "cpu", tmp_path / "r")
     with pytest.raises(ValueError, match=r"lr: 0.01 -> 0.02"):
-        pretrain(images, _cfg("moco_v2", max_steps=1, lr=0.02), "r", "cpu", tmp_path / "r", resume=True)
+        pretrain_images(images, _cfg("moco_v2", max_steps=1, lr=0.02), "r", "cpu", tmp_path / "r", resume=True)
 
 
 def test_config_round_trips_through_json():
@@ -226,21 +226,27 @@ def test_resume_command_repeats_the_settings():
     assert "--method dino" in cmd and "--lr 0.1" in cmd and "--opt out_dim=512" in cmd and "--data d.csv" in cmd
 
 
-def test_package_exports_the_pretrain_function_and_stays_lazy():
+def test_pretrain_is_a_module_the_package_exports_pretrain_images_and_stays_lazy():
     import subprocess
     import sys
+    import types
 
     import engine.ssl
-    import engine.ssl.pretrain  # noqa: F401  (the submodule of the same name is loaded)
+    import engine.ssl.pretrain  # an ordinary submodule
 
-    assert engine.ssl.pretrain is pretrain and pretrain.__module__ == "engine.ssl.pretrain"
-    code = ("import sys, engine.ssl.commands, engine.ssl\n"
-            "assert 'torch' not in sys.modules\n"
-            "import engine.ssl.pretrain\n"
-            "from engine.ssl import pretrain\n"
-            "assert callable(pretrain) and pretrain.__name__ == 'pretrain'\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
+    assert isinstance(engine.ssl.pretrain, types.ModuleType) and engine.ssl.pretrain.pretrain_images is pretrain_images
+    assert pretrain_images.__module__ == "engine.ssl.pretrain"
+    for first, then in (("import engine.ssl.pretrain", "from engine.ssl import pretrain, pretrain_images"),
+                        ("from engine.ssl import pretrain_images", "from engine.ssl import pretrain")):
+        code = ("import sys, types, engine.ssl.commands, engine.ssl\n"
+                "from engine.ssl import METHODS\n"
+                "assert 'torch' not in sys.modules and 'masked_contrastive' in METHODS\n"
+                f"{first}\n{then}\n"
+                "from engine.ssl import pretrain_images\n"
+                "assert isinstance(pretrain, types.ModuleType) and pretrain.pretrain_images is pretrain_images\n"
+                "assert callable(pretrain_images) and pretrain_images.__name__ == 'pretrain_images'\n")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
 
 
 def test_presets_merge_under_the_callers_settings():
@@ -276,14 +282,14 @@ def test_quick_preset_trains_each_method(method, images, tmp_path):
     size = 64 if method in ("spark", "masked_contrastive") else 32
     cfg = build_config(method, "quick", epochs=1, batch_size=8, image_size=size, max_steps=2, monitor_every_steps=1,
                        monitor_images=8, save_every_steps=1)
-    path = pretrain(images, cfg, f"q-{method}", "cpu", tmp_path / "run")
+    path = pretrain_images(images, cfg, f"q-{method}", "cpu", tmp_path / "run")
     _, meta = load_backbone(f"q-{method}")
     assert path.exists() and meta.info["steps"] == 2 and np.isfinite(meta.info["loss"]["last"])
 
 
 def test_a_state_written_before_new_settings_existed_still_resumes(images, tmp_path):
     cfg = _cfg("moco_v2", max_steps=2)
-    pretrain(images, cfg, "old-run", "cpu", tmp_path / "run")
+    pretrain_images(images, cfg, "old-run", "cpu", tmp_path / "run")
     state_path = tmp_path / "run" / "state.pt"
     state = torch.load(state_path, weights_only=True)
     for key in ("head_bn", "head_out_bn"):  # an older version wrote no such fields
@@ -291,6 +297,6 @@ def test_a_state_written_before_new_settings_existed_still_resumes(images, tmp_p
     for key in ("blur_p", "blur_sigma"):
         del state["config"]["aug"][key]
     torch.save(state, state_path)
-    assert pretrain(images, cfg, "old-run", "cpu", tmp_path / "run", resume=True).exists()
+    assert pretrain_images(images, cfg, "old-run", "cpu", tmp_path / "run", resume=True).exists()
     with pytest.raises(ValueError, match="different settings"):
-        pretrain(images, _cfg("moco_v2", max_steps=2, lr=0.5), "old-run", "cpu", tmp_path / "run", resume=True)
+        pretrain_images(images, _cfg("moco_v2", max_steps=2, lr=0.5), "old-run", "cpu", tmp_path / "run", resume=True)

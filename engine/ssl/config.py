@@ -1,0 +1,120 @@
+"""`PretrainConfig`: the settings of one pretraining run, validated once, JSON-able.
+
+Method settings are the method's own frozen config dataclass (engine/ssl/<method>.py, found through
+the registry, engine/ssl/registry.py); recipes that fill them in: engine/ssl/presets.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from engine.ssl.augment import AugmentConfig
+from engine.ssl.monitor import ERANK_MIN, STD_MIN, CollapseControl, parse_collapse_control
+from engine.ssl.registry import MethodSpec, get_method
+
+SSL_ARCHS = ("resnet18", "resnet50")
+# Config fields a resume may change (they do not alter the trajectory).
+RESUME_FREE = frozenset({"save_every_steps", "monitor_every_steps", "monitor_images", "collapse_std_min",
+                         "collapse_erank_min"})
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """One pretraining run. Method defaults follow each paper (see engine/ssl/<method>.py).
+
+    Raises ValueError on construction for an unknown method / arch / init, out-of-range numbers, a
+    method_config of another method, an image size its patch does not divide, or collapse control
+    for a method without a weight to adjust (or with the monitor off).
+    """
+
+    method: str = "moco_v2"
+    arch: str = "resnet18"
+    epochs: int = 100
+    batch_size: int = 256  # global batch over all ranks
+    image_size: int = 224
+    lr: float | None = None  # peak lr; None = recipe base_lr * batch_size / 256
+    weight_decay: float | None = None  # None = recipe's
+    warmup_epochs: float | None = None  # None = recipe's (capped at 10% of a short run)
+    seed: int = 0
+    max_steps: int | None = None  # cap on total steps (the cosine schedule spans the capped run)
+    save_every_steps: int = 500
+    monitor_every_steps: int = 100
+    monitor_images: int = 256
+    collapse_std_min: float = STD_MIN  # collapse warning below this normalized std (engine.ssl.monitor)
+    collapse_erank_min: float = ERANK_MIN  # collapse warning below this effective rank
+    amp: bool | None = None  # None = on for CUDA (bf16, else fp16 + GradScaler), off on CPU
+    channels_last: bool | None = None  # None = on for CUDA
+    init: str = "random"  # "random" | "imagenet" (MoCo-transfer: start SSL from ImageNet weights)
+    aug: AugmentConfig = field(default_factory=AugmentConfig)
+    method_config: Any = None  # MoCoConfig | BarlowConfig | SparKConfig | DINOConfig | ...; None = defaults
+    # Adaptive collapse control (engine.ssl.monitor.CollapseControl; "erank:TARGET" or a dict also
+    # accepted): None = off. Acts at every collapse-monitor reading.
+    collapse_control: CollapseControl | None = None
+
+    def __post_init__(self) -> None:
+        spec = get_method(self.method)
+        if self.arch not in SSL_ARCHS:
+            raise ValueError(f"SSL pretraining supports {', '.join(SSL_ARCHS)}, not {self.arch!r}")
+        if self.init not in ("random", "imagenet"):
+            raise ValueError(f"init must be 'random' or 'imagenet', not {self.init!r}")
+        for name, lo in (("epochs", 1), ("batch_size", 2), ("image_size", 32), ("save_every_steps", 1),
+                         ("monitor_every_steps", 0), ("monitor_images", 2)):
+            if getattr(self, name) < lo:
+                raise ValueError(f"{name} must be >= {lo} (got {getattr(self, name)})")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 (got {self.max_steps})")
+        self._set_method_config(spec)
+        if isinstance(self.aug, dict):
+            object.__setattr__(self, "aug", from_dict(AugmentConfig, self.aug))
+        patch = getattr(self.method_config, "patch", None)
+        if patch and self.image_size % patch:
+            fit = max(1, self.image_size // patch) * patch
+            raise ValueError(f"{self.method} needs image_size divisible by its patch {patch} "
+                             f"(got {self.image_size}); use e.g. --image-size {fit}")
+        object.__setattr__(self, "collapse_control", parse_collapse_control(self.collapse_control))
+        if self.collapse_control is not None:
+            if spec.collapse_knob is None:
+                raise ValueError("--collapse-control: " + (
+                    spec.no_collapse_control or f"{self.method} has no regularization weight to adjust"))
+            if self.monitor_every_steps < 1:
+                raise ValueError("--collapse-control acts on the collapse monitor's readings, but the monitor is off "
+                                 "(monitor_every_steps 0); set --monitor-every N (e.g. 25)")
+
+    def _set_method_config(self, spec: MethodSpec) -> None:
+        """None -> the method's defaults, a dict -> its config class; another method's config is refused."""
+        cls = spec.config_cls
+        if self.method_config is None:
+            object.__setattr__(self, "method_config", cls())
+        elif isinstance(self.method_config, dict):
+            object.__setattr__(self, "method_config", from_dict(cls, self.method_config))
+        elif type(self.method_config) is not cls:
+            raise ValueError(f"method_config for {self.method} must be a {cls.__name__}, "
+                             f"not {type(self.method_config).__name__}")
+
+    @property
+    def spec(self) -> MethodSpec:
+        """The method's registry entry (engine.ssl.registry)."""
+        return get_method(self.method)
+
+    @property
+    def recipe(self) -> Any:
+        """The method's optimizer recipe (engine.ssl.common.OptimRecipe)."""
+        return self.spec.recipe
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PretrainConfig:
+        """From `to_dict()` output or JSON job params (lists become tuples, nested configs dicts)."""
+        return from_dict(cls, d)
+
+
+def from_dict(cls: type, d: dict[str, Any]) -> Any:
+    """`cls(**d)` with lists as tuples; raises ValueError naming unknown fields."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; valid: {sorted(names)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
