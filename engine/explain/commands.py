@@ -36,20 +36,20 @@ def register(sub) -> None:
 
 def _gradcam(args) -> int:
     from engine.device import resolve_device
-    from engine.explain.study import run_gradcam_study
+    from engine.explain.study import GradCAMStudyConfig, run_gradcam_study_from_config
 
     def on_event(e) -> None:
         if e.kind in ("warning", "result") or (e.kind == "progress" and e.message):
             prefix = "warning: " if e.level == "warning" else ""
             print(prefix + e.message, file=sys.stderr)
 
-    loc, summary, grids = run_gradcam_study(
-        args.manifest, args.finding, args.inits.split(","), args.out,
+    cfg = GradCAMStudyConfig(
+        args.manifest, args.finding, tuple(args.inits.split(",")), args.out,
         shots=args.shots, method=args.method, mode=args.mode, layer=args.layer, n_images=args.n_images,
         image_size=args.image_size, fit_mode=args.fit, boxes_csv=args.boxes, masks_csv=args.masks,
         seed=args.seed, finetune_steps=args.finetune_steps, arch=args.arch, batch_size=args.batch_size,
-        device=resolve_device(args.device), on_event=on_event,
     )
+    loc, summary, grids = run_gradcam_study_from_config(cfg, resolve_device(args.device), on_event=on_event)
     print(format_summary(summary))
     print(json.dumps({"out": args.out, "grids": len(grids), "rows": len(loc)}))
     return 0

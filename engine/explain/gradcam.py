@@ -23,6 +23,9 @@ activations are unchanged by this. The model is put in eval mode (no BatchNorm s
 its training flag and every parameter's `requires_grad` are restored on exit.
 
 One explainer per model at a time: the hooks live on the model's modules.
+
+`ExplainModel` is the one backbone + head module (the few-shot Classifier's `explain_module()` returns it).
+Every use of pytorch-grad-cam beyond its documented API goes through `engine.explain.camlib`.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ import torch.nn as nn
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
 from pytorch_grad_cam.base_cam import BaseCAM
 
+from engine.explain import camlib
 from engine.models.backbones import IMAGENET_MEAN, IMAGENET_STD, prepare_batch
 
 METHODS = ("gradcam", "gradcam++", "scorecam", "ablationcam")
@@ -131,7 +135,7 @@ class _ChunkedGradientFreeCAM(BaseCAM):
 
     def _scores(self, x: torch.Tensor, targets: Sequence[Callable]) -> torch.Tensor:
         out = self.model(x)  # (n, 1)
-        self.activations_and_grads.clear()  # the hooks recorded this pass's activations: not needed
+        camlib.forget_activations(self)  # the hooks recorded this pass's activations: not needed
         return targets[0](out).float()  # (n,)
 
 
@@ -241,6 +245,7 @@ class CAMExplainer:
     def __enter__(self) -> "CAMExplainer":
         if self._cam is not None:
             raise RuntimeError("this CAMExplainer is already active; use one `with` block at a time")
+        camlib.check_library()
         self._saved_training = self.model.training
         self._saved_grad = [(p, p.requires_grad) for p in self.model.parameters()]
         try:
@@ -265,8 +270,7 @@ class CAMExplainer:
 
     def _restore(self) -> None:
         if self._cam is not None:
-            self._cam.activations_and_grads.release()
-            self._cam.outputs = None
+            camlib.release(self._cam)
             self._cam = None
         if self._cut_handle is not None:
             self._cut_handle.remove()
@@ -290,9 +294,8 @@ class CAMExplainer:
             for i in range(0, x.shape[0], step):
                 xb = x[i : i + step].to(self.device)  # (b, 3, S, S)
                 maps.append(self._cam(xb, [target] * xb.shape[0]))  # (b, S, S)
-                logits.append(self._cam.outputs.detach()[:, 0].float().cpu().numpy())  # (b,)
-                self._cam.outputs = None
-                self._cam.activations_and_grads.clear()
+                logits.append(camlib.last_outputs(self._cam)[:, 0].float().cpu().numpy())  # (b,)
+                camlib.forget_pass(self._cam)
         self.last_logits = np.concatenate(logits)
         out = np.concatenate(maps).astype(np.float32, copy=False)  # (B, S, S)
         if not (np.isfinite(self.last_logits).all() and np.isfinite(out).all()):

@@ -14,12 +14,18 @@ held-out positives that have a region (box or mask), and writes to `out_dir`:
 Resumable: trained heads (probe) or backbone + head (finetune) are saved under `out_dir/.state/`
 keyed by everything that determines them, and finished images' rows are kept there too, so a run
 stopped through `stop` (or killed) continues where it was when started again with the same arguments.
+
+Settings are one frozen `GradCAMStudyConfig`; `run_gradcam_study_from_config(cfg, device, ...)` runs it in
+steps (select the episode and images, load the inits, train one classifier each, explain chunk by chunk,
+write the outputs). `run_gradcam_study(manifest_csv, finding, inits, out_dir, **keywords)` is the same with
+the settings as keywords (the CLI's and the job runner's call).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,108 +34,87 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from engine.atomic import atomic_write as _atomic_write
+from engine.atomic import atomic_write
 from engine.events import OnEvent, as_log, check_stop, emit
 from engine.explain.gradcam import METHODS, CAMExplainer, ExplainModel, explain_images, resolve_layer
-from engine.explain.localization import METRICS, TOPQ, aggregate, is_empty, region_mask, scores
+from engine.explain.localization import METRICS, TOPQ, aggregate, is_empty, scores
 from engine.explain.overlay import grid
+from engine.explain.classifiers import train_or_reuse_classifier
+from engine.explain.regions import load_regions, region_for  # noqa: F401  (load_regions: public here too)
 
 DEFAULT_SHOTS = 20  # the issue's example; the seed study's largest common k
 DEFAULT_N_IMAGES = 8
 STATE_VERSION = 1
+Backbone = tuple[nn.Module, Any]
+
+
+@dataclass(frozen=True)
+class GradCAMStudyConfig:
+    """Everything that defines a Grad-CAM study (see the module docstring). Raises ValueError on creation for
+    an unknown method or mode, n_images or shots below 1, or no init named."""
+
+    manifest_csv: str | Path
+    finding: str
+    inits: tuple[str, ...]  # names as given; blanks are dropped, surrounding spaces stripped
+    out_dir: str | Path
+    shots: int = DEFAULT_SHOTS  # training images per class of the shared episode
+    method: str = "gradcam"  # engine.explain.gradcam.METHODS
+    mode: str = "probe"  # "probe" | "finetune": the classifier trained on each init
+    layer: str | None = None  # target layer; None = the arch's last stage (DEFAULT_LAYER)
+    n_images: int = DEFAULT_N_IMAGES  # held-out positives to explain
+    image_size: int = 224
+    fit_mode: str = "pad"  # how images are fitted to the square (engine.data.transforms.fit_square)
+    boxes_csv: str | Path | None = None  # explicit regions (else the manifest's masks, then boxes)
+    masks_csv: str | Path | None = None
+    seed: int = 0
+    test_fraction: float = 0.3
+    q: float = TOPQ  # top-q share of the map for topq_iou
+    finetune_steps: int | None = None  # None = FinetuneConfig's default
+    arch: str | None = None  # arch of random / imagenet
+    batch_size: int = 16  # images per explained chunk and per CAM pass
+    alpha: float = 0.4  # overlay opacity
+    colormap: str = "jet"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown CAM method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.mode not in ("probe", "finetune"):
+            raise ValueError(f"mode must be 'probe' or 'finetune'; got {self.mode!r}")
+        if self.n_images < 1 or self.shots < 1:
+            raise ValueError("n_images and shots must be at least 1")
+        inits = tuple(s.strip() for s in self.inits if s.strip())
+        if not inits:
+            raise ValueError("name at least one init (e.g. --inits random,imagenet)")
+        object.__setattr__(self, "inits", inits)
+
+    def layer_of(self, meta: Any) -> str:
+        """The target layer for a backbone with metadata `meta`."""
+        from engine.models import DEFAULT_LAYER
+
+        return self.layer or DEFAULT_LAYER[meta.arch]
 
 
 # ------------------------------------------------------------------------------------------- io
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    _atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+    """`df` (no index) to `path`, atomically."""
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
 
 
 def _write_png(rgb: np.ndarray, path: Path) -> None:
+    """uint8 RGB image to `path` as PNG, atomically."""
     from PIL import Image
 
-    _atomic_write(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
 
 
 def _key(obj: Any) -> str:
+    """16 hex digits of the sha256 of `obj`'s JSON (sorted keys): the state files' names."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _safe(name: str) -> str:
+    """`name` with every character outside [A-Za-z0-9-_.] replaced by `_` (safe in a file name)."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
-# -------------------------------------------------------------------------------------- regions
-def load_regions(manifest, finding: str, boxes_csv: str | Path | None = None,
-                 masks_csv: str | Path | None = None) -> tuple[str, pd.DataFrame | None]:
-    """(kind, rows of `finding`): explicit masks/boxes CSVs win; else the manifest's masks, then boxes.
-
-    kind is "mask", "box" or "none". Explicit CSVs are read with the manifest's own validation, their
-    paths relative to their own folder.
-    """
-    from engine.data import manifest as mf
-
-    if boxes_csv is not None and masks_csv is not None:
-        raise ValueError("give either --boxes or --masks, not both")
-    for given, kind in ((masks_csv, "mask"), (boxes_csv, "box")):
-        if given is not None:
-            df = mf.load_regions(given, manifest, kind)
-            return kind, df[df["finding"] == finding].reset_index(drop=True)
-    if manifest.masks is not None and (manifest.masks["finding"] == finding).any():
-        return "mask", manifest.masks[manifest.masks["finding"] == finding].reset_index(drop=True)
-    if manifest.boxes is not None and (manifest.boxes["finding"] == finding).any():
-        return "box", manifest.boxes[manifest.boxes["finding"] == finding].reset_index(drop=True)
-    return "none", None
-
-
-def region_for(kind: str, rows: pd.DataFrame, shape: tuple[int, int]) -> np.ndarray:
-    """Union of one image's boxes or masks as a bool mask of the image's shape."""
-    from engine.data.io import read_image
-
-    if kind == "box":
-        return region_mask(rows[["x", "y", "w", "h"]].to_numpy(np.float64), shape)
-    out = np.zeros(shape, bool)
-    for mp in rows["mask_path"]:
-        m, _ = read_image(Path(mp))
-        if m.shape != tuple(shape):
-            raise ValueError(f"mask {mp} is {m.shape[1]}x{m.shape[0]} pixels but its image is "
-                             f"{shape[1]}x{shape[0]}; masks must have the image's size")
-        out |= m > 0.5
-    return out
-
-
-# ------------------------------------------------------------------------------------- training
-def _train_classifier(init: str, backbone: tuple[nn.Module, Any], cache: Any, y: np.ndarray,
-                      mode: str, device: torch.device, seed: int, finetune_steps: int | None,
-                      state: Path, on_event: OnEvent | None, stop: threading.Event | None) -> tuple[nn.Module, nn.Module]:
-    """(backbone, head) for one init, from `state` when an identical run saved it, else trained and saved."""
-    from safetensors.torch import load_file, save_file
-
-    model, meta = backbone
-    if state.exists():
-        sd = load_file(str(state))
-        head = nn.Linear(meta.feat_dim, 1)
-        head.load_state_dict({"weight": sd.pop("head.weight"), "bias": sd.pop("head.bias")})
-        if sd:
-            model.load_state_dict(sd)
-        emit(on_event, message=f"{init}: reusing the classifier trained earlier ({state.name})", kind="log")
-        return model, head.to(device)
-    if mode == "probe":
-        from engine.fewshot.features import embed
-        from engine.fewshot.probe import fit_probe
-
-        X = embed(init, cache, device, backbone=(model, meta), on_event=as_log(on_event), stop=stop)  # (2k, D)
-        head = fit_probe(X, y, seed=seed).as_torch_head().to(device)
-        sd = {}
-    else:
-        from engine.fewshot.finetune import FinetuneConfig, finetune
-
-        cfg = FinetuneConfig() if finetune_steps is None else FinetuneConfig(steps=finetune_steps)
-        u8 = np.array(cache.array)  # (2k, S, S) uint8, a writable copy of the memmap rows
-        model, head = finetune((model, meta), u8, y, cfg, device, seed, on_event=as_log(on_event), stop=stop)
-        sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    sd |= {"head.weight": head.weight.detach().cpu().contiguous(), "head.bias": head.bias.detach().cpu().contiguous()}
-    _atomic_write(state, lambda tmp: save_file(sd, tmp))
-    return model, head
 
 
 # ------------------------------------------------------------------------------------------ study
@@ -139,177 +124,249 @@ def run_gradcam_study(
     inits: Sequence[str],
     out_dir: str | Path,
     *,
-    shots: int = DEFAULT_SHOTS,
-    method: str = "gradcam",
-    mode: str = "probe",
-    layer: str | None = None,
-    n_images: int = DEFAULT_N_IMAGES,
-    image_size: int = 224,
-    fit_mode: str = "pad",
-    boxes_csv: str | Path | None = None,
-    masks_csv: str | Path | None = None,
-    seed: int = 0,
-    test_fraction: float = 0.3,
-    q: float = TOPQ,
-    finetune_steps: int | None = None,
-    arch: str | None = None,
-    batch_size: int = 16,
-    alpha: float = 0.4,
-    colormap: str = "jet",
     device: torch.device | str = "cpu",
     on_event: OnEvent | None = None,
     stop: threading.Event | None = None,
+    checkpoint_dir: Path | None = None,
+    **settings: Any,
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[Path]]:
     """Run the study (see module docstring); returns (localization rows, summary, grid PNG paths).
 
+    `settings` are the other fields of `GradCAMStudyConfig` as keywords (shots, method, mode, layer,
+    n_images, image_size, fit_mode, boxes_csv, masks_csv, seed, test_fraction, q, finetune_steps, arch,
+    batch_size, alpha, colormap); an unknown keyword raises TypeError. Errors as
+    `run_gradcam_study_from_config`."""
+    cfg = GradCAMStudyConfig(manifest_csv, finding, tuple(inits), out_dir, **settings)
+    return run_gradcam_study_from_config(cfg, device, on_event, stop, checkpoint_dir)
+
+
+def run_gradcam_study_from_config(
+    cfg: GradCAMStudyConfig,
+    device: torch.device | str = "cpu",
+    on_event: OnEvent | None = None,
+    stop: threading.Event | None = None,
+    checkpoint_dir: Path | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, list[Path]]:
+    """Run the study `cfg` on `device`; returns (localization rows, summary, grid PNG paths).
+
     Unknown inits raise `UnknownInitError` before any work; unavailable ones (ImageNet weights
     offline) are skipped with a warning event. Raises `Cancelled` when `stop` is set (state saved).
+    `checkpoint_dir`: where inits are looked up (default: engine.paths.checkpoints_dir()).
     """
-    from engine.data.io import read_image
-    from engine.data.manifest import load_manifest
-    from engine.fewshot.episodes import sample_episode, test_split, trial_seed
-    from engine.models import DEFAULT_LAYER, InitUnavailableError, load_backbone
+    from engine.data.cache import ImageCache
 
-    if method not in METHODS:
-        raise ValueError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
-    if mode not in ("probe", "finetune"):
-        raise ValueError(f"mode must be 'probe' or 'finetune'; got {mode!r}")
-    if n_images < 1 or shots < 1:
-        raise ValueError("n_images and shots must be at least 1")
-    inits = [s.strip() for s in inits if s.strip()]
-    if not inits:
-        raise ValueError("name at least one init (e.g. --inits random,imagenet)")
     device = torch.device(device)
-    out = Path(out_dir)
-    state_dir = out / ".state"
+    out = Path(cfg.out_dir)
     warnings: list[str] = []
 
-    def warn(msg: str) -> None:
+    def warn(msg: str) -> None:  # one line: keeps the warning list and its events together
         warnings.append(msg)
         emit(on_event, message=msg, level="warning", kind="warning")
 
-    # --- data: manifest, regions, the episode and the images to explain
-    m = load_manifest(manifest_csv)
-    m.validate_finding(finding)
-    kind, region_rows = load_regions(m, finding, boxes_csv, masks_csv)
-    df = m.df
-    labels = m.labels(finding)
-    pids = df["patient_id"].astype(str).to_numpy()
-    pool, test = test_split(df, finding, seed=seed, test_fraction=test_fraction)
-    tseed = trial_seed(seed, finding, shots, 0)
-    train_idx = sample_episode(labels, pids, pool, shots, tseed)
-    y_train = labels[train_idx].astype(np.float64)
-    positives = [int(i) for i in test if labels[i] == 1]
-    with_region = set(region_rows["path"]) if region_rows is not None else set()
-    chosen = [i for i in positives if df["path"].iat[i] in with_region][:n_images]
-    if not chosen:
-        chosen = positives[:n_images]
-        warn(f"no held-out {finding} positive has a box or mask: heatmaps are drawn but not scored"
-             if kind == "none" or region_rows is None else
-             f"none of the {len(positives)} held-out {finding} positives has a region; nothing is scored")
-    elif len(chosen) < n_images:
-        warn(f"only {len(chosen)} held-out {finding} positives have a region (asked for {n_images})")
+    sel = _select(cfg, warn)
+    backbones, skipped = _load_inits(cfg, warn, checkpoint_dir)
+    cache = ImageCache.build([sel.path(i) for i in sel.train_idx], cfg.image_size, mode=cfg.fit_mode,
+                             on_event=as_log(on_event), stop=stop)  # its image counts only as messages
+    bar = _Bar(len(backbones) + len(sel.chosen), on_event)
+    base_key = {"v": STATE_VERSION, "manifest": str(sel.manifest.csv_path), "train": sorted(cache.keys),
+                "y": sel.y_train.tolist(), "size": cfg.image_size, "fit": cfg.fit_mode, "mode": cfg.mode,
+                "finetune_steps": cfg.finetune_steps, "seed": sel.tseed}
+    models = _train_models(cfg, sel, backbones, cache, base_key, out / ".state", device, bar, on_event, stop)
+    rows = _explain_all(cfg, sel, models, base_key, out, device, bar, stop)
+    return _write_outputs(cfg, sel, models, skipped, rows, warnings, out, bar)
 
-    # --- inits: load all first, so a typo fails before any work
-    backbones: dict[str, tuple[nn.Module, Any]] = {}
+
+@dataclass
+class _Bar:
+    """The study's progress bar: one unit per trained classifier and per explained image."""
+
+    total: int
+    on_event: OnEvent | None
+    step: int = 0
+
+    def show(self, message: str) -> None:
+        emit(self.on_event, step=self.step, total=self.total, message=message)
+
+    def advance(self, message: str) -> None:
+        self.step += 1
+        self.show(message)
+
+
+@dataclass
+class _Selection:
+    """The study's data: manifest, regions, the shared training episode and the held-out images to explain."""
+
+    manifest: Any
+    kind: str  # "mask" | "box" | "none"
+    region_rows: pd.DataFrame | None
+    tseed: int  # the episode's seed: trial_seed(seed, finding, shots, 0)
+    train_idx: np.ndarray  # (2k,) manifest rows
+    y_train: np.ndarray  # (2k,) float64 0/1
+    chosen: list[int] = field(default_factory=list)  # manifest rows of the images to explain
+    with_region: set[str] = field(default_factory=set)  # paths that have a region
+
+    def path(self, i: int) -> str:
+        return self.manifest.df["path"].iat[i]
+
+
+def _select(cfg: GradCAMStudyConfig, warn) -> _Selection:
+    """Load the manifest and regions, draw the episode every init trains on, choose the images to explain:
+    the first n_images held-out positives with a region (all positives, unscored, when none has one)."""
+    from engine.data.manifest import load_manifest
+    from engine.fewshot.episodes import sample_episode, test_split, trial_seed
+
+    m = load_manifest(cfg.manifest_csv)
+    m.validate_finding(cfg.finding)
+    kind, region_rows = load_regions(m, cfg.finding, cfg.boxes_csv, cfg.masks_csv)
+    df, labels = m.df, m.labels(cfg.finding)
+    pids = df["patient_id"].astype(str).to_numpy()
+    pool, test = test_split(df, cfg.finding, seed=cfg.seed, test_fraction=cfg.test_fraction)
+    tseed = trial_seed(cfg.seed, cfg.finding, cfg.shots, 0)
+    train_idx = sample_episode(labels, pids, pool, cfg.shots, tseed)
+    sel = _Selection(m, kind, region_rows, tseed, train_idx, labels[train_idx].astype(np.float64))
+    positives = [int(i) for i in test if labels[i] == 1]
+    sel.with_region = set(region_rows["path"]) if region_rows is not None else set()
+    sel.chosen = [i for i in positives if df["path"].iat[i] in sel.with_region][:cfg.n_images]
+    if not sel.chosen:
+        sel.chosen = positives[:cfg.n_images]
+        warn(f"no held-out {cfg.finding} positive has a box or mask: heatmaps are drawn but not scored"
+             if kind == "none" or region_rows is None else
+             f"none of the {len(positives)} held-out {cfg.finding} positives has a region; nothing is scored")
+    elif len(sel.chosen) < cfg.n_images:
+        warn(f"only {len(sel.chosen)} held-out {cfg.finding} positives have a region (asked for {cfg.n_images})")
+    return sel
+
+
+def _load_inits(cfg: GradCAMStudyConfig, warn, checkpoint_dir: Path | None
+                ) -> tuple[dict[str, Backbone], dict[str, str]]:
+    """Every init loaded first, so a typo (UnknownInitError) or a wrong layer (ValueError) fails before any
+    work; unavailable ones are skipped with a warning. RuntimeError when none is available."""
+    from engine.models import InitUnavailableError, load_backbone
+
+    backbones: dict[str, Backbone] = {}
     skipped: dict[str, str] = {}
-    for name in inits:
+    for name in cfg.inits:
         try:
-            backbones[name] = load_backbone(name, "cpu", arch=arch)
+            backbones[name] = load_backbone(name, "cpu", arch=cfg.arch, checkpoint_dir=checkpoint_dir)
         except InitUnavailableError as e:
             skipped[name] = str(e)
             warn(f"skipping init {name}: {e}")
     if not backbones:
         raise RuntimeError("none of the inits is available: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     for model, meta in backbones.values():  # a wrong layer name fails now, not after training
-        resolve_layer(model, layer or DEFAULT_LAYER[meta.arch])
+        resolve_layer(model, cfg.layer_of(meta))
+    return backbones, skipped
 
-    from engine.data.cache import ImageCache
 
-    cache = ImageCache.build([df["path"].iat[i] for i in train_idx], image_size, mode=fit_mode,
-                             on_event=as_log(on_event), stop=stop)  # its image counts only as messages
-    total = len(backbones) + len(chosen)
-    step = 0
-    base_key = {"v": STATE_VERSION, "manifest": str(m.csv_path), "train": sorted(cache.keys), "y": y_train.tolist(),
-                "size": image_size, "fit": fit_mode, "mode": mode, "finetune_steps": finetune_steps, "seed": tseed}
-
-    # --- one classifier per init
+def _train_models(cfg: GradCAMStudyConfig, sel: _Selection, backbones: dict[str, Backbone], cache: Any,
+                  base_key: dict[str, Any], state_dir: Path, device: torch.device, bar: _Bar,
+                  on_event: OnEvent | None, stop: threading.Event | None) -> dict[str, tuple[ExplainModel, Any]]:
+    """One classifier per init on the shared episode (reused from `state_dir` when saved), as ExplainModels."""
     models: dict[str, tuple[ExplainModel, Any]] = {}
     for name, (model, meta) in backbones.items():
         check_stop(stop)
-        emit(on_event, step=step, total=total, message=f"training the {mode} classifier for {name} ({2 * shots} images)")
+        bar.show(f"training the {cfg.mode} classifier for {name} ({2 * cfg.shots} images)")
         fp = meta.fingerprint or _weights_key(model)
         state = state_dir / f"clf-{_safe(name)}-{_key({**base_key, 'init': name, 'fp': fp})}.safetensors"
-        bb, head = _train_classifier(name, (model.to(device), meta), cache, y_train, mode, device,
-                                     tseed, finetune_steps, state, on_event, stop)
+        bb, head = train_or_reuse_classifier(name, (model.to(device), meta), cache, sel.y_train, cfg.mode, device,
+                                     sel.tseed, cfg.finetune_steps, state, on_event, stop)
         models[name] = (ExplainModel(bb, head).to(device).eval(), meta)
-        step += 1
-        emit(on_event, step=step, total=total, message=f"{name}: classifier ready")
+        bar.advance(f"{name}: classifier ready")
+    return models
 
-    # --- explain, score and draw, image chunk by image chunk (keeps memory at one chunk of maps)
+
+def _explain_all(cfg: GradCAMStudyConfig, sel: _Selection, models: dict[str, tuple[ExplainModel, Any]],
+                 base_key: dict[str, Any], out: Path, device: torch.device, bar: _Bar,
+                 stop: threading.Event | None) -> list[dict[str, Any]]:
+    """Explain, score and draw the chosen images chunk by chunk (memory: one chunk of maps); finished images'
+    rows are kept in `out/.state/rows-<key>.csv` so a restarted run skips them. Returns every row."""
+    from engine.data.io import read_image
+
+    paths = [sel.path(i) for i in sel.chosen]
     run_key = _key({**base_key, "inits": list(models), "fps": [mt.fingerprint for _, mt in models.values()],
-                    "method": method, "layer": layer, "q": q, "region": kind, "images": [df["path"].iat[i] for i in chosen]})
-    rows_state = state_dir / f"rows-{run_key}.csv"
+                    "method": cfg.method, "layer": cfg.layer, "q": cfg.q, "region": sel.kind, "images": paths})
+    rows_state = out / ".state" / f"rows-{run_key}.csv"
     done = pd.read_csv(rows_state) if rows_state.exists() else pd.DataFrame()
     rows: list[dict[str, Any]] = done.to_dict("records")
     done_images = set(done["path"]) if len(done) else set()
-    names = _image_names([df["path"].iat[i] for i in chosen])
-    todo = [i for i in chosen
-            if df["path"].iat[i] not in done_images or not (out / f"grid_{names[df['path'].iat[i]]}.png").exists()]
-    step += len(chosen) - len(todo)
-    for c0 in range(0, len(todo), batch_size):
+    names = _image_names(paths)
+    todo = [p for p in paths if p not in done_images or not (out / f"grid_{names[p]}.png").exists()]
+    bar.step += len(paths) - len(todo)
+    for c0 in range(0, len(todo), cfg.batch_size):
         check_stop(stop)
-        idx = todo[c0 : c0 + batch_size]
-        imgs = [read_image(Path(df["path"].iat[i]))[0] for i in idx]
-        maps: dict[str, list[np.ndarray]] = {}
-        logits: dict[str, np.ndarray] = {}
-        for name, (em, meta) in models.items():
-            target = layer or DEFAULT_LAYER[meta.arch]
-            with CAMExplainer(em, target, method, device, batch_size, meta.mean, meta.std) as ex:
-                maps[name] = explain_images(ex, imgs, image_size, fit_mode)
-                logits[name] = ex.last_logits.astype(np.float64)  # (b,)
-        for j, i in enumerate(idx):
-            path = df["path"].iat[i]
-            region = None
-            if region_rows is not None and path in with_region:
-                region = region_for(kind, region_rows[region_rows["path"] == path], imgs[j].shape)
-            labels_txt: dict[str, str] = {}
-            new_rows = []
-            for name, (em, meta) in models.items():
-                heat, z = maps[name][j], float(logits[name][j])
-                p = float(1.0 / (1.0 + np.exp(-z)))
-                s = scores(heat, region, q) if region is not None else {k: float("nan") for k in METRICS}
-                new_rows.append({"image": names[path], "path": path, "finding": finding, "init": name,
-                                 "method": method, "layer": layer or DEFAULT_LAYER[meta.arch],
-                                 "region": kind if region is not None else "none", "logit": z, "prob": p,
-                                 "empty_map": is_empty(heat), **s})
-                labels_txt[name] = (f"p={p:.2f} ER={s['energy_ratio']:.1f} {'hit' if s['pointing_hit'] == 1 else 'miss'}"
-                                    if region is not None else f"p={p:.2f}")
-            _write_png(grid(imgs[j], {n: maps[n][j] for n in models}, region, labels_txt, alpha, colormap,
-                            title=f"{names[path]} ({finding})"), out / f"grid_{names[path]}.png")
+        chunk = todo[c0 : c0 + cfg.batch_size]
+        imgs = [read_image(Path(p))[0] for p in chunk]
+        maps, logits = _explain_chunk(cfg, models, imgs, device)
+        for j, path in enumerate(chunk):
+            new_rows = _score_and_draw(cfg, sel, models, path, names[path], imgs[j],
+                                       {n: maps[n][j] for n in models}, {n: float(logits[n][j]) for n in models}, out)
             rows = [r for r in rows if r["path"] != path] + new_rows
             _write_csv(pd.DataFrame(rows), rows_state)  # resumable: finished images are kept
-            step += 1
-            emit(on_event, step=step, total=total, message=f"explained {names[path]}")
+            bar.advance(f"explained {names[path]}")
         del maps
+    return rows
 
-    grid_paths = [out / f"grid_{names[df['path'].iat[i]]}.png" for i in chosen]
+
+def _explain_chunk(cfg: GradCAMStudyConfig, models: dict[str, tuple[ExplainModel, Any]], imgs: list[np.ndarray],
+                   device: torch.device) -> tuple[dict[str, list[np.ndarray]], dict[str, np.ndarray]]:
+    """Heatmaps at original size ({init: [HxW]}) and logits ({init: (b,) float64}) of a chunk of images."""
+    maps: dict[str, list[np.ndarray]] = {}
+    logits: dict[str, np.ndarray] = {}
+    for name, (em, meta) in models.items():
+        with CAMExplainer(em, cfg.layer_of(meta), cfg.method, device, cfg.batch_size, meta.mean, meta.std) as ex:
+            maps[name] = explain_images(ex, imgs, cfg.image_size, cfg.fit_mode)
+            logits[name] = ex.last_logits.astype(np.float64)  # (b,)
+    return maps, logits
+
+
+def _score_and_draw(cfg: GradCAMStudyConfig, sel: _Selection, models: dict[str, tuple[ExplainModel, Any]],
+                    path: str, image_name: str, img: np.ndarray, heats: dict[str, np.ndarray],
+                    logits: dict[str, float], out: Path) -> list[dict[str, Any]]:
+    """One image: a localization row per init (scored when it has a region) and its grid PNG."""
+    region = None
+    if sel.region_rows is not None and path in sel.with_region:
+        region = region_for(sel.kind, sel.region_rows[sel.region_rows["path"] == path], img.shape)
+    labels_txt: dict[str, str] = {}
+    new_rows = []
+    for name, (_, meta) in models.items():
+        heat, z = heats[name], logits[name]
+        p = float(1.0 / (1.0 + np.exp(-z)))
+        s = scores(heat, region, cfg.q) if region is not None else {k: float("nan") for k in METRICS}
+        new_rows.append({"image": image_name, "path": path, "finding": cfg.finding, "init": name,
+                         "method": cfg.method, "layer": cfg.layer_of(meta),
+                         "region": sel.kind if region is not None else "none", "logit": z, "prob": p,
+                         "empty_map": is_empty(heat), **s})
+        labels_txt[name] = (f"p={p:.2f} ER={s['energy_ratio']:.1f} {'hit' if s['pointing_hit'] == 1 else 'miss'}"
+                            if region is not None else f"p={p:.2f}")
+    _write_png(grid(img, heats, region, labels_txt, cfg.alpha, cfg.colormap, title=f"{image_name} ({cfg.finding})"),
+               out / f"grid_{image_name}.png")
+    return new_rows
+
+
+def _write_outputs(cfg: GradCAMStudyConfig, sel: _Selection, models: dict[str, Any], skipped: dict[str, str],
+                   rows: list[dict[str, Any]], warnings: list[str], out: Path, bar: _Bar
+                   ) -> tuple[pd.DataFrame, pd.DataFrame, list[Path]]:
+    """localization.csv (image order, then init order), summary.csv and study.json; the result event."""
+    paths = [sel.path(i) for i in sel.chosen]
+    names = _image_names(paths)
+    grid_paths = [out / f"grid_{names[p]}.png" for p in paths]
     loc = pd.DataFrame(rows)
     if len(loc):
-        loc["_order"] = loc["path"].map({df["path"].iat[i]: k for k, i in enumerate(chosen)})
+        loc["_order"] = loc["path"].map({p: k for k, p in enumerate(paths)})
         loc["_init"] = loc["init"].map({n: k for k, n in enumerate(models)})
         loc = loc.sort_values(["_order", "_init"]).drop(columns=["_order", "_init"]).reset_index(drop=True)
     scored = loc[loc["region"] != "none"] if len(loc) else loc
-    summary = (aggregate(scored, reference="random" if "random" in models else None, seed=seed)
+    summary = (aggregate(scored, reference="random" if "random" in models else None, seed=cfg.seed)
                if len(scored) else pd.DataFrame(columns=["finding", "init", "n"]))
     _write_csv(loc, out / "localization.csv")
     _write_csv(summary, out / "summary.csv")
-    meta_out = {"manifest": str(m.csv_path), "finding": finding, "inits": list(models), "skipped": skipped,
-                "shots": shots, "method": method, "mode": mode, "layer": layer, "n_images": len(chosen),
-                "image_size": image_size, "fit_mode": fit_mode, "region": kind, "seed": seed, "trial_seed": tseed,
-                "train_images": [df["path"].iat[i] for i in train_idx], "q": q, "warnings": warnings}
-    _atomic_write(out / "study.json", lambda tmp: Path(tmp).write_text(json.dumps(meta_out, indent=2)))
-    emit(on_event, step=total, total=total, kind="result", message=f"wrote {len(grid_paths)} grids and "
+    meta_out = {"manifest": str(sel.manifest.csv_path), "finding": cfg.finding, "inits": list(models),
+                "skipped": skipped, "shots": cfg.shots, "method": cfg.method, "mode": cfg.mode, "layer": cfg.layer,
+                "n_images": len(sel.chosen), "image_size": cfg.image_size, "fit_mode": cfg.fit_mode,
+                "region": sel.kind, "seed": cfg.seed, "trial_seed": sel.tseed,
+                "train_images": [sel.path(i) for i in sel.train_idx], "q": cfg.q, "warnings": warnings}
+    atomic_write(out / "study.json", lambda tmp: Path(tmp).write_text(json.dumps(meta_out, indent=2)))
+    emit(bar.on_event, step=bar.total, total=bar.total, kind="result", message=f"wrote {len(grid_paths)} grids and "
          f"{len(loc)} localization rows to {out}", metrics=_headline(summary))
     return loc, summary, grid_paths
 

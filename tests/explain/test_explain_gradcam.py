@@ -230,3 +230,31 @@ def test_a_nan_model_is_an_error_not_an_empty_map(model):
     with CAMExplainer(ExplainModel(model.backbone, head), "layer4", "gradcam") as ex:
         with pytest.raises(ValueError, match="non-finite scores or heatmaps"):
             ex(x)
+
+
+def test_gradcam_library_still_has_what_camlib_relies_on():
+    """engine.explain.camlib isolates pytorch-grad-cam's undocumented attributes; this fails loudly when a new
+    release drops or changes them (BaseCAM.outputs, activations_and_grads.clear/release)."""
+    from pytorch_grad_cam import GradCAM
+
+    from engine.explain import camlib
+
+    camlib.check_library()
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 1)).eval()
+    x = torch.rand(2, 3, 8, 8)
+    cam = GradCAM(net, [net[0]])
+    try:
+        maps = cam(x, [PositiveLogitTarget()] * 2)
+        assert maps.shape == (2, 8, 8)
+        with torch.no_grad():
+            torch.testing.assert_close(camlib.last_outputs(cam), net(x))
+        assert cam.activations_and_grads.activations  # the hooks recorded the pass
+        camlib.forget_pass(cam)
+        assert cam.outputs is None and not cam.activations_and_grads.activations
+        with pytest.raises(camlib.GradCamLibraryChanged, match="outputs"):
+            camlib.last_outputs(cam)
+    finally:
+        camlib.release(cam)
+    assert not cam.activations_and_grads.handles  # hooks removed from the model
