@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data"
 # quick MoCo v2 made collapse-prone: no head BN / centred output, no variance term, slow key encoder
 COLLAPSE_PRONE = {"head_bn": False, "head_out_bn": False, "var_weight": 0.0, "m": 0.999}

@@ -25,12 +25,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 GOAL = {"moco_v2": 1.3, "barlow_twins": 1.5, "spark": 1.5, "dino": 1.5}  # issue #11's targets (x bare)
 

@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data"
 TASKS = ("nih_pneumonia", "kermany224")  # folders of --data-root, each with its manifest.csv
 TARGET_D = 0.05  # issue #11: beat random by >= 0.05 AUC ...

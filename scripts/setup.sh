@@ -24,6 +24,22 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
+# scarce-cxr itself, as an editable package (pyproject.toml): `import engine` / `import ui` work from
+# any folder, so no script needs a sys.path hack. --no-deps: requirements.txt above is the one list of
+# dependencies; --no-build-isolation: build with the venv's own setuptools, nothing downloaded for it
+# (installed here first only when the venv lacks setuptools >= 64, e.g. Python 3.12 venvs).
+pkgstamp=.venv/.package-$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)
+installed() {  # -I: not from the current folder, only as an installed package
+  .venv/bin/python -I -c 'import importlib.util as u, sys; sys.exit(u.find_spec("engine") is None)' 2>/dev/null
+}
+if [ ! -f "$pkgstamp" ] || ! installed; then
+  .venv/bin/python -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 64)' \
+    >/dev/null 2>&1 || .venv/bin/python -m pip install -q "setuptools>=64"
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+  rm -f .venv/.package-*
+  touch "$pkgstamp"
+fi
+
 if [ "${1:-}" = "--browser" ]; then
   if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; else SUDO=none; fi
