@@ -12,6 +12,20 @@ A *workspace* is one folder holding a user's images, store and derived data:
 Backbone deliverables live in one checkpoints folder (`checkpoints/` in the repo by default; the
 user's own, git-ignored) plus the read-only `checkpoints/shipped/` (committed backbones).
 Both are overridable with environment variables so tests and several users never collide.
+
+Configuration at the edges (issue 15): this module is the one place that reads the folder
+variables $SCARCE_CXR_WORKSPACE, $SCARCE_CXR_CHECKPOINTS, $SCARCE_CXR_SHIPPED and
+$SCARCE_CXR_IMAGENET_DIR. Library functions take their folders as parameters (`workspace`,
+`checkpoint_dir`, `cache_dir`, ...); only the edges call the defaults below and pass the result in:
+the command line (engine.cli and the `engine.*.commands` it dispatches to), the app (ui.services)
+and the job tasks started from them (engine.tasks). A library function whose folder parameter is
+left at None falls back to these defaults for convenience; new code should pass the folder.
+Other settings read from the environment where they are used: $SCARCE_CXR_THREADS
+(engine.device.configure_cpu_threads) and the demo switches $SCARCE_CXR_DEMO,
+$SCARCE_CXR_DEMO_PRETRAIN, $SCARCE_CXR_NO_AUTOPRETRAIN (engine.tasks.demo).
+
+`REPO_ROOT` is the source checkout: scripts/setup.sh installs this package editable (pip -e), so
+the defaults below point into the repository however the code is started.
 """
 from __future__ import annotations
 
