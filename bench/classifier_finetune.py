@@ -51,9 +51,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from engine.fewshot.classifier import build_classifier, estimate_seconds
     from engine.fewshot.finetune import FastFinetune, FinetuneConfig
-    from engine.fewshot.metrics import auc
     from engine.models import default_init
 
     root = Path(args.data)
@@ -68,22 +66,38 @@ def main() -> None:
     print(f"{len(imgs)} training images ({args.n_pos} pneumonia, {args.n_neg} normal), {len(test_imgs)} held-out test "
           f"images, init {init}, {torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs", flush=True)
 
-    def run(name: str, cfg, repeats: int) -> dict:
-        est_s = estimate_seconds(len(imgs), "finetune", cv_repeats=repeats)["seconds"] if isinstance(cfg, FastFinetune) \
-            else None
-        t0 = time.perf_counter()
-        clf, est = build_classifier(imgs, y, init=init, mode="finetune", finding="pneumonia", cv_repeats=repeats,
-                                    finetune_cfg=cfg, seed=args.seed)
-        secs = time.perf_counter() - t0
-        p = [r["probability"] for r in clf.predict(test_imgs)]
-        row = {"side": name, "trainings": repeats * est.folds + 1, "seconds": secs, "cv_auc": est.auc,
-               "cv_ci": f"{est.ci_low:.3f}-{est.ci_high:.3f}", "test_auc": auc(test_y, p), "expected_s": est_s}
-        print(row, flush=True)
-        return row
-
-    rows = [run("new: last stage on cached activations", FastFinetune(), 1)]
+    data = (imgs, y, test_imgs, test_y, init, args.seed)
+    rows = [_measure("new: last stage on cached activations", FastFinetune(), 1, *data)]
     if not args.skip_old:
-        rows.append(run(f"old: whole backbone, {args.old_repeats} repeat(s)", FinetuneConfig(), args.old_repeats))
+        rows.append(_measure(f"old: whole backbone, {args.old_repeats} repeat(s)", FinetuneConfig(), args.old_repeats,
+                             *data))
+    _report(rows, args.old_repeats)
+
+
+def _measure(name: str, cfg, repeats: int, imgs: list[str], y, test_imgs: list[str], test_y, init: str,
+             seed: int) -> dict:
+    """Build one finetune classifier with `cfg`, timed; its CV estimate and its AUC on the held-out images."""
+    from engine.fewshot.classifier import build_classifier, estimate_seconds
+    from engine.fewshot.finetune import FastFinetune
+    from engine.fewshot.metrics import auc
+
+    est_s = estimate_seconds(len(imgs), "finetune", cv_repeats=repeats)["seconds"] if isinstance(cfg, FastFinetune) \
+        else None
+    t0 = time.perf_counter()
+    clf, est = build_classifier(imgs, y, init=init, mode="finetune", finding="pneumonia", cv_repeats=repeats,
+                                finetune_cfg=cfg, seed=seed)
+    secs = time.perf_counter() - t0
+    p = [r["probability"] for r in clf.predict(test_imgs)]
+    row = {"side": name, "trainings": repeats * est.folds + 1, "seconds": secs, "cv_auc": est.auc,
+           "cv_ci": f"{est.ci_low:.3f}-{est.ci_high:.3f}", "test_auc": auc(test_y, p), "expected_s": est_s}
+    print(row, flush=True)
+    return row
+
+
+def _report(rows: list[dict], old_repeats: int) -> None:
+    """The table, and the old / new time and AUC differences when both sides ran."""
+    import pandas as pd
+
     df = pd.DataFrame(rows)
     print()
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -91,12 +105,11 @@ def main() -> None:
         new, old = rows
         per_old = old["seconds"] / old["trainings"]
         print(f"\nold / new time: {old['seconds'] / new['seconds']:.1f}x (measured side by side)")
-        if args.old_repeats != 3:
+        if old_repeats != 3:
             print(f"old with today's 3 repeats (16 trainings), extrapolated from its {old['trainings']} measured: "
                   f"{per_old * 16:.0f} s = {per_old * 16 / new['seconds']:.1f}x the new build")
         print(f"test AUC new - old: {new['test_auc'] - old['test_auc']:+.3f}; CV AUC new - old: "
               f"{new['cv_auc'] - old['cv_auc']:+.3f}")
-
 
 if __name__ == "__main__":
     main()

@@ -53,22 +53,17 @@ def main() -> None:
 
 
 def _run(args: argparse.Namespace, tmp: Path) -> None:
-    os.environ["SCARCE_CXR_WORKSPACE"] = str(tmp / "ws")
-    os.environ["SCARCE_CXR_CHECKPOINTS"] = str(tmp / "ckpt")
+    """The three measurements on a throw-away workspace and checkpoint folder under `tmp`."""
+    os.environ["SCARCE_CXR_WORKSPACE"] = str(tmp / "ws")  # this script is an edge: caches land in `tmp`
     os.environ["SCARCE_CXR_IMAGENET_DIR"] = str(tmp / "imagenet")
-    import numpy as np
     import torch
 
-    from engine.data.cache import ImageCache
-    from engine.data.manifest import load_manifest
-    from engine.fewshot.episodes import sample_episode, test_split, trial_seed
-    from engine.fewshot.features import ArrayImages, embed, forward_features
-    from engine.fewshot.probe import fit_probe
-    from engine.fewshot.sweep import SweepConfig, evaluate_trial, run_sweep
-    from engine.models import build_backbone, load_backbone, prepare_batch, save_backbone
+    from engine.fewshot.sweep import SweepConfig
+    from engine.models import build_backbone, save_backbone
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    ckpt = tmp / "ckpt"
     manifest, finding = args.manifest, args.finding
     if not manifest:
         from engine.data.phantom import generate
@@ -77,39 +72,57 @@ def _run(args: argparse.Namespace, tmp: Path) -> None:
     inits = ["random"]
     for i in range(4):
         torch.manual_seed(100 + i)
-        save_backbone(build_backbone("resnet18"), f"bench-{i}", {"method": "bench", "arch": "resnet18"})
+        save_backbone(build_backbone("resnet18"), f"bench-{i}", {"method": "bench", "arch": "resnet18"}, ckpt)
         inits.append(f"bench-{i}")
-    shots, trials = (1, 5, 10, 20, 50), 10
-    cfg = SweepConfig(findings=(finding,), inits=tuple(inits), modes=("probe",), shots=shots, trials=trials,
+    cfg = SweepConfig(findings=(finding,), inits=tuple(inits), modes=("probe",), shots=(1, 5, 10, 20, 50), trials=10,
                       image_size=args.size)
     print(f"data: {manifest} finding={finding}  size={args.size}px  device={device}  torch threads={args.threads}")
+    t_cold, t_warm, warm = _cached_sweeps(manifest, cfg, tmp, device, ckpt)
+    cache = _reembedding_sweep(args, manifest, finding, cfg, warm, t_cold, t_warm, device, ckpt)
+    _embedding_speed(cache, cfg.embed_batch_size, tmp, device)
 
-    # 1. cached sweep, cold then warm
+
+def _cached_sweeps(manifest: str, cfg, tmp: Path, device, ckpt: Path):
+    """1. The cached sweep, cold (each image embedded once per init) then warm (features on disk)."""
+    from engine.fewshot.sweep import run_sweep
+
     t0 = time.perf_counter()
-    cold = run_sweep(manifest, cfg, tmp / "cold", device)
+    run_sweep(manifest, cfg, tmp / "cold", device, checkpoint_dir=ckpt)
     t_cold = time.perf_counter() - t0
     t0 = time.perf_counter()
-    warm = run_sweep(manifest, cfg, tmp / "warm", device)
+    warm = run_sweep(manifest, cfg, tmp / "warm", device, checkpoint_dir=ckpt)
     t_warm = time.perf_counter() - t0
-    n_trials = len(warm.trials)
-    print(f"cached sweep: {len(inits)} inits x {len(shots)} shots x {trials} trials = {n_trials} trials;"
-          f" cold (embeds each image once per init) {t_cold:.1f} s, warm (features on disk) {t_warm:.2f} s")
+    print(f"cached sweep: {len(cfg.inits)} inits x {len(cfg.shots)} shots x {cfg.trials} trials = {len(warm.trials)} "
+          f"trials; cold (embeds each image once per init) {t_cold:.1f} s, warm (features on disk) {t_warm:.2f} s")
+    return t_cold, t_warm, warm
 
-    # 2. the same sweep, re-embedding every trial (timed on a subset, extrapolated)
-    m = load_manifest(manifest)
-    df = m.df
+
+def _reembedding_sweep(args: argparse.Namespace, manifest: str, finding: str, cfg, warm, t_cold: float,
+                       t_warm: float, device, ckpt: Path):
+    """2. The same sweep re-embedding every trial (timed on a subset, extrapolated); returns the image cache."""
+    import numpy as np
+
+    from engine.data.cache import ImageCache
+    from engine.data.manifest import load_manifest
+    from engine.fewshot.episodes import sample_episode, test_split, trial_seed
+    from engine.fewshot.features import forward_features
+    from engine.fewshot.probe import fit_probe
+    from engine.fewshot.sweep import evaluate_trial
+    from engine.models import load_backbone
+
+    df = load_manifest(manifest).df
     labels, pids = df[finding].to_numpy(dtype=np.float64), df["patient_id"].astype(str).to_numpy()
     pool, test = test_split(df, finding, seed=cfg.seed, test_fraction=cfg.test_fraction)
     needed = np.unique(np.concatenate([test] + [sample_episode(labels, pids, pool, k, trial_seed(cfg.seed, finding, k, t))
-                                                for k in shots for t in range(trials)]))
+                                                for k in cfg.shots for t in range(cfg.trials)]))
     where = np.full(len(df), -1)
     where[needed] = np.arange(needed.size)
     cache = ImageCache.build([df["path"].iloc[i] for i in needed], args.size)
     ref = warm.trials.set_index(["init", "shots", "trial"])["auc"]
-    t_re, n_re, max_diff = 0.0, 0, 0.0
-    for init in inits[: args.reembed_inits]:
-        model, meta = load_backbone(init, device)
-        for k in shots:
+    t_re, n_re, max_diff, n_trials = 0.0, 0, 0.0, len(warm.trials)
+    for init in cfg.inits[: args.reembed_inits]:
+        model, meta = load_backbone(init, device, checkpoint_dir=ckpt)
+        for k in cfg.shots:
             for t in range(args.reembed_trials):
                 seed = trial_seed(cfg.seed, finding, k, t)
                 idx = sample_episode(labels, pids, pool, k, seed)
@@ -130,12 +143,20 @@ def _run(args: argparse.Namespace, tmp: Path) -> None:
           f"max |AUC difference| vs the cached sweep on those trials: {max_diff:.2e}")
     print(f"ratio re-embedding / cached: {t_re_all / t_warm:.0f}x (warm features)   "
           f"{t_re_all / t_cold:.1f}x (cold: including the one-time embedding)   [target >= 50x]")
+    return cache
 
-    # 3. embedding pipeline vs bare forward on the same batches
+
+def _embedding_speed(cache, bs: int, tmp: Path, device) -> None:
+    """3. `embed()` images/s vs a bare forward on the same, already normalized batches (best of 5)."""
+    import numpy as np
+    import torch
+
+    from engine.fewshot.features import ArrayImages, embed
+    from engine.models import load_backbone, prepare_batch
+
     model, meta = load_backbone("random", device)
     n = min(512, len(cache))
     imgs = ArrayImages(cache.array[:n], list(cache.keys[:n]))  # the memmap: the pipeline reads from disk cache
-    bs = cfg.embed_batch_size
     xs = [prepare_batch(torch.from_numpy(np.array(imgs.array[i : i + bs])), device, meta.mean, meta.std)
           for i in range(0, n, bs)]
 

@@ -248,19 +248,7 @@ def compare_sets(reference: str | Path | np.ndarray, candidates: Mapping[str, st
     from engine.models import load_backbone
 
     ref_name = reference_name or set_name(reference, "reference")
-    if not isinstance(candidates, Mapping):
-        named: dict[str, Any] = {}
-        for i, c in enumerate(candidates):
-            base = set_name(c, f"set{i + 1}")
-            name, j = base, 2
-            while name in named or name == ref_name:
-                name, j = f"{base}-{j}", j + 1
-            named[name] = c
-        candidates = named
-    if not candidates:
-        raise ValueError("give at least one candidate image set to compare the reference with")
-    if ref_name in candidates:
-        raise ValueError(f"a candidate is named {ref_name!r} like the reference; give it another name")
+    candidates = _named_candidates(candidates, ref_name)
     sets = {name: (src if isinstance(src, np.ndarray) else _paths(src))  # arrays, or lists of image paths
             for name, src in [(ref_name, reference), *candidates.items()]}
     sizes = {name: len(v) for name, v in sets.items()}
@@ -285,13 +273,38 @@ def compare_sets(reference: str | Path | np.ndarray, candidates: Mapping[str, st
                          "k_ref": r["k_a"], "k_cand": r["k_b"], "units": r["units"], "n_images": n})
     emit(on_event, step=total, total=total, kind="progress", message="SVCCA done")
     table = pd.DataFrame(rows)
-    ranking = (table.groupby("candidate", sort=False)[["svcca", "chance"]].mean()
-               .rename(columns={"svcca": "mean_svcca", "chance": "mean_chance"})
-               .sort_values("mean_svcca", ascending=False).reset_index())
-    ranking["rank"] = np.arange(1, len(ranking) + 1)
+    ranking = _ranking(table)
     settings = {"reference": ref_name, "candidates": list(candidates), "init": init, "arch": meta.arch,
                 "layers": list(layers), "n_images": n, "image_size": int(image_size), "grid": int(grid),
                 "keep": keep, "seed": int(seed),
                 "sources": {k: (str(v) if not isinstance(v, np.ndarray) else f"array {v.shape}")
                             for k, v in [(ref_name, reference), *candidates.items()]}}
     return SimilarityReport(table, ranking, settings)
+
+
+def _named_candidates(candidates: Mapping[str, Any] | Sequence, ref_name: str) -> dict[str, Any]:
+    """{name: source}: a mapping as given, a list named by `set_name` (made unique, never the reference's
+    name). ValueError when there is none or one is named like the reference."""
+    if not isinstance(candidates, Mapping):
+        named: dict[str, Any] = {}
+        for i, c in enumerate(candidates):
+            base = set_name(c, f"set{i + 1}")
+            name, j = base, 2
+            while name in named or name == ref_name:
+                name, j = f"{base}-{j}", j + 1
+            named[name] = c
+        candidates = named
+    if not candidates:
+        raise ValueError("give at least one candidate image set to compare the reference with")
+    if ref_name in candidates:
+        raise ValueError(f"a candidate is named {ref_name!r} like the reference; give it another name")
+    return dict(candidates)
+
+
+def _ranking(table: pd.DataFrame) -> pd.DataFrame:
+    """Candidates by SVCCA with the reference averaged over layers, highest first, with `rank` 1..n."""
+    ranking = (table.groupby("candidate", sort=False)[["svcca", "chance"]].mean()
+               .rename(columns={"svcca": "mean_svcca", "chance": "mean_chance"})
+               .sort_values("mean_svcca", ascending=False).reset_index())
+    ranking["rank"] = np.arange(1, len(ranking) + 1)
+    return ranking

@@ -187,6 +187,23 @@ def _final_model(fitter: Fitter, seed: int) -> tuple[Probe | None, nn.Module | N
     return probe, net, head, fit_familiarity(frozen, space="frozen")
 
 
+def _assemble(fitter: Fitter, init: str, finding: str, image_size: int, est: Estimate, cal: Calibration,
+              cv_probs: np.ndarray, op: OperatingPoint, seed: int, checkpoint_dir: Path | None) -> Classifier:
+    """Train the final model on all images (`_final_model`) and wrap it with the CV results as a Classifier."""
+    probe, bb, head, fam = _final_model(fitter, seed)
+    model, meta, device = fitter.model, fitter.meta, fitter.device
+    return Classifier(
+        init=init, arch=meta.arch, fingerprint=fitter.fingerprint, mean=meta.mean,
+        std=meta.std, image_size=image_size, mode=fitter.mode, finding=finding, threshold=op.threshold,
+        head=head.requires_grad_(False).cpu().to(device), probe=probe,
+        backbone_state=None if bb is None else {k: v.detach().cpu() for k, v in bb.state_dict().items()},
+        counts={"positive": est.n_positive, "negative": est.n_negative}, estimate=est, device=device,
+        backbone=copy.deepcopy(bb).to(device) if bb is not None else model,
+        calibration=cal, cv_probs=cv_probs, cv_labels=fitter.y.copy(), operating=op, familiarity=fam,
+        checkpoint_dir=checkpoint_dir,
+    )
+
+
 # --------------------------------------------------------------------------------------------- inputs
 
 def _check_arguments(mode: str, calibration: str, cv_repeats: int | None, image_size: int) -> int:
@@ -296,18 +313,7 @@ def build_classifier(
 
     check_stop(stop)
     emit(on_event, step=total - 1, total=total, message="training the final model on all images")
-    probe, bb, head, fam = _final_model(fitter, seed)
-    model, meta = fitter.model, fitter.meta
-    clf = Classifier(
-        init=init, arch=meta.arch, fingerprint=fitter.fingerprint, mean=meta.mean,
-        std=meta.std, image_size=image_size, mode=mode, finding=finding, threshold=op.threshold,
-        head=head.requires_grad_(False).cpu().to(device), probe=probe,
-        backbone_state=None if bb is None else {k_: v.detach().cpu() for k_, v in bb.state_dict().items()},
-        counts={"positive": est.n_positive, "negative": est.n_negative}, estimate=est, device=device,
-        backbone=copy.deepcopy(bb).to(device) if bb is not None else model,
-        calibration=cal, cv_probs=cv_probs, cv_labels=y.copy(), operating=op, familiarity=fam,
-        checkpoint_dir=checkpoint_dir,
-    )
+    clf = _assemble(fitter, init, finding, image_size, est, cal, cv_probs, op, seed, checkpoint_dir)
     emit(on_event, step=total, total=total, kind="result", message=est.sentence,
          metrics={"auc": est.auc, "ci_low": est.ci_low, "ci_high": est.ci_high})
     return clf, est
