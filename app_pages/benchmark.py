@@ -8,10 +8,12 @@ import pandas as pd
 import streamlit as st
 
 from engine.fewshot.plots import auc_vs_shots_figure
+from engine.jobs import JobSnapshot
 from engine.models import list_inits
+from engine.tasks import SimilarityParams, SweepParams
 from ui.jobs import job_table, set_watched, status_block, watch, watched
 from ui.plots import tidy_auc_figure
-from ui.services import services
+from ui.services import Services, services
 from ui.widgets import default_image_size, empty_state, fmt_time, init_label, page_header
 
 SHOTS = [1, 2, 5, 10, 20, 50, 100]
@@ -41,7 +43,7 @@ def default_shots(counts: dict, findings: list[str]) -> list[int]:
     """Shot counts the smallest of `findings`' ~70% training pools can give (the sweep skips larger ones);
     findings not selected do not shrink it."""
     fit = max(1, int(0.7 * min(min(counts[f]["positive"], counts[f]["negative"]) for f in findings)))
-    return [k for k in (1, 5, 10, 20, 50) if k <= fit] or [1]
+    return [k for k in SweepParams.shots if k <= fit] or [1]  # the sweep's default shots
 
 
 def _propose_shots(counts: dict) -> None:
@@ -51,7 +53,7 @@ def _propose_shots(counts: dict) -> None:
         st.session_state["bm_shots"] = default_shots(counts, sel)
 
 
-def sweep_form(svc: Any) -> None:
+def sweep_form(svc: Services) -> None:
     counts = svc.store.counts()
     usable = [f for f, c in counts.items() if c["positive"] >= 2 and c["negative"] >= 2]
     if not usable:
@@ -90,13 +92,14 @@ def sweep_form(svc: Any) -> None:
         if missing:
             st.error("Choose at least " + ", ".join(missing) + ".", icon=":material/error:")
             return
-        params = {"findings": findings, "inits": sel_inits, "modes": modes, "shots": sorted(int(k) for k in shots),
-                  "trials": int(trials), "image_size": int(size), "title": ", ".join(findings)}
+        params = SweepParams(findings=tuple(findings), inits=tuple(sel_inits), modes=tuple(modes),
+                             shots=tuple(sorted(int(k) for k in shots)), trials=int(trials), image_size=int(size),
+                             title=", ".join(findings))
         set_watched("benchmark", svc.runner.submit("sweep", params))
         st.rerun()
 
 
-def draw_running(snap: Any) -> None:
+def draw_running(snap: JobSnapshot) -> None:
     p = snap.params
     st.markdown(f"**{', '.join(p.get('findings', []))}** · {len(p.get('inits', []))} inits · "
                 f"{', '.join(p.get('modes', []))} · shots {p.get('shots')} · {p.get('trials')} trials")
@@ -151,7 +154,7 @@ def show_sweep(res: dict[str, Any]) -> None:
 SIM_LAYERS = ["layer1", "layer2", "layer3", "layer4"]
 
 
-def similarity_form(svc: Any) -> None:
+def similarity_form(svc: Services) -> None:
     """Reference set (the workspace's labeled images or a path) + candidate pools -> a `similarity` job."""
     from engine.models import default_init
 
@@ -195,14 +198,13 @@ def similarity_form(svc: Any) -> None:
     if problems:
         st.error("To compare: " + "; ".join(problems) + ".", icon=":material/error:")
         return
-    params: dict[str, Any] = {"init": init, "candidates": lines, "layers": [l for l in SIM_LAYERS if l in layers],
-                              "n_images": int(n_images), "image_size": int(size), "grid": int(grid)}
-    if ref == "path":
-        params["reference_path"] = ref_path.strip()
-    elif ref.startswith("finding:"):
-        params["reference_finding"] = ref.split(":", 1)[1]
-    params["title"] = f"{'workspace' if ref != 'path' else ref_path.strip()} vs {len(lines)} pool(s) · {init}"
     try:
+        params = SimilarityParams(
+            init=init, candidates=tuple(lines), layers=tuple(l for l in SIM_LAYERS if l in layers),
+            n_images=int(n_images), image_size=int(size), grid=int(grid),
+            reference_path=ref_path.strip() if ref == "path" else None,
+            reference_finding=ref.split(":", 1)[1] if ref.startswith("finding:") else None,
+            title=f"{'workspace' if ref != 'path' else ref_path.strip()} vs {len(lines)} pool(s) · {init}")
         job_id = svc.runner.submit("similarity", params)
     except ValueError as e:
         st.error(f"{e}", icon=":material/error:")
@@ -241,14 +243,14 @@ def show_similarity(res: dict[str, Any]) -> None:
                        mime="text/csv", icon=":material/download:", key=f"dl_sim:{res['id']}")
 
 
-def draw_similarity_job(snap: Any) -> None:
+def draw_similarity_job(snap: JobSnapshot) -> None:
     p = snap.params
     st.markdown(f"**{p.get('title', 'similarity')}** · {', '.join(p.get('layers') or SIM_LAYERS)} · "
                 f"{p.get('n_images')} images per set")
     status_block(snap, "similarity")
 
 
-def similarity_section(svc: Any) -> None:
+def similarity_section(svc: Services) -> None:
     st.divider()
     st.subheader("Dataset similarity")
     st.caption("Which pretraining pool looks most like your images? SVCCA compares the activations of two image sets "

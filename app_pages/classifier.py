@@ -7,10 +7,12 @@ from typing import Any
 import streamlit as st
 
 from engine.fewshot.classifier import MIN_PER_CLASS, ClassifierDataError, check_counts
+from engine.jobs import JobSnapshot
 from engine.models import list_inits
+from engine.tasks import ClassifyParams
 from ui.inference import LoadedClassifier, explain_uploads, familiarity_note, fmt_pair, headline, verdict
 from ui.jobs import set_watched, status_block, watch, watched
-from ui.services import services
+from ui.services import Services, services
 from ui.widgets import (UPLOAD_TYPES, empty_state, init_label, is_synthetic_workspace, method_label, page_header,
                         synthetic_notice)
 
@@ -28,7 +30,7 @@ def load_classifier(path: str, mtime: float, device: str) -> LoadedClassifier:
     return LoadedClassifier(Classifier.load(path, device=device))
 
 
-def pick_training_images(svc: Any) -> tuple[str | None, list[int]]:
+def pick_training_images(svc: Services) -> tuple[str | None, list[int]]:
     """Step 1: finding and labeled images. Returns (finding, image ids) or (None, [])."""
     st.subheader("1 · Labeled images")
     findings = svc.store.findings()
@@ -66,7 +68,7 @@ def pick_training_images(svc: Any) -> tuple[str | None, list[int]]:
     return finding, [int(i) for i in use["id"]]
 
 
-def synthetic_inits(svc: Any) -> set[str]:
+def synthetic_inits(svc: Services) -> set[str]:
     """Backbones pretrained on synthetic phantoms: the demo's own runs (`*-demo`), and any backbone pretrained
     inside the demo workspace (its store records the checkpoints made there)."""
     names = {i.name for i in list_inits() if i.name.endswith("-demo")}
@@ -75,7 +77,7 @@ def synthetic_inits(svc: Any) -> set[str]:
     return names
 
 
-def measured_aucs(svc: Any, finding: str, n_pos: int, n_neg: int) -> dict[str, dict[str, Any]]:
+def measured_aucs(svc: Services, finding: str, n_pos: int, n_neg: int) -> dict[str, dict[str, Any]]:
     """{init: the best cross-validated estimate} among this workspace's classifiers for `finding` built on the
     same number of images of each class (measured evidence on the user's own images)."""
     best: dict[str, dict[str, Any]] = {}
@@ -100,7 +102,7 @@ def fmt_minutes(seconds: float) -> str:
     return f"about {max(1, round(seconds))} s" if seconds < 90 else f"about {seconds / 60:.0f} min"
 
 
-def pick_init(svc: Any, finding: str, ids: list[int]) -> str | None:
+def pick_init(svc: Services, finding: str, ids: list[int]) -> str | None:
     """Step 2: starting backbone. Suggested only on measured evidence: the best cross-validated AUC on these
     images when several backbones were tried, else the best shipped backbone (measured on real X-rays)."""
     st.subheader("2 · Starting backbone")
@@ -160,9 +162,10 @@ def pick_init(svc: Any, finding: str, ids: list[int]) -> str | None:
                           "cross-validated AUC, so the suggestion rests on your own images."):
             jid = None
             for n in untried:
-                jid = svc.runner.submit("classify", {"finding": finding, "image_ids": ids, "init": n, "mode": "probe",
-                                                     "image_size": int(by_name[n].info.get("image_size") or size),
-                                                     "title": f"{finding} ({n}, probe, comparison)"})
+                jid = svc.runner.submit("classify", ClassifyParams(
+                    finding=finding, image_ids=tuple(ids), init=n, mode="probe",
+                    image_size=int(by_name[n].info.get("image_size") or size),
+                    title=f"{finding} ({n}, probe, comparison)"))
             set_watched("classifier", jid)
             st.rerun()
     for i in inits:
@@ -171,7 +174,7 @@ def pick_init(svc: Any, finding: str, ids: list[int]) -> str | None:
     return choice
 
 
-def draw_build(snap: Any) -> None:
+def draw_build(snap: JobSnapshot) -> None:
     status_block(snap, "classifier", show_log=False)
     if snap.active:
         st.caption(snap.message or "Starting...")
@@ -326,8 +329,8 @@ if finding and init:
                f"{int(eta['repeats'])} repeat(s) of cross-validation plus the final one; measured from this "
                "computer's speed, longer while other jobs run).")
     if st.button("Build classifier", type="primary", icon=":material/construction:", key="clf_build"):
-        jid = svc.runner.submit("classify", {"finding": finding, "image_ids": ids, "init": init, "mode": mode,
-                                             "image_size": size, "title": f"{finding} ({init}, {mode})"})
+        jid = svc.runner.submit("classify", ClassifyParams(finding=finding, image_ids=tuple(ids), init=init, mode=mode,
+                                                           image_size=size, title=f"{finding} ({init}, {mode})"))
         set_watched("classifier", jid)
         st.rerun()
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from engine.jobs import JobSnapshot
 from engine.store import (DiskFullError, LabelConflictError, Store, UploadTooLargeError, check_finding_name,
                           upload_label_report)
+from engine.tasks import ImportParams
 from ui.jobs import set_watched, status_block, watch, watched
 from ui.labels import LabelCSVError, editor_rows, label_changes, labels_from_csv
 from ui.services import services
@@ -155,8 +157,8 @@ def _import_in_background(store: Store, files: list, label: tuple[str, int] | No
         st.error(f"Nothing was imported: {e}", icon=":material/hard_drive:")
         return
     n = len(files)
-    params = {"source": "upload", "path": str(folder), "label": list(label) if label else None,
-              "title": f"of {n} uploaded file{'s' * (n != 1)} ({pixels / 1e6:,.0f} megapixels)"}
+    params = ImportParams(source="upload", path=str(folder), label=label,
+                          title=f"of {n} uploaded file{'s' * (n != 1)} ({pixels / 1e6:,.0f} megapixels)")
     job_id = services().runner.submit("import", params)
     st.session_state[f"upload_names:{job_id}"] = [f.name for f in files]
     set_watched("data", job_id)
@@ -180,8 +182,8 @@ def import_by_path_form() -> None:
         if not mix_ok:
             refuse_demo_mix()
             return
-        params = {"source": source, "path": path.strip(), "images_root": images_root.strip() or None,
-                  "title": path.strip()}
+        params = ImportParams(source=source, path=path.strip(), images_root=images_root.strip() or None,
+                              title=path.strip())
         set_watched("data", services().runner.submit("import", params))
         st.rerun()
 
@@ -195,7 +197,7 @@ def _upload_name(label: str, names: list[str] | None) -> str:
     return label
 
 
-def draw_import(snap) -> None:
+def draw_import(snap: JobSnapshot) -> None:
     """Progress of a background import (by path, or a large upload), then what it imported."""
     res = snap.result or {}
     upload = snap.params.get("source") == "upload"

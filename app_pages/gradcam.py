@@ -8,9 +8,11 @@ import pandas as pd
 import streamlit as st
 
 from engine.explain.gradcam import METHODS
+from engine.jobs import JobSnapshot
 from engine.models import list_inits
+from engine.tasks import GradcamImageParams, GradcamStudyParams
 from ui.jobs import job_table, set_watched, status_block, watch, watched
-from ui.services import services
+from ui.services import Services, services
 from ui.widgets import default_image_size, empty_state, init_label, page_header
 
 METHOD_LABEL = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM (slow)",
@@ -38,7 +40,7 @@ def fmt_scores(r: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
-def controls(svc: Any) -> dict[str, Any] | None:
+def controls(svc: Services) -> dict[str, Any] | None:
     counts = svc.store.counts()
     usable = [f for f, c in counts.items() if c["positive"] >= 2 and c["negative"] >= 2]
     if not usable:
@@ -61,7 +63,7 @@ def controls(svc: Any) -> dict[str, Any] | None:
     return {"finding": finding, "method": method, "layer": layer, "inits": sel}
 
 
-def one_image_form(svc: Any, common: dict[str, Any]) -> None:
+def one_image_form(svc: Services, common: dict[str, Any]) -> None:
     f = common["finding"]
     imgs = svc.store.images(f)
     pos = imgs[imgs[f] == 1]
@@ -78,13 +80,14 @@ def one_image_form(svc: Any, common: dict[str, Any]) -> None:
     st.caption("For each init a probe is fitted on the finding's other labeled images (this image left out), then "
                "explained on this image.")
     if st.button("Explain this image with every init", type="primary", icon=":material/visibility:", key="gc_go_one"):
-        params = {**common, "image_id": int(image_id), "image_size": default_image_size(svc.runner.device.type),
-                  "title": f"{names[image_id]} ({f})"}
+        params = GradcamImageParams(**common, image_id=int(image_id),
+                                    image_size=default_image_size(svc.runner.device.type),
+                                    title=f"{names[image_id]} ({f})")
         set_watched("gradcam", svc.runner.submit("gradcam_image", params))
         st.rerun()
 
 
-def study_form(svc: Any, common: dict[str, Any]) -> None:
+def study_form(svc: Services, common: dict[str, Any]) -> None:
     c = svc.store.counts()[common["finding"]]
     fit = max(1, int(0.7 * min(c["positive"], c["negative"])))  # about what the 70% training pool allows
     c1, c2 = st.columns(2)
@@ -93,8 +96,8 @@ def study_form(svc: Any, common: dict[str, Any]) -> None:
                             help="Drawn from the finding's training pool; the explained images are held out.")
     n = c2.number_input("Held-out positives to explain", 1, 32, 4, key="gc_n")
     if st.button("Run the Grad-CAM study", type="primary", icon=":material/grid_view:", key="gc_go_study"):
-        params = {**common, "shots": int(shots), "n_images": int(n),
-                  "image_size": default_image_size(svc.runner.device.type), "title": common["finding"]}
+        params = GradcamStudyParams(**common, shots=int(shots), n_images=int(n),
+                                    image_size=default_image_size(svc.runner.device.type), title=common["finding"])
         set_watched("gradcam", svc.runner.submit("gradcam", params))
         st.rerun()
 
@@ -120,7 +123,7 @@ def draw_image_result(res: dict[str, Any]) -> None:
         st.caption(SCORE_HELP)
 
 
-def draw_job(snap: Any) -> None:
+def draw_job(snap: JobSnapshot) -> None:
     status_block(snap, "gradcam", show_log=False)
     if snap.active:
         st.caption(snap.message or "Starting...")

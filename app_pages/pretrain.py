@@ -7,10 +7,12 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from engine.jobs import JobSnapshot
 from engine.models import list_inits
 from engine.ssl import METHODS
 from engine.ssl.monitor import COS_MAX, ERANK_MIN, STD_MIN, collapse_status
 from engine.ssl.pretrain import SSL_ARCHS
+from engine.tasks import PretrainParams
 from ui.jobs import job_table, job_warnings, set_watched, status_block, watch, watched
 from ui.monitor_plots import control_figure, study_collapse_figure
 from ui.plots import collapse_figure, loss_figure
@@ -93,28 +95,28 @@ def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, i
     except ValueError as e:  # e.g. no 'long' recipe for SparK / DINO
         st.error(f"{e}", icon=":material/error:")
         return
-    params: dict[str, Any] = {"method": method, "arch": arch, "epochs": int(epochs), "batch_size": int(batch),
-                              "image_size": int(size), "preset": preset, "out_name": name}
     if control:
         if method not in CONTROL_KNOB:
             st.error(f"{method_label(method)} has no regularization weight for collapse control to adjust (SparK's loss "
                      "is reconstruction alone; DINO centres and sharpens its teacher instead). Untick 'Adaptive collapse "
                      "control' or choose MoCo v2, Barlow Twins or masked-contrastive.", icon=":material/error:")
             return
-        params["collapse_control"] = f"erank:{float(target):g}"
-    if image_set == "path":
-        if not path.strip():
-            st.error("Enter the path of a manifest CSV or a folder of images.", icon=":material/error:")
-            return
-        params["data"] = path.strip()
-    elif image_set.startswith("finding:"):
+    if image_set == "path" and not path.strip():
+        st.error("Enter the path of a manifest CSV or a folder of images.", icon=":material/error:")
+        return
+    image_ids = None
+    if image_set.startswith("finding:"):
         f = image_set.split(":", 1)[1]
         imgs = svc.store.images(f)
-        params["image_ids"] = [int(i) for i in imgs.loc[imgs[f].notna(), "id"]]
+        image_ids = tuple(int(i) for i in imgs.loc[imgs[f].notna(), "id"])
     if image_set != "path" and n_images < 2:
         st.error("Pretraining needs images: import some on the Data page first.", icon=":material/error:")
         return
     try:  # the name is checked and reserved at submit: another run may have taken it meanwhile
+        params = PretrainParams(method=method, arch=arch, epochs=int(epochs), batch_size=int(batch),
+                                image_size=int(size), preset=preset, out_name=name,
+                                collapse_control=f"erank:{float(target):g}" if control else None,
+                                data=path.strip() if image_set == "path" else None, image_ids=image_ids)
         job_id = svc.runner.submit("pretrain", params)
     except ValueError as e:
         st.error(f"{e}", icon=":material/error:")
@@ -123,7 +125,7 @@ def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, i
     st.rerun()
 
 
-def draw_job(snap: Any) -> None:
+def draw_job(snap: JobSnapshot) -> None:
     p = snap.params
     st.markdown(f"**{p.get('out_name', 'backbone')}** · {method_label(p.get('method', ''))} · {p.get('arch', '')} · "
                 f"{p.get('epochs', '?')} epochs · batch {p.get('batch_size', '?')} · {p.get('image_size', '?')} px · "
@@ -166,7 +168,7 @@ def draw_job(snap: Any) -> None:
                        "Classifier, Benchmark and Grad-CAM pages.", icon=":material/check_circle:")
 
 
-def study_metrics(snap: Any, hist: list[dict[str, Any]], last: dict[str, float]) -> None:
+def study_metrics(snap: JobSnapshot, hist: list[dict[str, Any]], last: dict[str, float]) -> None:
     """The seed study's collapse numbers for the latest reading and over steps (engine.ssl.monitor)."""
     if "collapse_centred_erank" not in last:  # a run from before the study's set was recorded
         return
@@ -190,7 +192,7 @@ def study_metrics(snap: Any, hist: list[dict[str, Any]], last: dict[str, float])
                    "uncentred rank above when the images are nearly parallel). The warnings use the metrics above.")
 
 
-def control_panel(snap: Any, hist: list[dict[str, Any]], last: dict[str, float]) -> None:
+def control_panel(snap: JobSnapshot, hist: list[dict[str, Any]], last: dict[str, float]) -> None:
     """Live view of the adaptive collapse controller: weight in use, its adjustments, weight and rank over steps."""
     if "collapse_control_weight" not in last:
         return
@@ -207,7 +209,7 @@ def control_panel(snap: Any, hist: list[dict[str, Any]], last: dict[str, float])
         st.code("\n".join(adjustments[-8:]), language=None)
 
 
-def monitor_status(snap: Any, last: dict[str, Any] | None) -> str:
+def monitor_status(snap: JobSnapshot, last: dict[str, Any] | None) -> str:
     """One current collapse status line for the run (the latest reading, in plain words, judged by the
     same thresholds for every method: engine.ssl.monitor.collapse_status), the earlier readings'
     warnings on demand in an expander, then the job's other warnings. Returns the status level."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.data.io import ImageReadError, read_image
-from engine.explain.gradcam import CAMExplainer, explain_image
+from engine.explain.single_image import classifier_heatmap
 from engine.explain.overlay import overlay
 from engine.fewshot.classifier import Classifier, ClassifierScoreError
 
@@ -59,9 +59,7 @@ def explain_uploads(loaded: LoadedClassifier, files: list[tuple[str, bytes]], me
             except ClassifierScoreError as e:
                 out.append(Explained(name, img, error=f"No answer for this image: {e}"))
                 continue
-            with CAMExplainer(clf.explain_module(), clf.target_layer, method, clf.device, mean=clf.mean,
-                              std=clf.std) as ex:
-                heat = explain_image(ex, img, clf.image_size)
+            heat, _ = classifier_heatmap(clf, img, method)
             out.append(Explained(name, img, overlay(img, heat), float(pred["probability"]), int(pred["label"]),
                                  float(pred["threshold"]), pred["unfamiliar"], pred["familiarity_distance"],
                                  pred["familiarity_threshold"]))

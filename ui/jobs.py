@@ -8,10 +8,11 @@ the page picks the newest job of its kind again, so nothing is lost.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import streamlit as st
 
+from engine.jobs import JobSnapshot
 from ui.services import services
 from ui.widgets import fmt_time
 
@@ -46,11 +47,11 @@ KIND_UNIT = {
 }
 
 
-def is_active(snap: Any) -> bool:
+def is_active(snap: JobSnapshot) -> bool:
     return snap.state in ACTIVE
 
 
-def job_title(snap: Any) -> str:
+def job_title(snap: JobSnapshot) -> str:
     """Short human title of a job, e.g. 'Pretraining moco_v2-resnet18-demo'."""
     p = snap.params or {}
     what = p.get("out_name") or p.get("title") or p.get("finding") or p.get("name") or ""
@@ -68,7 +69,7 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{s // 3600} h {(s % 3600) // 60:02d} min"
 
 
-def progress_text(snap: Any) -> str:
+def progress_text(snap: JobSnapshot) -> str:
     parts = [STATE_LABEL.get(snap.state, snap.state)]
     if snap.total:
         parts.append(f"{KIND_UNIT.get(snap.kind, 'step')} {snap.step or 0} of {snap.total}")
@@ -106,7 +107,7 @@ def set_watched(page: str, job_id: int | None) -> None:
         st.session_state[f"watch:{page}"] = job_id
 
 
-def watch(job_id: int, draw: Callable[[Any], None], *, every: float = 1.0) -> None:
+def watch(job_id: int, draw: Callable[[JobSnapshot], None], *, every: float = 1.0) -> None:
     """Draw `draw(snapshot)`; while the job is active, inside a fragment that reruns every `every` s."""
     runner = services().runner
     snap = runner.snapshot(job_id)
@@ -124,12 +125,12 @@ def watch(job_id: int, draw: Callable[[Any], None], *, every: float = 1.0) -> No
     _live()
 
 
-def job_warnings(snap: Any) -> list[str]:
+def job_warnings(snap: JobSnapshot) -> list[str]:
     """The job's warnings, de-duplicated, without the store's 'interrupted' note (the status box says it)."""
     return [w for w in dict.fromkeys(snap.warnings or []) if not w.startswith("interrupted:")]
 
 
-def status_block(snap: Any, page: str, *, show_log: bool = True, show_warnings: bool = True) -> None:
+def status_block(snap: JobSnapshot, page: str, *, show_log: bool = True, show_warnings: bool = True) -> None:
     """Progress bar, state, warnings, error, log tail and the cancel / resume buttons of one job."""
     runner = services().runner
     frac = float(snap.progress or 0.0)

@@ -17,11 +17,11 @@ class FakeRunner:
         self.registered: dict[str, bool] = {}
         self.submitted: list[tuple[str, dict]] = []
 
-    def register(self, kind, fn, uses_gpu):
+    def register(self, kind, fn, uses_gpu, on_submit=None, params_type=None):
         self.registered[kind] = uses_gpu
 
     def submit(self, kind, params):
-        self.submitted.append((kind, params))
+        self.submitted.append((kind, params.to_json()))  # what JobRunner.submit stores
         return len(self.submitted)
 
 

@@ -1,0 +1,85 @@
+"""Job kinds `sweep` (the AUC-vs-shots benchmark) and `classify` (a clinician's classifier with its
+model card), over the workspace's labeled images."""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from engine import paths
+from engine.atomic import atomic_write_text
+from engine.jobs.context import JobContext
+from engine.names import check_name, inside
+from engine.tasks.common import export_once, store_of
+from engine.tasks.model_card import model_card
+from engine.tasks.params import ClassifyParams, SweepParams
+
+if TYPE_CHECKING:
+    from engine.fewshot.sweep import SweepConfig
+
+__all__ = ["default_classifier_name", "run_classify", "run_sweep_job", "sweep_config"]
+
+
+def sweep_config(params: SweepParams | dict[str, Any]) -> SweepConfig:
+    """The engine's SweepConfig of sweep job params. Raises ValueError for invalid params."""
+    return SweepParams.from_json(params).config()
+
+
+def run_sweep_job(params: SweepParams | dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """AUC-vs-shots sweep over the workspace's labeled images; recorded as a `sweep` result."""
+    from engine.fewshot.sweep import run_sweep
+
+    p = SweepParams.from_json(params)
+    store = store_of(ctx)
+    cfg = p.config()
+    csv = export_once(store, ctx, "sweep_images.csv", None if p.image_ids is None else list(p.image_ids),
+                      findings=list(cfg.findings))
+    out = ctx.workdir / "sweep"
+    res = run_sweep(csv, cfg, out, ctx.device, on_event=ctx.on_event, stop=ctx.stop, resume=ctx.resume)
+    name = p.title or f"{', '.join(cfg.findings)} · {len(cfg.inits)} inits · {', '.join(cfg.modes)}"
+    summary = {"findings": list(cfg.findings), "inits": list(cfg.inits), "modes": list(cfg.modes),
+               "shots": list(cfg.shots), "trials": cfg.trials, "image_size": cfg.image_size,
+               "n_trials": int(len(res.trials)), "warnings": list(res.warnings)[:50],
+               "trials_csv": str(out / "trials.csv"), "summary_csv": str(out / "summary.csv")}
+    rid = store.add_result("sweep", name, out, summary, job_id=ctx.job_id)
+    return {"result_id": rid, "out_dir": str(out), "n_trials": int(len(res.trials)), "warnings": summary["warnings"]}
+
+
+def default_classifier_name(finding: str, init: str, mode: str, stamp: str) -> str:
+    """`<finding>-<init>-<mode>-<stamp>`, parts shortened so the name fits the 64-character limit."""
+    name = f"{finding}-{init}-{mode}-{stamp}"
+    if len(name) > 64:
+        name = f"{finding[:20].rstrip('. ')}-{init[:20].rstrip('. ')}-{mode}-{stamp}"
+    return name
+
+
+def run_classify(params: ClassifyParams | dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """Build a classifier from labeled workspace images; save it with its model card; record a result.
+
+    Raises InvalidNameError (before any work) for a finding, init or name that is not a safe name."""
+    from engine.fewshot.classifier import build_classifier
+    from engine.models import list_inits
+
+    p = ClassifyParams.from_json(params)
+    store = store_of(ctx)
+    ids = list(p.image_ids) if p.image_ids else None
+    csv = export_once(store, ctx, "train.csv", ids, findings=[p.finding])
+    clf, est = build_classifier(
+        manifest=csv, finding=p.finding, init=p.init, mode=p.mode, device=ctx.device, image_size=p.image_size,
+        seed=p.seed, cv_repeats=p.cv_repeats or None,  # None: engine default, 10 probe / 1 finetune
+        on_event=ctx.on_event, stop=ctx.stop,
+    )
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = check_name(p.name or default_classifier_name(p.finding, p.init, p.mode, stamp), "classifier")
+    folder = paths.sub(store.workspace, "results") / "classifiers"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = clf.save(inside(folder, f"{name}.safetensors"))  # resolved and checked to stay in the folder
+    info = next(({**i.info, "provenance": i.provenance} for i in list_inits() if i.name == p.init), {})
+    meta = clf.metadata()
+    card = model_card(meta, info, n_images=est.n_positive + est.n_negative)
+    card_path = atomic_write_text(inside(folder, f"{name}.md"), card)
+    summary = {"finding": p.finding, "init": p.init, "mode": p.mode, "image_size": clf.image_size,
+               "counts": meta["counts"], "estimate": est.to_dict(), "threshold": clf.threshold,
+               "card": str(card_path), "created": meta["created"]}
+    rid = store.add_result("classifier", name, path, summary, job_id=ctx.job_id)
+    return {"result_id": rid, "path": str(path), "card": str(card_path), "auc": est.auc, "ci_low": est.ci_low,
+            "ci_high": est.ci_high}
