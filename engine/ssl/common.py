@@ -2,7 +2,7 @@
 
 An `SSLMethod` is an `nn.Module` that owns a backbone (`.backbone`, a `engine.models.build_backbone`
 model whose state_dict is the deliverable) and its method-specific heads. The training loop
-(`engine.ssl.pretrain`) only talks to this interface:
+(`engine.ssl.loop`) only talks to this interface:
 
     views = method.views(x01, g)          # x01 (B,1,S,S) float [0,1] on the device -> model inputs
     loss, metrics = ddp_or_method(*views) # forward = the training step's loss (goes through DDP)

@@ -112,13 +112,13 @@ class Run:
     sched: Schedule
     fingerprint: str  # of the image set (engine.ssl.pretrain.data_fingerprint)
     on_event: OnEvent | None  # rank 0's callback; None on the other ranks
+    method: SSLMethod
+    model: nn.Module  # what a step calls: the method, or its DDP wrapper
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
     monitor: CollapseMonitor
     control: CollapseController | None
     order: EpochOrder
-    method: SSLMethod = None  # type: ignore[assignment]  (set by start_run)
-    model: nn.Module = None  # type: ignore[assignment]  (the method, or its DDP wrapper)
-    opt: torch.optim.Optimizer = None  # type: ignore[assignment]
-    scaler: torch.amp.GradScaler = None  # type: ignore[assignment]
     step: int = 0  # steps done
     saved_step: int = -1  # step of the last state written (-1: none yet)
     history: list[dict[str, float]] = field(default_factory=list)  # one record per step
@@ -140,17 +140,19 @@ def start_run(images: np.ndarray, cfg: PretrainConfig, device: torch.device, din
               on_event: OnEvent | None, resume: bool, fingerprint: str) -> Run:
     """A run ready to train: schedule, monitor, model, optimizer; with `resume`, restored from
     run_dir/state.pt when there is one (ValueError if it was written with other settings or data)."""
-    run = Run(cfg=cfg, images=images, device=device, dist=dinfo, run_dir=run_dir,
-              sched=plan_schedule(cfg, len(images), dinfo.world, device), fingerprint=fingerprint,
-              on_event=on_event if dinfo.main else None, monitor=_collapse_monitor(images, cfg),
-              control=_collapse_controller(cfg), order=EpochOrder(len(images), cfg.seed))
-    state = None
-    if resume and run.state_path.exists():
-        state = load_state(run.state_path, device)
-        check_resumable(state, cfg, fingerprint, len(images), run.state_path)
+    sched = plan_schedule(cfg, len(images), dinfo.world, device)
+    monitor, control = _collapse_monitor(images, cfg), _collapse_controller(cfg)
+    on_event = on_event if dinfo.main else None
+    state, state_path = None, run_dir / "state.pt"
+    if resume and state_path.exists():
+        state = load_state(state_path, device)
+        check_resumable(state, cfg, fingerprint, len(images), state_path)
     elif resume:
-        emit(run.on_event, kind="log", message=f"no state in {run_dir}; starting at step 0")
-    _build(run, imagenet_init=cfg.init == "imagenet" and state is None)
+        emit(on_event, kind="log", message=f"no state in {run_dir}; starting at step 0")
+    method, opt, scaler = _build(cfg, sched, device, dinfo, imagenet_init=cfg.init == "imagenet" and state is None)
+    run = Run(cfg=cfg, images=images, device=device, dist=dinfo, run_dir=run_dir, sched=sched,
+              fingerprint=fingerprint, on_event=on_event, method=method, model=method, opt=opt, scaler=scaler,
+              monitor=monitor, control=control, order=EpochOrder(len(images), cfg.seed))
     if state is not None:
         restore(run, state)  # weights, optimizer, progress, data order, RNG
     if run.control is not None:
@@ -185,20 +187,19 @@ def build_method(cfg: PretrainConfig, backbone: nn.Module | None = None) -> SSLM
     return cfg.spec.method_cls(backbone, cfg.method_config, cfg.aug, cfg.image_size)
 
 
-def _build(run: Run, imagenet_init: bool) -> None:
+def _build(cfg: PretrainConfig, s: Schedule, device: torch.device, dinfo: DistInfo,
+           imagenet_init: bool) -> tuple[SSLMethod, torch.optim.Optimizer, torch.amp.GradScaler]:
     """The method on the device (SyncBN under DDP on CUDA), its optimizer and grad scaler."""
-    cfg, s = run.cfg, run.sched
     backbone = None
     if imagenet_init:  # raises InitUnavailableError offline
         backbone = load_backbone("imagenet", "cpu", arch=cfg.arch)[0].train()
     m = build_method(cfg, backbone)
     m.channels_last = s.channels_last
-    m.to(run.device, memory_format=torch.channels_last if s.channels_last else torch.preserve_format)
-    if run.dist.enabled and run.device.type == "cuda" and m.sync_bn:
+    m.to(device, memory_format=torch.channels_last if s.channels_last else torch.preserve_format)
+    if dinfo.enabled and device.type == "cuda" and m.sync_bn:
         m = nn.SyncBatchNorm.convert_sync_batchnorm(m)
-    run.method = m
-    run.opt = build_optimizer(m, cfg.recipe, s.peak_lr, s.weight_decay)
-    run.scaler = torch.amp.GradScaler(run.device.type, enabled=s.amp == torch.float16)
+    opt = build_optimizer(m, cfg.recipe, s.peak_lr, s.weight_decay)
+    return m, opt, torch.amp.GradScaler(device.type, enabled=s.amp == torch.float16)
 
 
 def _ddp(run: Run) -> nn.Module:
