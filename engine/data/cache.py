@@ -33,31 +33,32 @@ Blocks are immutable once written and readers never take the lock, so any number
 read while one builds; two builders of the same folder serialize on the lock, and the second then
 finds the first one's work. Unreadable images never vanish silently: `CacheError` lists them all
 (after the readable ones were saved, so fixing the few bad files and building again is cheap).
+
+Layout: engine.data.cache_index (the hash index), engine.data.cache_blocks (reading and locating
+blocks); this module builds. `_hash_file`, `_decode`, `_write_block`, `CHUNK` and `CACHE_VERSION` stay
+here because tests replace them through this module to inject slow, changed or failing files.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 from filelock import FileLock
 
-from engine.data.transforms import Letterbox, Mode, fit_square
 from engine.atomic import atomic_path, atomic_write
+from engine.data.cache_blocks import _Block, _lb_rows, _locate, _read_block, _remove_stale_temps, _scan, _write_rows
+from engine.data.cache_index import KEY_CHARS, HashIndex, file_key
+from engine.data.transforms import Letterbox, Mode, fit_square
 from engine.diskspace import disk_full_guard
 from engine.events import OnEvent, check_stop, emit
-from engine.sqlite_wal import enable_wal
 
 CACHE_VERSION = 2  # bump when decoding or resizing changes: old blocks then stop matching (2: issue 13 decoding
-#   of pixel padding, TIFF min-is-white and orientation = engine.data.io.READER_VERSION 2)
-KEY_CHARS = 20  # hex characters of sha256 kept as the content key (80 bits)
 CHUNK = 256  # images decoded per resumable part
 MAX_LISTED = 10
 _LOCK_TIMEOUT_S = 6 * 3600  # a builder waits this long for another one before giving up
@@ -74,100 +75,9 @@ class CacheError(ValueError):
                          f"(the others were cached; fix or remove these and build again):\n{shown}{more}")
 
 
-# ------------------------------------------------------------------------------------------ hashing
-
-
-def file_key(data: bytes) -> str:
-    """Content key of a file's bytes."""
-    return hashlib.sha256(data).hexdigest()[:KEY_CHARS]
-
-
 def _hash_file(path: str) -> str:
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()[:KEY_CHARS]
-
-
-class HashIndex:
-    """SQLite map (path, size, mtime_ns) -> content key, so unchanged files are not read again."""
-
-    def __init__(self, db: Path):
-        self.db = db
-        with self._connect() as con:
-            con.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER NOT NULL, "
-                        "mtime_ns INTEGER NOT NULL, key TEXT NOT NULL)")
-
-    def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.db, timeout=60)
-        try:
-            enable_wal(con)
-        except sqlite3.OperationalError:
-            con.close()
-            raise
-        con.execute("PRAGMA busy_timeout=60000")
-        return con
-
-    def lookup(self, stats: dict[str, tuple[int, int]]) -> dict[str, str]:
-        """Keys of the paths whose (size, mtime_ns) still match what was hashed."""
-        found: dict[str, str] = {}
-        items = list(stats)
-        con = self._connect()
-        try:
-            for i in range(0, len(items), 500):
-                part = items[i:i + 500]
-                q = f"SELECT path, size, mtime_ns, key FROM files WHERE path IN ({','.join('?' * len(part))})"
-                for path, size, mtime, key in con.execute(q, part):
-                    if stats[path] == (size, mtime):
-                        found[path] = key
-        finally:
-            con.close()
-        return found
-
-    def store(self, rows: Iterable[tuple[str, int, int, str]]) -> None:
-        rows = list(rows)
-        if not rows:
-            return
-        con = self._connect()
-        try:
-            with con:
-                con.executemany("INSERT OR REPLACE INTO files (path, size, mtime_ns, key) VALUES (?, ?, ?, ?)", rows)
-        finally:
-            con.close()
-
-
-# ------------------------------------------------------------------------------------------ blocks
-
-
-@dataclass(frozen=True)
-class _Block:
-    """An immutable (n, S, S) uint8 .npy with its row keys and letterboxes (.json beside it)."""
-
-    npy: Path
-    keys: list[str]
-    lb: np.ndarray  # (n, 5) float64: scale, top, left, orig_h, orig_w
-
-    @property
-    def name(self) -> str:
-        return self.npy.stem
-
-
-def _lb_rows(lbs: Sequence[Letterbox]) -> list[list[float]]:
-    return [[lb.scale, lb.top, lb.left, lb.orig_h, lb.orig_w] for lb in lbs]
-
-
-def _write_rows(fh, chunks: Iterable[np.ndarray], n: int, size: int, name: str) -> None:
-    """Write an (n, S, S) uint8 .npy to the open file `fh` from `chunks`, (k, S, S) arrays in row order.
-    Raises ValueError for rows of another size and RuntimeError when the chunks hold not n rows."""
-    np.lib.format.write_array_header_1_0(
-        fh, {"descr": np.dtype(np.uint8).str, "fortran_order": False, "shape": (n, size, size)})
-    written = 0
-    for chunk in chunks:
-        chunk = np.ascontiguousarray(chunk, dtype=np.uint8)  # (k, S, S)
-        if chunk.shape[1:] != (size, size):
-            raise ValueError(f"cache rows must be {size}x{size}, got {chunk.shape[1:]}")
-        fh.write(chunk.tobytes())
-        written += len(chunk)
-    if written != n:
-        raise RuntimeError(f"cache block {name}: {written} rows written, {n} expected")
 
 
 def _write_block(folder: Path, name: str, chunks: Iterable[np.ndarray], n: int, size: int, keys: list[str],
@@ -187,20 +97,6 @@ def _write_block(folder: Path, name: str, chunks: Iterable[np.ndarray], n: int, 
         with atomic_path(npy, needed, what) as tmp, open(tmp, "wb") as fh:
             _write_rows(fh, chunks, n, size, name)
         atomic_write(folder / f"{name}.json", body, what=what)
-    return _Block(npy, keys, lbs)
-
-
-def _read_block(js: Path, size: int) -> _Block | None:
-    """A complete block (its JSON is written last), or None when absent / inconsistent."""
-    npy = js.with_suffix(".npy")
-    try:
-        body = json.loads(js.read_text())
-        keys, lbs = body["keys"], np.asarray(body["letterboxes"], dtype=np.float64).reshape(-1, 5)
-        arr = np.load(npy, mmap_mode="r")
-    except (OSError, ValueError, KeyError):
-        return None
-    if arr.shape != (len(keys), size, size) or len(lbs) != len(keys):
-        return None
     return _Block(npy, keys, lbs)
 
 
@@ -297,28 +193,10 @@ class ImageCache:
                 return cls(abs_paths, block, size, mode)
 
         with FileLock(str(folder / "lock"), timeout=_LOCK_TIMEOUT_S):
-            _remove_stale_temps(folder)
-            if list_name is not None:
-                block = _read_block(folder / f"{list_name}.json", size)  # built while we waited
-                if block is not None:
-                    return cls(abs_paths, block, size, mode)
-            blocks = _scan(folder, size)
-            where = _locate(blocks)
-            todo: dict[str, str] = {}  # key -> a path holding it
-            for p, k in zip(abs_paths, keys):
-                if k is not None and k not in where:
-                    todo.setdefault(k, p)
-            problems += _decode_missing(folder, todo, size, mode, blocks, workers, on_event, stop)
-            if problems:
-                raise CacheError(problems)
-            assert list_name is not None
-            where = _locate(blocks)
-            block = _assemble(folder, list_name, keys, blocks, where, size, mode)
-            inside = set(block.keys)
-            for b in blocks:  # parts now inside a list: drop them (only builders read parts)
-                if b.name.startswith("part-") and inside.issuperset(b.keys):
-                    for f in (b.npy.with_suffix(".json"), b.npy):
-                        f.unlink(missing_ok=True)
+            block, built = _build_locked(folder, list_name, abs_paths, keys, problems, size, mode, workers,
+                                         on_event, stop)
+        if not built:  # another builder made it while we waited for the lock
+            return cls(abs_paths, block, size, mode)
         emit(on_event, step=len(keys), total=len(keys), message=f"cached {len(keys)} images in {block.npy.name}")
         return cls(abs_paths, block, size, mode)
 
@@ -367,27 +245,6 @@ def _try(fn):
         except Exception as e:  # noqa: BLE001 -- reported per file, never dropped
             return e
     return wrapped
-
-
-def _scan(folder: Path, size: int) -> list[_Block]:
-    blocks = [_read_block(js, size) for js in sorted(folder.glob("*.json"))]
-    return [b for b in blocks if b is not None]
-
-
-def _locate(blocks: list[_Block]) -> dict[str, tuple[int, int]]:
-    """key -> (block index, row) over all blocks (lists first: they are never deleted)."""
-    where: dict[str, tuple[int, int]] = {}
-    order = sorted(range(len(blocks)), key=lambda i: not blocks[i].name.startswith("list-"))
-    for bi in order:
-        for row, k in enumerate(blocks[bi].keys):
-            where.setdefault(k, (bi, row))
-    return where
-
-
-def _remove_stale_temps(folder: Path) -> None:
-    """Temp files of builders that died (we hold the lock, so nobody else is writing)."""
-    for tmp in folder.glob(".*.tmp-*"):
-        tmp.unlink(missing_ok=True)
 
 
 def _decode_missing(folder: Path, todo: dict[str, str], size: int, mode: Mode, blocks: list[_Block],
@@ -453,3 +310,37 @@ def _assemble(folder: Path, name: str, keys: list[str], blocks: list[_Block],
 
     meta = {"version": CACHE_VERSION, "size": size, "mode": mode}
     return _write_block(folder, name, chunks(), len(keys), size, keys, lbs, meta)
+
+
+
+def _build_locked(folder: Path, list_name: str | None, abs_paths: list[str], keys: list, problems: list[str],
+                  size: int, mode: Mode, workers: int, on_event: OnEvent | None,
+                  stop: threading.Event | None) -> tuple[_Block, bool]:
+    """`ImageCache.build`'s work under the folder's lock: (the list's block, whether this call built it).
+
+    Decodes only the keys no block holds yet (parts of an interrupted build included), assembles the
+    list and drops the parts it now contains. Raises CacheError listing `problems` (hashing's, then
+    decoding's) and Cancelled when `stop` is set."""
+    _remove_stale_temps(folder)
+    if list_name is not None:
+        block = _read_block(folder / f"{list_name}.json", size)  # built while we waited
+        if block is not None:
+            return block, False
+    blocks = _scan(folder, size)
+    where = _locate(blocks)
+    todo: dict[str, str] = {}  # key -> a path holding it
+    for p, k in zip(abs_paths, keys):
+        if k is not None and k not in where:
+            todo.setdefault(k, p)
+    problems += _decode_missing(folder, todo, size, mode, blocks, workers, on_event, stop)
+    if problems:
+        raise CacheError(problems)
+    assert list_name is not None
+    where = _locate(blocks)
+    block = _assemble(folder, list_name, keys, blocks, where, size, mode)
+    inside = set(block.keys)
+    for b in blocks:  # parts now inside a list: drop them (only builders read parts)
+        if b.name.startswith("part-") and inside.issuperset(b.keys):
+            for f in (b.npy.with_suffix(".json"), b.npy):
+                f.unlink(missing_ok=True)
+    return block, True
