@@ -106,7 +106,7 @@ def test_benchmark_page_compares_the_workspace_with_pools_and_reports_errors(pha
     assert {"Rank", "Pool", "Mean SVCCA", "Chance (mean)", "layer1", "layer4"} <= set(table.columns)
     assert set(table["Pool"]) == {"phantoms", phantom_csv.parent.name}
     assert ((table["layer1"] > 0) & (table["layer1"] <= 1)).all()
-    assert len(at.get("plotly_chart")) >= 1 and len(at.get("download_button")) >= 1
+    assert len(at.get("plotly_chart")) >= 1 and len(at.download_button) >= 1
 
     # a pool that does not exist: the job fails and says which path
     at.text_area(key="sim_cands").set_value("/nowhere/pool")

@@ -27,8 +27,7 @@ def test_a_recovered_run_shows_one_healthy_line_and_the_earlier_warning_on_deman
         Event(step=10, total=10, kind="metrics", metrics={"loss": 0.5, **reading(0.4, 0.62, 30.0)}, time=t + 2),
     ], step=10, total=10, result={"checkpoint": "spark-demo"})
     at = start("app_pages/pretrain.py")
-    at.session_state["watch:pretrain"] = jid
-    at.run()
+    at.button(key=f"show:pretrain:{jid}").click().run()  # the job list's Show button watches it
     assert not at.exception, [e.value for e in at.exception]
     status = [s.value for s in at.success if s.value.startswith("**Collapse monitor:**")]
     assert len(status) == 1 and "Healthy at step 10" in status[0] and "2 earlier readings looked collapsed" in status[0]
