@@ -25,7 +25,7 @@ DEMO_LOCK_TIMEOUT_S = 600.0  # another process creating the demo should finish w
 
 
 def _has_images(store: Store) -> bool:
-    return store._conn().execute("SELECT 1 FROM images LIMIT 1").fetchone() is not None
+    return not store.images().empty  # the demo holds a few hundred images: reading them all is cheap
 
 
 def ensure_demo_workspace(workspace: Path | str | None = None, n: int = 160, size: int = 256, seed: int = 0,
