@@ -142,6 +142,99 @@ def backbone_from_state(state_path: Path, ckpt_dir: Path, name: str, method: str
                                                        "n_images": st["n_images"], "image_size": SIZE}))
 
 
+def calibrate_all(data: str, calib_steps: int, env: dict[str, str]) -> dict[str, float]:
+    """Step 2: every variant's calibration at the same time (the real contention); {variant: s/step}."""
+    procs = {n: subprocess.Popen([sys.executable, __file__, "--data", data, "--calibrate", m,
+                                  "--calib-steps", str(calib_steps), "--size", str(SIZE), "--batch", str(BATCH),
+                                  "--device", DEVICE], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+             for n, (m, _) in VARIANTS.items()}
+    sps: dict[str, float] = {}
+    for n, p in procs.items():
+        text, _ = p.communicate(timeout=240)
+        for line in text.splitlines():
+            if line.startswith("CALIB "):
+                sps[n] = json.loads(line[6:])["s_per_step"]
+            elif "calib" in line or "Error" in line or "error" in line:
+                print(f"  {n}: {line}")
+        if n not in sps:
+            print(text[-3000:])
+    log(f"calibration s/step (concurrent): {sps}")
+    return sps
+
+
+def train_all(data: str, deadline: float, bench_s: float, sps: dict[str, float], n_images: int,
+              env: dict[str, str]) -> dict[str, tuple]:
+    """Step 3: the real CLI runs, all at once, each with the steps its calibration allows before the
+    deadline; a run still going then gets SIGINT (saves its state). {variant: (process, log, method, steps)}."""
+    budget = deadline - (time.time() - T0) - bench_s - 25  # 25 s: start-up, first monitor, export
+    runs = {}
+    for n, (m, extra) in VARIANTS.items():
+        if n not in sps:
+            continue
+        steps = max(50, int(budget / sps[n] * 0.95))
+        cmd = [sys.executable, "-m", "engine", "pretrain", "--method", m, "--data", data, "--out", n,
+               "--max-steps", str(steps), "--run-dir", f"/tmp/runs/{n}", *common(), *extra]
+        log(f"start {n}: {steps} steps ({steps * BATCH / n_images:.1f} epochs): {' '.join(cmd[1:])}")
+        f = open(f"/tmp/{n}.log", "w")
+        runs[n] = (subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT), f, m, steps)
+    stop_at = T0 + deadline - bench_s
+    while any(p.poll() is None for p, *_ in runs.values()):
+        if time.time() > stop_at:
+            for n, (p, *_rest) in runs.items():
+                if p.poll() is None:
+                    log(f"{n} still running at the deadline: SIGINT (saves state)")
+                    p.send_signal(signal.SIGINT)
+            for p, *_rest in runs.values():
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            break
+        time.sleep(5)
+    return runs
+
+
+def collect(runs: dict[str, tuple], ck: Path) -> None:
+    """Each run's exit and log lines; a run stopped before its export gets its backbone from its state."""
+    for n, (p, f, m, steps) in runs.items():
+        f.close()
+        log(f"{n} exit {p.returncode}")
+        tail = Path(f"/tmp/{n}.log").read_text().replace("\r", "\n").splitlines()
+        keep = ("step ", "warning", "Traceback", "  File", "moco_v2 resnet18", "barlow_twins resnet18")
+        print("\n".join(l for l in tail if l.startswith(keep) or "Error" in l)[-2500:])
+        if not (ck / f"{n}.safetensors").exists() and Path(f"/tmp/runs/{n}/state.pt").exists():
+            backbone_from_state(Path(f"/tmp/runs/{n}/state.pt"), ck, n, m)
+            log(f"{n}: backbone taken from its last saved state")
+
+
+def throughput_bench(deadline: float, env: dict[str, str]) -> None:
+    """Step 4: bench/pretrain_throughput.py in the time left."""
+    left = deadline + 20 - (time.time() - T0)
+    if left > 20:
+        log(f"throughput bench ({left:.0f} s)")
+        subprocess.run(["timeout", str(int(left)), sys.executable, "bench/pretrain_throughput.py", "--device", DEVICE,
+                        "--image-size", str(SIZE), "--batch", str(BATCH), "--steps", "5", "--rounds", "2",
+                        "--methods", "moco_v2,barlow_twins,spark,dino", "--cuda-extras"], env=env, cwd=ROOT)
+
+
+def package(runs: dict[str, tuple], ck: Path, out: Path, sps: dict[str, float]) -> None:
+    """Step 5: each exported backbone as fp16 parts + its JSON in `out`, and every run's log."""
+    for n in runs:
+        st = ck / f"{n}.safetensors"
+        if not st.exists():
+            continue
+        parts, sha = fp16_parts(st, out, n)
+        info = json.loads((ck / f"{n}.json").read_text())
+        info["device_run"] = {"fp16_sha256": sha, "parts": parts, "calib_s_per_step": sps.get(n),
+                              "driver": "scripts/device_pretrain.py"}
+        (out / f"{n}.json").write_text(json.dumps(info, indent=1))
+        log(f"{n}: {parts}")
+    with open(out / "logs.txt", "w") as f:
+        for n in runs:
+            f.write(f"==== {n}\n" + Path(f"/tmp/{n}.log").read_text().replace("\r", "\n")[-200000:])
+
+
 def main() -> None:
     global SIZE, BATCH, DEVICE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -188,82 +281,11 @@ def main() -> None:
     cache = ImageCache.build(resolve_image_paths(args.data), SIZE)
     log(f"cache: {cache.array.shape} uint8")
 
-    # 2. calibration, all variants at once
-    procs = {n: subprocess.Popen([sys.executable, __file__, "--data", args.data, "--calibrate", m,
-                                  "--calib-steps", str(args.calib_steps), "--size", str(SIZE), "--batch", str(BATCH),
-                                  "--device", DEVICE], env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-             for n, (m, _) in VARIANTS.items()}
-    sps: dict[str, float] = {}
-    for n, p in procs.items():
-        text, _ = p.communicate(timeout=240)
-        for line in text.splitlines():
-            if line.startswith("CALIB "):
-                sps[n] = json.loads(line[6:])["s_per_step"]
-            elif "calib" in line or "Error" in line or "error" in line:
-                print(f"  {n}: {line}")
-        if n not in sps:
-            print(text[-3000:])
-    log(f"calibration s/step (concurrent): {sps}")
-
-    # 3. the real CLI runs
-    budget = args.deadline - (time.time() - T0) - args.bench_s - 25  # 25 s: start-up, first monitor, export
-    runs = {}
-    for n, (m, extra) in VARIANTS.items():
-        if n not in sps:
-            continue
-        steps = max(50, int(budget / sps[n] * 0.95))
-        cmd = [sys.executable, "-m", "engine", "pretrain", "--method", m, "--data", args.data, "--out", n,
-               "--max-steps", str(steps), "--run-dir", f"/tmp/runs/{n}", *common(), *extra]
-        log(f"start {n}: {steps} steps ({steps * BATCH / len(cache.array):.1f} epochs): {' '.join(cmd[1:])}")
-        f = open(f"/tmp/{n}.log", "w")
-        runs[n] = (subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT), f, m, steps)
-    stop_at = T0 + args.deadline - args.bench_s
-    while any(p.poll() is None for p, *_ in runs.values()):
-        if time.time() > stop_at:
-            for n, (p, *_rest) in runs.items():
-                if p.poll() is None:
-                    log(f"{n} still running at the deadline: SIGINT (saves state)")
-                    p.send_signal(signal.SIGINT)
-            for p, *_rest in runs.values():
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-            break
-        time.sleep(5)
-    for n, (p, f, m, steps) in runs.items():
-        f.close()
-        log(f"{n} exit {p.returncode}")
-        tail = Path(f"/tmp/{n}.log").read_text().replace("\r", "\n").splitlines()
-        keep = ("step ", "warning", "Traceback", "  File", "moco_v2 resnet18", "barlow_twins resnet18")
-        print("\n".join(l for l in tail if l.startswith(keep) or "Error" in l)[-2500:])
-        if not (ck / f"{n}.safetensors").exists() and Path(f"/tmp/runs/{n}/state.pt").exists():
-            backbone_from_state(Path(f"/tmp/runs/{n}/state.pt"), ck, n, m)
-            log(f"{n}: backbone taken from its last saved state")
-
-    # 4. throughput bench in the time left
-    left = args.deadline + 20 - (time.time() - T0)
-    if left > 20:
-        log(f"throughput bench ({left:.0f} s)")
-        subprocess.run(["timeout", str(int(left)), sys.executable, "bench/pretrain_throughput.py", "--device", DEVICE,
-                        "--image-size", str(SIZE), "--batch", str(BATCH), "--steps", "5", "--rounds", "2",
-                        "--methods", "moco_v2,barlow_twins,spark,dino", "--cuda-extras"], env=env, cwd=ROOT)
-
-    # 5. package
-    for n in runs:
-        st = ck / f"{n}.safetensors"
-        if not st.exists():
-            continue
-        parts, sha = fp16_parts(st, out, n)
-        info = json.loads((ck / f"{n}.json").read_text())
-        info["device_run"] = {"fp16_sha256": sha, "parts": parts, "calib_s_per_step": sps.get(n),
-                              "driver": "scripts/device_pretrain.py"}
-        (out / f"{n}.json").write_text(json.dumps(info, indent=1))
-        log(f"{n}: {parts}")
-    with open(out / "logs.txt", "w") as f:
-        for n in runs:
-            f.write(f"==== {n}\n" + Path(f"/tmp/{n}.log").read_text().replace("\r", "\n")[-200000:])
+    sps = calibrate_all(args.data, args.calib_steps, env)
+    runs = train_all(args.data, args.deadline, args.bench_s, sps, len(cache.array), env)
+    collect(runs, ck)
+    throughput_bench(args.deadline, env)
+    package(runs, ck, out, sps)
     log("done")
 
 
