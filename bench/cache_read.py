@@ -56,33 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         ImageCache.build(paths, size=args.size, cache_dir=tmp, mode=args.mode)
         rebuild_s = time.perf_counter() - t0
-
-        def read_cache() -> int:
-            total = 0
-            for b in batches:
-                x = cache.batch(b)  # (B, S, S) uint8
-                total += int(x.shape[0])
-            return total
-
-        def decode() -> int:
-            total = 0
-            for b in batches:
-                x = torch.from_numpy(np.stack([fit_square(read_image(paths[i])[0], args.size, args.mode)[0]
-                                               for i in b]))  # (B, S, S) uint8
-                total += int(x.shape[0])
-            return total
-
-        def best(fn) -> float:
-            times = []
-            for _ in range(args.repeats):
-                t = time.perf_counter()
-                assert fn() == n
-                times.append(time.perf_counter() - t)
-            return min(times)
-
         for i in order[:8]:  # sanity: both readers give the same pixels
             assert np.array_equal(cache[i], fit_square(read_image(paths[i])[0], args.size, args.mode)[0])
-        decode_s, cache_s = best(decode), best(read_cache)
+        decode_s = _best(lambda: _decode(paths, batches, args.size, args.mode), args.repeats, n)
+        cache_s = _best(lambda: _read_cache(cache, batches), args.repeats, n)
 
     print(f"manifest {args.manifest}  images {n}  size {args.size} ({args.mode})  batch {args.batch}  "
           f"best of {args.repeats}")
@@ -92,6 +69,40 @@ def main(argv: list[str] | None = None) -> int:
     print(f"read cache (memmap -> torch uint8 batch):   {n / cache_s:10.0f} images/s")
     print(f"ratio cache / decode: {decode_s / cache_s:.1f}x")
     return 0
+
+
+def _read_cache(cache, batches: list[np.ndarray]) -> int:
+    """One epoch through the cache in `batches`; returns the images read."""
+    total = 0
+    for b in batches:
+        x = cache.batch(b)  # (B, S, S) uint8
+        total += int(x.shape[0])
+    return total
+
+
+def _decode(paths: list[str], batches: list[np.ndarray], size: int, mode: str) -> int:
+    """One epoch decoding the original files (read_image + fit_square) in `batches`; returns the images read."""
+    import torch
+
+    from engine.data.io import read_image
+    from engine.data.transforms import fit_square
+
+    total = 0
+    for b in batches:
+        x = torch.from_numpy(np.stack([fit_square(read_image(paths[i])[0], size, mode)[0]
+                                       for i in b]))  # (B, S, S) uint8
+        total += int(x.shape[0])
+    return total
+
+
+def _best(fn, repeats: int, n: int) -> float:
+    """Fastest of `repeats` runs of `fn` (seconds); each must read all `n` images."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        assert fn() == n
+        times.append(time.perf_counter() - t)
+    return min(times)
 
 
 def cache_mod_workers() -> int:
