@@ -12,14 +12,14 @@ views, so the network must both infer the hidden regions and stay augmentation-i
     q = normalize(g_q(f_q(mask(x_q)))),  k = normalize(g_k(f_k(x_k)))          (f_k, g_k: momentum encoder)
     L_nce = -log exp(q.k+ / T) / (exp(q.k+ / T) + sum_{k- in queue} exp(q.k- / T))
     L_var = mean_j relu(gamma - sqrt(Var(z_j) + 1e-4)),  z = g_q(f_q(mask(x_q)))
-    L = L_nce + var_weight * L_var + recon_weight * L_rec
+    L = L_nce + var_weight * L_var + decorr_weight * L_dec + recon_weight * L_rec
 
 - Optional reconstruction (recon_weight > 0): SparK's densify + light decoder on the masked query's
   feature maps f_1..f_4, L_rec = SparK's per-patch-normalized MSE on the masked patches of x_q
   (`engine.ssl.spark.spark_loss`). It needs P a multiple of 32 (the mask must be whole cells of f_4).
 
 Everything else (shuffling / split BN, queue, key momentum, optimizer recipe, the collapse
-controller's `var_weight` knob) is MoCo v2's (`engine.ssl.moco_v2.MoCoV2`, which this subclasses).
+controller's `decorr_weight` knob) is MoCo v2's (`engine.ssl.moco_v2.MoCoV2`, which this subclasses).
 """
 from __future__ import annotations
 
@@ -121,11 +121,12 @@ class MaskedContrastive(MoCoV2):
             k = k[torch.argsort(perm)]  # (B, d) back in query order
         logits = moco_logits(q, k, self.queue)  # (B, 1 + K)
         l_nce = info_nce(logits, self.cfg.T)
-        l_var = variance_loss(gather_with_grad(z), self.cfg.gamma)
+        z_all = gather_with_grad(z)
+        l_var = variance_loss(z_all, self.cfg.gamma)
         self._keys = k
-        loss = l_nce + self.var_weight * l_var
         metrics = {"nce": l_nce.detach(), "var": l_var.detach(), "pos_sim": logits[:, 0].mean().detach(),
                    "neg_sim": logits[:, 1:].mean().detach(), "masked_frac": mask.float().mean().detach()}
+        loss = l_nce + self.var_weight * l_var + self.decorrelation(z_all, metrics)
         if self.decoder is not None:
             pred = self.decoder(feats, mask)  # (B, 1, S, S)
             l_rec = spark_loss(pred, x_q[:, :1], mask, p)  # target: the unmasked query view, one gray channel

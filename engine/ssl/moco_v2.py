@@ -10,7 +10,8 @@ theta_k <- m theta_k + (1 - m) theta_q, queue of K negative keys, temperature T:
     q = normalize(g_q(f_q(x_q))),  k = normalize(g_k(f_k(x_k)))
     L_nce = -log exp(q.k+ / T) / (exp(q.k+ / T) + sum_{k- in queue} exp(q.k- / T))
     L_var = mean_j relu(gamma - sqrt(Var(z_j) + 1e-4))   on the unnormalized projections z = g_q(f_q(x_q))
-    L = L_nce + var_weight * L_var
+    L_dec = 1/d sum_{i != j} corr_batch(z)_ij^2          (feature decorrelation, Hua et al. 2021)
+    L = L_nce + var_weight * L_var + decorr_weight * L_dec
 
 Shuffling BN (MoCo Sec. 3.3): with plain BN the positive key shares batch statistics with its query,
 a shortcut the model exploits. As in the official single-GPU demo, every BatchNorm computes its
@@ -42,6 +43,11 @@ class MoCoConfig:
     proj_dim: int = 128  # MoCo v2
     var_weight: float = 1.0  # VICReg variance term weight (study)
     gamma: float = 1.0  # VICReg target std (Bardes et al. 2022)
+    # Feature decorrelation (Hua et al. 2021, "On Feature Decorrelation in Self-Supervised Learning", ICCV;
+    # the within-view redundancy reduction of Barlow Twins): 0 = off (the study's MoCo). The adaptive
+    # collapse controller adjusts this weight: it acts on dimensionality directly, where the variance
+    # hinge can be met by a low-rank spread (measured: raising var_weight lowered the effective rank).
+    decorr_weight: float = 0.0
     bn_splits: int = 8  # shuffling-BN sub-batches, at most (official MoCo CIFAR demo: 8 of 64); 1 = plain BN
     head_bn: bool = False  # BatchNorm in the head's hidden layer (SimCLR / MoCo v3 heads; MoCo v2: none)
     head_out_bn: bool = False  # non-affine BatchNorm on the 128-d output (MoCo v3), centring the embeddings
@@ -68,6 +74,20 @@ def variance_loss(z: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4) -> tor
     """VICReg variance hinge: mean_j relu(gamma - sqrt(Var_batch(z_j) + eps)); z (N, d) -> scalar."""
     std = torch.sqrt(z.var(dim=0) + eps)  # (d,) unbiased, as VICReg's code
     return F.relu(gamma - std).mean()
+
+
+def decorrelation_loss(z: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """Sum of squared off-diagonal correlations of z (N, d) over the batch, divided by d -> scalar.
+
+    Scale-invariant (features are standardized first), so it cannot be met by shrinking z; it is 0 when
+    the d dimensions are uncorrelated, d - 1 when all are one. VICReg's covariance term (Bardes et al.
+    2022) on standardized features, as in Hua et al. 2021's decorrelation.
+    """
+    zc = z - z.mean(dim=0)
+    zc = zc / torch.sqrt(zc.var(dim=0) + eps)  # (N, d) standardized
+    c = (zc.t() @ zc) / max(1, z.shape[0] - 1)  # (d, d) correlation matrix
+    off = c - torch.diag(torch.diagonal(c))
+    return off.pow(2).sum() / z.shape[1]
 
 
 @torch.no_grad()
@@ -142,12 +162,13 @@ def convert_split_bn(module: nn.Module, max_splits: int) -> nn.Module:
 class MoCoV2(SSLMethod):
     """Query encoder (backbone + head), momentum key encoder, negative queue."""
 
-    name = "moco_v2"  # registered in engine/ssl/registry.py (collapse control adjusts `var_weight`)
+    name = "moco_v2"  # registered in engine/ssl/registry.py (collapse control adjusts `decorr_weight`)
 
     def __init__(self, backbone: nn.Module, cfg: MoCoConfig, aug: AugmentConfig, image_size: int) -> None:
         super().__init__(backbone)
         self.cfg, self.aug, self.size = cfg, aug, image_size
-        self.var_weight = float(cfg.var_weight)  # the weight in use; the collapse controller may change it
+        self.var_weight = float(cfg.var_weight)
+        self.decorr_weight = float(cfg.decorr_weight)  # the weight in use; the collapse controller may change it
         d = backbone.feat_dim
         self.head = mlp([d, cfg.proj_hidden or d, cfg.proj_dim], bn=cfg.head_bn, last_bn=cfg.head_out_bn)  # g_q: D -> D -> 128
         if cfg.bn_splits > 1:  # the head's BN too: one full-batch BN would leak the key's batch again
@@ -172,11 +193,20 @@ class MoCoV2(SSLMethod):
             k = k[torch.argsort(perm)]  # (B, d) back in query order
         logits = moco_logits(q, k, self.queue)  # (B, 1 + K)
         l_nce = info_nce(logits, self.cfg.T)
-        l_var = variance_loss(gather_with_grad(z), self.cfg.gamma)  # over the global batch
+        z_all = gather_with_grad(z)  # over the global batch
+        l_var = variance_loss(z_all, self.cfg.gamma)
         self._keys = k
         metrics = {"nce": l_nce.detach(), "var": l_var.detach(), "pos_sim": logits[:, 0].mean().detach(),
                    "neg_sim": logits[:, 1:].mean().detach()}
-        return l_nce + self.var_weight * l_var, metrics
+        return l_nce + self.var_weight * l_var + self.decorrelation(z_all, metrics), metrics
+
+    def decorrelation(self, z: torch.Tensor, metrics: dict) -> torch.Tensor:
+        """decorr_weight * L_dec of the projections z (N, d), recorded in metrics; 0 (no work) when off."""
+        if self.decorr_weight <= 0:
+            return z.new_zeros(())
+        l_dec = decorrelation_loss(z)
+        metrics["decorr"] = l_dec.detach()
+        return self.decorr_weight * l_dec
 
     @torch.no_grad()
     def after_step(self, step: int, total: int) -> None:

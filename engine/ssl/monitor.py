@@ -248,8 +248,9 @@ def collapse_status(metrics: dict[str, Any] | None, step: int | None = None, pre
 #
 # The seed study's proposal: watch the effective rank during pretraining and adjust the
 # regularization that keeps dimensions alive. Each method that has such a weight names it in its
-# registry entry (`MethodSpec.collapse_knob`, engine/ssl/registry.py; MoCo v2: the VICReg variance
-# weight `var_weight`, Bardes et al. 2022; Barlow Twins: the off-diagonal weight `lambd`, Zbontar et
+# registry entry (`MethodSpec.collapse_knob`, engine/ssl/registry.py; MoCo v2 and masked-contrastive:
+# the feature-decorrelation weight `decorr_weight`, Hua et al. 2021 -- VICReg's covariance term on
+# standardized projections; Barlow Twins: the off-diagonal weight `lambd`, Zbontar et
 # al. 2021) with a reference value (`ref`). SparK and DINO have no such term and refuse the option.
 #
 # Rule, applied at every collapse-monitor reading after the step-0 baseline (the untrained network's
@@ -329,7 +330,7 @@ def parse_collapse_control(spec: str | dict | CollapseControl | None) -> Collaps
 class CollapseController:
     """State of the adaptive controller for one run: the current weight and every adjustment.
 
-    `knob` names the method's weight (e.g. "var_weight"), `w0` is its configured value and `ref` the
+    `knob` names the method's weight (e.g. "decorr_weight"), `w0` is its configured value and `ref` the
     method's reference value used for the bounds when w0 is 0 (see the rule above this class).
     `update(step, metrics)` returns the adjustment record when the weight changed, else None.
     `state_dict()` / `load_state_dict()` carry weight and history through state.pt, so a resumed run

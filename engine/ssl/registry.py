@@ -103,7 +103,11 @@ _LONG_VIEWS: dict[str, Any] = {"crop_scale": (0.3, 1.0), "jitter": 0.4, "noise_s
 # MoCo v2's quick and long heads: queue smaller than an epoch (an image's own stale key is rarely its
 # negative), key momentum 0.99 for a short run, T 0.2 (MoCo v2), BN head with centred output (MoCo v3's).
 _MOCO_QUICK: dict[str, Any] = {"queue": 256, "m": 0.99, "T": 0.2, "head_bn": True, "head_out_bn": True}
-_VICREG_KNOB = CollapseKnob("var_weight", 1.0, "VICReg variance weight")  # the study's weight (Bardes et al. 2022)
+# MoCo v2's knob: the feature-decorrelation weight (Hua et al. 2021). The VICReg variance weight was the
+# first knob, but raising it lowered the effective rank (the hinge on each dimension's std is met by a
+# low-rank spread: 36.8 vs 44.0 uncontrolled at 60 steps; docs/results.md). Reference 0.1: the term is then
+# ~1/10 of InfoNCE on a partly collapsed 128-d head (L_dec ~ 10-60 there, L_nce ~ 5-8).
+_DECORR_KNOB = CollapseKnob("decorr_weight", 0.1, "feature-decorrelation weight")
 
 register(MethodSpec(
     name="moco_v2", label="MoCo v2", module="engine.ssl.moco_v2", config="MoCoConfig", method="MoCoV2",
@@ -116,7 +120,7 @@ register(MethodSpec(
         # lr 0.06 = the quick recipe's 0.0075 at batch 32, linearly scaled to 256; queue 4096 = 16 steps < one epoch
         "long": {"lr": 0.06, "method_config": {**_MOCO_QUICK, "queue": 4096}, "aug": dict(_LONG_VIEWS)},
     },
-    collapse_knob=_VICREG_KNOB,
+    collapse_knob=_DECORR_KNOB,
 ))
 
 register(MethodSpec(
@@ -175,5 +179,5 @@ register(MethodSpec(
                                                   "decoder_width": 256},
                   "aug": {"crop_scale": (0.8, 1.0), **_GRAINLESS_VIEWS}},
     },
-    collapse_knob=_VICREG_KNOB,  # MoCo v2's (the class it subclasses)
+    collapse_knob=_DECORR_KNOB,  # MoCo v2's (the class it subclasses)
 ))

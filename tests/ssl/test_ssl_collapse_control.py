@@ -88,23 +88,23 @@ def test_a_collapsing_moco_run_triggers_adjustments_within_bounds_recorded_every
     metrics = [e for e in events if e.kind == "metrics"]
     assert len(metrics) == 7 and len(logs) == 6  # readings at steps 0..6; one raise per reading after step 0
     weights = [e.metrics["collapse_control_weight"] for e in metrics]
-    assert weights == [0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0]  # from 0 to the lower bound, then x2
-    assert all(0.125 <= w <= 16.0 for w in weights[1:])
+    assert weights == [0.0, 0.0125, 0.025, 0.05, 0.1, 0.2, 0.4]  # from 0 to the lower bound, then x2
+    assert all(0.0125 <= w <= 1.6 for w in weights[1:])
     assert all(e.metrics["collapse_control_target"] == 64 for e in metrics)
     info = json.loads(path.with_suffix(".json").read_text())
     ctl = info["collapse_control"]
-    assert ctl["knob"] == "var_weight" and ctl["bounds"] == [0.125, 16.0] and ctl["final_weight"] == 4.0
+    assert ctl["knob"] == "decorr_weight" and ctl["bounds"] == [0.0125, 1.6] and ctl["final_weight"] == 0.4
     assert [a["new"] for a in ctl["adjustments"]] == weights[1:] and all(a["action"] == "raise" for a in ctl["adjustments"])
     assert [h["control_weight"] for h in info["collapse"]["history"]] == weights
     assert info["config"]["collapse_control"]["target"] == 64
     hist = json.loads((tmp_path / "run" / "history.json").read_text())
     assert hist["collapse_control"]["adjustments"] == ctl["adjustments"]
     state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
-    assert state["collapse_control"] == {"weight": 4.0, "history": ctl["adjustments"]}
+    assert state["collapse_control"] == {"weight": 0.4, "history": ctl["adjustments"]}
     # a fresh method starts from the configured weight; the controller's weight is set by the loop
     from engine.ssl.pretrain import build_method
 
-    assert build_method(_moco("erank:64")).var_weight == 0.0
+    assert build_method(_moco("erank:64")).decorr_weight == 0.0
 
 
 def test_barlow_lambda_is_lowered_when_healthy(phantom, tmp_path):
@@ -134,14 +134,14 @@ def test_a_stopped_controlled_run_resumes_exactly(phantom, tmp_path):
     with pytest.raises(Cancelled):
         pretrain_images(phantom, cfg, "b", "cpu", tmp_path / "b", on_event=on_b, stop=stop)
     mid = torch.load(tmp_path / "b" / "state.pt", weights_only=True)
-    assert mid["step"] == 3 and mid["collapse_control"]["weight"] == 0.5
+    assert mid["step"] == 3 and mid["collapse_control"]["weight"] == 0.05
     pretrain_images(phantom, cfg, "b", "cpu", tmp_path / "b", resume=True,
              on_event=lambda e: e.kind == "progress" and losses_b.append(e.metrics["loss"]))
     assert len(losses_b) == 6
     np.testing.assert_allclose(losses_b, losses_a, rtol=1e-5)
     sa = torch.load(tmp_path / "a" / "state.pt", weights_only=True)
     sb = torch.load(tmp_path / "b" / "state.pt", weights_only=True)
-    assert sa["collapse_control"] == sb["collapse_control"] and sb["collapse_control"]["weight"] == 4.0
+    assert sa["collapse_control"] == sb["collapse_control"] and sb["collapse_control"]["weight"] == 0.4
     # resuming without the controller (or with another target) is another run: refused
     with pytest.raises(ValueError, match="collapse_control"):
         pretrain_images(phantom, _moco(None), "b", "cpu", tmp_path / "b", resume=True)
@@ -157,3 +157,34 @@ def test_cli_and_job_params_take_the_option(tmp_path):
     cfg = pretrain_config({"method": "moco_v2", "preset": "quick", "collapse_control": "erank:6", "epochs": 1}, 64)
     assert cfg.collapse_control == CollapseControl(target=6.0)
     assert pretrain_config({"method": "spark", "preset": "quick", "epochs": 1}, 64).collapse_control is None
+
+
+def test_decorrelation_loss_is_zero_for_uncorrelated_features_and_d_minus_1_for_one_direction():
+    from engine.ssl.moco_v2 import decorrelation_loss
+
+    g = torch.Generator().manual_seed(0)
+    white = torch.randn(4096, 8, generator=g)
+    assert float(decorrelation_loss(white)) < 0.02  # sum of 56 squared correlations ~ 1/N each, / 8
+    one = torch.randn(256, 1, generator=g) * torch.linspace(0.5, 2.0, 8)  # (256, 8): every dim the same direction
+    assert float(decorrelation_loss(one)) == pytest.approx(7.0, rel=1e-3)  # d - 1
+    assert float(decorrelation_loss(100 * one)) == pytest.approx(7.0, rel=1e-3)  # scale-invariant
+    # by hand on 3 rows x 2 dims: corr of (1,2,3) and (1,3,2) is 0.5 -> 2 * 0.25 / 2
+    z = torch.tensor([[1.0, 1.0], [2.0, 3.0], [3.0, 2.0]])
+    assert float(decorrelation_loss(z, eps=0.0)) == pytest.approx(0.25, rel=1e-6)
+
+
+def test_decorrelation_term_is_added_with_its_weight_and_off_costs_nothing(phantom):
+    from engine.ssl.moco_v2 import decorrelation_loss
+    from engine.ssl.pretrain import build_method
+
+    m = build_method(_moco(None, method_config=MoCoConfig(queue=40, proj_hidden=64, proj_dim=32, decorr_weight=0.5)))
+    g = torch.Generator().manual_seed(0)
+    x = torch.from_numpy(phantom[:8]).float().div(255)[:, None]
+    views = m.views(x, g)
+    loss, metrics = m(*views)
+    assert "decorr" in metrics
+    torch.testing.assert_close(loss.detach(), metrics["nce"] + m.var_weight * metrics["var"] + 0.5 * metrics["decorr"])
+    m.decorr_weight = 0.0
+    loss0, metrics0 = m(*views)
+    assert "decorr" not in metrics0
+    torch.testing.assert_close(loss0.detach(), metrics0["nce"] + m.var_weight * metrics0["var"])
