@@ -38,7 +38,8 @@ from engine.atomic import atomic_write
 from engine.events import Cancelled, OnEvent, as_log, check_stop, emit
 from engine.fewshot.episodes import ShotsError, sample_episode, test_split, trial_seed
 from engine.fewshot.features import embed
-from engine.fewshot.finetune import FinetuneConfig, finetune_many, intermediate_backbone, predict_logits
+from engine.fewshot.finetune import FinetuneConfig, finetune_many, predict_logits
+from engine.fewshot.stage_one import stage_one_backbone
 from engine.fewshot.probe import DEFAULT_C, fit_probe
 from engine.fewshot.trials import (GROUP, KEY, METRICS, TRIAL_COLUMNS, evaluate_trial, read_trials,  # noqa: F401
                                    summarize, write_csv)
@@ -340,8 +341,9 @@ def _run_init(run: _SweepRun, init: str) -> None:
             continue
         start = backbone
         if mode == "double_finetune":
-            start = _intermediate(init, backbone, run.manifest_csv, run.manifest, run.plans, cfg, run.out_dir,
-                                  run.device, as_log(run.on_event), run.stop)
+            test_rows = np.concatenate([p.test_idx for p in run.plans])
+            start = stage_one_backbone(init, backbone, run.manifest_csv, run.manifest, test_rows, cfg, run.out_dir,
+                                       run.device, as_log(run.on_event), run.stop)
         _finetune_trials(run, init, mode, start, backbone[1], todo[mode])
 
 
@@ -394,48 +396,3 @@ def _write_plot(summ: pd.DataFrame, path: Path) -> None:
 
     fig = auc_vs_shots_figure(summ)
     atomic_write(path, lambda tmp: fig.write_html(tmp, include_plotlyjs=True, full_html=True))
-
-
-def _intermediate(init, backbone, manifest_csv, manifest, plans, cfg: SweepConfig, out_dir: Path, device,
-                  on_event, stop):
-    """Stage one of double finetune, trained once per init and kept in out_dir/intermediate/ for resume."""
-    from safetensors.torch import load_file, save_file
-
-    from engine.data.cache import ImageCache
-    from engine.data.manifest import load_manifest
-
-    model, meta = backbone
-    path = out_dir / "intermediate" / f"{init}.safetensors"
-    if path.exists():
-        import copy
-
-        m = copy.deepcopy(model)
-        m.load_state_dict(load_file(str(path)))
-        return m.to(device).eval(), meta
-    src = Path(cfg.intermediate_manifest) if cfg.intermediate_manifest else Path(manifest_csv)
-    same = src.resolve() == Path(manifest_csv).resolve()
-    inter = manifest if same else load_manifest(src)
-    f = cfg.intermediate_finding
-    if f not in inter.findings:
-        raise ValueError(f"intermediate finding {f!r} is not in {src}; it has: {', '.join(inter.findings)}")
-    idf = inter.df
-    keep = ~np.isnan(idf[f].to_numpy(dtype=np.float64))
-    # Never pretrain on a target test image: same manifest -> drop test patients; else drop same paths.
-    test_rows = np.concatenate([p.test_idx for p in plans])
-    if same:
-        keep &= ~idf["patient_id"].astype(str).isin(set(manifest.df["patient_id"].astype(str).iloc[test_rows]))
-    else:
-        keep &= ~idf["path"].isin(set(manifest.df["path"].iloc[test_rows]))
-    rows = np.flatnonzero(keep)
-    rng = np.random.default_rng(cfg.seed)
-    if rows.size > cfg.intermediate_max_images:
-        rows = np.sort(rng.choice(rows, cfg.intermediate_max_images, replace=False))
-    y = idf[f].to_numpy(dtype=np.float64)[rows]
-    if len(np.unique(y)) < 2:
-        raise ValueError(f"intermediate finding {f!r} needs positive and negative images outside the test set")
-    cache = ImageCache.build(list(idf["path"].iloc[rows]), cfg.image_size, on_event=on_event, stop=stop)
-    emit(on_event, message=f"double finetune: stage one of {init} on {f} ({rows.size} images)")
-    m, _ = intermediate_backbone(backbone, np.asarray(cache.array), y, cfg.finetune, device, cfg.seed, on_event, stop)
-    sd = {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(sd, tmp))
-    return m, meta
