@@ -2,6 +2,8 @@
 
 Modules (import them directly; this package stays import-light so `python -m engine --help` is fast):
 `features` (embed), `episodes` (test_split, sample_episode), `probe` (fit_probe), `finetune`
-(FinetuneConfig, finetune, finetune_many, double_finetune), `metrics`, `sweep` (SweepConfig,
-run_sweep), `plots` (auc_vs_shots_figure), `classifier` (build_classifier, Classifier).
+(FinetuneConfig, finetune, finetune_many, double_finetune), `augment` (draw_augment, apply_augment),
+`fast_finetune` (FastFinetune: the Classifier's cached last-stage finetune), `metrics`, `trials` (trial rows,
+evaluate_trial, summarize), `sweep` (SweepConfig, run_sweep), `stage_one` (double finetune's stage one in a
+sweep), `plots` (auc_vs_shots_figure), `classifier` (a package: build_classifier, Classifier).
 """
