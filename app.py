@@ -12,14 +12,11 @@ to a fresh server) runs that file alone, without this router, its menu or the sh
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # `engine` and `ui` importable however we are started
-
-from ui.sidebar import render_sidebar  # noqa: E402
+# `engine` and `ui` import without path changes: `streamlit run` puts this file's folder on sys.path, and
+# setup.sh installs the project (editable) for every other entry point.
+from ui.sidebar import render_sidebar
 
 st.set_page_config(page_title="scarce-cxr", page_icon=":material/radiology:", layout="wide",
                    initial_sidebar_state="expanded")

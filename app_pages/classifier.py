@@ -102,9 +102,48 @@ def fmt_minutes(seconds: float) -> str:
     return f"about {max(1, round(seconds))} s" if seconds < 90 else f"about {seconds / 60:.0f} min"
 
 
+def suggestion(measured: dict[str, dict[str, Any]], available: list, n_images: int) -> tuple[str | None, str]:
+    """(suggested init or None, why): the best cross-validated AUC on these images when several backbones
+    were tried, else the best shipped backbone (measured on real X-rays), else none."""
+    shipped = [i for i in available if i.shipped]
+    if len(measured) >= 2:
+        suggested = max(measured, key=lambda k: measured[k]["auc"])
+        m = measured[suggested]
+        return suggested, (
+            f"Suggested: **{suggested}** had the highest cross-validated AUC on your {n_images} images "
+            f"({m['auc']:.2f}, 95% interval {m['ci_low']:.2f}-{m['ci_high']:.2f}) of the {len(measured)} backbones "
+            "you tried. Overlapping intervals mean the difference may be chance.")
+    if shipped:
+        ev = shipped[0].info.get("evaluation_summary")
+        return shipped[0].name, (
+            f"Suggested: **{shipped[0].name}** ships with scarce-cxr: {shipped[0].provenance}."
+            + (f" Measured on real labeled X-rays it was not trained on: {ev}" if ev else "")
+            + " Not yet measured on your images: *Compare backbones* below does that.")
+    return None, ("No backbone is suggested: none has been measured on your images yet. *Compare backbones* builds a "
+                  "quick probe with each one and shows their cross-validated AUC.")
+
+
+def compare_button(svc: Services, finding: str, ids: list[int], by_name: dict, untried: list[str]) -> None:
+    """Probe every backbone not tried yet on these images (one classify job each)."""
+    size = 224
+    eta = sum(expected_seconds(len(ids), "probe", by_name[n].arch, int(by_name[n].info.get("image_size") or size),
+                               "cpu")["seconds"] for n in untried)
+    if st.button(f"Compare backbones on these images ({len(untried)} probe{'s' if len(untried) != 1 else ''}, {fmt_minutes(eta)})",
+                 icon=":material/compare_arrows:", key="clf_compare",
+                 help="Builds a probe classifier with each backbone not tried yet and lists their "
+                      "cross-validated AUC, so the suggestion rests on your own images."):
+        jid = None
+        for n in untried:
+            jid = svc.runner.submit("classify", ClassifyParams(
+                finding=finding, image_ids=tuple(ids), init=n, mode="probe",
+                image_size=int(by_name[n].info.get("image_size") or size),
+                title=f"{finding} ({n}, probe, comparison)"))
+        set_watched("classifier", jid)
+        st.rerun()
+
+
 def pick_init(svc: Services, finding: str, ids: list[int]) -> str | None:
-    """Step 2: starting backbone. Suggested only on measured evidence: the best cross-validated AUC on these
-    images when several backbones were tried, else the best shipped backbone (measured on real X-rays)."""
+    """Step 2: starting backbone. Suggested only on measured evidence (see `suggestion`)."""
     st.subheader("2 · Starting backbone")
     inits = list_inits()
     available = [i for i in inits if i.available]
@@ -114,23 +153,7 @@ def pick_init(svc: Services, finding: str, ids: list[int]) -> str | None:
     y = labeled.loc[labeled["id"].isin(ids), finding].to_numpy()
     n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
     measured = {k: v for k, v in measured_aucs(svc, finding, n_pos, n_neg).items() if k in by_name}
-    shipped = [i for i in available if i.shipped]
-    if len(measured) >= 2:
-        suggested = max(measured, key=lambda k: measured[k]["auc"])
-        m = measured[suggested]
-        why = (f"Suggested: **{suggested}** had the highest cross-validated AUC on your {n_pos + n_neg} images "
-               f"({m['auc']:.2f}, 95% interval {m['ci_low']:.2f}-{m['ci_high']:.2f}) of the {len(measured)} backbones "
-               "you tried. Overlapping intervals mean the difference may be chance.")
-    elif shipped:
-        suggested = shipped[0].name
-        ev = shipped[0].info.get("evaluation_summary")
-        why = (f"Suggested: **{suggested}** ships with scarce-cxr: {shipped[0].provenance}."
-               + (f" Measured on real labeled X-rays it was not trained on: {ev}" if ev else "")
-               + " Not yet measured on your images: *Compare backbones* below does that.")
-    else:
-        suggested = None
-        why = ("No backbone is suggested: none has been measured on your images yet. *Compare backbones* builds a "
-               "quick probe with each one and shows their cross-validated AUC.")
+    suggested, why = suggestion(measured, available, n_pos + n_neg)
     names = list(by_name)
     default = suggested if suggested in by_name else "random"
     choice = st.radio("Initialization", names, index=names.index(default),
@@ -153,21 +176,7 @@ def pick_init(svc: Services, finding: str, ids: list[int]) -> str | None:
         st.dataframe(rows, hide_index=True, width="stretch")
     untried = [n for n in names if n not in measured]
     if untried:
-        size = 224
-        eta = sum(expected_seconds(len(ids), "probe", by_name[n].arch, int(by_name[n].info.get("image_size") or size),
-                                   "cpu")["seconds"] for n in untried)
-        if st.button(f"Compare backbones on these images ({len(untried)} probe{'s' if len(untried) != 1 else ''}, {fmt_minutes(eta)})",
-                     icon=":material/compare_arrows:", key="clf_compare",
-                     help="Builds a probe classifier with each backbone not tried yet and lists their "
-                          "cross-validated AUC, so the suggestion rests on your own images."):
-            jid = None
-            for n in untried:
-                jid = svc.runner.submit("classify", ClassifyParams(
-                    finding=finding, image_ids=tuple(ids), init=n, mode="probe",
-                    image_size=int(by_name[n].info.get("image_size") or size),
-                    title=f"{finding} ({n}, probe, comparison)"))
-            set_watched("classifier", jid)
-            st.rerun()
+        compare_button(svc, finding, ids, by_name, untried)
     for i in inits:
         if not i.available:
             st.caption(f":material/block: **{method_label(i.method)}** is unavailable: {i.reason}")

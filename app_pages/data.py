@@ -232,13 +232,8 @@ def draw_import(snap: JobSnapshot) -> None:
         st.dataframe(pd.DataFrame(rows, columns=["File", "Problem"]), hide_index=True, width="stretch")
 
 
-def label_panel(store: Store, images: pd.DataFrame) -> None:
-    if images.empty:
-        st.info("No images yet: upload some in **Add images**.", icon=":material/photo_library:")
-        return
-    findings = store.findings()
-    c1, c2 = st.columns([2, 3])
-    with c2.form("new_finding", border=False, clear_on_submit=True):
+def _add_finding_form(store: Store, container) -> None:
+    with container.form("new_finding", border=False, clear_on_submit=True):
         name = st.text_input("Add a finding", placeholder="e.g. nodule", key="new_finding_name")
         if st.form_submit_button("Add finding", icon=":material/add:") and name.strip():
             try:
@@ -247,6 +242,58 @@ def label_panel(store: Store, images: pd.DataFrame) -> None:
                 st.rerun()
             except ValueError as e:
                 st.error(str(e), icon=":material/error:")
+
+
+def _label_editor(store: Store, finding: str, subset: pd.DataFrame, show: str, gen: int) -> bool:
+    """One page of the tick-box editor and its Save button. Returns False when a save was refused because
+    another session saved first (the panel then stops drawing)."""
+    start, stop = pager(len(subset), 50, key=f"label_page:{finding}:{show}")
+    page = subset.iloc[start:stop]
+    before = editor_rows(page, finding)
+    rows = before.assign(Image=[data_uri(store.thumbnail(int(i), 96)) for i in before["id"]])
+    with st.form(f"labels_form:{gen}", border=False):
+        after = st.data_editor(
+            rows, key=f"labels:{finding}:{show}:{start}:{gen}", hide_index=True, width="stretch",
+            column_order=["Image", "name", "Present", "Absent"], disabled=["Image", "name", "id"],
+            row_height=72, height=min(40 + 73 * len(rows), 760),
+            column_config={
+                "Image": st.column_config.ImageColumn("Image", width="small"),
+                "name": st.column_config.TextColumn("File"),
+                "Present": st.column_config.CheckboxColumn("Present", help=f"shows {finding}"),
+                "Absent": st.column_config.CheckboxColumn("Absent", help=f"does not show {finding}"),
+            },
+        )
+        saved = st.form_submit_button("Save labels", type="primary", icon=":material/save:")
+    if not saved:
+        return True
+    changes, both = label_changes(before, after)
+    if both:
+        st.error("Ticked both Present and Absent: " + ", ".join(both[:10]) + ". Untick one and save again.",
+                 icon=":material/error:")
+    elif changes:
+        seen = {int(r["id"]): 1 if r["Present"] else 0 if r["Absent"] else None
+                for _, r in before.iterrows() if int(r["id"]) in changes}
+        try:
+            store.set_labels(finding, changes, expected=seen)  # refused if another session saved first
+        except LabelConflictError as e:
+            st.session_state["labels_gen"] = gen + 1  # the editor reloads the current labels
+            st.error(str(e), icon=":material/sync_problem:")
+            return False
+        st.session_state["labels_gen"] = gen + 1
+        st.toast(f"Saved {len(changes)} label{'s' * (len(changes) != 1)} for {finding}.")
+        st.rerun()
+    else:
+        st.info("Nothing changed.")
+    return True
+
+
+def label_panel(store: Store, images: pd.DataFrame) -> None:
+    if images.empty:
+        st.info("No images yet: upload some in **Add images**.", icon=":material/photo_library:")
+        return
+    findings = store.findings()
+    c1, c2 = st.columns([2, 3])
+    _add_finding_form(store, c2)
     if not findings:
         c1.info("Add a finding first (e.g. *nodule*).", icon=":material/label:")
         _label_csv(store, images)
@@ -262,43 +309,8 @@ def label_panel(store: Store, images: pd.DataFrame) -> None:
                "leave both empty when unsure. Then press **Save labels**.")
     if subset.empty:
         st.info(f"No {show} images for *{finding}*.", icon=":material/filter_alt_off:")
-    else:
-        start, stop = pager(len(subset), 50, key=f"label_page:{finding}:{show}")
-        page = subset.iloc[start:stop]
-        before = editor_rows(page, finding)
-        rows = before.assign(Image=[data_uri(store.thumbnail(int(i), 96)) for i in before["id"]])
-        with st.form(f"labels_form:{gen}", border=False):
-            after = st.data_editor(
-                rows, key=f"labels:{finding}:{show}:{start}:{gen}", hide_index=True, width="stretch",
-                column_order=["Image", "name", "Present", "Absent"], disabled=["Image", "name", "id"],
-                row_height=72, height=min(40 + 73 * len(rows), 760),
-                column_config={
-                    "Image": st.column_config.ImageColumn("Image", width="small"),
-                    "name": st.column_config.TextColumn("File"),
-                    "Present": st.column_config.CheckboxColumn("Present", help=f"shows {finding}"),
-                    "Absent": st.column_config.CheckboxColumn("Absent", help=f"does not show {finding}"),
-                },
-            )
-            saved = st.form_submit_button("Save labels", type="primary", icon=":material/save:")
-        if saved:
-            changes, both = label_changes(before, after)
-            if both:
-                st.error("Ticked both Present and Absent: " + ", ".join(both[:10]) + ". Untick one and save again.",
-                         icon=":material/error:")
-            elif changes:
-                seen = {int(r["id"]): 1 if r["Present"] else 0 if r["Absent"] else None
-                        for _, r in before.iterrows() if int(r["id"]) in changes}
-                try:
-                    store.set_labels(finding, changes, expected=seen)  # refused if another session saved first
-                except LabelConflictError as e:
-                    st.session_state["labels_gen"] = gen + 1  # the editor reloads the current labels
-                    st.error(str(e), icon=":material/sync_problem:")
-                    return
-                st.session_state["labels_gen"] = gen + 1
-                st.toast(f"Saved {len(changes)} label{'s' * (len(changes) != 1)} for {finding}.")
-                st.rerun()
-            else:
-                st.info("Nothing changed.")
+    elif not _label_editor(store, finding, subset, show, gen):
+        return
     n_unlabeled = int(col.isna().sum())
     if n_unlabeled and st.button(f"Mark the {n_unlabeled} unlabeled images as absent for {finding}",
                                  icon=":material/done_all:"):
