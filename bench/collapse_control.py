@@ -50,12 +50,25 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.workdir).resolve()
     os.environ["SCARCE_CXR_CHECKPOINTS"] = str(work / "checkpoints")  # before engine reads it
     os.environ.setdefault("SCARCE_CXR_WORKSPACE", str(work / "workspace"))
-    from engine.fewshot.metrics import paired_differences
-    from engine.fewshot.sweep import SweepConfig, run_sweep
+    work.mkdir(parents=True, exist_ok=True)
+    infos, names = pretrain_both(args, work)
+    lines, ctl = control_table(args, infos)
+    probe_lines, rows = probe_table(args, work, names)
+    text = "\n".join(lines + probe_lines)
+    print(text, flush=True)
+    (work / "results.md").write_text(text + "\n")
+    (work / "results.json").write_text(json.dumps({"args": vars(args), "probe": rows, "control": ctl,
+                                                   "history": {k: v["collapse"]["history"] for k, v in infos.items()}},
+                                                  indent=1, default=str))
+    return 0
+
+
+def pretrain_both(args: argparse.Namespace, work: Path) -> tuple[dict[str, dict], dict[str, str]]:
+    """The uncontrolled and the controlled run (skipped when already exported): ({label: backbone
+    JSON}, {label: backbone name})."""
     from engine.ssl import pretrain_from_data
     from engine.ssl.presets import build_config
 
-    work.mkdir(parents=True, exist_ok=True)
     runs = {"uncontrolled": None, "controlled": f"erank:{args.target:g}"}
     infos, names = {}, {}
     for label, control in runs.items():
@@ -73,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
                                and print("  " + e.message, flush=True))
             print(f"  done in {time.time() - t0:.0f}s", flush=True)
         infos[label] = json.loads(out.with_suffix(".json").read_text())
+    return infos, names
 
+
+def control_table(args: argparse.Namespace, infos: dict[str, dict]) -> tuple[list[str], dict]:
+    """Markdown lines comparing both runs' monitored erank step by step, and the controller's record."""
     hist = {k: {h["step"]: h for h in v["collapse"]["history"]} for k, v in infos.items()}
     lines = [f"# Collapse control: MoCo v2 quick made collapse-prone ({COLLAPSE_PRONE}), {args.steps} steps, "
              f"batch {args.batch_size}, {args.size} px, seed {args.seed}; data {args.data}",
@@ -96,13 +113,20 @@ def main(argv: list[str] | None = None) -> int:
                  f"controlled {below['controlled']}/{len(post)}; final erank uncontrolled "
                  f"{infos['uncontrolled']['collapse']['final']['erank']:.2f}, controlled "
                  f"{infos['controlled']['collapse']['final']['erank']:.2f}")
+    return lines, ctl
+
+
+def probe_table(args: argparse.Namespace, work: Path, names: dict[str, str]) -> tuple[list[str], list[dict]]:
+    """The paired few-shot probe sweep of random init and both runs: (markdown lines, rows)."""
+    from engine.fewshot.metrics import paired_differences
+    from engine.fewshot.sweep import SweepConfig, run_sweep
 
     scfg = SweepConfig(findings=(args.finding,), inits=("random", names["uncontrolled"], names["controlled"]),
                        modes=("probe",), shots=(args.shots,), trials=args.trials, image_size=args.size, seed=args.seed)
     print("probe sweep ...", flush=True)
     res = run_sweep(args.data, scfg, work / "sweep", args.device, resume=True)
-    lines += ["", f"{args.shots}-shot linear probe on {args.finding}, {args.trials} paired trials:", "",
-              "| init | baseline | AUC | baseline AUC | d | SE | wins |", "|---|---|---|---|---|---|---|"]
+    lines = ["", f"{args.shots}-shot linear probe on {args.finding}, {args.trials} paired trials:", "",
+             "| init | baseline | AUC | baseline AUC | d | SE | wins |", "|---|---|---|---|---|---|---|"]
     rows = []
     t = res.trials
     for base in ("random", names["uncontrolled"]):
@@ -111,14 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"baseline": base, **r})
             lines.append(f"| {r['init']} | {base} | {r['auc']:.3f} | {r['auc_random']:.3f} | {r['diff']:+.3f} | "
                          f"{r['se']:.3f} | {r['wins']}/{r['n']} |")
-    text = "\n".join(lines)
-    print(text, flush=True)
-    (work / "results.md").write_text(text + "\n")
-    (work / "results.json").write_text(json.dumps({"args": vars(args), "probe": rows, "control": ctl,
-                                                   "history": {k: v["collapse"]["history"] for k, v in infos.items()}},
-                                                  indent=1, default=str))
-    return 0
-
+    return lines, rows
 
 if __name__ == "__main__":
     sys.exit(main())
