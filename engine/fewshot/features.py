@@ -257,26 +257,35 @@ def embed(
         emit(on_event, step=0, total=total, message=f"embedding {total} of {len(keys)} images with {init} "
              f"({len(keys) - total} cached)")
         if total:
-            model = model.to(device).eval()
-            rows = np.fromiter(missing.values(), dtype=np.int64, count=total)
-            new_keys: list[str] = []
-            new_feats: list[np.ndarray] = []
-            done = pending = 0
-            for sel, f in forward_features(model, array, device, meta.mean, meta.std, batch_size, rows, stop):
-                new_keys += [keys[i] for i in sel]
-                new_feats.append(f)
-                done += len(sel)
-                pending += len(sel)
-                if pending >= FLUSH_ROWS:
-                    store.write(new_keys[-pending:], np.concatenate(new_feats)[-pending:])
-                    pending = 0
-                emit(on_event, step=done, total=total, message=f"embedded {done}/{total} images with {init}")
-            if pending:
-                store.write(new_keys[-pending:], np.concatenate(new_feats)[-pending:])
-            if done < total:
-                raise Cancelled(f"embedding with {init} stopped after {done}/{total} images; run again to resume")
-            new = np.concatenate(new_feats)
+            new_keys, new = _embed_rows(model.to(device).eval(), meta, array, keys, missing, store, device,
+                                        batch_size, init, on_event, stop)
             base = 0 if feats is None else feats.shape[0]
             index.update({k: base + j for j, k in enumerate(new_keys)})
             feats = new if feats is None else np.concatenate([feats, new])
     return feats[np.fromiter((index[k] for k in keys), dtype=np.int64, count=len(keys))]
+
+
+def _embed_rows(model: nn.Module, meta: BackboneMeta, array: np.ndarray, keys: list[str], missing: dict[str, int],
+                store: "FeatureStore", device: torch.device, batch_size: int, init: str, on_event: OnEvent | None,
+                stop: threading.Event | None) -> tuple[list[str], np.ndarray]:
+    """(keys, features (M, D)) of the `missing` rows ({key: row}), flushed to `store` every FLUSH_ROWS rows
+    and before raising Cancelled when `stop` is set."""
+    total = len(missing)
+    rows = np.fromiter(missing.values(), dtype=np.int64, count=total)
+    new_keys: list[str] = []
+    new_feats: list[np.ndarray] = []
+    done = pending = 0
+    for sel, f in forward_features(model, array, device, meta.mean, meta.std, batch_size, rows, stop):
+        new_keys += [keys[i] for i in sel]
+        new_feats.append(f)
+        done += len(sel)
+        pending += len(sel)
+        if pending >= FLUSH_ROWS:
+            store.write(new_keys[-pending:], np.concatenate(new_feats)[-pending:])
+            pending = 0
+        emit(on_event, step=done, total=total, message=f"embedded {done}/{total} images with {init}")
+    if pending:
+        store.write(new_keys[-pending:], np.concatenate(new_feats)[-pending:])
+    if done < total:
+        raise Cancelled(f"embedding with {init} stopped after {done}/{total} images; run again to resume")
+    return new_keys, np.concatenate(new_feats)
