@@ -73,6 +73,16 @@ def main() -> int:
     if fewshot in files:  # only its crafted-file cases (the rest trains classifiers)
         targets += [f"{fewshot}::test_crafted_classifier_files_are_refused_with_a_clear_error",
                     f"{fewshot}::test_nan_classifier_case_is_refused_and_predict_never_prints_nan"]
+    cases, returncode = _run(targets)
+    if cases is None:
+        return 2
+    ok, bad, skipped, kills = _count(cases)
+    f_bad, h_bad = _report(ok, bad, skipped, kills)
+    return 0 if returncode == 0 and not f_bad and not h_bad else 1
+
+
+def _run(targets: list[str]) -> tuple[list[ET.Element] | None, int]:
+    """pytest on `targets` with a JUnit report: (its test cases, pytest's exit status); None when no report."""
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "report.xml"
         cmd = [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", f"--junitxml={xml}",
@@ -84,8 +94,12 @@ def main() -> int:
         print("pytest:", *tail)
         if not xml.exists():
             print(proc.stdout[-3000:], proc.stderr[-3000:])
-            return 2
-        cases = list(ET.parse(xml).getroot().iter("testcase"))
+            return None, proc.returncode
+        return list(ET.parse(xml).getroot().iter("testcase")), proc.returncode
+
+
+def _count(cases: list[ET.Element]) -> tuple[dict, dict, dict, list[int]]:
+    """(survived/refused, not, skipped) per (group, category), and [kills landed, kills tried]."""
     ok: dict[tuple[str, str], int] = defaultdict(int)
     bad: dict[tuple[str, str], int] = defaultdict(int)
     skipped: dict[tuple[str, str], int] = defaultdict(int)
@@ -111,6 +125,11 @@ def main() -> int:
             else:
                 {"passed": ok, "failed": bad, "skipped": skipped}[outcome][key] += 1
             break  # one category per case
+    return ok, bad, skipped, kills
+
+
+def _report(ok: dict, bad: dict, skipped: dict, kills: list[int]) -> tuple[int, int]:
+    """Print the table and the two closing lines; returns (faults not survived, hostile inputs not refused)."""
     print()
     print(f"{'group':8} {'category':14} {'survived/refused':>16} {'not':>5} {'skipped':>8}")
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
@@ -126,8 +145,7 @@ def main() -> int:
     print(f"faults injected: {f_ok + f_bad}, survived: {f_ok}, not survived: {f_bad}, skipped cases: {f_sk}"
           + (f" (kill -9: {kills[0]} of {kills[1]} attempted kills landed)" if kills[1] else ""))
     print(f"hostile inputs tried: {h_ok + h_bad}, refused: {h_ok}, not refused: {h_bad}, skipped cases: {h_sk}")
-    return 0 if proc.returncode == 0 and not f_bad and not h_bad else 1
-
+    return f_bad, h_bad
 
 if __name__ == "__main__":
     sys.exit(main())
