@@ -1,6 +1,7 @@
 """Adaptive collapse control on a collapse-prone configuration: controlled vs uncontrolled, same seed.
 
-Issue 16 item 1. Two MoCo v2 runs differ only in `--collapse-control erank:TARGET`: the `quick`
+Issue 16 item 1. Two MoCo v2 runs differ only in `--collapse-control METRIC:TARGET` (default erank:48;
+the controller adjusts MoCo's feature-decorrelation weight, engine/ssl/registry.py): the `quick`
 recipe made collapse-prone on purpose (plain head without BatchNorm or centred output, VICReg variance
 weight 0, key momentum 0.999), pretrained on the non-test images of `--data` (default
 ../shared/data/kermany224/manifest.csv, homogeneous chest X-rays) at 64 px for `--steps` steps at batch
@@ -8,8 +9,8 @@ weight 0, key momentum 0.999), pretrained on the non-test images of `--data` (de
 every reading, the controller's adjustments, then a paired `--shots`-shot linear probe (`--trials`
 trials; engine.fewshot.metrics.paired_differences) of both backbones and random init on `--finding`.
 
-    .venv/bin/python bench/collapse_control.py                      # ~8 min on 2 CPU cores
-    .venv/bin/python bench/collapse_control.py --steps 100 --trials 5
+    .venv/bin/python bench/collapse_control.py                      # 100 steps, 10 trials: ~25 min on 2 CPU cores
+    .venv/bin/python bench/collapse_control.py --metric centred_erank --target 90
 
 Writes <workdir>/results.md and results.json (default artifacts/collapse_control). Resumable.
 """
@@ -32,10 +33,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default=str(DATA / "kermany224" / "manifest.csv"))
     p.add_argument("--finding", default="pneumonia")
-    p.add_argument("--target", type=float, default=8.0, help="erank target of the controlled run")
+    p.add_argument("--metric", default="erank", choices=["erank", "centred_erank"],
+                   help="the monitored rank the controller acts on (RankMe-style or the study's centred)")
+    p.add_argument("--target", type=float, default=48.0, help="rank target of the controlled run")
     p.add_argument("--size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--monitor-every", type=int, default=20)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--monitor-every", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shots", type=int, default=10)
@@ -69,10 +72,11 @@ def pretrain_both(args: argparse.Namespace, work: Path) -> tuple[dict[str, dict]
     from engine.ssl import pretrain_from_data
     from engine.ssl.presets import build_config
 
-    runs = {"uncontrolled": None, "controlled": f"erank:{args.target:g}"}
+    runs = {"uncontrolled": None, "controlled": f"{args.metric}:{args.target:g}"}
     infos, names = {}, {}
     for label, control in runs.items():
-        name = names[label] = f"moco_v2-collapse-prone-{label}-{args.steps}steps-s{args.seed}"
+        spec = f"-{args.metric}{args.target:g}" if control else ""
+        name = names[label] = f"moco_v2-collapse-prone-{label}{spec}-{args.steps}steps-s{args.seed}"
         cfg = build_config("moco_v2", "quick", method_opts=COLLAPSE_PRONE, epochs=10_000, max_steps=args.steps,
                            batch_size=args.batch_size, image_size=args.size, seed=args.seed,
                            monitor_every_steps=args.monitor_every, save_every_steps=max(1, args.steps // 4),
@@ -92,11 +96,12 @@ def pretrain_both(args: argparse.Namespace, work: Path) -> tuple[dict[str, dict]
 def control_table(args: argparse.Namespace, infos: dict[str, dict]) -> tuple[list[str], dict]:
     """Markdown lines comparing both runs' monitored erank step by step, and the controller's record."""
     hist = {k: {h["step"]: h for h in v["collapse"]["history"]} for k, v in infos.items()}
+    metric = args.metric
     lines = [f"# Collapse control: MoCo v2 quick made collapse-prone ({COLLAPSE_PRONE}), {args.steps} steps, "
              f"batch {args.batch_size}, {args.size} px, seed {args.seed}; data {args.data}",
-             f"controlled: --collapse-control erank:{args.target:g} (x2 below target, x0.5 at >= 1.25 x target, "
-             "within [b/8, 16 b], b = 1.0 = the study's var_weight since w0 = 0)", "",
-             "| step | erank uncontrolled | erank controlled | var_weight in use (controlled) | centred erank unc. | "
+             f"controlled: --collapse-control {metric}:{args.target:g} on MoCo v2's feature-decorrelation weight "
+             "(x2 below target, x0.5 at >= 1.25 x target, within [b/8, 16 b], b = 0.1 since w0 = 0)", "",
+             "| step | erank uncontrolled | erank controlled | decorr_weight in use (controlled) | centred erank unc. | "
              "centred erank ctl. |", "|---|---|---|---|---|---|"]
     for step in sorted(hist["controlled"]):
         u, c = hist["uncontrolled"].get(step, {}), hist["controlled"][step]
@@ -105,14 +110,14 @@ def control_table(args: argparse.Namespace, infos: dict[str, dict]) -> tuple[lis
                      f"{c['centred_erank']:.2f} |")
     ctl = infos["controlled"]["collapse_control"]
     lines += ["", f"adjustments ({len(ctl['adjustments'])}): " + "; ".join(
-        f"step {a['step']} {a['action']} {a['old']:.3g}->{a['new']:.3g} (erank {a['value']:.2f})"
+        f"step {a['step']} {a['action']} {a['old']:.3g}->{a['new']:.3g} ({metric} {a['value']:.2f})"
         for a in ctl["adjustments"]), ""]
     post = [s for s in hist["controlled"] if s > 0]
-    below = {k: sum(hist[k][s]["erank"] < args.target for s in post if s in hist[k]) for k in hist}
+    below = {k: sum(hist[k][s][metric] < args.target for s in post if s in hist[k]) for k in hist}
     lines.append(f"readings after step 0 below target {args.target:g}: uncontrolled {below['uncontrolled']}/{len(post)}, "
-                 f"controlled {below['controlled']}/{len(post)}; final erank uncontrolled "
-                 f"{infos['uncontrolled']['collapse']['final']['erank']:.2f}, controlled "
-                 f"{infos['controlled']['collapse']['final']['erank']:.2f}")
+                 f"controlled {below['controlled']}/{len(post)}; final {metric} uncontrolled "
+                 f"{infos['uncontrolled']['collapse']['final'][metric]:.2f}, controlled "
+                 f"{infos['controlled']['collapse']['final'][metric]:.2f}")
     return lines, ctl
 
 
