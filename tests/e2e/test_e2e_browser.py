@@ -194,8 +194,10 @@ def shot(d, name: str) -> None:
     size = d.get_window_size()
     h = d.execute_script("const m = document.querySelector('[data-testid=\"stMain\"]');"
                          "return m ? m.scrollHeight : document.body.scrollHeight;")
-    d.set_window_size(size["width"], min(max(int(h) + 40, size["height"]), 8000))
-    time.sleep(0.8)
+    target = min(max(int(h) + 40, size["height"]), 8000)
+    d.set_window_size(size["width"], target)
+    wait_for(d, lambda _: d.get_window_size()["height"] == target, timeout=10, what="the window resized for a picture")
+    idle(d)  # the page laid out again at the new size
     d.save_screenshot(str(SHOTS / f"{name}.png"))
     d.set_window_size(size["width"], size["height"])
 
@@ -231,16 +233,36 @@ def nav_labels(d) -> list[str]:
     return [a.text.strip().splitlines()[-1] for a in d.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebarNavLink"]')]
 
 
+def shown(d, css: str) -> bool:
+    """Whether an element matching the CSS selector is displayed."""
+    try:
+        return any(e.is_displayed() for e in d.find_elements(By.CSS_SELECTOR, css))
+    except (StaleElementReferenceException, WebDriverException):
+        return False
+
+
+def selectbox_xpath(label: str) -> str:
+    return f'//div[@data-testid="stSelectbox"][.//label[contains(., {xq(label)})]]'
+
+
+def selectbox_value(d, label: str) -> str:
+    """The option the selectbox shows as chosen (its input's value); "" while it is being redrawn."""
+    try:
+        return d.find_element(By.XPATH, selectbox_xpath(label)).find_element(By.TAG_NAME, "input").get_attribute("value")
+    except (StaleElementReferenceException, WebDriverException):
+        return ""
+
+
 def choose(d, label: str, option: str) -> None:
     """Type `option` into the selectbox labeled `label` and press Enter (new options allowed)."""
-    box = d.find_element(By.XPATH, f'//div[@data-testid="stSelectbox"][.//label[contains(., {xq(label)})]]')
-    inp = box.find_element(By.TAG_NAME, "input")
+    inp = d.find_element(By.XPATH, selectbox_xpath(label)).find_element(By.TAG_NAME, "input")
     d.execute_script("arguments[0].scrollIntoView({block: 'center'});", inp)
     inp.click()
     inp.send_keys(option)
-    time.sleep(0.5)
+    wait_for(d, lambda _: shown(d, '[role="option"]'), timeout=15, what=f"the options of {label!r} for {option!r}")
     inp.send_keys(Keys.ENTER)
-    time.sleep(0.5)
+    wait_for(d, lambda _: not shown(d, '[role="option"]') and selectbox_value(d, label) == option, timeout=15,
+             what=f"{option!r} chosen in {label!r}")
 
 
 def radio(d, text: str) -> None:
@@ -339,12 +361,31 @@ def test_new_empty_workspace_from_the_sidebar(server, env):
         d.quit()
 
 
-def test_clinician_uploads_23_labeled_images_builds_a_classifier_and_explains_a_new_image(server, env):
+@pytest.fixture
+def labeled_images(server, env) -> None:
+    """The 23 labeled images of the clinician's flow: uploaded by its first test through the browser;
+    imported here through the store when that test did not run or stopped half-way (so each later
+    step of the flow fails only for its own reasons)."""
+    from engine.store import Store
+
+    with Store(Path(env["env"]["SCARCE_CXR_WORKSPACE"])) as store:
+        counts = store.counts().get("nodule", {})
+        if (counts.get("positive"), counts.get("negative")) != (10, 13):
+            for paths, value in ((env["positives"], 1), (env["negatives"], 0)):
+                ids = [r.image_id for r in store.import_paths(paths) if r.image_id is not None]
+                store.set_labels("nodule", {i: value for i in ids})
+
+
+def open_page(d, url: str, text: str) -> None:
+    d.get(url)
+    wait_for(d, text, what=f"{text!r} at {url}")
+    idle(d)
+
+
+def test_clinician_uploads_23_labeled_images(server, env):
     d = browser()
     try:
-        d.get(server.url)
-        wait_for(d, "Upload X-rays")
-        idle(d)
+        open_page(d, server.url, "Upload X-rays")
         shot(d, "data-empty")
         upload(d, env["positives"])
         choose(d, "Label the uploaded images", "nodule")
@@ -365,9 +406,15 @@ def test_clinician_uploads_23_labeled_images_builds_a_classifier_and_explains_a_
         d.find_element(By.XPATH, '//div[@role="tab"][.//p[normalize-space()="Browse"]]').click()
         wait_for(d, "Caption by finding")
         shot(d, "data-browse")
+    finally:
+        d.quit()
 
-        nav(d, "classifier")
-        text = wait_for(d, "Build classifier")
+
+def test_clinician_builds_a_classifier_and_explains_a_new_image(server, env, labeled_images):
+    d = browser()
+    try:
+        open_page(d, server.url + "/classifier", "Build classifier")
+        text = body(d)
         assert re.search(r"With nodule\s*10", text) and re.search(r"Without nodule\s*13", text), text
         # issue 12: an SSL checkpoint never measured on these images is not suggested; pick it ourselves
         assert not [ln for ln in text.splitlines() if SSL_INIT in ln and "(suggested)" in ln], text
@@ -391,14 +438,25 @@ def test_clinician_uploads_23_labeled_images_builds_a_classifier_and_explains_a_
         assert "Grad-CAM" in text
         wait_for(d, lambda _: loaded_images(d) >= 2, timeout=30, what="the X-ray and its Grad-CAM overlay")
         shot(d, "classifier-result")
+    finally:
+        d.quit()
 
-        nav(d, "benchmark")
+
+def test_clinician_runs_the_benchmark(server, labeled_images):
+    d = browser()
+    try:
+        open_page(d, server.url + "/benchmark", "Run benchmark")
         click(d, "Run benchmark")
         wait_for(d, "Mean ± std of the test AUC", timeout=240)
         shot(d, "benchmark-result")
+    finally:
+        d.quit()
 
-        nav(d, "gradcam")
-        wait_for(d, "Explain this image with every init")
+
+def test_clinician_explains_one_image_with_every_init(server, labeled_images):
+    d = browser()
+    try:
+        open_page(d, server.url + "/gradcam", "Explain this image with every init")
         click(d, "Explain this image with every init")
         wait_for(d, lambda t: "p = " in t and SSL_INIT in t, timeout=240, what="heatmaps for every init")
         wait_for(d, lambda _: loaded_images(d) >= 3, timeout=30, what="original + one overlay per init")
