@@ -347,26 +347,17 @@ def _tensor_bytes(obj: Any) -> int:
 
 
 def atomic_torch_save(obj: Any, path: Path, what: str = "the training state") -> None:
-    """torch.save to a temp file beside `path`, then os.replace: a crash never leaves half a file.
+    """torch.save through engine.atomic.atomic_path (temp file, fsync, os.replace, folder fsync).
 
     The free space is checked first (tensor bytes + 10% + 1 MiB). Raises
     `engine.diskspace.DiskFullError` naming the folder, the space needed and what to do when the disk
     is (or fills up) full (torch itself only says "file write failed"); the old file at `path` is
     then left untouched.
     """
-    from engine.diskspace import disk_full_guard, ensure_free
+    from engine.atomic import atomic_path
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    needed = int(_tensor_bytes(obj) * 1.1) + 2**20
-    with disk_full_guard(path.parent, needed, what):
-        ensure_free(path.parent, needed, what)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            torch.save(obj, tmp)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+    with atomic_path(path, int(_tensor_bytes(obj) * 1.1) + 2**20, what) as tmp:
+        torch.save(obj, tmp)
 
 
 def param_hash(module: nn.Module) -> str:
