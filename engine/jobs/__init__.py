@@ -15,6 +15,7 @@ Modules (one concept each):
     foreign.py    ForeignJobs: snapshots of other runners' jobs rebuilt from the stored events
     liveness.py   OwnerLock: which runners are alive (a file lock per runner)
     exit_hook.py  the one private standard-library hook (run before thread pools shut down), isolated
+    cleanup.py    what a runner removes when it opens a workspace (orphan pixel files), logged
     runner.py     JobRunner: registration, submit/resume, scheduling, cancel, wait, shutdown
 
 States: queued -> running -> done | failed | cancelled; a job that was queued or running when its

@@ -7,7 +7,6 @@ them, at most `max_cpu_jobs` at once. Waiting jobs stay `queued`, first come fir
 from __future__ import annotations
 
 import json
-import logging
 import math
 import threading
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.atomic import remove_stale_temps
+from engine.jobs.cleanup import remove_orphan_files
 from engine.events import Cancelled, Event
 from engine.jobs.context import JobContext, JobFn, JobKind, OnSubmit
 from engine.jobs.exit_hook import run_before_thread_shutdown
@@ -25,14 +25,13 @@ from engine.jobs.liveness import OwnerLock
 from engine.jobs.params import JobParams
 from engine.jobs.foreign import REAP_INTERVAL_S, ForeignJobs
 from engine.jobs.tracker import ACTIVE_STATES, RESUMABLE_STATES, JobSnapshot, Tracker
-from engine.store import OrphanReport, Store, StoreError
+from engine.store import OrphanReport, Store
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["CANCEL_POLL_S", "REAP_INTERVAL_S", "JobRunner", "error_text"]
 
-log = logging.getLogger("engine.jobs")  # the package's name: what operators filter on
 CANCEL_POLL_S = 0.5       # how often the store is asked for cancel requests from other runners
 
 
@@ -71,21 +70,7 @@ class JobRunner:
         # temp files of writers killed mid-write (never a live writer's: see engine.atomic)
         self.removed_temps: list[Path] = remove_stale_temps(store.workspace)
         # pixel files of imports killed before their rows committed (never a live import's: see Store)
-        self.removed_orphans: OrphanReport = self._remove_orphans()
-
-    def _remove_orphans(self) -> OrphanReport:
-        """Store.remove_orphan_files, reported as one log line (logger `engine.jobs`); a busy database
-        skips it until the next start."""
-        try:
-            report = self.store.remove_orphan_files()
-        except StoreError as e:
-            log.warning("orphan file cleanup skipped in %s: %s", self.store.workspace, e)
-            return OrphanReport()
-        if report.files:
-            log.warning("%s: %s", self.store.workspace, report)
-        else:
-            log.info("%s: no orphan image files", self.store.workspace)
-        return report
+        self.removed_orphans: OrphanReport = remove_orphan_files(store)
 
     # ------------------------------------------------------------------------------ registration
 

@@ -45,6 +45,12 @@ def wait_all() -> None:
         assert snap.state == "done", (snap.kind, snap.state, snap.error)
 
 
+def submit(at: AppTest, label: str) -> AppTest:
+    """Click the one form submit button labeled `label` (AppTest.form_submit_button) and rerun."""
+    (button,) = [b for b in at.form_submit_button if b.label == label]
+    return button.click().run()
+
+
 def texts(at: AppTest) -> str:
     parts = [m.value for m in at.markdown] + [e.value for e in at.error] + [w.value for w in at.warning]
     parts += [i.value for i in at.info] + [s.value for s in at.success] + [c.value for c in at.caption]
@@ -60,7 +66,7 @@ def test_pretrain_page_shows_the_studys_metrics_live_and_in_the_backbones_table(
     at.selectbox(key="pt_batch").set_value(8)
     at.selectbox(key="pt_size").set_value(64)
     at.text_input(key="pt_name").set_value("bt-study")
-    at.button(key="FormSubmitter:pretrain_form-Start pretraining").click().run()
+    submit(at, "Start pretraining")
     wait_all()
     at.run()
     assert not at.exception, [e.value for e in at.exception]
@@ -81,7 +87,7 @@ def test_benchmark_page_compares_the_workspace_with_pools_and_reports_errors(pha
     assert "Dataset similarity" in [s.value for s in at.subheader]
     # a missing candidate and a missing reference path are refused before any job starts
     at.selectbox(key="sim_ref").set_value("path")
-    at.button(key="FormSubmitter:similarity_form-Compare").click().run()
+    submit(at, "Compare")
     assert "enter at least one candidate" in texts(at) and "enter the reference path" in texts(at)
     assert not services().runner.jobs()
 
@@ -95,7 +101,7 @@ def test_benchmark_page_compares_the_workspace_with_pools_and_reports_errors(pha
     at.number_input(key="sim_n").set_value(10)
     at.select_slider(key="sim_size").set_value(64)
     at.number_input(key="sim_grid").set_value(2)
-    at.button(key="FormSubmitter:similarity_form-Compare").click().run()
+    submit(at, "Compare")
     wait_all()
     at.run()
     assert not at.exception, [e.value for e in at.exception]
@@ -110,7 +116,7 @@ def test_benchmark_page_compares_the_workspace_with_pools_and_reports_errors(pha
 
     # a pool that does not exist: the job fails and says which path
     at.text_area(key="sim_cands").set_value("/nowhere/pool")
-    at.button(key="FormSubmitter:similarity_form-Compare").click().run()
+    submit(at, "Compare")
     runner = services().runner
     job = max(runner.jobs(), key=lambda j: j.id)
     assert runner.wait(job.id, timeout=120).state == "failed"

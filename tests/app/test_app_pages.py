@@ -76,7 +76,7 @@ def upload(at: AppTest, items: list[tuple[str, bytes, str]], finding: str | None
     if finding:
         at.selectbox(key="upload_finding").set_value(finding)
         at.radio(key="upload_value").set_value("show the finding" if present else "do not show the finding")
-    at.button(key="FormSubmitter:upload-Import").click().run()
+    submit(at, "Import")
     assert not at.exception, [e.value for e in at.exception]
     return at
 
@@ -93,6 +93,12 @@ def edit_cells(at: AppTest, key: str, edited_rows: dict[int, dict]) -> None:
     """Edit cells of the st.data_editor with `key`. AppTest does not apply data_editor edits (its docs), so
     the editor's state is written in the frontend's format; the one place these tests rely on it."""
     at.session_state[key] = {"edited_rows": edited_rows, "added_rows": [], "deleted_rows": []}
+
+
+def submit(at: AppTest, label: str) -> AppTest:
+    """Click the one form submit button labeled `label` (AppTest.form_submit_button) and rerun."""
+    (button,) = [b for b in at.form_submit_button if b.label == label]
+    return button.click().run()
 
 
 def texts(at: AppTest) -> str:
@@ -186,7 +192,7 @@ def test_data_labels_by_upload_then_in_the_tick_box_editor(phantom):
     open_tab(at, "Label")
     at.segmented_control(key="label_filter").set_value("unlabeled").run()
     edit_cells(at, "labels:nodule:unlabeled:0:0", {0: {"Present": True}})
-    at.button(key="FormSubmitter:labels_form:0-Save labels").click().run()
+    submit(at, "Save labels")
     assert not at.exception, [e.value for e in at.exception]
     assert store.counts()["nodule"] == {"positive": 4, "negative": 3, "unknown": 1}
 
@@ -199,11 +205,11 @@ def test_data_labels_from_a_csv_report_unknown_names_and_bad_files(phantom):
     names = list(store.images()["name"][:2])
     csv = f"name,cardiomegaly\n{names[0]},1\n{names[1]},0\nmissing.png,1\n".encode()
     at.file_uploader(key="label_csv_file").set_value(("labels.csv", csv, "text/csv"))
-    at.button(key="FormSubmitter:label_csv-Apply labels").click().run()
+    submit(at, "Apply labels")
     assert store.counts()["cardiomegaly"]["positive"] == 1 and store.counts()["cardiomegaly"]["negative"] == 1
     assert "missing.png" in texts(at)
     at.file_uploader(key="label_csv_file").set_value(("bad.csv", b"foo,bar\n1,2\n", "text/csv"))
-    at.button(key="FormSubmitter:label_csv-Apply labels").click().run()
+    submit(at, "Apply labels")
     assert "needs a column with the image file names" in texts(at)
 
 
@@ -218,12 +224,12 @@ def test_data_manage_renames_a_finding_and_deletes_an_image_other_labels_survive
     open_tab(at, "Manage")
     at.selectbox(key="manage_finding").set_value("cardiomegaly")
     at.text_input(key="manage_new_name").set_value("cardiomegaly_enlarged")
-    at.button(key="FormSubmitter:finding_edit-Rename").click().run()
+    submit(at, "Rename")
     assert "cardiomegaly_enlarged" in store.findings()
     first = int(store.images()["id"].iloc[0])
     at.multiselect(key="delete_ids").set_value([first])
     at.checkbox[0].check()
-    at.button(key="FormSubmitter:delete_images-Delete").click().run()
+    submit(at, "Delete")
     assert not at.exception, [e.value for e in at.exception]
     assert first not in set(store.images()["id"])
     assert store.counts()["nodule"]["positive"] + store.counts()["nodule"]["negative"] == 6
@@ -233,12 +239,12 @@ def test_data_imports_a_manifest_by_path_in_the_background_and_reports_a_bad_pat
     at = start()
     at.radio(key="import_source").set_value("manifest")
     at.text_input(key="import_path").set_value("/no/such/manifest.csv")
-    at.button(key="FormSubmitter:import_path-Start import").click().run()
+    submit(at, "Start import")
     wait_all(ok=("failed",))
     at.run()
     assert "does not exist" in texts(at)
     at.text_input(key="import_path").set_value(phantom.attrs["csv"])
-    at.button(key="FormSubmitter:import_path-Start import").click().run()
+    submit(at, "Start import")
     wait_all(ok=("done", "failed"))
     at.run()
     assert not at.exception, [e.value for e in at.exception]
@@ -376,7 +382,7 @@ def test_pretrain_runs_shows_curves_and_lists_the_backbone(phantom):
     at.selectbox(key="pt_batch").set_value(8)
     at.selectbox(key="pt_size").set_value(64)
     at.text_input(key="pt_name").set_value("bt-tiny")
-    at.button(key="FormSubmitter:pretrain_form-Start pretraining").click().run()
+    submit(at, "Start pretraining")
     wait_all()
     at.run()
     assert not at.exception, [e.value for e in at.exception]
@@ -419,7 +425,7 @@ def test_pretrain_long_recipe_is_offered_and_refused_where_it_does_not_exist(pha
     assert any(o.startswith("Long (the shipped backbone") for o in at.radio(key="pt_preset").options)
     at.selectbox(key="pt_method").set_value("spark")
     at.radio(key="pt_preset").set_value("long")
-    at.button(key="FormSubmitter:pretrain_form-Start pretraining").click().run()
+    submit(at, "Start pretraining")
     assert any("no 'long' preset for method 'spark'" in e.value for e in at.error), [e.value for e in at.error]
     assert not services().runner.jobs()
 
@@ -478,16 +484,16 @@ def test_real_images_into_the_demo_workspace_need_confirmation(phantom, monkeypa
     at = start()
     assert any("demo workspace of synthetic phantoms" in w.value for w in at.warning)
     at.file_uploader(key="upload_files").set_value(files(phantom.head(2)))
-    at.button(key="FormSubmitter:upload-Import").click().run()
+    submit(at, "Import")
     assert any(e.value.startswith("Nothing was imported: the demo workspace") for e in at.error)
     assert len(services().store.images()) == 0
     at.file_uploader(key="upload_files").set_value(files(phantom.head(2)))
     at.checkbox(key="upload_into_demo").check()
-    at.button(key="FormSubmitter:upload-Import").click().run()
+    submit(at, "Import")
     assert not at.exception, [e.value for e in at.exception]
     assert len(services().store.images()) == 2
     at.text_input(key="import_path").set_value(str(default.parent))
-    at.button(key="FormSubmitter:import_path-Start import").click().run()
+    submit(at, "Start import")
     assert any(e.value.startswith("Nothing was imported: the demo workspace") for e in at.error)
     assert not services().runner.jobs()
     at.text_input(key="ws_new_name").set_value("mine")
@@ -511,7 +517,7 @@ def test_benchmark_runs_a_tiny_sweep_and_shows_plot_table_export(phantom):
     at.multiselect(key="bm_shots").set_value([1, 2])
     at.number_input(key="bm_trials").set_value(2)
     at.select_slider(key="bm_size").set_value(64)
-    at.button(key="FormSubmitter:sweep_form-Run benchmark").click().run()
+    submit(at, "Run benchmark")
     wait_all()
     at.run()
     assert not at.exception, [e.value for e in at.exception]

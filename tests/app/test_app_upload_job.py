@@ -24,6 +24,12 @@ def _png(seed: int) -> bytes:
     return buf.getvalue()
 
 
+def submit(at: AppTest, label: str) -> AppTest:
+    """Click the one form submit button labeled `label` (AppTest.form_submit_button) and rerun."""
+    (button,) = [b for b in at.form_submit_button if b.label == label]
+    return button.click().run()
+
+
 def _texts(at: AppTest) -> str:
     parts = [m.value for m in at.markdown] + [e.value for e in at.error] + [w.value for w in at.warning]
     parts += [s.value for s in at.success] + [c.value for c in at.caption]
@@ -44,7 +50,7 @@ def test_a_large_upload_runs_as_an_import_job_with_progress_labels_and_named_pro
     at.file_uploader(key="upload_files").set_value(items)
     at.selectbox(key="upload_finding").set_value("nodule")
     at.radio(key="upload_value").set_value("show the finding")
-    at.button(key="FormSubmitter:upload-Import").click().run()
+    submit(at, "Import")
     assert not at.exception, [e.value for e in at.exception]
     jobs = [j for j in svc.runner.jobs() if j.kind == "import"]
     assert len(jobs) == 1 and jobs[0].params["source"] == "upload"
@@ -71,7 +77,7 @@ def test_a_small_upload_is_still_decoded_in_the_request():
 
     at = AppTest.from_file(APP, default_timeout=120).run()
     at.file_uploader(key="upload_files").set_value([(f"s{i}.png", _png(100 + i), "image/png") for i in range(3)])
-    at.button(key="FormSubmitter:upload-Import").click().run()
+    submit(at, "Import")
     assert not at.exception, [e.value for e in at.exception]
     assert "Imported 3 new images" in _texts(at)
     assert not [j for j in services().runner.jobs() if j.kind == "import"]
@@ -84,7 +90,7 @@ def test_an_upload_over_the_pixel_budget_is_refused_before_any_decoding_or_job()
     svc = services()
     svc.store.max_upload_pixels = 2 * 16 * 16 - 1  # this store's budget: two 16x16 images are too many
     at.file_uploader(key="upload_files").set_value([(f"t{i}.png", _png(200 + i), "image/png") for i in range(2)])
-    at.button(key="FormSubmitter:upload-Import").click().run()
+    submit(at, "Import")
     assert not at.exception, [e.value for e in at.exception]
     assert "nothing was imported" in _texts(at) and "gigapixels" in _texts(at)
     assert len(svc.store.images()) == 0 and not [j for j in svc.runner.jobs() if j.kind == "import"]
