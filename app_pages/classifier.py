@@ -6,7 +6,7 @@ from typing import Any
 
 import streamlit as st
 
-from engine.fewshot.classifier import MIN_PER_CLASS, ClassifierDataError, check_counts
+from engine.fewshot.classifier import MIN_PER_CLASS, ClassifierDataError, OperatingPoint, check_counts
 from engine.jobs import JobSnapshot
 from engine.models import list_inits
 from engine.tasks import ClassifyParams
@@ -189,7 +189,7 @@ def draw_build(snap: JobSnapshot) -> None:
         st.caption(snap.message or "Starting...")
 
 
-def operating_panel(res: dict[str, Any], loaded: LoadedClassifier | None) -> Any:
+def operating_panel(res: dict[str, Any], loaded: LoadedClassifier | None) -> OperatingPoint | None:
     """The operating point: balanced, or a target sensitivity / specificity, with the cross-validated
     sensitivity and specificity at that cut. Returns the OperatingPoint (None for files without CV scores)."""
     from engine.fewshot.classifier import ClassifierLoadError
@@ -278,7 +278,7 @@ def open_classifier(res: dict[str, Any], device: str) -> LoadedClassifier | None
         return None
 
 
-def predict_panel(res: dict[str, Any], loaded: LoadedClassifier | None, op: Any) -> None:
+def predict_panel(res: dict[str, Any], loaded: LoadedClassifier | None, op: OperatingPoint | None) -> None:
     st.subheader("4 · Try it on new X-rays")
     s = res["summary"]
     if loaded is None:

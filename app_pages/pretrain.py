@@ -38,6 +38,42 @@ def unique_name(base: str, taken: set[str]) -> str:
     return f"{base}-{i}"
 
 
+def image_set_inputs(n_images: int, findings: list[str], counts: dict[str, dict[str, int]]) -> tuple[str, str]:
+    """The form's image set: "all", "finding:<name>" or "path", and the path typed for the last."""
+    sets = {"all": f"All workspace images ({n_images}; test-split images are left out)"}
+    for f in findings:
+        c = counts[f]
+        sets[f"finding:{f}"] = f"Images labeled for {f} ({c['positive'] + c['negative']})"
+    sets["path"] = "A manifest CSV or a folder of images on this computer"
+    image_set = st.selectbox("Images", list(sets), format_func=sets.get, key="pt_set",
+                             help="Labels are not used: pretraining learns from the pictures alone.")
+    path = st.text_input("Path (only for 'a manifest CSV or a folder')", key="pt_path")
+    return image_set, path
+
+
+def refusal(name: str, taken: set[str], method: str, preset: str, control: bool, image_set: str, path: str,
+            n_images: int) -> str | None:
+    """Why a run with these choices cannot start (shown as an error; no job is submitted), or None."""
+    if name in taken:
+        return f"A backbone named {name!r} exists already: choose another name."
+    try:
+        from engine.ssl.presets import preset_overrides
+
+        preset_overrides(method, preset)
+    except ValueError as e:  # e.g. no 'long' recipe for SparK / DINO
+        return f"{e}"
+    if control:
+        if method not in CONTROL_KNOB:
+            return (f"{method_label(method)} has no regularization weight for collapse control to adjust (SparK's loss "
+                    "is reconstruction alone; DINO centres and sharpens its teacher instead). Untick 'Adaptive collapse "
+                    "control' or choose MoCo v2, Barlow Twins or masked-contrastive.")
+    if image_set == "path" and not path.strip():
+        return "Enter the path of a manifest CSV or a folder of images."
+    if image_set != "path" and n_images < 2:
+        return "Pretraining needs images: import some on the Data page first."
+    return None
+
+
 def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, int]]) -> None:
     svc = services()
     from engine.paths import checkpoints_dir
@@ -49,14 +85,7 @@ def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, i
         method = c1.selectbox("Method", list(METHODS), format_func=method_label, key="pt_method")
         arch = c2.selectbox("Backbone", list(SSL_ARCHS), key="pt_arch",
                             help="resnet18 trains fast on a CPU; resnet50 is the studies' choice on a GPU.")
-        sets = {"all": f"All workspace images ({n_images}; test-split images are left out)"}
-        for f in findings:
-            c = counts[f]
-            sets[f"finding:{f}"] = f"Images labeled for {f} ({c['positive'] + c['negative']})"
-        sets["path"] = "A manifest CSV or a folder of images on this computer"
-        image_set = st.selectbox("Images", list(sets), format_func=sets.get, key="pt_set",
-                                 help="Labels are not used: pretraining learns from the pictures alone.")
-        path = st.text_input("Path (only for 'a manifest CSV or a folder')", key="pt_path")
+        image_set, path = image_set_inputs(n_images, findings, counts)
         c3, c4, c5 = st.columns(3)
         epochs = c3.number_input("Epochs", 1, 1000, 20, key="pt_epochs",
                                  help="Passes over the images. Studies use 100-800; a short CPU demo uses 10-30.")
@@ -85,33 +114,15 @@ def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, i
         go = st.form_submit_button("Start pretraining", type="primary", icon=":material/play_arrow:")
     if not go:
         return
-    if name in taken:
-        st.error(f"A backbone named {name!r} exists already: choose another name.", icon=":material/error:")
-        return
-    try:
-        from engine.ssl.presets import preset_overrides
-
-        preset_overrides(method, preset)
-    except ValueError as e:  # e.g. no 'long' recipe for SparK / DINO
-        st.error(f"{e}", icon=":material/error:")
-        return
-    if control:
-        if method not in CONTROL_KNOB:
-            st.error(f"{method_label(method)} has no regularization weight for collapse control to adjust (SparK's loss "
-                     "is reconstruction alone; DINO centres and sharpens its teacher instead). Untick 'Adaptive collapse "
-                     "control' or choose MoCo v2, Barlow Twins or masked-contrastive.", icon=":material/error:")
-            return
-    if image_set == "path" and not path.strip():
-        st.error("Enter the path of a manifest CSV or a folder of images.", icon=":material/error:")
+    problem = refusal(name, taken, method, preset, control, image_set, path, n_images)
+    if problem:
+        st.error(problem, icon=":material/error:")
         return
     image_ids = None
     if image_set.startswith("finding:"):
         f = image_set.split(":", 1)[1]
         imgs = svc.store.images(f)
         image_ids = tuple(int(i) for i in imgs.loc[imgs[f].notna(), "id"])
-    if image_set != "path" and n_images < 2:
-        st.error("Pretraining needs images: import some on the Data page first.", icon=":material/error:")
-        return
     try:  # the name is checked and reserved at submit: another run may have taken it meanwhile
         params = PretrainParams(method=method, arch=arch, epochs=int(epochs), batch_size=int(batch),
                                 image_size=int(size), preset=preset, out_name=name,
