@@ -14,10 +14,11 @@ from engine.fewshot.sweep import SweepConfig
 from engine.jobs.params import JobParams
 from engine.names import check_name
 
-__all__ = ["IMPORT_SOURCES", "ClassifyParams", "GradcamImageParams", "GradcamStudyParams", "ImportParams",
+__all__ = ["IMAGE_SIZE", "IMPORT_SOURCES", "ClassifyParams", "GradcamImageParams", "GradcamStudyParams", "ImportParams",
            "PretrainParams", "SimilarityParams", "SweepParams"]
 
 IMPORT_SOURCES = ("folder", "manifest", "folder_tree", "nih", "padchest", "upload")
+IMAGE_SIZE = 224  # pixels: the studies' input size (and the shipped backbone's); pages pass smaller ones on a CPU
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,7 +45,7 @@ class PretrainParams(JobParams):
     method: str                          # engine.ssl method name
     out_name: str = ""                   # checkpoint name (checked and reserved at submit)
     arch: str = "resnet18"
-    image_size: int = 224
+    image_size: int = IMAGE_SIZE
     epochs: int = 10
     batch_size: int = 64                 # capped at the number of images
     seed: int = 0
@@ -71,7 +72,7 @@ class ClassifyParams(JobParams):
     init: str = "random"
     mode: str = "probe"                  # probe | finetune
     image_ids: tuple[int, ...] | None = None  # None or empty: every image labeled for the finding
-    image_size: int = 224
+    image_size: int = IMAGE_SIZE
     seed: int = 0
     cv_repeats: int | None = None        # None (or 0): the engine's default (10 probe / 1 finetune)
     name: str | None = None              # None: <finding>-<init>-<mode>-<time stamp>
@@ -121,7 +122,7 @@ class GradcamStudyParams(JobParams):
     shots: int = 10
     n_images: int = 4
     mode: str = "probe"
-    image_size: int = 224
+    image_size: int = IMAGE_SIZE
     seed: int = 0
     image_ids: tuple[int, ...] | None = None
 
@@ -139,7 +140,7 @@ class GradcamImageParams(JobParams):
     inits: tuple[str, ...] | None = None  # None or empty: every available init
     method: str = "gradcam"
     layer: str | None = None             # None: layer4
-    image_size: int = 224
+    image_size: int = IMAGE_SIZE
     seed: int = 0
 
     def validate(self) -> None:
