@@ -84,7 +84,8 @@ def pretrain_table(records: dict[str, dict[str, Any]]) -> pd.DataFrame:
     for method, r in records.items():
         final = ((r.get("collapse") or {}).get("final")) or {}
         loss = r.get("loss") or {}
-        rows.append({"method": method, "checkpoint": r.get("name", ""), "steps": r.get("steps", ""),
+        rows.append({"method": method, "checkpoint": r.get("name", "") + (" (reused)" if r.get("reused") else ""),
+                     "steps": r.get("steps", ""),
                      "epochs": _fmt(r.get("epochs")), "images": r.get("n_images", ""),
                      "seconds": _fmt(r.get("train_seconds"), 0), "last loss": _fmt(loss.get("last_mean")),
                      **{k: _fmt(final.get(k)) for k in COLLAPSE_KEYS}})
@@ -126,7 +127,7 @@ def _sections(out: Path) -> list[tuple[str, str, Any]]:
     state = json.loads((out / "study.json").read_text())
     cfg = state["config"]
     parts: list[tuple[str, str, Any]] = [("text", "", _settings_line(cfg, state))]
-    order = {m: i for i, m in enumerate(cfg["methods"])}
+    order = {m: i for i, m in enumerate([*cfg["methods"], *(m for m, _ in cfg["reuse"])])}
     files = sorted((out / "pretrain").glob("*.json"), key=lambda p: (order.get(p.stem, len(order)), p.stem))
     records = {p.stem: json.loads(p.read_text()) for p in files}
     parts += [("h2", "Pretraining", None), ("table", "", pretrain_table(records))]

@@ -137,10 +137,12 @@ def run_study(
     out.mkdir(parents=True, exist_ok=True)
     state = _load_state(out, cfg, resume)
     _save_state(out, state)
+    _record_reused(cfg, out, ckpts)
     total = len(stages)
     for i, stage in enumerate(stages):
         check_stop(stop)
-        done = state["stages"].get(stage.name, {}).get("status") == "done"
+        # the report is cheap and describes the folder as it is now: written again on every run
+        done = stage.kind != "report" and state["stages"].get(stage.name, {}).get("status") == "done"
         emit(on_event, step=i, total=total, message=f"study: {stage.name}" + (" (done before)" if done else ""))
         if done:
             continue
@@ -162,6 +164,21 @@ def _check_reused(cfg: StudyConfig, ckpts: Path) -> None:
                                    f"valid: {', '.join(sorted(known))}")
 
 
+def _record_reused(cfg: StudyConfig, out: Path, ckpts: Path) -> None:
+    """pretrain/<method>.json for each reused checkpoint (from its json, marked reused), for the report."""
+    from engine.models.registry import list_inits
+
+    infos = {i.name: i.info for i in list_inits(ckpts)}
+    for method, name in cfg.reuse:
+        _write_record(out, method, {**infos.get(name, {}), "name": name, "reused": True})
+
+
+def _write_record(out: Path, method: str, meta: dict[str, Any]) -> None:
+    keep = {k: meta.get(k) for k in ("name", "method", "arch", "steps", "epochs", "n_images", "image_size",
+                                     "train_seconds", "loss", "collapse", "config", "device", "reused")}
+    atomic_write_text(out / "pretrain" / f"{method}.json", json.dumps(keep, indent=1, default=str))
+
+
 def _pretrain(cfg: StudyConfig, stage: Stage, out: Path, device, ckpts: Path, on_event, stop, owner) -> dict:
     from engine.reservations import release_checkpoint, reserve_checkpoint
     from engine.ssl.presets import build_config
@@ -178,10 +195,7 @@ def _pretrain(cfg: StudyConfig, stage: Stage, out: Path, device, ckpts: Path, on
                               stop=stop, resume=resuming, checkpoint_dir=ckpts)
     if owner is not None:
         release_checkpoint(name, owner, ckpts)
-    meta = json.loads(path.with_suffix(".json").read_text())
-    keep = {k: meta.get(k) for k in ("name", "method", "arch", "steps", "epochs", "n_images", "image_size",
-                                     "train_seconds", "loss", "collapse", "config", "device")}
-    atomic_write_text(out / "pretrain" / f"{stage.method}.json", json.dumps(keep, indent=1, default=str))
+    _write_record(out, stage.method, {**json.loads(path.with_suffix(".json").read_text()), "reused": False})
     return {"checkpoint": name}
 
 

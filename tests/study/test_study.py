@@ -87,7 +87,7 @@ def test_study_end_to_end_then_resume_skips_finished_stages(data, tmp_path):
     again = []
     mtime = (out / "sweeps" / "ph" / "trials.csv").stat().st_mtime_ns
     run_study(_cfg(data), out, "cpu", on_event=again.append, resume=True)
-    assert sum("(done before)" in (e.message or "") for e in again) == 5
+    assert sum("(done before)" in (e.message or "") for e in again) == 4  # all but the report, written again
     assert (out / "sweeps" / "ph" / "trials.csv").stat().st_mtime_ns == mtime
 
 
@@ -119,6 +119,9 @@ def test_cli_reuses_a_checkpoint_and_prints_the_report(data, tmp_path, capsys):
                  "--gradcam-images", "0", "--out", str(out2), "--device", "cpu"]) == 0
     assert not (out2 / "runs").exists()  # nothing pretrained
     assert set(pd.read_csv(out2 / "sweeps" / "ph" / "trials.csv")["init"]) == {"random", "c-moco_v2"}
+    reused = json.loads((out2 / "pretrain" / "moco_v2.json").read_text())
+    assert reused["reused"] is True and reused["steps"] == 2 and reused["collapse"]["history"]
+    assert "| moco_v2 | c-moco_v2 (reused) | 2 |" in (out2 / "report.md").read_text()
     capsys.readouterr()
     assert main(["study", "--pretrain", str(data), "--eval", str(data), "--reuse", "moco_v2=nope",
                  "--out", str(tmp_path / "s3")]) == 2
