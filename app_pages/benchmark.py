@@ -8,12 +8,14 @@ import pandas as pd
 import streamlit as st
 
 from engine.fewshot.plots import auc_vs_shots_figure
+from engine.fewshot.trials import appendix_table
 from engine.jobs import JobSnapshot
 from engine.models import list_inits
 from engine.tasks import SimilarityParams, SweepParams
 from ui.jobs import job_table, set_watched, status_block, watch, watched
 from ui.plots import tidy_auc_figure
 from ui.services import Services, services
+from ui.study import study_section
 from ui.widgets import default_image_size, empty_state, fmt_time, init_label, page_header
 
 SHOTS = [1, 2, 5, 10, 20, 50, 100]
@@ -26,17 +28,6 @@ def labeled(df: pd.DataFrame) -> pd.DataFrame:
         return df
     labels = {i.name: init_label(i) for i in list_inits()}
     return df.assign(init=[labels.get(n, n) for n in df["init"]])
-
-
-def appendix_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std per finding x init x mode (rows) and shots (columns), like the studies' appendix."""
-    ok = summary[summary["status"] == "ok"] if "status" in summary else summary
-    if ok.empty:
-        return pd.DataFrame()
-    cell = ok.assign(v=[f"{m:.3f} ± {s:.3f}" if s == s else f"{m:.3f}" for m, s in zip(ok["auc_mean"], ok["auc_std"])])
-    t = cell.pivot_table(index=["finding", "init", "mode"], columns="shots", values="v", aggfunc="first")
-    t.columns = [f"{int(c)}-shot" for c in t.columns]
-    return t.reset_index()
 
 
 def default_shots(counts: dict, findings: list[str]) -> list[int]:
@@ -310,3 +301,6 @@ else:
     show_sweep(by_id[pick])
 
 similarity_section(svc)
+_counts = svc.store.counts()
+_usable = [f for f, c in _counts.items() if c["positive"] >= 2 and c["negative"] >= 2]
+study_section(svc, default_shots(_counts, _usable[:1]) if _usable else [1])

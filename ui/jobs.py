@@ -18,6 +18,7 @@ from ui.widgets import fmt_time
 
 ACTIVE = ("queued", "running")
 RESUMABLE = ("interrupted", "cancelled", "failed")
+RESUMES = ("pretrain", "sweep", "gradcam", "study")  # kinds that continue from a saved state (others run again)
 STATE_LABEL = {
     "queued": ":material/schedule: waiting for an earlier job to finish",
     "running": ":material/play_circle: running",
@@ -33,6 +34,7 @@ KIND_LABEL = {
     "gradcam": "Grad-CAM study",
     "gradcam_image": "Grad-CAM",
     "import": "Import",
+    "study": "Study",
 }
 
 # What each kind's bar counts (engine: one thing per job, from 0 to its total; sub-phases such as
@@ -44,6 +46,7 @@ KIND_UNIT = {
     "gradcam": "step",
     "gradcam_image": "initialization",
     "import": "image",
+    "study": "stage",
 }
 
 
@@ -143,7 +146,7 @@ def status_block(snap: JobSnapshot, page: str, *, show_log: bool = True, show_wa
         st.error(f"This job failed: {snap.error}", icon=":material/error:")
     if snap.state == "interrupted":
         st.info("The server stopped while this job was running. Its last saved state is kept; press **Resume** "
-                "to continue from there." if snap.kind in ("pretrain", "sweep", "gradcam") else
+                "to continue from there." if snap.kind in RESUMES else
                 "The server stopped while this job was running; press **Retry** to run it again.",
                 icon=":material/pause_circle:")
     if snap.active:
@@ -152,7 +155,7 @@ def status_block(snap: JobSnapshot, page: str, *, show_log: bool = True, show_wa
             runner.cancel(snap.id)
             st.toast("Cancelling: the job stops after its current step.")
     elif snap.resumable:
-        resumes = snap.kind in ("pretrain", "sweep", "gradcam")  # the others simply run again
+        resumes = snap.kind in RESUMES  # the others simply run again
         if st.button("Resume" if resumes else "Retry", key=f"resume:{snap.id}", icon=":material/play_arrow:",
                      type="primary", help="Continue from the last saved state." if resumes else "Run it again."):
             set_watched(page, runner.resume(snap.id))

@@ -74,3 +74,21 @@ def summarize(trials: pd.DataFrame, n_bootstrap: int = 500, seed: int = 0,
                     "auc_test_ci_high"] + [f"{m}_mean" for m in METRICS] + ["message"]
     out = pd.DataFrame(rows, columns=cols)
     return out.sort_values(GROUP, kind="stable").reset_index(drop=True) if len(out) else out
+
+
+def appendix_table(summary: pd.DataFrame, include_skipped: bool = False) -> pd.DataFrame:
+    """A sweep's summary -> the studies' appendix table: one row per (finding, init, mode), one column
+    per shot count ("5-shot"), each cell the test AUC "mean ± std" over trials (the mean alone for one trial).
+
+    include_skipped: also list groups the sweep skipped (e.g. ImageNet offline) with cells "skipped".
+    Empty frame when nothing is left. Raises KeyError on a frame without the summary's columns.
+    """
+    s = summary if include_skipped else summary[summary["status"] == "ok"]
+    s = s[s["shots"].notna()]
+    if s.empty:
+        return pd.DataFrame()
+    cells = [("skipped" if st != "ok" else f"{m:.3f} ± {d:.3f}" if d == d else f"{m:.3f}")
+             for m, d, st in zip(s["auc_mean"], s["auc_std"], s["status"])]
+    t = s.assign(v=cells).pivot_table(index=["finding", "init", "mode"], columns="shots", values="v", aggfunc="first")
+    t.columns = [f"{int(c)}-shot" for c in t.columns]
+    return t.reset_index().fillna("")

@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from engine.atomic import atomic_write_text
+from engine.fewshot.trials import appendix_table
 
 # keys of the checkpoint json's collapse records (engine.ssl.monitor): RankMe-style, then the seed study's
 COLLAPSE_KEYS = ("erank", "std", "cos", "centred_erank", "raw_std")
@@ -33,24 +34,6 @@ def _md_table(df: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines) + "\n"
-
-
-def appendix_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """summary.csv of a sweep -> one row per (finding, mode, init), one column per shot count: "mean ± std".
-
-    Skipped groups (status != ok, e.g. ImageNet offline) read "skipped". Raises KeyError on a frame
-    without the sweep's columns (finding, init, mode, shots, status, auc_mean, auc_std).
-    """
-    if summary.empty:
-        return pd.DataFrame()
-    s = summary.copy()
-    s["cell"] = [f"{m:.3f} ± {d:.3f}" if st == "ok" else "skipped"
-                 for m, d, st in zip(s["auc_mean"], s["auc_std"], s["status"])]
-    s = s[s["shots"].notna()]
-    s["shots"] = s["shots"].astype(int)
-    t = s.pivot_table(index=["finding", "mode", "init"], columns="shots", values="cell", aggfunc="first")
-    t.columns = [f"{c} shots" for c in t.columns]
-    return t.reset_index().fillna("")
 
 
 def paired_table(trials: pd.DataFrame, baseline: str = "random") -> pd.DataFrame:
@@ -122,8 +105,11 @@ def _read_csv(path: Path) -> pd.DataFrame:
     return pd.read_csv(path) if path.exists() else pd.DataFrame()
 
 
-def _sections(out: Path) -> list[tuple[str, str, Any]]:
-    """(kind, title, payload) in report order: kind is h2 | h3 | table | fig | img | text."""
+def report_sections(out: Path) -> list[tuple[str, str, Any]]:
+    """A study folder's report as (kind, title, payload) in order, for write_report and the app: kind is
+    h2 | h3 (title), text (payload str), table (DataFrame), fig (plotly Figure), img (Path relative to `out`).
+
+    Raises FileNotFoundError / json.JSONDecodeError when study.json is missing or damaged."""
     state = json.loads((out / "study.json").read_text())
     cfg = state["config"]
     parts: list[tuple[str, str, Any]] = [("text", "", _settings_line(cfg, state))]
@@ -137,7 +123,7 @@ def _sections(out: Path) -> list[tuple[str, str, Any]]:
         summary, trials = _read_csv(sweep / "summary.csv"), _read_csv(sweep / "trials.csv")
         parts += [("h2", f"Few-shot AUC: {sweep.name}", None),
                   ("text", "", "AUC on the held-out test set, mean ± std over trials (appendix style)."),
-                  ("table", "", appendix_table(summary)),
+                  ("table", "", appendix_table(summary, include_skipped=True)),
                   ("h3", "Paired difference to random init (same images per trial)", None),
                   ("table", "", paired_table(trials))]
         if not summary.empty:
@@ -171,7 +157,7 @@ def write_report(out_dir: str | Path) -> tuple[Path, Path]:
     out = Path(out_dir)
     if not (out / "study.json").exists():
         raise FileNotFoundError(f"{out} holds no study.json: not a study folder (run `python -m engine study` first)")
-    parts = _sections(out)
+    parts = report_sections(out)
     md, body, js_in = ["# Study report\n"], [], False
     for kind, title, payload in parts:
         if kind in ("h2", "h3"):

@@ -179,9 +179,22 @@ def _write_record(out: Path, method: str, meta: dict[str, Any]) -> None:
     atomic_write_text(out / "pretrain" / f"{method}.json", json.dumps(keep, indent=1, default=str))
 
 
+def _pretrain_config(cfg: StudyConfig, method: str, on_event: OnEvent | None) -> Any:
+    """The method's PretrainConfig: the preset with the study's size, seed, steps and batch; the batch
+    (and the monitor's image count) capped at the number of pretraining images, as the app's pretrain job."""
+    from engine.ssl.presets import build_config
+    from engine.ssl.pretrain import resolve_image_paths
+
+    n = len(resolve_image_paths(cfg.pretrain_data))
+    batch = build_config(method, cfg.preset).batch_size if cfg.batch_size is None else cfg.batch_size
+    if batch > n:
+        emit(on_event, kind="log", message=f"{method}: batch {batch} capped at the {n} pretraining images")
+    return build_config(method, cfg.preset, image_size=cfg.image_size, seed=cfg.seed, max_steps=cfg.steps,
+                        batch_size=max(2, min(batch, n)), monitor_images=max(2, min(256, n)))
+
+
 def _pretrain(cfg: StudyConfig, stage: Stage, out: Path, device, ckpts: Path, on_event, stop, owner) -> dict:
     from engine.reservations import release_checkpoint, reserve_checkpoint
-    from engine.ssl.presets import build_config
     from engine.ssl.pretrain import pretrain_from_data
 
     name = cfg.checkpoint(stage.method)
@@ -189,8 +202,7 @@ def _pretrain(cfg: StudyConfig, stage: Stage, out: Path, device, ckpts: Path, on
     resuming = (run_dir / "state.pt").exists()
     if owner is not None:
         reserve_checkpoint(name, owner, ckpts, replace=resuming)
-    pcfg = build_config(stage.method, cfg.preset, image_size=cfg.image_size, seed=cfg.seed,
-                        max_steps=cfg.steps, batch_size=cfg.batch_size)
+    pcfg = _pretrain_config(cfg, stage.method, on_event)
     path = pretrain_from_data(cfg.pretrain_data, pcfg, name, device, run_dir=run_dir, on_event=on_event,
                               stop=stop, resume=resuming, checkpoint_dir=ckpts)
     if owner is not None:
@@ -221,11 +233,27 @@ def _gradcam(cfg: StudyConfig, stage: Stage, out: Path, device, ckpts: Path, on_
     available = {i.name for i in list_inits(ckpts) if i.available}
     inits = [i for i in dict.fromkeys([*cfg.baselines, *(cfg.checkpoint(m) for m in cfg.all_methods)])
              if i in available]
+    shots = _feasible_shots(cfg, out / "sweeps" / stage.tag / "summary.csv", stage.finding)
+    if shots < cfg.gradcam_shots:
+        emit(on_event, kind="log", message=f"Grad-CAM on {stage.finding}: {shots} shots (the largest the sweep "
+                                           f"could draw; {cfg.gradcam_shots} asked)")
     loc, _, grids = run_gradcam_study(
         stage.manifest, stage.finding, inits, out / "gradcam" / stage.tag / stage.finding,
-        shots=cfg.gradcam_shots, mode=cfg.gradcam_mode, n_images=cfg.gradcam_images,
+        shots=shots, mode=cfg.gradcam_mode, n_images=cfg.gradcam_images,
         image_size=cfg.image_size, seed=cfg.seed, device=device, on_event=on_event, stop=stop)
-    return {"rows": int(len(loc)), "grids": len(grids)}
+    return {"rows": int(len(loc)), "grids": len(grids), "shots": shots}
+
+
+def _feasible_shots(cfg: StudyConfig, summary_csv: Path, finding: str) -> int:
+    """cfg.gradcam_shots, capped at the largest shot count the sweep ran for `finding` (same episode
+    sampler, so a classifier with that many images per class can be trained); uncapped without a sweep."""
+    import pandas as pd
+
+    if not summary_csv.exists():
+        return cfg.gradcam_shots
+    s = pd.read_csv(summary_csv)
+    ok = s[(s["finding"] == finding) & (s["status"] == "ok")]["shots"].dropna()
+    return min(cfg.gradcam_shots, int(ok.max())) if len(ok) else cfg.gradcam_shots
 
 
 def _report(cfg: StudyConfig, stage: Stage, out: Path, device, ckpts: Path, on_event, stop, owner) -> dict:

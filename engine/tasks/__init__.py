@@ -11,6 +11,7 @@ builds and the runner validates, stores as JSON and hands back to the function:
     gradcam        GradcamStudyParams  explain.run_gradcam_study_job
     gradcam_image  GradcamImageParams  explain.run_gradcam_image_job
     similarity     SimilarityParams    engine.analysis.tasks.run_similarity_job (SVCCA)
+    study          StudyParams         engine.study.tasks.run_study_job (the seed study end to end)
 
 Each adapter exports what it needs from the store as a manifest (the one format the engine reads),
 calls the engine with `ctx.device`, `ctx.on_event`, `ctx.stop`, `ctx.resume`, records what it made
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from engine import paths
 from engine.analysis.tasks import run_similarity_job
+from engine.study.tasks import StudyParams, reserve_study_names, run_study_job
 from engine.jobs.context import JobFn, OnSubmit
 from engine.jobs.params import JobParams
 from engine.tasks.common import available_inits, device_label
@@ -47,10 +49,10 @@ if TYPE_CHECKING:
 
 __all__ = ["AUTOPRETRAIN_OFF_ENV", "DEMO", "DEMO_ENV", "DEMO_PRETRAIN_ENV", "KINDS", "ClassifyParams", "DemoSettings",
            "GradcamImageParams", "GradcamStudyParams", "ImportParams", "PretrainParams", "SimilarityParams",
-           "SweepParams", "TaskKind", "autopretrain_enabled", "available_inits", "default_classifier_name",
+           "StudyParams", "SweepParams", "TaskKind", "autopretrain_enabled", "available_inits", "default_classifier_name",
            "device_label", "is_demo_workspace", "model_card", "prepare_workspace", "pretrain_config", "register_all",
            "reserve_pretrain_name", "run_classify", "run_gradcam_image_job", "run_gradcam_study_job", "run_import",
-           "run_pretrain", "run_similarity_job", "run_sweep_job", "start_demo_pretraining", "sweep_config"]
+           "run_pretrain", "run_similarity_job", "run_study_job", "run_sweep_job", "start_demo_pretraining", "sweep_config"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ KINDS: tuple[TaskKind, ...] = (
     TaskKind(GradcamStudyParams, run_gradcam_study_job, "cuda"),
     TaskKind(GradcamImageParams, run_gradcam_image_job, "cuda"),
     TaskKind(SimilarityParams, run_similarity_job, "cuda"),  # SVCCA dataset similarity (engine.analysis)
+    TaskKind(StudyParams, run_study_job, "always", on_submit=reserve_study_names),  # pretrains: the GPU slot
 )
 
 

@@ -66,7 +66,7 @@ def test_study_end_to_end_then_resume_skips_finished_stages(data, tmp_path):
     assert set(loc["init"]) == {"random", "st-moco_v2", "st-spark"}
     # the report holds the appendix table (mean ± std per shots), paired d, collapse metrics and grids
     md = res.report_md.read_text()
-    assert "| finding | mode | init | 2 shots | 4 shots |" in md
+    assert "| finding | init | mode | 2-shot | 4-shot |" in md
     assert md.count("±") >= 3 * 2
     assert "st-spark" in md and "pointing_hit" in md
     pre = md.split("## Pretraining")[1].split("##")[0]
@@ -126,3 +126,20 @@ def test_cli_reuses_a_checkpoint_and_prints_the_report(data, tmp_path, capsys):
     assert main(["study", "--pretrain", str(data), "--eval", str(data), "--reuse", "moco_v2=nope",
                  "--out", str(tmp_path / "s3")]) == 2
     assert "no checkpoint 'nope'" in capsys.readouterr().err
+
+
+def test_appendix_table_one_row_per_finding_init_mode_and_skipped_groups_on_request():
+    from engine.fewshot.trials import appendix_table
+
+    s = pd.DataFrame([
+        {"finding": "f", "init": "random", "mode": "probe", "shots": 1, "status": "ok", "auc_mean": 0.61234, "auc_std": 0.1},
+        {"finding": "f", "init": "random", "mode": "probe", "shots": 5, "status": "ok", "auc_mean": 0.7, "auc_std": float("nan")},
+        {"finding": "f", "init": "imagenet", "mode": "probe", "shots": 1, "status": "skipped", "auc_mean": None, "auc_std": None},
+    ])
+    t = appendix_table(s)
+    assert list(t.columns) == ["finding", "init", "mode", "1-shot", "5-shot"]
+    assert t.to_dict("records") == [{"finding": "f", "init": "random", "mode": "probe", "1-shot": "0.612 ± 0.100",
+                                     "5-shot": "0.700"}]  # one trial: the mean alone
+    t = appendix_table(s, include_skipped=True)
+    assert t.set_index("init").loc["imagenet", "1-shot"] == "skipped" and t.set_index("init").loc["imagenet", "5-shot"] == ""
+    assert appendix_table(s[s["status"] != "ok"]).empty

@@ -1,0 +1,154 @@
+"""The Benchmark page's "whole study" section: launch `study` jobs, follow them, read their reports.
+
+The report is drawn from `engine.study.report.report_sections` (the same sections as report.html), and
+the study folder downloads as one ZIP (report.html, report.md, figures, Grad-CAM grids, CSVs).
+"""
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from engine.jobs import JobSnapshot
+from engine.ssl.registry import METHODS
+from engine.study.tasks import StudyParams
+from ui.jobs import set_watched, status_block, watch, watched
+from ui.services import Services
+from ui.widgets import default_image_size, fmt_time, method_label
+
+MODES = {"probe": "probe (frozen backbone)", "finetune": "finetune (whole backbone)"}
+
+
+def _usable_findings(svc: Services) -> list[str]:
+    return [f for f, c in svc.store.counts().items() if c["positive"] >= 2 and c["negative"] >= 2]
+
+
+def study_form(svc: Services, shots_default: list[int]) -> None:
+    """Methods, findings and budget -> a `study` job over this workspace's images."""
+    usable = _usable_findings(svc)
+    if not usable:
+        st.info("A study needs images labeled with and without a finding (at least 2 of each).", icon=":material/label_off:")
+        return
+    with st.form("study_form", border=True):
+        c1, c2 = st.columns(2)
+        methods = c1.multiselect("SSL methods to pretrain", list(METHODS), default=["moco_v2"], format_func=method_label,
+                                 key="st_methods")
+        findings = c2.multiselect("Findings to evaluate", usable, default=usable[:1], key="st_findings")
+        c1, c2, c3, c4 = st.columns(4)
+        steps = c1.number_input("Pretraining steps per method", 10, 1_000_000, 300, step=50, key="st_steps",
+                                help="300 steps at 64-128 px is a laptop-sized run; a GPU runs tens of epochs.")
+        size = c2.select_slider("Image size (pixels)", [64, 96, 128, 160, 224], key="st_size",
+                                value=default_image_size(svc.runner.device.type))
+        trials = c3.number_input("Trials per shot count", 1, 100, 5, key="st_trials")
+        cams = c4.number_input("Grad-CAM images per finding", 0, 64, 8, key="st_cams",
+                               help="Scored against the lesion only where images have boxes or masks.")
+        c1, c2, c3, c4 = st.columns([3, 3, 2, 2])
+        shots = c1.multiselect("Shots (labeled images per class)", [1, 2, 5, 10, 20, 50], default=shots_default,
+                               key="st_shots")
+        modes = c2.multiselect("Modes", list(MODES), default=["probe"], format_func=MODES.get, key="st_modes")
+        batch = c3.selectbox("Pretraining batch", [8, 16, 32, 64, 128, 256], key="st_batch",
+                             index=5 if svc.runner.device.type == "cuda" else 2,
+                             help="Capped at the number of images. 32 suits a CPU; the recipes' own is 256.")
+        name = c4.text_input("Checkpoint prefix", value=f"study-{time.strftime('%m%d-%H%M')}", key="st_name",
+                             help="Each method's backbone is saved as PREFIX-METHOD and appears in every init list.")
+        pool = st.text_input("Pretraining images (optional): a manifest CSV or an image folder on this computer; "
+                             "empty = this workspace's images", key="st_pool")
+        go = st.form_submit_button("Run the study", type="primary", icon=":material/science:")
+    if go:
+        _submit(svc, methods, findings, shots, modes, name, pool, int(steps), int(size), int(trials), int(cams),
+                int(batch))
+
+
+def _submit(svc: Services, methods, findings, shots, modes, name, pool, steps, size, trials, cams, batch) -> None:
+    missing = [n for n, v in (("a method", methods), ("a finding", findings), ("a shot count", shots),
+                              ("a mode", modes)) if not v]
+    if missing:
+        st.error("Choose at least " + ", ".join(missing) + ".", icon=":material/error:")
+        return
+    try:
+        params = StudyParams(methods=tuple(methods), findings=tuple(findings), name=name.strip(), steps=steps, batch_size=batch,
+                             image_size=size, shots=tuple(sorted(int(k) for k in shots)), trials=trials,
+                             modes=tuple(modes), gradcam_images=cams, pretrain_path=pool.strip() or None,
+                             title=f"{', '.join(method_label(m) for m in methods)} · {', '.join(findings)}")
+        job_id = svc.runner.submit("study", params)
+    except ValueError as e:
+        st.error(f"{e}", icon=":material/error:")
+        return
+    set_watched("study", job_id)
+    st.rerun()
+
+
+def draw_study_job(snap: JobSnapshot) -> None:
+    p = snap.params
+    st.markdown(f"**{p.get('title') or 'study'}** · {p.get('steps')} steps · shots {p.get('shots')} · "
+                f"{p.get('trials')} trials")
+    status_block(snap, "study")
+
+
+def show_study(res: dict[str, Any]) -> None:
+    """The report of one study result: its sections in order, and the folder as a ZIP."""
+    from engine.study.report import report_sections
+
+    out = Path(res["path"])
+    try:
+        sections = report_sections(out)
+    except (OSError, ValueError) as e:
+        st.error(f"The study folder {out} cannot be read: {e}", icon=":material/error:")
+        return
+    for i, (kind, title, payload) in enumerate(sections):
+        if kind == "h2":
+            st.markdown(f"#### {title}")
+        elif kind == "h3":
+            st.markdown(f"**{title}**")
+        elif kind == "text":
+            st.caption(payload)
+        elif kind == "table" and payload.empty:
+            st.caption("(none)")
+        elif kind == "table":
+            st.dataframe(payload, hide_index=True, width="stretch")
+        elif kind == "fig":
+            st.plotly_chart(payload, width="stretch", key=f"study:{res['id']}:{i}")
+        elif kind == "img" and (out / payload).exists():
+            st.image(str(out / payload), caption=title, width="stretch")
+    st.download_button("Download the study (ZIP: report.html, tables, figures)", _zip(out),
+                       file_name=f"study-{res['id']}.zip", mime="application/zip", icon=":material/download:",
+                       key=f"dl_study:{res['id']}")
+
+
+def _zip(out: Path) -> bytes:
+    """The study folder without pretraining run states and caches (report, figures, CSVs, grids)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(out.rglob("*")):
+            rel = f.relative_to(out)
+            if f.is_file() and rel.parts[0] not in ("runs",) and not any(p.startswith(".") for p in rel.parts):
+                z.write(f, rel.as_posix())
+    return buf.getvalue()
+
+
+def study_section(svc: Services, shots_default: list[int]) -> None:
+    st.divider()
+    st.subheader("The whole study")
+    st.caption("The seed study in one run: pretrain each SSL method on your images, then benchmark every backbone "
+               "against random init (and ImageNet where available) over shots x trials, localize with Grad-CAM, and "
+               "collect it all in one report. Also from the command line: `python -m engine study`.")
+    results = svc.store.results(kind="study")
+    with st.expander("Start a study", expanded=not results, icon=":material/add_circle:"):
+        study_form(svc, shots_default)
+    job = watched("study", ["study"])
+    snap = svc.runner.snapshot(job) if job is not None else None
+    if snap is not None and snap.state != "done":
+        watch(job, draw_study_job)
+    if results:
+        by_id = {r["id"]: r for r in results}
+        newest = (snap.result or {}).get("result_id") if snap is not None and snap.state == "done" else None
+        if newest in by_id and st.session_state.get("st_seen_job") != job:  # show a study that just ended
+            st.session_state["st_result"] = newest
+            st.session_state["st_seen_job"] = job
+        pick = st.selectbox("Study", list(by_id), key="st_result",
+                            format_func=lambda i: f"{by_id[i]['name']} · {fmt_time(by_id[i]['created'])}")
+        show_study(by_id[pick])
