@@ -81,9 +81,6 @@ def pretrain_images(
             dist.destroy_process_group()
 
 
-# The former name, kept while engine.tasks imports it (engine.tasks is being split); use pretrain_images.
-pretrain = pretrain_images
-
 
 def resolve_image_paths(data: str | Path, include_test: bool = False) -> list[str]:
     """Image paths of a manifest CSV (rows with split == 'test' left out unless include_test) or a folder.
