@@ -94,14 +94,14 @@ def run_study_job(params: StudyParams | dict[str, Any], ctx: JobContext) -> dict
 
     p = StudyParams.from_json(params)
     store = store_of(ctx)
-    pretrain = p.pretrain_path or str(export_once(store, ctx, "study_pretrain.csv"))
+    pretrain = p.pretrain_path or str(export_once(store, ctx, "workspace-pretrain.csv"))
     evals = p.eval_paths
     if not evals:
         findings = list(p.findings) or store.findings()
         if not findings:
             raise ValueError("no finding is labeled in this workspace; label images on the Data page or give "
                              "manifest CSVs to evaluate on")
-        evals = (str(export_once(store, ctx, "study_eval.csv", findings=findings)),)
+        evals = (str(export_once(store, ctx, "workspace.csv", findings=findings)),)
     cfg = p.config(pretrain, tuple(evals))
     ckpts = paths.checkpoints_dir()
     out = ctx.workdir / "study"

@@ -86,5 +86,5 @@ def test_benchmark_page_runs_a_study_and_shows_its_report(phantom_csv):
     from ui.study import _zip
 
     names = zipfile.ZipFile(io.BytesIO(_zip(Path(res["path"])))).namelist()
-    assert {"report.html", "report.md", "study.json", "sweeps/study_eval/summary.csv"} <= set(names)
+    assert {"report.html", "report.md", "study.json", "sweeps/workspace/summary.csv"} <= set(names)
     assert not any(n.startswith("runs/") or "/." in n or n.startswith(".") for n in names)
