@@ -12,11 +12,11 @@ from engine.fewshot.trials import appendix_table
 from engine.jobs import JobSnapshot
 from engine.models import list_inits
 from engine.tasks import SimilarityParams, SweepParams
-from ui.jobs import job_table, set_watched, status_block, watch, watched
+from ui.jobs import job_table, pick_result, set_watched, status_block, watch, watched
 from ui.plots import tidy_auc_figure
 from ui.services import Services, services
 from ui.study import study_section
-from ui.widgets import default_image_size, empty_state, fmt_time, init_label, page_header
+from ui.widgets import default_image_size, empty_state, init_label, page_header
 
 SHOTS = [1, 2, 5, 10, 20, 50, 100]
 MODE_LABEL = {"probe": "probe (frozen backbone)", "finetune": "finetune (whole backbone)"}
@@ -255,14 +255,7 @@ def similarity_section(svc: Services) -> None:
     if snap is not None and snap.state != "done":
         watch(job, draw_similarity_job)
     if results:
-        by_id = {r["id"]: r for r in results}
-        newest = (snap.result or {}).get("result_id") if snap is not None and snap.state == "done" else None
-        if newest in by_id and st.session_state.get("sim_seen_job") != job:  # show a comparison that just ended
-            st.session_state["sim_result"] = newest
-            st.session_state["sim_seen_job"] = job
-        pick = st.selectbox("Comparison", list(by_id), key="sim_result",
-                            format_func=lambda i: f"{by_id[i]['name']} · {fmt_time(by_id[i]['created'])}")
-        show_similarity(by_id[pick])
+        show_similarity(pick_result(results, "Comparison", "sim", job, snap))
 
 
 # ------------------------------------------------------------------------------------------- page
@@ -290,15 +283,7 @@ if not results:
     empty_state("No finished benchmark yet. Results appear here when a run ends; earlier ones stay available.",
                 icon=":material/monitoring:")
 else:
-    by_id = {r["id"]: r for r in results}
-    order = list(by_id)
-    newest = (snap.result or {}).get("result_id") if snap is not None and snap.state == "done" else None
-    if newest in by_id and st.session_state.get("bm_seen_job") != job:
-        st.session_state["bm_result"] = newest
-        st.session_state["bm_seen_job"] = job
-    pick = st.selectbox("Benchmark", order, key="bm_result",
-                        format_func=lambda i: f"{by_id[i]['name']} · {fmt_time(by_id[i]['created'])}")
-    show_sweep(by_id[pick])
+    show_sweep(pick_result(results, "Benchmark", "bm", job, snap))
 
 similarity_section(svc)
 _counts = svc.store.counts()

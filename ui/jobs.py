@@ -180,3 +180,16 @@ def job_table(kinds: Iterable[str], page: str, *, limit: int = 8) -> None:
         if c3.button("Show", key=f"show:{page}:{j.id}", disabled=j.id == current):
             set_watched(page, j.id)
             st.rerun()
+
+
+def pick_result(results: list[dict], label: str, prefix: str, job: int | None, snap: JobSnapshot | None) -> dict:
+    """A selectbox `label` over a page's results (newest first; choice in session key `<prefix>_result`);
+    a result whose watched job just ended is selected once. Returns the chosen result."""
+    by_id = {r["id"]: r for r in results}
+    newest = (snap.result or {}).get("result_id") if snap is not None and snap.state == "done" else None
+    if newest in by_id and st.session_state.get(f"{prefix}_seen_job") != job:  # show a result that just arrived
+        st.session_state[f"{prefix}_result"] = newest
+        st.session_state[f"{prefix}_seen_job"] = job
+    pick = st.selectbox(label, list(by_id), key=f"{prefix}_result",
+                        format_func=lambda i: f"{by_id[i]['name']} · {fmt_time(by_id[i]['created'])}")
+    return by_id[pick]

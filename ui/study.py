@@ -16,9 +16,9 @@ import streamlit as st
 from engine.jobs import JobSnapshot
 from engine.ssl.registry import METHODS
 from engine.study.tasks import StudyParams
-from ui.jobs import set_watched, status_block, watch, watched
+from ui.jobs import pick_result, set_watched, status_block, watch, watched
 from ui.services import Services
-from ui.widgets import default_image_size, fmt_time, method_label
+from ui.widgets import default_image_size, method_label
 
 MODES = {"probe": "probe (frozen backbone)", "finetune": "finetune (whole backbone)"}
 
@@ -144,11 +144,4 @@ def study_section(svc: Services, shots_default: list[int]) -> None:
     if snap is not None and snap.state != "done":
         watch(job, draw_study_job)
     if results:
-        by_id = {r["id"]: r for r in results}
-        newest = (snap.result or {}).get("result_id") if snap is not None and snap.state == "done" else None
-        if newest in by_id and st.session_state.get("st_seen_job") != job:  # show a study that just ended
-            st.session_state["st_result"] = newest
-            st.session_state["st_seen_job"] = job
-        pick = st.selectbox("Study", list(by_id), key="st_result",
-                            format_func=lambda i: f"{by_id[i]['name']} · {fmt_time(by_id[i]['created'])}")
-        show_study(by_id[pick])
+        show_study(pick_result(results, "Study", "st", job, snap))

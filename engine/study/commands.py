@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.study.config import StudyConfig
 
 
 def _csv(s: str) -> tuple[str, ...]:
@@ -40,7 +44,7 @@ def register(sub) -> None:
     p.set_defaults(func=_study)
 
 
-def config_from_args(args) -> "StudyConfig":  # noqa: F821
+def config_from_args(args) -> StudyConfig:
     """argparse namespace -> StudyConfig (ValueError with the flag to fix)."""
     from engine.study.config import StudyConfig
 

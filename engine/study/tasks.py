@@ -7,6 +7,7 @@ checkpoint index. A resumed job continues the study in its work folder (engine.s
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -14,33 +15,36 @@ from typing import Any
 from engine.jobs.context import JobContext
 from engine.jobs.params import JobParams
 from engine.names import check_name
-from engine.study.config import DEFAULT_BASELINES, DEFAULT_SHOTS, StudyConfig
+from engine.study.config import StudyConfig
 
 __all__ = ["StudyParams", "reserve_study_names", "run_study_job"]
 
 
+_D = {f.name: f.default for f in dataclasses.fields(StudyConfig)}  # the one place the defaults live
+
+
 @dataclass(frozen=True, kw_only=True)
 class StudyParams(JobParams):
-    """`study` job params; defaults are StudyConfig's (engine/study/config.py) except where noted."""
+    """`study` job params: StudyConfig's fields and defaults, the data given as workspace choices or paths."""
 
     kind = "study"
-    methods: tuple[str, ...] = ("moco_v2",)
-    findings: tuple[str, ...] = ()           # () = every finding of the evaluation images
-    name: str = "study"                       # checkpoint prefix: <name>-<method>
-    reuse: tuple[str, ...] = ()               # "METHOD=CHECKPOINT" entries: evaluate instead of pretraining
-    pretrain_path: str | None = None          # a manifest CSV / folder; None: the workspace's images
-    eval_paths: tuple[str, ...] = ()          # manifest CSVs; (): the workspace's images labeled for findings
-    preset: str = "quick"
-    steps: int | None = None
-    batch_size: int | None = None
-    image_size: int = 224
-    shots: tuple[int, ...] = DEFAULT_SHOTS
-    trials: int = 10
-    modes: tuple[str, ...] = ("probe",)
-    baselines: tuple[str, ...] = DEFAULT_BASELINES
-    gradcam_images: int = 8
-    gradcam_shots: int = 20
-    seed: int = 0
+    methods: tuple[str, ...] = _D["methods"]
+    findings: tuple[str, ...] = _D["findings"]  # () = every finding of the evaluation images
+    name: str = _D["name"]                       # checkpoint prefix: <name>-<method>
+    reuse: tuple[str, ...] = ()                  # "METHOD=CHECKPOINT" entries: evaluate instead of pretraining
+    pretrain_path: str | None = None             # a manifest CSV / folder; None: the workspace's images
+    eval_paths: tuple[str, ...] = ()             # manifest CSVs; (): the workspace's images labeled for findings
+    preset: str = _D["preset"]
+    steps: int | None = _D["steps"]
+    batch_size: int | None = _D["batch_size"]
+    image_size: int = _D["image_size"]
+    shots: tuple[int, ...] = _D["shots"]
+    trials: int = _D["trials"]
+    modes: tuple[str, ...] = _D["modes"]
+    baselines: tuple[str, ...] = _D["baselines"]
+    gradcam_images: int = _D["gradcam_images"]
+    gradcam_shots: int = _D["gradcam_shots"]
+    seed: int = _D["seed"]
 
     def validate(self) -> None:
         check_name(self.name, "checkpoint")

@@ -30,16 +30,25 @@ def _region_problems(df: pd.DataFrame, name: str, root: Path, known: set[str], f
     return paths
 
 
-def _load_boxes(path: Path, root: Path, known: set[str], findings: set[str],
-                problems: list[str]) -> pd.DataFrame | None:
+def _read_region_table(path: Path, name: str, columns: list[str] | tuple[str, ...],
+                       problems: list[str]) -> pd.DataFrame | None:
+    """The region CSV at `path` (None when absent); None with a problem when unreadable or lacking `columns`."""
     if not path.is_file():
         return None
     df = _read_csv(path, problems)
     if df is None:
         return None
-    missing = [c for c in BOX_COLUMNS if c not in df.columns]
+    missing = [c for c in columns if c not in df.columns]
     if missing:
-        problems.append(f"boxes.csv: missing column(s) {missing}; it needs {', '.join(BOX_COLUMNS)}")
+        problems.append(f"{name}: missing column(s) {missing}; it needs {', '.join(columns)}")
+        return None
+    return df
+
+
+def _load_boxes(path: Path, root: Path, known: set[str], findings: set[str],
+                problems: list[str]) -> pd.DataFrame | None:
+    df = _read_region_table(path, "boxes.csv", BOX_COLUMNS, problems)
+    if df is None:
         return None
     abs_paths = _region_problems(df, "boxes.csv", root, known, findings, problems)
     cells = df[["x", "y", "w", "h"]].astype("string")
@@ -57,14 +66,8 @@ def _load_boxes(path: Path, root: Path, known: set[str], findings: set[str],
 
 def _load_masks(path: Path, root: Path, known: set[str], findings: set[str], problems: list[str],
                 check_files: bool) -> pd.DataFrame | None:
-    if not path.is_file():
-        return None
-    df = _read_csv(path, problems)
+    df = _read_region_table(path, "masks.csv", MASK_COLUMNS, problems)
     if df is None:
-        return None
-    missing = [c for c in MASK_COLUMNS if c not in df.columns]
-    if missing:
-        problems.append(f"masks.csv: missing column(s) {missing}; it needs {', '.join(MASK_COLUMNS)}")
         return None
     abs_paths = _region_problems(df, "masks.csv", root, known, findings, problems)
     mask_paths = _resolve(root, df["mask_path"].fillna("").astype(str).str.strip().tolist())
