@@ -144,9 +144,9 @@ register(MethodSpec(
     opt_example="mask_ratio=0.75",
     presets={"quick": {"lr": 5e-4, "method_config": {"decoder_width": 256}}},
     no_collapse_control=(
-        "spark has no variance-regularization term: its loss is the reconstruction error of masked "
+        "spark has no regularization term to adjust: its loss is the reconstruction error of masked "
         "patches alone, so there is no weight to raise when the rank falls. Leave --collapse-control "
-        "off for spark, or use masked_contrastive (masking + MoCo v2 with its VICReg variance weight)"),
+        "off for spark, or use masked_contrastive (masking + MoCo v2 with its feature-decorrelation weight)"),
 ))
 
 register(MethodSpec(

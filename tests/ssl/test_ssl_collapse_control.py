@@ -69,7 +69,7 @@ def test_spec_parsing_and_clear_errors():
             parse_collapse_control(bad)
     with pytest.raises(ValueError, match="up > 1"):
         CollapseControl(up=0.5)
-    with pytest.raises(ValueError, match="spark has no variance-regularization term"):
+    with pytest.raises(ValueError, match="spark has no regularization term to adjust"):
         PretrainConfig(method="spark", image_size=64, collapse_control="erank:8")
     with pytest.raises(ValueError, match="dino has no variance-regularization weight"):
         PretrainConfig(method="dino", collapse_control="erank:8")
