@@ -44,7 +44,7 @@ def runner(tmp_path):
 
 def test_every_app_kind_has_one_params_class_named_after_it():
     names = [k.name for k in KINDS]
-    assert names == ["import", "pretrain", "classify", "sweep", "gradcam", "gradcam_image", "similarity"]
+    assert names == ["import", "pretrain", "classify", "sweep", "gradcam", "gradcam_image", "similarity", "study"]
     for k in KINDS:
         assert dataclasses.is_dataclass(k.params_type) and k.params_type.__dataclass_params__.frozen
 
