@@ -14,19 +14,23 @@ def _csv(s: str) -> tuple[str, ...]:
 
 
 def register(sub) -> None:
+    import argparse
+
     p = sub.add_parser(
-        "study", help="pretrain SSL methods, sweep few-shot probe/finetune vs random and ImageNet, Grad-CAM, one report",
+        "study", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="pretrain SSL methods, sweep few-shot probe/finetune vs random and ImageNet, Grad-CAM, one report",
         description="Runs the seed study's protocol end to end into --out: pretraining of each --methods on --pretrain "
         "(or --reuse of existing checkpoints), a shots x trials sweep on every --eval manifest against the baselines, "
         "Grad-CAM localization where a manifest has lesion boxes or masks, and OUT/report.md + OUT/report.html. "
         "Stopped (Ctrl-C) or killed, run it again with --resume and the same settings.",
     )
-    p.add_argument("--pretrain", required=True, help="manifest CSV or image folder to pretrain on (unlabeled is fine)")
+    p.add_argument("--pretrain", default="", help="manifest CSV or image folder to pretrain on (unlabeled is fine; "
+                   "not needed when every method is --reuse'd)")
     p.add_argument("--eval", required=True, nargs="+", help="labeled manifest CSV(s) to evaluate on")
-    p.add_argument("--methods", default="moco_v2", help="comma-separated SSL methods (see `pretrain --help`)")
+    p.add_argument("--methods", default="moco_v2", help=f"comma-separated SSL methods to pretrain: {', '.join(_method_names())}")
     p.add_argument("--findings", default="", help="comma-separated findings (default: every finding of each --eval)")
     p.add_argument("--out", required=True, help="study folder")
-    p.add_argument("--name", default="study", help="checkpoint prefix: each method is saved as NAME-METHOD")
+    p.add_argument("--name", default=None, help="checkpoint prefix: each method is saved as NAME-METHOD "
+                   "(default: the --out folder's name)")
     p.add_argument("--preset", default="quick", help="pretraining recipe: quick (laptop), paper, long")
     p.add_argument("--steps", type=int, default=None, help="cap on pretraining steps per method")
     p.add_argument("--batch-size", type=int, default=None, help="pretraining batch (default: the recipe's)")
@@ -34,14 +38,35 @@ def register(sub) -> None:
     p.add_argument("--shots", default="1,5,10,20,50", help="comma-separated labeled images per class")
     p.add_argument("--trials", type=int, default=10, help="trials per shot count")
     p.add_argument("--modes", default="probe", help="comma-separated: probe, finetune")
-    p.add_argument("--baselines", default="random,imagenet", help="builtin inits to compare with (imagenet: when offline weights exist)")
-    p.add_argument("--reuse", default="", help="METHOD=CHECKPOINT,... evaluate these checkpoints instead of pretraining")
+    p.add_argument("--baselines", default="random,imagenet", help="builtin inits to compare with (imagenet: when "
+                   "offline weights exist); to compare an existing backbone, e.g. the shipped one, use --reuse")
+    p.add_argument("--reuse", default="", help="METHOD=CHECKPOINT,... evaluate these checkpoints instead of pretraining "
+                   "(a method named only here is added), e.g. moco_v2=cxr-moco_v2-resnet18-224")
     p.add_argument("--gradcam-images", type=int, default=8, help="held-out positives explained per finding (0: no Grad-CAM)")
     p.add_argument("--gradcam-shots", type=int, default=20, help="training images per class of the Grad-CAM classifiers")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--resume", action="store_true", help="continue the study already in --out")
     p.set_defaults(func=_study)
+
+
+def _method_names() -> list[str]:
+    from engine.ssl.registry import METHODS
+
+    return list(METHODS)
+
+
+def default_name(out: str) -> str:
+    """The checkpoint prefix of a study written to `out`: the folder's name, made a valid checkpoint name."""
+    from pathlib import Path
+
+    from engine.names import InvalidNameError, check_name
+
+    base = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(out).resolve().name).strip("-._")[:48]
+    try:
+        return check_name(base or "study", "checkpoint")
+    except InvalidNameError:
+        return "study"
 
 
 def config_from_args(args) -> StudyConfig:
@@ -60,7 +85,7 @@ def config_from_args(args) -> StudyConfig:
         raise ValueError(f"--shots {args.shots!r}: write comma-separated integers, e.g. 1,5,10") from None
     return StudyConfig(
         pretrain_data=args.pretrain, eval_manifests=tuple(args.eval), methods=_csv(args.methods),
-        findings=_csv(args.findings), name=args.name, preset=args.preset, steps=args.steps,
+        findings=_csv(args.findings), name=args.name or default_name(args.out), preset=args.preset, steps=args.steps,
         batch_size=args.batch_size, image_size=args.image_size, shots=shots, trials=args.trials,
         modes=_csv(args.modes), baselines=_csv(args.baselines), reuse=tuple(reuse),
         gradcam_images=args.gradcam_images, gradcam_shots=args.gradcam_shots, seed=args.seed)

@@ -33,7 +33,7 @@ class StudyConfig:
     Raises ValueError naming the field and what to write instead.
     """
 
-    pretrain_data: str
+    pretrain_data: str  # "" only when every method is reused (nothing to pretrain)
     eval_manifests: tuple[str, ...]
     methods: tuple[str, ...] = ("moco_v2",)
     findings: tuple[str, ...] = ()
@@ -72,14 +72,44 @@ class StudyConfig:
             raise ValueError("gradcam_images must be >= 0 and gradcam_shots >= 1")
         unknown = [b for b in self.baselines if b not in DEFAULT_BASELINES]
         if unknown:
-            raise ValueError(f"baselines must be among {', '.join(DEFAULT_BASELINES)} (got {', '.join(unknown)})")
+            raise ValueError(f"baselines must be among {', '.join(DEFAULT_BASELINES)} (got {', '.join(unknown)}); "
+                             "to compare an existing backbone, --reuse METHOD=NAME it")
         reused = [m for m, _ in self.reuse]
         if len(set(reused)) != len(reused):
             raise ValueError("--reuse names one checkpoint per method")
+        self._check_methods(reused)
         try:
             check_name(self.name, "checkpoint")
         except InvalidNameError as e:
             raise ValueError(f"study name {self.name!r}: {e}") from None
+
+    def _check_methods(self, reused: list[str]) -> None:
+        """Every method registered (engine.ssl.registry), the preset defined for each one pretrained here,
+        and pretraining data given and present when something is pretrained; ValueError naming the fix."""
+        from engine.ssl.presets import preset_overrides
+        from engine.ssl.registry import METHODS
+
+        for where, names in (("--methods", self.methods), ("--reuse", reused)):
+            bad = [m for m in names if m not in METHODS]
+            if bad:
+                raise ValueError(f"{where}: unknown SSL method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
+        to_train = [m for m in self.methods if m not in reused]
+        for m in to_train:
+            preset_overrides(m, self.preset)  # unknown preset, or none for this method: ValueError
+        if to_train and not self.pretrain_data:
+            raise ValueError(f"--pretrain: give the images to pretrain {', '.join(to_train)} on (a manifest CSV or "
+                             "a folder), or --reuse a checkpoint for each method")
+        if to_train and not Path(self.pretrain_data).exists():
+            raise ValueError(f"--pretrain {self.pretrain_data} does not exist; give a manifest CSV or an image folder")
+        for p in self.eval_manifests:
+            if Path(p).is_dir():
+                raise ValueError(f"--eval {p} is a folder; it needs a labeled manifest CSV (make one from a "
+                                 "folder per class with `python -m engine manifest from-folder`)")
+
+    @property
+    def to_train(self) -> tuple[str, ...]:
+        """Methods pretrained by this study (not reused), in the order given."""
+        return tuple(m for m in self.methods if m not in dict(self.reuse))
 
     @property
     def all_methods(self) -> tuple[str, ...]:

@@ -68,11 +68,29 @@ def pretrain_table(records: dict[str, dict[str, Any]]) -> pd.DataFrame:
         final = ((r.get("collapse") or {}).get("final")) or {}
         loss = r.get("loss") or {}
         rows.append({"method": method, "checkpoint": r.get("name", "") + (" (reused)" if r.get("reused") else ""),
-                     "steps": r.get("steps", ""),
+                     "collapsed?": _collapse_verdict(final), "steps": r.get("steps", ""),
                      "epochs": _fmt(r.get("epochs")), "images": r.get("n_images", ""),
                      "seconds": _fmt(r.get("train_seconds"), 0), "last loss": _fmt(loss.get("last_mean")),
                      **{k: _fmt(final.get(k)) for k in COLLAPSE_KEYS}})
     return pd.DataFrame(rows)
+
+
+def _collapse_verdict(final: dict[str, Any]) -> str:
+    """The monitor's verdict on the last reading, by its limits (engine.ssl.monitor: std < STD_MIN, mean
+    cosine > COS_MAX or effective rank < ERANK_MIN): "yes: <why>", "no", or "" without a reading."""
+    from engine.ssl.monitor import COS_MAX, ERANK_MIN, STD_MIN
+
+    if not final:
+        return ""
+    why = [w for w, bad in ((f"std < {STD_MIN:g}", final.get("std", 1.0) < STD_MIN),
+                            (f"cos > {COS_MAX:g}", final.get("cos", 0.0) > COS_MAX),
+                            (f"erank < {ERANK_MIN:g}", final.get("erank", ERANK_MIN) < ERANK_MIN)) if bad]
+    return "yes: " + ", ".join(why) if why else "no"
+
+
+PRETRAIN_LEGEND = ("Collapse monitor's last reading on the head embedding: erank = effective rank (RankMe, uncentred), "
+                   "std = spread of the L2-normalized embeddings, cos = mean cosine of random pairs (1 = all the same), "
+                   "centred_erank and raw_std = the seed study's versions. 'collapsed?' applies the monitor's limits.")
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -116,14 +134,17 @@ def report_sections(out: Path) -> list[tuple[str, str, Any]]:
     order = {m: i for i, m in enumerate([*cfg["methods"], *(m for m, _ in cfg["reuse"])])}
     files = sorted((out / "pretrain").glob("*.json"), key=lambda p: (order.get(p.stem, len(order)), p.stem))
     records = {p.stem: json.loads(p.read_text()) for p in files}
-    parts += [("h2", "Pretraining", None), ("table", "", pretrain_table(records))]
+    parts += [("h2", "Pretraining", None), ("table", "", pretrain_table(records)), ("text", "", PRETRAIN_LEGEND)]
     if records:
         parts.append(("fig", "collapse", collapse_figure(records)))
     for sweep in sorted((out / "sweeps").glob("*")) if (out / "sweeps").exists() else []:
         summary, trials = _read_csv(sweep / "summary.csv"), _read_csv(sweep / "trials.csv")
         parts += [("h2", f"Few-shot AUC: {sweep.name}", None),
-                  ("text", "", "AUC on the held-out test set, mean ± std over trials (appendix style)."),
-                  ("table", "", appendix_table(summary, include_skipped=True)),
+                  ("text", "", "AUC on the held-out test set, mean ± std over trials (appendix style). "
+                               + _test_sizes(trials)),
+                  ("table", "", appendix_table(summary, include_skipped=True))]
+        parts += [("text", "", line) for line in _skipped_lines(summary)]
+        parts += [
                   ("h3", "Paired difference to random init (same images per trial)", None),
                   ("table", "", paired_table(trials))]
         if not summary.empty:
@@ -139,11 +160,30 @@ def report_sections(out: Path) -> list[tuple[str, str, Any]]:
     return parts
 
 
+def _test_sizes(trials: pd.DataFrame) -> str:
+    """'Test set: nodule 15 images, ...' from the trials' n_test (the same test set for every trial)."""
+    if trials.empty or "n_test" not in trials:
+        return ""
+    n = trials.groupby("finding")["n_test"].max()
+    return "Test set: " + ", ".join(f"{f} {int(k)} images" for f, k in n.items()) + "."
+
+
+def _skipped_lines(summary: pd.DataFrame) -> list[str]:
+    """One line per skipped group of a sweep summary, with the sweep's reason (e.g. too few images, offline)."""
+    if summary.empty or "status" not in summary:
+        return []
+    sk = summary[summary["status"] != "ok"]
+    msgs = sk.groupby("message", sort=False) if "message" in sk else []
+    return [f"Skipped ({', '.join(sorted(set(map(str, g['init']))))}): {m}" for m, g in msgs]
+
+
 def _settings_line(cfg: dict[str, Any], state: dict[str, Any]) -> str:
     secs = sum(float(s.get("seconds", 0)) for s in state.get("stages", {}).values())
-    return (f"Pretraining data `{cfg['pretrain_data']}`; methods {', '.join(cfg['methods']) or '-'}"
-            + (f"; reused {', '.join(f'{m}={n}' for m, n in cfg['reuse'])}" if cfg["reuse"] else "")
-            + f"; recipe {cfg['preset']}" + (f", {cfg['steps']} steps" if cfg["steps"] else "")
+    reused = dict(cfg["reuse"])
+    trained = [m for m in cfg["methods"] if m not in reused]
+    return ((f"Pretrained {', '.join(trained)} on `{cfg['pretrain_data']}` (recipe {cfg['preset']}"
+             + (f", {cfg['steps']} steps" if cfg["steps"] else "") + ")" if trained else "Nothing pretrained")
+            + (f"; reused {', '.join(f'{m}={n}' for m, n in reused.items())}" if reused else "")
             + f"; {cfg['image_size']} px; shots {', '.join(map(str, cfg['shots']))} x {cfg['trials']} trials; "
             f"modes {', '.join(cfg['modes'])}; baselines {', '.join(cfg['baselines'])}; seed {cfg['seed']}. "
             f"Stages took {secs / 60:.1f} min in all.")

@@ -78,7 +78,7 @@ def plan_stages(cfg: StudyConfig) -> list[Stage]:
 
     manifests = {p: load_manifest(p) for p in cfg.eval_manifests}
     findings = _findings_of(cfg, manifests)
-    stages = [Stage(f"pretrain:{m}", "pretrain", method=m) for m in cfg.methods if m not in dict(cfg.reuse)]
+    stages = [Stage(f"pretrain:{m}", "pretrain", method=m) for m in cfg.to_train]
     tags: set[str] = set()
     for p in cfg.eval_manifests:
         tag = eval_tag(p, tags)
@@ -97,11 +97,15 @@ def _load_state(out: Path, cfg: StudyConfig, resume: bool) -> dict[str, Any]:
     if not path.exists():
         return {"version": STUDY_VERSION, "config": cfg.to_dict(), "stages": {}, "created": time.time()}
     state = json.loads(path.read_text())
-    if state.get("config") != cfg.to_dict():
+    new = cfg.to_dict()
+    if state.get("config") != new and not state.get("stages"):  # nothing done yet: take the new settings
+        state["config"] = new
+        return state
+    if state.get("config") != new:
         old = state.get("config") or {}
-        diff = sorted(k for k in set(old) | set(cfg.to_dict()) if old.get(k) != cfg.to_dict().get(k))
-        raise StudyExistsError(f"{out} holds a study with other settings ({', '.join(diff)} differ); "
-                               "use another output folder, or the same settings to resume it")
+        diff = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        raise StudyExistsError(f"{out} holds a study with other settings ({'; '.join(diff)}); use another "
+                               "output folder, or the same settings to resume it")
     if not resume:
         raise StudyExistsError(f"{out} already holds this study; resume it (--resume) or use another output folder")
     return state
@@ -194,14 +198,18 @@ def _pretrain_config(cfg: StudyConfig, method: str, on_event: OnEvent | None) ->
 
 
 def _pretrain(cfg: StudyConfig, stage: Stage, out: Path, device, ckpts: Path, on_event, stop, owner) -> dict:
-    from engine.reservations import release_checkpoint, reserve_checkpoint
+    from engine.reservations import NameTakenError, release_checkpoint, reserve_checkpoint
     from engine.ssl.pretrain import pretrain_from_data
 
     name = cfg.checkpoint(stage.method)
     run_dir = out / "runs" / stage.method
     resuming = (run_dir / "state.pt").exists()
     if owner is not None:
-        reserve_checkpoint(name, owner, ckpts, replace=resuming)
+        try:
+            reserve_checkpoint(name, owner, ckpts, replace=resuming)
+        except NameTakenError as e:
+            raise NameTakenError(f"{e.args[0].split(';')[0]}; give this study another checkpoint prefix (--name), "
+                                 f"or --reuse {stage.method}={name} to evaluate that backbone") from None
     pcfg = _pretrain_config(cfg, stage.method, on_event)
     path = pretrain_from_data(cfg.pretrain_data, pcfg, name, device, run_dir=run_dir, on_event=on_event,
                               stop=stop, resume=resuming, checkpoint_dir=ckpts)

@@ -40,6 +40,21 @@ def test_config_refuses_bad_settings_with_the_fix(data):
         _cfg(data, name="../x")
     with pytest.raises(ValueError, match="in none of the eval manifests"):
         plan_stages(_cfg(data, findings=("pneumonia",)))
+    with pytest.raises(ValueError, match=r"--methods: unknown SSL method\(s\) mocov2; choose from moco_v2"):
+        _cfg(data, methods=("mocov2",))
+    with pytest.raises(ValueError, match=r"--reuse: unknown SSL method\(s\) moco"):
+        _cfg(data, reuse=(("moco", "x"),))
+    with pytest.raises(ValueError, match="unknown preset 'fast'"):
+        _cfg(data, preset="fast")
+    with pytest.raises(ValueError, match="--pretrain /nowhere does not exist"):
+        _cfg(data, pretrain_data="/nowhere")
+    with pytest.raises(ValueError, match="--pretrain: give the images"):
+        _cfg(data, pretrain_data="")
+    with pytest.raises(ValueError, match="is a folder; it needs a labeled manifest CSV"):
+        _cfg(data, eval_manifests=(str(data.parent / "images"),))
+    with pytest.raises(ValueError, match="--reuse METHOD=NAME"):
+        _cfg(data, baselines=("cxr-moco_v2-resnet18-224",))
+    assert _cfg(data, pretrain_data="", methods=(), reuse=(("moco_v2", "x"),)).to_train == ()  # nothing to pretrain
     c = _cfg(data, reuse=(("dino", "x"),))
     assert StudyConfig.from_dict(c.to_dict()) == c
 
@@ -68,10 +83,14 @@ def test_study_end_to_end_then_resume_skips_finished_stages(data, tmp_path):
     md = res.report_md.read_text()
     assert "| finding | init | mode | 2-shot | 4-shot |" in md
     assert md.count("±") >= 3 * 2
+    n_test = int(trials["n_test"].max())
+    assert f"Test set: nodule {n_test} images." in md
     assert "st-spark" in md and "pointing_hit" in md
     pre = md.split("## Pretraining")[1].split("##")[0]
-    assert "| method | checkpoint |" in pre and "centred_erank" in pre
-    erank = [float(r.split("|")[8]) for r in pre.splitlines() if r.startswith("| moco_v2") or r.startswith("| spark")]
+    assert "| method | checkpoint | collapsed? |" in pre and "centred_erank" in pre and "mean cosine of random" in pre
+    rows = [r.split("|") for r in pre.splitlines() if r.startswith("| moco_v2") or r.startswith("| spark")]
+    assert all(r[3].strip() == "no" or r[3].strip().startswith("yes: ") for r in rows)
+    erank = [float(r[9]) for r in rows]
     assert len(erank) == 2 and all(e >= 1.0 for e in erank)  # final collapse readings are in the table
     assert "![grid_" in md
     html = res.report_html.read_text()
@@ -82,7 +101,7 @@ def test_study_end_to_end_then_resume_skips_finished_stages(data, tmp_path):
     # the same settings without --resume are refused; with it, nothing is redone
     with pytest.raises(StudyExistsError, match="resume"):
         run_study(_cfg(data), out, "cpu")
-    with pytest.raises(StudyExistsError, match="trials differ"):
+    with pytest.raises(StudyExistsError, match="trials 2 -> 3"):
         run_study(_cfg(data, trials=3), out, "cpu", resume=True)
     again = []
     mtime = (out / "sweeps" / "ph" / "trials.csv").stat().st_mtime_ns
@@ -114,14 +133,16 @@ def test_cli_reuses_a_checkpoint_and_prints_the_report(data, tmp_path, capsys):
                  "--baselines", "random", "--gradcam-images", "0", "--out", str(out), "--device", "cpu"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["stages"] == 3
     out2 = tmp_path / "s2"
-    assert main(["study", "--pretrain", str(data), "--eval", str(data), "--methods", "", "--reuse", "moco_v2=c-moco_v2",
+    assert main(["study", "--eval", str(data), "--methods", "", "--reuse", "moco_v2=c-moco_v2",
                  "--image-size", str(S), "--shots", "2", "--trials", "2", "--baselines", "random",
                  "--gradcam-images", "0", "--out", str(out2), "--device", "cpu"]) == 0
     assert not (out2 / "runs").exists()  # nothing pretrained
     assert set(pd.read_csv(out2 / "sweeps" / "ph" / "trials.csv")["init"]) == {"random", "c-moco_v2"}
     reused = json.loads((out2 / "pretrain" / "moco_v2.json").read_text())
     assert reused["reused"] is True and reused["steps"] == 2 and reused["collapse"]["history"]
-    assert "| moco_v2 | c-moco_v2 (reused) | 2 |" in (out2 / "report.md").read_text()
+    row = next(r for r in (out2 / "report.md").read_text().splitlines() if r.startswith("| moco_v2 | c-moco_v2 (reused) |"))
+    assert row.split("|")[4].strip() == "2"  # its steps, from the reused checkpoint's json
+    assert "Nothing pretrained; reused moco_v2=c-moco_v2" in (out2 / "report.md").read_text()
     capsys.readouterr()
     assert main(["study", "--pretrain", str(data), "--eval", str(data), "--reuse", "moco_v2=nope",
                  "--out", str(tmp_path / "s3")]) == 2
@@ -143,3 +164,32 @@ def test_appendix_table_one_row_per_finding_init_mode_and_skipped_groups_on_requ
     t = appendix_table(s, include_skipped=True)
     assert t.set_index("init").loc["imagenet", "1-shot"] == "skipped" and t.set_index("init").loc["imagenet", "5-shot"] == ""
     assert appendix_table(s[s["status"] != "ok"]).empty
+
+
+def test_a_folder_where_nothing_ran_takes_the_corrected_settings(data, tmp_path):
+    from engine.study.runner import _load_state, _save_state
+
+    out = tmp_path / "s"
+    out.mkdir()
+    _save_state(out, _load_state(out, _cfg(data, preset="quick"), resume=False))  # written, then the run failed
+    state = _load_state(out, _cfg(data, trials=3), resume=True)  # corrected: nothing done, so no refusal
+    assert state["config"]["trials"] == 3
+    state["stages"]["pretrain:moco_v2"] = {"status": "done"}
+    _save_state(out, state)
+    with pytest.raises(StudyExistsError, match="trials 3 -> 4"):
+        _load_state(out, _cfg(data, trials=4), resume=True)
+
+
+def test_cli_names_checkpoints_after_the_out_folder_and_explains_a_taken_name(data, tmp_path):
+    from engine.study.commands import default_name
+
+    assert default_name(str(tmp_path / "my study 2")) == "my-study-2"
+    assert default_name("/") == "study"
+    from engine.reservations import NameTakenError, process_owner
+
+    ckpts = tmp_path / "ck"
+    ckpts.mkdir()
+    (ckpts / "st-moco_v2.safetensors").write_bytes(b"")  # someone's backbone of that name
+    with pytest.raises(NameTakenError, match=r"another checkpoint prefix \(--name\), or --reuse moco_v2=st-moco_v2"):
+        run_study(_cfg(data, methods=("moco_v2",), gradcam_images=0), tmp_path / "s", "cpu", owner=process_owner(),
+                  checkpoint_dir=ckpts)

@@ -79,6 +79,7 @@ def test_benchmark_page_runs_a_study_and_shows_its_report(phantom_csv):
     appendix = next(t for t in tables if "2-shot" in t.columns)
     assert set(appendix["init"]) == {"random", "imagenet", "pg-moco_v2"} and "±" in appendix["2-shot"].iloc[-1]
     assert any("pointing_hit" in t.columns for t in tables)
+    assert "Skipped (imagenet): " in texts(at)  # the sweep's reason, not only "skipped" cells
     assert len(at.get("plotly_chart")) >= 2  # collapse history, AUC vs shots
     assert any(c.startswith("grid_") for img in at.image for c in img.captions)  # the Grad-CAM grids
     assert "pg-moco_v2" in [c["name"] for c in services().store.checkpoints()]
