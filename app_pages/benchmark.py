@@ -12,7 +12,7 @@ from engine.fewshot.trials import appendix_table
 from engine.jobs import JobSnapshot
 from engine.models import list_inits
 from engine.tasks import SimilarityParams, SweepParams
-from ui.jobs import job_table, pick_result, set_watched, status_block, watch, watched
+from ui.jobs import job_table, pick_result, set_watched, start_job, status_block, watch, watched
 from ui.plots import tidy_auc_figure
 from ui.services import Services, services
 from ui.study import study_section
@@ -189,19 +189,12 @@ def similarity_form(svc: Services) -> None:
     if problems:
         st.error("To compare: " + "; ".join(problems) + ".", icon=":material/error:")
         return
-    try:
-        params = SimilarityParams(
-            init=init, candidates=tuple(lines), layers=tuple(l for l in SIM_LAYERS if l in layers),
-            n_images=int(n_images), image_size=int(size), grid=int(grid),
-            reference_path=ref_path.strip() if ref == "path" else None,
-            reference_finding=ref.split(":", 1)[1] if ref.startswith("finding:") else None,
-            title=f"{'workspace' if ref != 'path' else ref_path.strip()} vs {len(lines)} pool(s) · {init}")
-        job_id = svc.runner.submit("similarity", params)
-    except ValueError as e:
-        st.error(f"{e}", icon=":material/error:")
-        return
-    set_watched("similarity", job_id)
-    st.rerun()
+    start_job("similarity", "similarity", lambda: SimilarityParams(
+        init=init, candidates=tuple(lines), layers=tuple(l for l in SIM_LAYERS if l in layers),
+        n_images=int(n_images), image_size=int(size), grid=int(grid),
+        reference_path=ref_path.strip() if ref == "path" else None,
+        reference_finding=ref.split(":", 1)[1] if ref.startswith("finding:") else None,
+        title=f"{'workspace' if ref != 'path' else ref_path.strip()} vs {len(lines)} pool(s) · {init}"))
 
 
 def show_similarity(res: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ from engine.ssl import METHODS
 from engine.ssl.monitor import COS_MAX, ERANK_MIN, STD_MIN, collapse_status
 from engine.ssl.pretrain import SSL_ARCHS
 from engine.tasks import PretrainParams
-from ui.jobs import job_table, job_warnings, set_watched, status_block, watch, watched
+from ui.jobs import job_table, job_warnings, start_job, status_block, watch, watched
 from ui.monitor_plots import control_figure, study_collapse_figure
 from ui.plots import collapse_figure, loss_figure
 from ui.services import services
@@ -123,17 +123,11 @@ def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, i
         f = image_set.split(":", 1)[1]
         imgs = svc.store.images(f)
         image_ids = tuple(int(i) for i in imgs.loc[imgs[f].notna(), "id"])
-    try:  # the name is checked and reserved at submit: another run may have taken it meanwhile
-        params = PretrainParams(method=method, arch=arch, epochs=int(epochs), batch_size=int(batch),
-                                image_size=int(size), preset=preset, out_name=name,
-                                collapse_control=f"erank:{float(target):g}" if control else None,
-                                data=path.strip() if image_set == "path" else None, image_ids=image_ids)
-        job_id = svc.runner.submit("pretrain", params)
-    except ValueError as e:
-        st.error(f"{e}", icon=":material/error:")
-        return
-    set_watched("pretrain", job_id)
-    st.rerun()
+    # the name is checked and reserved at submit: another run may have taken it meanwhile
+    start_job("pretrain", "pretrain", lambda: PretrainParams(
+        method=method, arch=arch, epochs=int(epochs), batch_size=int(batch), image_size=int(size), preset=preset,
+        out_name=name, collapse_control=f"erank:{float(target):g}" if control else None,
+        data=path.strip() if image_set == "path" else None, image_ids=image_ids))
 
 
 def draw_job(snap: JobSnapshot) -> None:

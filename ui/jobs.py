@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 import streamlit as st
 
 from engine.jobs import JobSnapshot
+from engine.jobs.params import JobParams
 from ui.services import services
 from ui.widgets import fmt_time
 
@@ -101,6 +102,18 @@ def watched(page: str, kinds: Iterable[str]) -> int | None:
         return None
     jobs.sort(key=lambda j: (j.state == "running", j.state == "queued", j.created), reverse=True)
     return jobs[0].id
+
+
+def start_job(page: str, kind: str, build: Callable[[], JobParams]) -> None:
+    """Build a job's params (validated on construction) and submit a `kind` job that `page` then watches,
+    and rerun; a ValueError (invalid params, a name another run holds) is shown on the page instead."""
+    try:
+        job_id = services().runner.submit(kind, build())
+    except ValueError as e:
+        st.error(f"{e}", icon=":material/error:")
+        return
+    set_watched(page, job_id)
+    st.rerun()
 
 
 def set_watched(page: str, job_id: int | None) -> None:

@@ -16,7 +16,7 @@ import streamlit as st
 from engine.jobs import JobSnapshot
 from engine.ssl.registry import METHODS
 from engine.study.tasks import StudyParams
-from ui.jobs import pick_result, set_watched, status_block, watch, watched
+from ui.jobs import pick_result, start_job, status_block, watch, watched
 from ui.services import Services
 from ui.widgets import default_image_size, method_label
 
@@ -69,17 +69,11 @@ def _submit(svc: Services, methods, findings, shots, modes, name, pool, steps, s
     if missing:
         st.error("Choose at least " + ", ".join(missing) + ".", icon=":material/error:")
         return
-    try:
-        params = StudyParams(methods=tuple(methods), findings=tuple(findings), name=name.strip(), steps=steps, batch_size=batch,
-                             image_size=size, shots=tuple(sorted(int(k) for k in shots)), trials=trials,
-                             modes=tuple(modes), gradcam_images=cams, pretrain_path=pool.strip() or None,
-                             title=f"{', '.join(method_label(m) for m in methods)} · {', '.join(findings)}")
-        job_id = svc.runner.submit("study", params)
-    except ValueError as e:
-        st.error(f"{e}", icon=":material/error:")
-        return
-    set_watched("study", job_id)
-    st.rerun()
+    start_job("study", "study", lambda: StudyParams(
+        methods=tuple(methods), findings=tuple(findings), name=name.strip(), steps=steps, batch_size=batch,
+        image_size=size, shots=tuple(sorted(int(k) for k in shots)), trials=trials, modes=tuple(modes),
+        gradcam_images=cams, pretrain_path=pool.strip() or None,
+        title=f"{', '.join(method_label(m) for m in methods)} · {', '.join(findings)}"))
 
 
 def draw_study_job(snap: JobSnapshot) -> None:

@@ -118,20 +118,21 @@ def resolve_image_paths(data: str | Path, include_test: bool = False) -> list[st
 
 
 def pretrain_from_data(
-    data: str | Path, cfg: PretrainConfig, out_name: str, device: torch.device | str = "auto",
+    data: str | Path | list[str], cfg: PretrainConfig, out_name: str, device: torch.device | str = "auto",
     run_dir: Path | None = None, on_event: OnEvent | None = None, stop: threading.Event | None = None,
     resume: bool = False, checkpoint_dir: Path | None = None, cache_dir: Path | None = None,
     include_test: bool = False,
 ) -> Path:
     """Resolve a manifest CSV / image folder, build (or reuse) the uint8 cache at cfg.image_size, pretrain.
 
-    run_dir defaults to <workspace>/runs/<out_name>.
+    data: a manifest CSV or folder (resolve_image_paths), or a list of image paths already resolved by
+    the caller (used as given; include_test does not apply). run_dir defaults to <workspace>/runs/<out_name>.
     """
     from engine.data.cache import ImageCache
     from engine.paths import sub
 
     _check_name(out_name)
-    paths = resolve_image_paths(data, include_test)
+    paths = list(data) if isinstance(data, list) else resolve_image_paths(data, include_test)
     cache = ImageCache.build(paths, size=cfg.image_size, cache_dir=cache_dir, on_event=on_event, stop=stop)
     run_dir = Path(run_dir) if run_dir is not None else sub(None, "runs") / out_name
     return pretrain_images(cache.array, cfg, out_name, device, run_dir, on_event=on_event, stop=stop, resume=resume,

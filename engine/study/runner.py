@@ -137,11 +137,12 @@ def run_study(
     out = Path(out_dir)
     ckpts = Path(checkpoint_dir) if checkpoint_dir is not None else checkpoints_dir()
     stages = plan_stages(cfg)
-    _check_reused(cfg, ckpts)
+    reused = _reused_infos(cfg, ckpts)
     out.mkdir(parents=True, exist_ok=True)
     state = _load_state(out, cfg, resume)
     _save_state(out, state)
-    _record_reused(cfg, out, ckpts)
+    for method, name in cfg.reuse:  # pretrain/<method>.json from the checkpoint's json, for the report
+        _write_record(out, method, {**reused[name], "name": name, "reused": True})
     total = len(stages)
     for i, stage in enumerate(stages):
         check_stop(stop)
@@ -158,23 +159,16 @@ def run_study(
     return StudyResult(out, out / "report.md", out / "report.html", state["stages"])
 
 
-def _check_reused(cfg: StudyConfig, ckpts: Path) -> None:
+def _reused_infos(cfg: StudyConfig, ckpts: Path) -> dict[str, dict[str, Any]]:
+    """{checkpoint name: its json} of every reused checkpoint; UnknownInitError naming the valid ones."""
     from engine.models.registry import UnknownInitError, list_inits
-
-    known = {i.name for i in list_inits(ckpts)}
-    for method, name in cfg.reuse:
-        if name not in known:
-            raise UnknownInitError(f"--reuse {method}={name}: no checkpoint {name!r} in {ckpts}; "
-                                   f"valid: {', '.join(sorted(known))}")
-
-
-def _record_reused(cfg: StudyConfig, out: Path, ckpts: Path) -> None:
-    """pretrain/<method>.json for each reused checkpoint (from its json, marked reused), for the report."""
-    from engine.models.registry import list_inits
 
     infos = {i.name: i.info for i in list_inits(ckpts)}
     for method, name in cfg.reuse:
-        _write_record(out, method, {**infos.get(name, {}), "name": name, "reused": True})
+        if name not in infos:
+            raise UnknownInitError(f"--reuse {method}={name}: no checkpoint {name!r} in {ckpts}; "
+                                   f"valid: {', '.join(sorted(infos))}")
+    return {name: infos[name] for _, name in cfg.reuse}
 
 
 def _write_record(out: Path, method: str, meta: dict[str, Any]) -> None:
@@ -183,13 +177,11 @@ def _write_record(out: Path, method: str, meta: dict[str, Any]) -> None:
     atomic_write_text(out / "pretrain" / f"{method}.json", json.dumps(keep, indent=1, default=str))
 
 
-def _pretrain_config(cfg: StudyConfig, method: str, on_event: OnEvent | None) -> Any:
+def _pretrain_config(cfg: StudyConfig, method: str, n: int, on_event: OnEvent | None) -> Any:
     """The method's PretrainConfig: the preset with the study's size, seed, steps and batch; the batch
-    (and the monitor's image count) capped at the number of pretraining images, as the app's pretrain job."""
+    (and the monitor's image count) capped at the `n` pretraining images, as the app's pretrain job."""
     from engine.ssl.presets import build_config
-    from engine.ssl.pretrain import resolve_image_paths
 
-    n = len(resolve_image_paths(cfg.pretrain_data))
     batch = build_config(method, cfg.preset).batch_size if cfg.batch_size is None else cfg.batch_size
     if batch > n:
         emit(on_event, kind="log", message=f"{method}: batch {batch} capped at the {n} pretraining images")
@@ -199,7 +191,7 @@ def _pretrain_config(cfg: StudyConfig, method: str, on_event: OnEvent | None) ->
 
 def _pretrain(cfg: StudyConfig, stage: Stage, out: Path, device, ckpts: Path, on_event, stop, owner) -> dict:
     from engine.reservations import NameTakenError, release_checkpoint, reserve_checkpoint
-    from engine.ssl.pretrain import pretrain_from_data
+    from engine.ssl.pretrain import pretrain_from_data, resolve_image_paths
 
     name = cfg.checkpoint(stage.method)
     run_dir = out / "runs" / stage.method
@@ -210,8 +202,9 @@ def _pretrain(cfg: StudyConfig, stage: Stage, out: Path, device, ckpts: Path, on
         except NameTakenError as e:
             raise NameTakenError(f"{e.args[0].split(';')[0]}; give this study another checkpoint prefix (--name), "
                                  f"or --reuse {stage.method}={name} to evaluate that backbone") from None
-    pcfg = _pretrain_config(cfg, stage.method, on_event)
-    path = pretrain_from_data(cfg.pretrain_data, pcfg, name, device, run_dir=run_dir, on_event=on_event,
+    files = resolve_image_paths(cfg.pretrain_data)  # listed once: counted for the batch, then trained on
+    pcfg = _pretrain_config(cfg, stage.method, len(files), on_event)
+    path = pretrain_from_data(files, pcfg, name, device, run_dir=run_dir, on_event=on_event,
                               stop=stop, resume=resuming, checkpoint_dir=ckpts)
     if owner is not None:
         release_checkpoint(name, owner, ckpts)
