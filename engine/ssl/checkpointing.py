@@ -43,6 +43,7 @@ def state_dict(run: Run) -> dict[str, Any]:
         "order": torch.from_numpy(run.order(epoch)), "epoch": epoch,
         "history": run.history, "collapse": run.monitor.history, "train_seconds": run.train_seconds,
         "collapse_control": run.control.state_dict() if run.control is not None else None,
+        "warm_start": run.warm_start,
     }
 
 
@@ -103,6 +104,7 @@ def restore(run: Run, state: dict[str, Any]) -> None:
     if run.control is not None:
         run.control.load_state_dict(state["collapse_control"])
     run.order.cached = (int(state["epoch"]), state["order"].cpu().numpy())  # exact data order
+    run.warm_start = state.get("warm_start")
     torch.set_rng_state(state["rng"]["torch"])
     if run.device.type == "cuda" and state["rng"].get("cuda"):
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -138,6 +140,17 @@ def _checkpoints_dir() -> Path:
     return checkpoints_dir()
 
 
+def _totals(run: Run) -> dict[str, Any]:
+    """A warm start's lineage and the training summed over every window (epochs, images seen, seconds)."""
+    w = run.warm_start
+    if not w:
+        return {}
+    epochs, seen = run.step / run.sched.steps_per_epoch, run.step * run.cfg.batch_size
+    return {"warm_start": w, "epochs_total": w["epochs_before"] + epochs,
+            "images_seen_total": w["images_seen_before"] + seen,
+            "train_seconds_total": round(w["train_seconds_before"] + run.train_seconds, 1)}
+
+
 def backbone_info(run: Run, h: str, extra: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint json's training record (docs/design.md, "SSL pretraining"); `h` = param_hash."""
     cfg, losses = run.cfg, [r["loss"] for r in run.history]
@@ -153,6 +166,7 @@ def backbone_info(run: Run, h: str, extra: dict[str, Any]) -> dict[str, Any]:
         "collapse": {"final": ({k: v for k, v in collapse[-1].items() if k != "step"} if collapse else {}),
                      "history": collapse, **metric_definitions()},  # sets + labels of both metric sets
         "collapse_control": run.control.summary() if run.control is not None else None,
+        **_totals(run),
         "loss": ({"first": losses[0], "last": losses[-1], "min": min(losses),
                   "last_mean": float(np.mean(losses[-max(1, len(losses) // 10):])),
                   "curve": [[r["step"], r["loss"]] for r in run.history[::stride]]} if losses else {}),

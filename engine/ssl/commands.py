@@ -47,8 +47,17 @@ def register(sub) -> None:
                    help="overwrite an existing backbone of this name, or take the name from a run that stopped "
                         "before finishing (never from a running one, never a shipped backbone's name)")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto (default)")
-    p.add_argument("--init", choices=("random", "imagenet"), default="random",
-                   help="start from random or ImageNet weights (MoCo-transfer)")
+    p.add_argument("--init", default="random", metavar="random|imagenet|CHECKPOINT",
+                   help="start from random weights, ImageNet's (MoCo-transfer), or a checkpoint of the same arch "
+                        "(a warm start: e.g. --init cxr-moco_v2-resnet18-224 continues the shipped backbone with "
+                        "a new schedule; heads and optimizer start afresh; the json records the lineage and the "
+                        "epochs summed over every run)")
+    p.add_argument("--data-on-device", choices=("auto", "on", "off"), default="auto",
+                   help="hold all images on the training device and index batches there (auto = on CUDA when they "
+                        "take < 1/4 of its free memory)")
+    p.add_argument("--sync-every", type=int, default=None, metavar="N",
+                   help="read the losses back to the host every N steps (default 1 on CPU, 20 on CUDA); a NaN is "
+                        "then caught up to N-1 steps late, the saved state is always from before it")
     p.add_argument("--lr", type=float, default=None, help="peak lr (default: the method's base lr x batch / 256)")
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--warmup-epochs", type=float, default=None)
@@ -171,6 +180,8 @@ def _config(args: argparse.Namespace) -> Any:
         seed=args.seed, max_steps=args.max_steps, save_every_steps=args.save_every,
         monitor_every_steps=args.monitor_every, amp={"auto": None, "on": True, "off": False}[args.amp],
         init=args.init, collapse_control=args.collapse_control,
+        data_on_device={"auto": None, "on": True, "off": False}[args.data_on_device],
+        sync_every_steps=args.sync_every,
     )
 
 

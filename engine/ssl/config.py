@@ -16,7 +16,8 @@ from engine.ssl.registry import MethodSpec, get_method
 SSL_ARCHS = ("resnet18", "resnet50")
 # Config fields a resume may change (they do not alter the trajectory).
 RESUME_FREE = frozenset({"save_every_steps", "monitor_every_steps", "monitor_images", "collapse_std_min",
-                         "collapse_erank_min"})
+                         "collapse_erank_min", "data_on_device", "sync_every_steps"})
+BUILTIN_INITS = ("random", "imagenet")
 
 
 @dataclass(frozen=True)
@@ -45,23 +46,41 @@ class PretrainConfig:
     collapse_erank_min: float = ERANK_MIN  # collapse warning below this effective rank
     amp: bool | None = None  # None = on for CUDA (bf16, else fp16 + GradScaler), off on CPU
     channels_last: bool | None = None  # None = on for CUDA
-    init: str = "random"  # "random" | "imagenet" (MoCo-transfer: start SSL from ImageNet weights)
+    # "random" | "imagenet" (MoCo-transfer: start SSL from ImageNet weights) | the name of a checkpoint of the
+    # same arch (a warm start: its backbone continues, heads and optimizer start afresh; the lineage is recorded)
+    init: str = "random"
     aug: AugmentConfig = field(default_factory=AugmentConfig)
     method_config: Any = None  # MoCoConfig | BarlowConfig | SparKConfig | DINOConfig | ...; None = defaults
     # Adaptive collapse control (engine.ssl.monitor.CollapseControl; "erank:TARGET" or a dict also
     # accepted): None = off. Acts at every collapse-monitor reading.
     collapse_control: CollapseControl | None = None
+    # Where the batches come from; neither changes the trajectory (both may change on resume):
+    # data_on_device: the whole uint8 image set held on the training device, batches indexed there (no host
+    # round trip per step); None = on for CUDA when it takes < 1/4 of the free device memory, off on CPU.
+    data_on_device: bool | None = None
+    # sync_every_steps: read the losses back to the host every N steps (one device sync per N steps instead of
+    # one per step); None = 1 on CPU, 20 on CUDA. With N > 1 a non-finite loss is caught up to N-1 steps late:
+    # the run still stops with NonFiniteLossError and the last state saved (always after a check) is kept.
+    sync_every_steps: int | None = None
 
     def __post_init__(self) -> None:
         spec = get_method(self.method)
         if self.arch not in SSL_ARCHS:
             raise ValueError(f"SSL pretraining supports {', '.join(SSL_ARCHS)}, not {self.arch!r}")
-        if self.init not in ("random", "imagenet"):
-            raise ValueError(f"init must be 'random' or 'imagenet', not {self.init!r}")
+        if self.init not in BUILTIN_INITS:
+            from engine.names import InvalidNameError, check_name
+
+            try:
+                check_name(self.init, "init")
+            except InvalidNameError as e:
+                raise ValueError(f"init must be 'random', 'imagenet' or a checkpoint name to warm-start from, "
+                                 f"not {self.init!r} ({e})") from None
         for name, lo in (("epochs", 1), ("batch_size", 2), ("image_size", 32), ("save_every_steps", 1),
                          ("monitor_every_steps", 0), ("monitor_images", 2)):
             if getattr(self, name) < lo:
                 raise ValueError(f"{name} must be >= {lo} (got {getattr(self, name)})")
+        if self.sync_every_steps is not None and self.sync_every_steps < 1:
+            raise ValueError(f"sync_every_steps must be >= 1 (got {self.sync_every_steps})")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 (got {self.max_steps})")
         self._set_method_config(spec)

@@ -2,8 +2,14 @@
 
 Design decisions (docs/design.md, "SSL pretraining"):
 
-- Data: `images` is the (N, S, S) uint8 resolution cache (a memmap). Each step reads its batch in a
-  prefetch thread, moves uint8 to the device and augments there (engine.ssl.augment).
+- Data: `images` is the (N, S, S) uint8 resolution cache (a memmap). On CUDA the whole set is copied to
+  the device once when it fits (`data_on_device`; 11k images at 224 px are 0.56 GB) and each batch is
+  indexed there; otherwise each step reads its batch in a prefetch thread and moves uint8 to the device.
+  Either way the augmentation runs on the device (engine.ssl.augment).
+- Host syncs: the losses are read back every `sync_every_steps` (CUDA default 20), not every step, so
+  the host can queue the next steps' kernels while the device works; events and the loss history are
+  then emitted for each step of the block. A non-finite loss found in a block stops the run; every state
+  save comes right after such a check, so state.pt always holds finite weights.
 - Batch: `cfg.batch_size` is the *global* batch; under torchrun each of W ranks takes batch/W images
   of a shared seeded permutation per epoch, so the run means the same on 1 or 8 GPUs. Steps per epoch
   = N // batch (last partial batch dropped). lr = cfg.lr or recipe.base_lr * batch / 256.
@@ -57,6 +63,7 @@ class Schedule:
     weight_decay: float
     amp: torch.dtype | None  # autocast dtype, None = full precision
     channels_last: bool
+    sync_every: int = 1  # steps between host reads of the losses (see the module docstring)
 
 
 def plan_schedule(cfg: PretrainConfig, n_images: int, world: int, device: torch.device) -> Schedule:
@@ -83,6 +90,7 @@ def plan_schedule(cfg: PretrainConfig, n_images: int, world: int, device: torch.
         peak_lr=peak_lr, final_lr=peak_lr * recipe.final_lr_ratio,
         weight_decay=recipe.weight_decay if cfg.weight_decay is None else cfg.weight_decay, amp=amp,
         channels_last=cfg.channels_last if cfg.channels_last is not None else device.type == "cuda",
+        sync_every=cfg.sync_every_steps or (20 if device.type == "cuda" else 1),
     )
 
 
@@ -124,6 +132,9 @@ class Run:
     history: list[dict[str, float]] = field(default_factory=list)  # one record per step
     train_s0: float = 0.0  # training seconds of earlier sessions
     t_start: float | None = None  # this session's start (perf_counter)
+    images_dev: torch.Tensor | None = None  # (N, S, S) uint8 on the device when data_on_device
+    warm_start: dict[str, Any] | None = None  # the checkpoint a warm start began from (`lineage`)
+    pending: list[tuple[int, float, torch.Tensor, list[str]]] = field(default_factory=list)  # steps not yet read
 
     @property
     def state_path(self) -> Path:
@@ -137,9 +148,10 @@ class Run:
 
 # --- setup ---------------------------------------------------------------------------------------
 def start_run(images: np.ndarray, cfg: PretrainConfig, device: torch.device, dinfo: DistInfo, run_dir: Path,
-              on_event: OnEvent | None, resume: bool, fingerprint: str) -> Run:
+              on_event: OnEvent | None, resume: bool, fingerprint: str, checkpoint_dir: Path | None = None) -> Run:
     """A run ready to train: schedule, monitor, model, optimizer; with `resume`, restored from
-    run_dir/state.pt when there is one (ValueError if it was written with other settings or data)."""
+    run_dir/state.pt when there is one (ValueError if it was written with other settings or data).
+    `checkpoint_dir`: where a warm start's checkpoint (cfg.init = its name) is looked up besides the shipped ones."""
     sched = plan_schedule(cfg, len(images), dinfo.world, device)
     monitor, control = _collapse_monitor(images, cfg), _collapse_controller(cfg)
     on_event = on_event if dinfo.main else None
@@ -149,21 +161,45 @@ def start_run(images: np.ndarray, cfg: PretrainConfig, device: torch.device, din
         check_resumable(state, cfg, fingerprint, len(images), state_path)
     elif resume:
         emit(on_event, kind="log", message=f"no state in {run_dir}; starting at step 0")
-    method, opt, scaler = _build(cfg, sched, device, dinfo, imagenet_init=cfg.init == "imagenet" and state is None)
+    start_from = cfg.init if cfg.init != "random" and state is None else None  # a resume restores its own weights
+    backbone, warm = initial_backbone(cfg, checkpoint_dir) if start_from is not None else (None, None)
+    method, opt, scaler = _build(cfg, sched, device, dinfo, backbone)
     run = Run(cfg=cfg, images=images, device=device, dist=dinfo, run_dir=run_dir, sched=sched,
               fingerprint=fingerprint, on_event=on_event, method=method, model=method, opt=opt, scaler=scaler,
-              monitor=monitor, control=control, order=EpochOrder(len(images), cfg.seed))
+              monitor=monitor, control=control, order=EpochOrder(len(images), cfg.seed), warm_start=warm)
     if state is not None:
         restore(run, state)  # weights, optimizer, progress, data order, RNG
     if run.control is not None:
         setattr(run.method, run.control.knob, run.control.weight)  # the weight in use (restored on resume)
+    run.images_dev = device_images(images, cfg, device)
     run.model = _ddp(run)
     s = run.sched
     emit(run.on_event, step=run.step, total=s.total, kind="log",
          message=f"{cfg.method} {cfg.arch}: {len(images)} images, {s.steps_per_epoch} steps/epoch, "
                  f"{s.total} steps (warmup {s.warmup}), lr {s.peak_lr:.3g}, {dinfo.world} process(es) "
-                 f"on {describe(device)}" + (f", resuming at step {run.step}" if state is not None else ""))
+                 f"on {describe(device)}" + (", images held on the device" if run.images_dev is not None else "")
+                 + (f", resuming at step {run.step}" if state is not None else ""))
     return run
+
+
+def device_images(images: np.ndarray, cfg: PretrainConfig, device: torch.device) -> torch.Tensor | None:
+    """The whole uint8 image set (N, S, S) copied to `device` once, or None to read batches from the host.
+
+    `cfg.data_on_device` None = on for CUDA when the set takes < 1/4 of the free device memory (the
+    model, activations and cuDNN workspaces need the rest), off on CPU (the memmap is host memory already).
+    """
+    want = cfg.data_on_device
+    if want is None:
+        if device.type != "cuda":
+            return None
+        free, _total = torch.cuda.mem_get_info(device)
+        want = images.nbytes < free / 4
+    if not want:
+        return None
+    out = torch.empty(images.shape, dtype=torch.uint8, device=device)
+    for i in range(0, len(images), 4096):  # in blocks: a memmap is not read whole into host memory
+        out[i : i + 4096].copy_(torch.from_numpy(np.ascontiguousarray(images[i : i + 4096])))
+    return out
 
 
 def _collapse_monitor(images: np.ndarray, cfg: PretrainConfig) -> CollapseMonitor:
@@ -187,18 +223,45 @@ def build_method(cfg: PretrainConfig, backbone: nn.Module | None = None) -> SSLM
     return cfg.spec.method_cls(backbone, cfg.method_config, cfg.aug, cfg.image_size)
 
 
+def initial_backbone(cfg: PretrainConfig, checkpoint_dir: Path | None = None) -> tuple[nn.Module, dict | None]:
+    """The backbone a run starts from when cfg.init is not "random": ImageNet weights, or a checkpoint's
+    (a warm start: e.g. the shipped backbone, continued in a later GPU window), and the warm start's
+    `lineage` (None for ImageNet).
+
+    Raises InitUnavailableError (offline ImageNet, a damaged checkpoint), UnknownInitError (no such
+    checkpoint), ValueError when the checkpoint's arch is not cfg.arch.
+    """
+    model, meta = load_backbone(cfg.init, "cpu", arch=cfg.arch, checkpoint_dir=checkpoint_dir)
+    if meta.arch != cfg.arch:
+        raise ValueError(f"cannot warm-start a {cfg.arch} run from {cfg.init!r}: it is a {meta.arch}; "
+                         f"use --arch {meta.arch} or another checkpoint")
+    return model.train(), (lineage(meta.name, meta.info, meta.fingerprint) if cfg.init != "imagenet" else None)
+
+
+def lineage(name: str, info: dict[str, Any], fingerprint: str) -> dict[str, Any]:
+    """What a warm start continues: the source checkpoint and its cumulative training (epochs, images
+    seen, seconds over every earlier window), so a backbone trained in several windows records its total."""
+    prev = info.get("warm_start") or {}
+    return {
+        "from": name, "fingerprint": fingerprint, "method": info.get("method"),
+        "data_fingerprint": info.get("data_fingerprint"),
+        "epochs_before": float(info.get("epochs_total", info.get("epochs", 0.0)) or 0.0),
+        "images_seen_before": int(info.get("images_seen_total", info.get("images_seen", 0)) or 0),
+        "train_seconds_before": float(info.get("train_seconds_total", info.get("train_seconds", 0.0)) or 0.0),
+        "windows_before": int(prev.get("windows_before", 0)) + 1,
+    }
+
+
 def _build(cfg: PretrainConfig, s: Schedule, device: torch.device, dinfo: DistInfo,
-           imagenet_init: bool) -> tuple[SSLMethod, torch.optim.Optimizer, torch.amp.GradScaler]:
-    """The method on the device (SyncBN under DDP on CUDA), its optimizer and grad scaler."""
-    backbone = None
-    if imagenet_init:  # raises InitUnavailableError offline
-        backbone = load_backbone("imagenet", "cpu", arch=cfg.arch)[0].train()
+           backbone: nn.Module | None) -> tuple[SSLMethod, torch.optim.Optimizer, torch.amp.GradScaler]:
+    """The method on the device (SyncBN under DDP on CUDA), its optimizer (fused on CUDA) and grad scaler;
+    `backbone`: the starting weights (initial_backbone), None = random."""
     m = build_method(cfg, backbone)
     m.channels_last = s.channels_last
     m.to(device, memory_format=torch.channels_last if s.channels_last else torch.preserve_format)
     if dinfo.enabled and device.type == "cuda" and m.sync_bn:
         m = nn.SyncBatchNorm.convert_sync_batchnorm(m)
-    opt = build_optimizer(m, cfg.recipe, s.peak_lr, s.weight_decay)
+    opt = build_optimizer(m, cfg.recipe, s.peak_lr, s.weight_decay, fused=device.type == "cuda")
     return m, opt, torch.amp.GradScaler(device.type, enabled=s.amp == torch.float16)
 
 
@@ -226,8 +289,14 @@ def _load(run: Run, step: int) -> torch.Tensor:
 
 
 def batches(run: Run, start: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """(step, uint8 batch (B, S, S)) from `start` to the end, the next batch read in a background thread."""
+    """(step, uint8 batch (B, S, S)) from `start` to the end: indexed on the device when the images are
+    held there, else the next batch read from the host in a background thread."""
     total = run.sched.total
+    if run.images_dev is not None:
+        for step in range(start, total):
+            idx = torch.from_numpy(batch_indices(run, step)).to(run.device, non_blocking=True)
+            yield step, run.images_dev[idx]
+        return
     with ThreadPoolExecutor(1, thread_name_prefix="ssl-data") as pool:
         fut = pool.submit(_load, run, start) if start < total else None
         for step in range(start, total):
@@ -267,8 +336,9 @@ def apply_update(method: SSLMethod, opt: torch.optim.Optimizer, scaler: torch.am
 def train(run: Run, stop: threading.Event | None) -> None:
     """Train from `run.step` to the end of the schedule.
 
-    Raises Cancelled after saving the state when `stop` is set (on any rank), NonFiniteLossError
-    (before the update) when the loss becomes NaN/inf on any rank.
+    Raises Cancelled after saving the state when `stop` is set (on any rank), NonFiniteLossError when
+    the loss becomes NaN/inf on any rank: before that step's update when losses are read every step
+    (CPU), within `sync_every` steps of it otherwise (the saved state is from before it in both cases).
     """
     cfg, s, m = run.cfg, run.sched, run.method
     params = [p for p in m.parameters() if p.requires_grad]
@@ -285,19 +355,42 @@ def train(run: Run, stop: threading.Event | None) -> None:
         g = step_generator(run.device, cfg.seed, step, run.dist.rank)
         m.before_step(step, s.total)
         loss, metrics = forward_backward(m, run.model, run.opt, run.scaler, xb, g, s.amp)
-        vals = torch.stack([loss.detach().float(), *(v.float() for v in metrics.values())]).tolist()
-        if any_rank(run, not np.isfinite(vals[0])):
-            _fail(run, step, vals[0], lr)
+        run.pending.append((step, lr, torch.stack([loss.detach().float(), *(v.detach().float() for v in
+                                                                             metrics.values())]), list(metrics)))
+        if s.sync_every == 1:
+            flush(run)  # checked before the update
         apply_update(m, run.opt, run.scaler, params, step, s.total)
         run.step = step + 1
-        rec = {"step": run.step, "loss": vals[0], "lr": lr, "epoch": run.step / s.steps_per_epoch,
-               **dict(zip(metrics, vals[1:]))}
-        run.history.append(rec)
-        emit(run.on_event, step=run.step, total=s.total, metrics={k: v for k, v in rec.items() if k != "step"})
-        if run.monitor.due(run.step, s.total):
+        due_monitor = run.monitor.due(run.step, s.total)
+        due_save = run.step % cfg.save_every_steps == 0 and run.step < s.total
+        if len(run.pending) >= s.sync_every or due_monitor or due_save or run.step == s.total:
+            flush(run)
+        if due_monitor:
             monitor(run)
-        if run.step % cfg.save_every_steps == 0 and run.step < s.total:
+        if due_save:
             save_state(run)
+
+
+def flush(run: Run) -> None:
+    """Read the pending steps' losses in one host sync; record and emit them in order.
+
+    Raises NonFiniteLossError at the first non-finite loss (on any rank under DDP).
+    """
+    if not run.pending:
+        return
+    pending, run.pending = run.pending, []
+    rows = torch.stack([v for _, _, v, _ in pending]).tolist()  # the one sync for the block
+    bad = next((i for i, r in enumerate(rows) if not np.isfinite(r[0])), None)
+    if any_rank(run, bad is not None):
+        i = bad if bad is not None else 0
+        _fail(run, pending[i][0], rows[i][0] if bad is not None else float("nan"), pending[i][1],
+              late=run.step > pending[i][0])
+    s = run.sched
+    for (step, lr, _, keys), vals in zip(pending, rows):
+        rec = {"step": step + 1, "loss": vals[0], "lr": lr, "epoch": (step + 1) / s.steps_per_epoch,
+               **dict(zip(keys, vals[1:]))}
+        run.history.append(rec)
+        emit(run.on_event, step=step + 1, total=s.total, metrics={k: v for k, v in rec.items() if k != "step"})
 
 
 def any_rank(run: Run, value: bool) -> bool:
@@ -339,16 +432,19 @@ def _event(run: Run, **kw: Any) -> None:
 
 
 def _stop(run: Run) -> None:
+    flush(run)
     save_state(run)
     msg = f"stopped at step {run.step}/{run.sched.total}; state saved to {run.state_path}"
     _event(run, kind="log", message=msg)
     raise Cancelled(msg)
 
 
-def _fail(run: Run, step: int, value: float, lr: float) -> None:
+def _fail(run: Run, step: int, value: float, lr: float, late: bool = False) -> None:
     where = (f"the last good state (step {run.saved_step}) is kept in {run.state_path}; resume from it"
              if run.saved_step >= 0 else "no state had been saved yet; restart")
+    when = (f"stopped at step {run.step} (losses are read every {run.sched.sync_every} steps; the weights after it "
+            "are discarded)" if late else "stopped before applying it")
     msg = (f"{run.cfg.method} loss became {value} at step {step + 1}/{run.sched.total} (lr {lr:.3g}); training "
-           f"stopped before applying it. {where} with a lower --lr (e.g. half) or another --seed")
+           f"{when}. {where} with a lower --lr (e.g. half) or another --seed")
     emit(run.on_event, step=step, total=run.sched.total, kind="log", level="error", message=msg)
     raise NonFiniteLossError(msg)

@@ -71,7 +71,7 @@ def pretrain_images(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels once
     try:
-        run = start_run(images, cfg, device, dinfo, run_dir, on_event, resume, data_fingerprint)
+        run = start_run(images, cfg, device, dinfo, run_dir, on_event, resume, data_fingerprint, checkpoint_dir)
         train(run, stop)
         if run.saved_step != run.step:
             save_state(run)
