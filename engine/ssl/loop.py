@@ -198,7 +198,7 @@ def device_images(images: np.ndarray, cfg: PretrainConfig, device: torch.device)
         return None
     out = torch.empty(images.shape, dtype=torch.uint8, device=device)
     for i in range(0, len(images), 4096):  # in blocks: a memmap is not read whole into host memory
-        out[i : i + 4096].copy_(torch.from_numpy(np.ascontiguousarray(images[i : i + 4096])))
+        out[i : i + 4096].copy_(torch.from_numpy(np.array(images[i : i + 4096])))  # a writable host copy
     return out
 
 
