@@ -13,6 +13,18 @@ What it does, in order (every step's output goes to stdout and to $OUT):
 
     python scripts/device_pretrain.py --pack ../shared/data/cxr_pool .gpu/pool   # the 224 px copy that travels
     python scripts/device_pretrain.py --data .gpu/pool --out-dir "$OUT" --deadline 540
+    python scripts/device_pretrain.py --data .gpu/pool --methods moco_v2 --continue --deadline 540   # a later window
+
+Windows add up (issue 20): with `--continue`, a variant whose backbone is committed in checkpoints/shipped
+is warm-started from it (`pretrain --init NAME`: backbone continues, heads/optimizer/queue afresh, a new
+cosine schedule) and its json records the lineage and the epochs summed over every window
+(`warm_start`, `epochs_total`); variants without committed weights start from random. Each variant uses
+its method's `long` preset where one exists, else `paper`. The data path is the fast one: all images on
+the GPU, losses read every 20 steps, fused optimizer (engine/ssl/loop.py).
+
+Transfer budget (the device tool carries at most 64 MiB of working tree): the pool at 224 px JPEG q70 is
+~52 MiB and each committed fp16 ResNet-18 ~22 MiB, so a window that continues a backbone needs a smaller
+pool copy (`--pack-quality`, e.g. 50) or the other committed weights left out of the tree for that call.
 
 Rebuild the parts here with `python scripts/device_pretrain.py --join DIR NAME` (checks the
 sha256 of the whole file the device wrote).
@@ -36,36 +48,60 @@ sys.path.insert(0, str(ROOT))
 T0 = time.time()
 PART = 15 * 2**20
 
-VARIANTS = {  # out name -> (method, extra CLI args)
-    "cxr-moco_v2-resnet18-224": ("moco_v2", []),
-    "cxr-barlow_twins-resnet18-224": ("barlow_twins", []),
-}
+VARIANTS: dict[str, tuple[str, list[str]]] = {}  # shipped name -> (method, extra CLI args); set by --methods
 SIZE, BATCH, DEVICE = 224, 256, "cuda"  # --size / --batch / --device change them (a CPU smoke test of this script)
+SHIPPED = ROOT / "checkpoints" / "shipped"
+
+
+def preset_for(method: str) -> str:
+    """The method's `long` preset (the shipped recipe) where it has one, else its published `paper` recipe."""
+    from engine.ssl.presets import preset_overrides
+
+    try:
+        preset_overrides(method, "long")
+        return "long"
+    except ValueError:
+        return "paper"
+
+
+def variants(methods: list[str], cont: bool) -> dict[str, tuple[str, list[str]]]:
+    """{shipped name: (method, extra args)}; with `cont`, committed weights are warm-started from."""
+    out = {}
+    for m in methods:
+        name = f"cxr-{m}-resnet18-224"
+        warm = cont and (SHIPPED / f"{name}.safetensors").exists()
+        out[name] = (m, ["--preset", preset_for(m), *(["--init", name] if warm else [])])
+    return out
+
+
+def run_name(name: str) -> str:
+    """The CLI's --out for a variant: a warm start cannot reuse a shipped (reserved) name; package() maps it back."""
+    return f"{name}-next"
 
 
 def common() -> list[str]:
-    return ["--arch", "resnet18", "--preset", "long", "--image-size", str(SIZE), "--batch-size", str(BATCH),
+    return ["--arch", "resnet18", "--image-size", str(SIZE), "--batch-size", str(BATCH),
             "--epochs", "100000", "--device", DEVICE, "--monitor-every", "250", "--save-every", "1000"]
 
 
-def _pack_one(args: tuple[str, str]) -> None:
+def _pack_one(args: tuple[str, str, int]) -> None:
     from PIL import Image
 
-    src, dst = args
+    src, dst, quality = args
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     im = Image.open(src).convert("L")
     im.thumbnail((224, 224), Image.BICUBIC)
-    im.save(dst, "JPEG", quality=70, optimize=True)
+    im.save(dst, "JPEG", quality=quality, optimize=True)
 
 
-def pack(src: Path, dst: Path) -> int:
-    """Copy the pool (`src`/SOURCES.csv lists it) as 8-bit JPEG q70 with the longer side 224 px: 52 MiB
-    instead of 132, under the device tool's 64 MiB transfer limit. Deterministic for a Pillow version."""
+def pack(src: Path, dst: Path, quality: int = 70) -> int:
+    """Copy the pool (`src`/SOURCES.csv lists it) as 8-bit JPEG (q70: 52 MiB instead of 132) with the longer
+    side 224 px, under the device tool's 64 MiB transfer limit. Deterministic for a Pillow version."""
     import csv
     from concurrent.futures import ProcessPoolExecutor
 
     rows = list(csv.DictReader(open(src / "SOURCES.csv")))
-    jobs = [(str(src / r["path"]), str(dst / r["path"])) for r in rows]
+    jobs = [(str(src / r["path"]), str(dst / r["path"]), quality) for r in rows]
     with ProcessPoolExecutor(os.cpu_count() or 1) as ex:
         list(ex.map(_pack_one, jobs, chunksize=64))
     return len(jobs)
@@ -81,7 +117,7 @@ def calibrate(method: str, data: str, steps: int) -> None:
     from engine.ssl.presets import build_config
     from engine.ssl.pretrain import pretrain_images, resolve_image_paths
 
-    cfg = build_config(method, "long", arch="resnet18", image_size=SIZE, batch_size=BATCH, epochs=100000,
+    cfg = build_config(method, preset_for(method), arch="resnet18", image_size=SIZE, batch_size=BATCH, epochs=100000,
                        max_steps=steps, monitor_every_steps=0, save_every_steps=10**6)
     cache = ImageCache.build(resolve_image_paths(data), SIZE)
     t: dict[int, float] = {}
@@ -173,7 +209,7 @@ def train_all(data: str, deadline: float, bench_s: float, sps: dict[str, float],
         if n not in sps:
             continue
         steps = max(50, int(budget / sps[n] * 0.95))
-        cmd = [sys.executable, "-m", "engine", "pretrain", "--method", m, "--data", data, "--out", n,
+        cmd = [sys.executable, "-m", "engine", "pretrain", "--method", m, "--data", data, "--out", run_name(n),
                "--max-steps", str(steps), "--run-dir", f"/tmp/runs/{n}", *common(), *extra]
         log(f"start {n}: {steps} steps ({steps * BATCH / n_images:.1f} epochs): {' '.join(cmd[1:])}")
         f = open(f"/tmp/{n}.log", "w")
@@ -201,33 +237,34 @@ def collect(runs: dict[str, tuple], ck: Path) -> None:
         f.close()
         log(f"{n} exit {p.returncode}")
         tail = Path(f"/tmp/{n}.log").read_text().replace("\r", "\n").splitlines()
-        keep = ("step ", "warning", "Traceback", "  File", "moco_v2 resnet18", "barlow_twins resnet18")
-        print("\n".join(l for l in tail if l.startswith(keep) or "Error" in l)[-2500:])
-        if not (ck / f"{n}.safetensors").exists() and Path(f"/tmp/runs/{n}/state.pt").exists():
-            backbone_from_state(Path(f"/tmp/runs/{n}/state.pt"), ck, n, m)
+        keep = ("step ", "warning", "Traceback", "  File")
+        print("\n".join(l for l in tail if l.startswith(keep) or "Error" in l or " resnet18: " in l)[-2500:])
+        if not (ck / f"{run_name(n)}.safetensors").exists() and Path(f"/tmp/runs/{n}/state.pt").exists():
+            backbone_from_state(Path(f"/tmp/runs/{n}/state.pt"), ck, run_name(n), m)
             log(f"{n}: backbone taken from its last saved state")
 
 
-def throughput_bench(deadline: float, env: dict[str, str]) -> None:
+def throughput_bench(deadline: float, env: dict[str, str], methods: str) -> None:
     """Step 4: bench/pretrain_throughput.py in the time left."""
     left = deadline + 20 - (time.time() - T0)
     if left > 20:
         log(f"throughput bench ({left:.0f} s)")
         subprocess.run(["timeout", str(int(left)), sys.executable, "bench/pretrain_throughput.py", "--device", DEVICE,
-                        "--image-size", str(SIZE), "--batch", str(BATCH), "--steps", "5", "--rounds", "2",
-                        "--methods", "moco_v2,barlow_twins,spark,dino", "--cuda-extras"], env=env, cwd=ROOT)
+                        "--image-size", str(SIZE), "--batch", str(BATCH), "--steps", "60", "--presets", "long,paper",
+                        "--feeds", "device,host", "--methods", methods], env=env, cwd=ROOT)
 
 
 def package(runs: dict[str, tuple], ck: Path, out: Path, sps: dict[str, float]) -> None:
     """Step 5: each exported backbone as fp16 parts + its JSON in `out`, and every run's log."""
     for n in runs:
-        st = ck / f"{n}.safetensors"
+        st = ck / f"{run_name(n)}.safetensors"
         if not st.exists():
             continue
         parts, sha = fp16_parts(st, out, n)
-        info = json.loads((ck / f"{n}.json").read_text())
+        info = json.loads((ck / f"{run_name(n)}.json").read_text())
+        info["name"] = n  # the shipped name it will be committed under (--join)
         info["device_run"] = {"fp16_sha256": sha, "parts": parts, "calib_s_per_step": sps.get(n),
-                              "driver": "scripts/device_pretrain.py"}
+                              "driver": "scripts/device_pretrain.py", "trained_as": run_name(n)}
         (out / f"{n}.json").write_text(json.dumps(info, indent=1))
         log(f"{n}: {parts}")
     with open(out / "logs.txt", "w") as f:
@@ -251,12 +288,18 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--methods", default="moco_v2,barlow_twins,spark",
+                    help="the variants of this window, trained side by side (cxr-<method>-resnet18-224)")
+    ap.add_argument("--continue", dest="cont", action="store_true",
+                    help="warm-start each variant from its committed backbone in checkpoints/shipped when present")
+    ap.add_argument("--pack-quality", type=int, default=70, help="JPEG quality of --pack's copy")
     args = ap.parse_args()
     SIZE, BATCH, DEVICE = args.size, args.batch, args.device
+    VARIANTS.update(variants(args.methods.split(","), args.cont))
     if args.calibrate:
         return calibrate(args.calibrate, args.data, args.calib_steps)
     if args.pack:
-        print(f"{pack(Path(args.pack[0]), Path(args.pack[1]))} images written to {args.pack[1]}")
+        print(f"{pack(Path(args.pack[0]), Path(args.pack[1]), args.pack_quality)} images written to {args.pack[1]}")
         return
     if args.join:
         print(join(Path(args.join[0]), args.join[1], Path(args.dest)))
@@ -284,7 +327,7 @@ def main() -> None:
     sps = calibrate_all(args.data, args.calib_steps, env)
     runs = train_all(args.data, args.deadline, args.bench_s, sps, len(cache.array), env)
     collect(runs, ck)
-    throughput_bench(args.deadline, env)
+    throughput_bench(args.deadline, env, args.methods)
     package(runs, ck, out, sps)
     log("done")
 
