@@ -21,6 +21,16 @@ Deliberately absent:
   hemidiaphragm elevation, hiatal hernia) ambiguous, so the study left them out.
 - solarization (BYOL, DINO): no physical counterpart in a radiograph.
 
+Optional, off unless set (issue 20's X-ray recipe ablation, bench/xray_recipe.py), each drawing random
+numbers only when on, so runs without them keep their exact views:
+- small rotations, U[-rotate_deg, rotate_deg] degrees about the crop's centre, folded into the crop's
+  affine grid (one interpolation; zeros outside the image): patient positioning (MoCo-CXR, Sowrirajan et
+  al. 2021, used +-10 deg with no colour jitter),
+- histogram equalization with probability `hist_eq_p` (per image, 256 bins; Lightly's X-ray recipe
+  equalizes): removes the exposure/windowing differences jitter simulates, by normalizing them away,
+- gamma, x ** gamma with log gamma ~ U[-log(1 + gamma), log(1 + gamma)]: the display / detector
+  response curve (a non-linear counterpart of the linear brightness/contrast jitter).
+
 Optional (off in the study recipe, `blur_p` > 0 turns it on):
 - Gaussian blur with sigma 0.1-2.0 px at 224 px, scaled to the view size (MoCo v2's GaussianBlur,
   p = 0.5). Physically: focal-spot penumbra, patient motion and detector MTF / processing kernels
@@ -48,6 +58,9 @@ class AugmentConfig:
     noise_std: float = 0.1  # additive Gaussian noise std in [0, 1] intensity units
     blur_p: float = 0.0  # probability of a Gaussian blur (study: 0; MoCo v2: 0.5), see the module docstring
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # blur sigma range in pixels at 224 px (MoCo v2), scaled to the view
+    rotate_deg: float = 0.0  # rotation U[-deg, deg] about the crop centre (MoCo-CXR: 10); 0 = off
+    hist_eq_p: float = 0.0  # probability of histogram equalization per image; 0 = off
+    gamma: float = 0.0  # log gamma ~ U[-log(1+gamma), log(1+gamma)]; 0 = off
 
 
 def _uniform(shape: tuple[int, ...], lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
@@ -76,26 +89,66 @@ def crop_params(
     return torch.stack([cx, cy, w, h], dim=1)  # (B, 4)
 
 
-def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int, angles: torch.Tensor | None = None) -> torch.Tensor:
     """Crop each sample's box and resize it to size x size in one batched grid_sample call.
 
     x: (B, C, H, W); boxes: (B, 4) (cx, cy, w, h) in [0, 1] fractions -> (B, C, size, size).
+    angles: (B,) radians to rotate each box about its centre (None = no rotation: border padding, as
+    before; with rotation the corners outside the image are zeros, as a rotated film would show).
     """
     b = x.shape[0]
     cx, cy, w, h = boxes.to(x.dtype).unbind(1)  # (B,) each
     theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)  # output [-1,1] -> input [-1,1]
-    theta[:, 0, 0], theta[:, 0, 2] = w, 2 * cx - 1
-    theta[:, 1, 1], theta[:, 1, 2] = h, 2 * cy - 1
+    if angles is None:
+        theta[:, 0, 0], theta[:, 1, 1] = w, h
+    else:  # [[w cos, -h sin], [w sin, h cos]]: the box's axes rotated by the angle (a square image)
+        cos, sin = torch.cos(angles).to(x.dtype), torch.sin(angles).to(x.dtype)
+        theta[:, 0, 0], theta[:, 0, 1] = w * cos, -h * sin
+        theta[:, 1, 0], theta[:, 1, 1] = w * sin, h * cos
+    theta[:, 0, 2], theta[:, 1, 2] = 2 * cx - 1, 2 * cy - 1
     grid = F.affine_grid(theta, [b, x.shape[1], size, size], align_corners=False)  # (B, size, size, 2)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    pad = "border" if angles is None else "zeros"
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=pad, align_corners=False)
 
 
 def random_resized_crop(
     x: torch.Tensor, size: int, g: torch.Generator,
-    scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3), rotate_deg: float = 0.0,
 ) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, size, size): a random box of area `scale` x image, resized."""
-    return crop_resize(x, crop_params(x.shape[0], scale, ratio, g), size)
+    """(B, C, H, W) -> (B, C, size, size): a random box of area `scale` x image (rotated U[-deg, deg]), resized."""
+    boxes = crop_params(x.shape[0], scale, ratio, g)
+    angles = None
+    if rotate_deg > 0:
+        angles = _uniform((x.shape[0],), -math.radians(rotate_deg), math.radians(rotate_deg), g)
+    return crop_resize(x, boxes, size, angles)
+
+
+def equalize(x: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
+    """Histogram equalization (256 bins, per image) with probability p. x: (B, 1, H, W) in [0, 1].
+
+    Each pixel becomes (cdf(v) - cdf_min) / (N - cdf_min), the classic mapping (Gonzalez & Woods, Digital
+    Image Processing, sec. 3.3; OpenCV's equalizeHist without its final rounding to 8 bits), batched with
+    one scatter_add for all histograms.
+    """
+    if p <= 0:
+        return x
+    b = x.shape[0]
+    apply = (torch.rand(b, generator=g, device=g.device) < p).view(-1, 1, 1, 1)
+    idx = (x.clamp(0, 1) * 255).round().long().view(b, -1)  # (B, HW) bins
+    counts = torch.zeros(b, 256, device=x.device, dtype=x.dtype).scatter_add_(1, idx, torch.ones_like(idx, dtype=x.dtype))
+    cdf = counts.cumsum(1)
+    cdf_min = cdf.gather(1, idx.min(1, keepdim=True).values)  # (B, 1) count of the darkest occupied bin
+    lut = ((cdf - cdf_min) / (cdf[:, -1:] - cdf_min).clamp_min(1)).clamp_(0, 1)  # (B, 256)
+    y = lut.gather(1, idx).view_as(x)
+    return torch.where(apply, y, x)
+
+
+def random_gamma(x: torch.Tensor, gamma: float, g: torch.Generator) -> torch.Tensor:
+    """x ** gamma per image, log gamma ~ U[-log(1 + gamma), log(1 + gamma)]. x: (B, 1, H, W) in [0, 1]."""
+    if gamma <= 0:
+        return x
+    lg = _uniform((x.shape[0],), -math.log1p(gamma), math.log1p(gamma), g).to(x.dtype).view(-1, 1, 1, 1)
+    return x.clamp(1e-6, 1).pow(torch.exp(lg))
 
 
 def brightness_contrast(x: torch.Tensor, jitter: float, p: float, g: torch.Generator) -> torch.Tensor:
@@ -149,8 +202,11 @@ def xray_view(
     x: torch.Tensor, size: int, cfg: AugmentConfig, g: torch.Generator,
     scale: tuple[float, float] | None = None, noise: bool = True,
 ) -> torch.Tensor:
-    """One augmented view of a batch: crop -> brightness/contrast -> (blur) -> noise. (B,1,H,W) -> (B,1,size,size)."""
-    v = random_resized_crop(x, size, g, scale or cfg.crop_scale, cfg.crop_ratio)
+    """One augmented view of a batch: crop (+ rotation) -> (equalize) -> (gamma) -> brightness/contrast -> (blur)
+    -> noise. (B,1,H,W) -> (B,1,size,size)."""
+    v = random_resized_crop(x, size, g, scale or cfg.crop_scale, cfg.crop_ratio, cfg.rotate_deg)
+    v = equalize(v, cfg.hist_eq_p, g)
+    v = random_gamma(v, cfg.gamma, g)
     v = brightness_contrast(v, cfg.jitter, cfg.jitter_p, g)
     if cfg.blur_p > 0:
         v = gaussian_blur(v, cfg.blur_p, (cfg.blur_sigma[0] * size / 224, cfg.blur_sigma[1] * size / 224), g)
