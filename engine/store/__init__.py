@@ -91,6 +91,7 @@ class Store(ImportMixin, UploadsMixin, ManifestImportMixin, IngestMixin, FilesMi
     max_zip_members: int = 20_000
     max_zip_bytes: int = 4 * 2**30         # total uncompressed size
     max_member_bytes: int = 512 * 2**20    # one uncompressed member
+    max_member_ratio: float = 200.0        # declared expansion of a member over 16 MiB (ZIP bombs)
     # Pixels one upload (an archive, or the files of one Data-page upload) may decode inside the page
     # request: ~1000 radiographs of 1 MP, or 50 of the largest detectors (~1-2 min on 2 cores).
     max_upload_pixels: int = 1_000_000_000
