@@ -2,7 +2,8 @@
 
 - State: `run_dir/state.pt` (torch.save, read back with weights_only=True) holds model (incl. queue,
   centre, momentum encoders), optimizer, scaler, step, RNG, epoch order, loss and collapse history,
-  training seconds and the collapse controller. It is written atomically every `save_every_steps`,
+  training seconds and the collapse controller. It is written atomically every `save_every_steps` and
+  every `save_every_seconds` of wall clock (so a kill loses minutes, not the run),
   when stopped and at the end; only rank 0 writes. `history.json` is its readable companion.
 - A resume refuses a state written with other settings (except the save/monitor frequencies,
   engine.ssl.config.RESUME_FREE) or other images.

@@ -10,6 +10,8 @@ Design decisions (docs/design.md, "SSL pretraining"):
 - Randomness is stateless: the epoch order is a function of (seed, epoch), the augmentation
   generator of (seed, step, rank). A resume therefore continues exactly; the state still records the
   current order and torch's RNG states (engine.ssl.checkpointing).
+- State is saved every `save_every_steps` and every `save_every_seconds` of wall clock (default 300 s; the
+  ranks agree through one all_reduce), so a kill loses at most a few minutes, also before the first periodic save.
 - A non-finite loss stops the run before the optimizer step with NonFiniteLossError; state.pt keeps
   the last periodic (good) state.
 - Events (rank 0): every step kind="progress" with metrics loss, lr, epoch and the method's own; every
@@ -124,6 +126,7 @@ class Run:
     history: list[dict[str, float]] = field(default_factory=list)  # one record per step
     train_s0: float = 0.0  # training seconds of earlier sessions
     t_start: float | None = None  # this session's start (perf_counter)
+    saved_at: float = 0.0  # time.monotonic() of the last state save (or of this session's start)
 
     @property
     def state_path(self) -> Path:
@@ -274,6 +277,7 @@ def train(run: Run, stop: threading.Event | None) -> None:
     params = [p for p in m.parameters() if p.requires_grad]
     m.train()
     run.t_start = time.perf_counter()
+    run.saved_at = time.monotonic()
     if run.step == 0 and cfg.monitor_every_steps > 0:
         monitor(run)  # baseline at step 0
     for step, xb in batches(run, run.step):
@@ -296,8 +300,18 @@ def train(run: Run, stop: threading.Event | None) -> None:
         emit(run.on_event, step=run.step, total=s.total, metrics={k: v for k, v in rec.items() if k != "step"})
         if run.monitor.due(run.step, s.total):
             monitor(run)
-        if run.step % cfg.save_every_steps == 0 and run.step < s.total:
+        if _save_due(run) and run.step < s.total:
             save_state(run)
+            run.saved_at = time.monotonic()
+
+
+def _save_due(run: Run) -> bool:
+    """Every `save_every_steps`, and when `save_every_seconds` passed since the last save (or this
+    session's start) on any rank, so a kill loses at most a few minutes even before the first periodic save."""
+    every = run.cfg.save_every_seconds
+    # any_rank on every step of every rank (the config is the same everywhere), so all ranks save together
+    by_clock = every > 0 and any_rank(run, time.monotonic() - run.saved_at >= every)
+    return run.step % run.cfg.save_every_steps == 0 or by_clock
 
 
 def any_rank(run: Run, value: bool) -> bool:

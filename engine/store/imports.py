@@ -88,6 +88,10 @@ def _list_paths(paths_: Iterable[Path | str], on_event: OnEvent | None
                 emit(on_event, kind="warning", level="warning", message=listing.skipped_summary())
         elif p.is_file():
             todo.append((p.name, p))
+        elif p.exists():  # a named pipe, socket or device: never opened (a FIFO would block)
+            from engine.data.listing import not_regular_reason
+
+            results.append(ImportResult(str(p), None, f"{p}: skipped: {not_regular_reason(p)}", False))
         else:
             results.append(ImportResult(str(p), None, f"{p}: no such file or folder; check the path", False))
     return todo, results
