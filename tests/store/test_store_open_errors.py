@@ -120,3 +120,18 @@ def test_a_database_deleted_or_replaced_under_a_running_store_refuses_to_write(t
         fresh = Store(ws)
         assert fresh.findings() == []  # the write did not land anywhere
         fresh.close()
+
+
+def test_the_app_shows_a_workspace_that_cannot_be_opened_as_a_message(monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from engine import paths
+
+    monkeypatch.setenv("SCARCE_CXR_NO_AUTOPRETRAIN", "1")
+    ws = paths.workspace_dir()
+    ws.mkdir(parents=True, exist_ok=True)
+    (ws / "store.sqlite").write_bytes(b"garbage, not SQLite" * 100)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = "\n".join(e.value for e in at.error)
+    assert "cannot open the workspace" in errors and "is not a scarce-cxr database or is damaged" in errors
