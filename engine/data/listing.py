@@ -15,10 +15,11 @@ PS3.10 section 8 / PS3.3 F.2, SOP Class 1.2.840.10008.1.3.10), structured report
 states and other objects without Pixel Data (7FE0,0010) are skipped, each with its reason.
 
 Named pipes (FIFOs), sockets and devices are skipped with their reason and never opened (opening a
-FIFO with no writer would hang the import). Hidden entries (names starting with ``.``), ``__MACOSX`` resource forks and OS litter (``Thumbs.db``,
-``desktop.ini``) are ignored silently: they are never the user's images. Every other file that is
-left out is reported: `ImageListing.skipped` names it with the reason (what its content is and what
-to do), and `skipped_summary` gives the count plus the first few names for a warning line.
+FIFO with no writer would hang the import). Hidden entries (names starting with ``.``), ``__MACOSX``
+resource forks and OS litter (``Thumbs.db``, ``desktop.ini``) are ignored silently: they are never
+the user's images. Every other file that is left out is reported: `ImageListing.skipped` names it
+with the reason (what its content is and what to do), and `skipped_summary` gives the count plus the
+first few names for a warning line.
 
 Used by: folder-per-class manifests (`engine.data.adapters.from_folder_tree`), ``pretrain --data
 FOLDER`` (`engine.ssl.pretrain.resolve_image_paths`) and the Data page's folder and ZIP imports

@@ -67,8 +67,9 @@ class UploadBudget(NamedTuple):
 def _zip_declared_pixels(data: bytes, max_members: int, max_member_bytes: int = 2**63,
                          max_member_ratio: float = float("inf")) -> tuple[int, int]:
     """(declared pixels, images) of a ZIP's first `max_members` members, from headers only: at most
-    64 KiB inflated per image member, through a stream (512 bytes of any other). Members that are no image by their first bytes,
-    encrypted ones and those the import refuses from the directory (imports.member_refusal) count 0."""
+    64 KiB inflated per image member, through a stream (512 bytes of any other). Members that are no
+    image by their first bytes, encrypted ones and those the import refuses from the directory
+    (imports.member_refusal) count 0."""
     from engine.data.io import declared_size
     from engine.data.listing import HEAD_BYTES, sniff
 
