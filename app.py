@@ -16,6 +16,7 @@ import streamlit as st
 
 # `engine` and `ui` import without path changes: `streamlit run` puts this file's folder on sys.path, and
 # setup.sh installs the project (editable) for every other entry point.
+from engine.store.errors import StoreError
 from ui.sidebar import render_sidebar
 
 st.set_page_config(page_title="scarce-cxr", page_icon=":material/radiology:", layout="wide",
@@ -80,7 +81,11 @@ def start_up() -> None:
         status.update(label="scarce-cxr is ready", state="complete", expanded=False)
 
 
-start_up()
+try:
+    start_up()
+except StoreError as e:  # the workspace database cannot be opened (locked, read-only, missing, not a database)
+    st.error(str(e), icon=":material/database:")
+    st.stop()
 try:
     page.run()
 finally:

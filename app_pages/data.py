@@ -80,7 +80,8 @@ def upload_form(store: Store) -> None:
                    "right after the upload. A label CSV naming the original files still finds them. "
                    f"More than {store.background_upload_files} files or "
                    f"{store.background_upload_pixels / 1e6:,.0f} megapixels are decoded in the background with "
-                   f"progress (shown below); one upload holds at most {store.max_upload_pixels / 1e9:g} gigapixel.")
+                   "progress (shown below; a ZIP counts as many files as it holds images); one upload holds at most "
+                   f"{store.max_upload_pixels / 1e9:g} gigapixel.")
         c1, c2 = st.columns(2)
         finding = c1.selectbox(
             "Label the uploaded images for this finding (optional)", [NO_LABEL, *findings], index=0,
@@ -105,12 +106,12 @@ def _import_uploads(store: Store, files: list, finding: str | None, present: boo
     results = []
     label = (finding, int(present)) if finding else None  # each image and its label commit together
     try:
-        pixels = store.check_upload([(f.name, f.getvalue()) for f in files])  # header sizes, before decoding
+        budget = store.budget_upload([(f.name, f.getvalue()) for f in files])  # headers only, before decoding
     except UploadTooLargeError as e:  # too many pixels for one upload, even in the background
         st.error(str(e), icon=":material/error:")
         return
-    if store.upload_in_background(len(files), pixels):  # large: decoded by an import job, with progress
-        _import_in_background(store, files, label, pixels)
+    if store.upload_in_background(budget.images, budget.pixels):  # large (a ZIP's images count each): a job
+        _import_in_background(store, files, label, budget.pixels)
         return
     bar = st.progress(0.0, text="Importing...")
     try:

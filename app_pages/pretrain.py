@@ -250,7 +250,7 @@ BACKBONE_COLUMNS = ["Name", "Method", "Images", "Size (px)", "Epochs", "Mean cos
 
 def backbones_table() -> None:
     inits = list_inits()
-    trained = [i for i in inits if is_ssl(i)]
+    trained = [i for i in inits if is_ssl(i) and i.available]  # unreadable ones: their reason below
     if trained:
         rows = []
         for i in trained:
@@ -278,7 +278,7 @@ def backbones_table() -> None:
     else:
         st.info("No pretrained backbone yet.", icon=":material/model_training:")
     for i in inits:
-        if is_ssl(i):
+        if is_ssl(i) and i.available:
             continue
         if i.available:
             st.caption(f":material/check_circle: **{init_label(i)}** is always available.")

@@ -15,10 +15,19 @@ Categories (file, test-name pattern):
            two writers    jobs/test_two_writers.py "two_|stopped|reserves|refuses_a_name", jobs/test_cli_reservations.py,
                           "conflict|rolls_back|never_flips" in store/test_store_reliability.py
            leftovers      jobs/test_orphan_files.py, "temp" in jobs/test_two_writers.py
+           store open     store/test_store_open_errors.py (locked, read-only mount, missing, not a database, app)
+           deleted db     "deleted_or_replaced" in store/test_store_open_errors.py
+           FIFO           "fifo" in data/test_small_faults.py
+           kill pretrain  the 300 s case of ssl/test_ssl_first_save.py (a kill before the first periodic save)
   hostile  names          "hostile|escape" in store/test_names.py, store/test_store_reliability.py, jobs/test_two_writers.py
            crafted files  "crafted|nan" in fewshot/test_fewshot_classifier_trust.py
            decompression  "refused" in data/test_data_io_decompression.py and store/test_store_names_and_cost.py
            file names     "identifying|without_its_path" in store/test_store_names_and_cost.py
+           archives       store/test_archive_budget.py, app/test_app_archive_upload.py (ZIP bombs, absurd
+                          member sizes, many-member and non-image members, cancel)
+           ckpt json      "malformed|bad_ones|survive" in models/test_registry_bad_files.py
+           weights files  "imagenet|other_objects|run_state" in models/test_registry_bad_files.py
+           extreme floats "float32_tiff" in data/test_small_faults.py
 """
 from __future__ import annotations
 
@@ -45,6 +54,11 @@ RULES: list[tuple[str, str, str, str]] = [
     ("faults", "two writers", "tests/store/test_store_reliability.py", r"conflict|rolls_back|never_flips"),
     ("faults", "leftovers", "tests/jobs/test_orphan_files.py", r"live|adopts|ignores"),
     ("faults", "leftovers", "tests/jobs/test_two_writers.py", r"temp"),
+    # issue 22: store open errors, a database deleted under the app, a FIFO, a kill before the first save
+    ("faults", "store open", "tests/store/test_store_open_errors.py", r"locked|busy|read_only|missing|not_a_data|app_"),
+    ("faults", "deleted db", "tests/store/test_store_open_errors.py", r"deleted_or_replaced"),
+    ("faults", "FIFO", "tests/data/test_small_faults.py", r"fifo"),
+    ("faults", "kill pretrain", "tests/ssl/test_ssl_first_save.py", r"last_minutes\[300"),
     ("hostile", "names", "tests/store/test_names.py", r"hostile|escape"),
     ("hostile", "names", "tests/store/test_store_reliability.py", r"hostile"),
     ("hostile", "names", "tests/jobs/test_two_writers.py", r"hostile|escape"),
@@ -52,6 +66,12 @@ RULES: list[tuple[str, str, str, str]] = [
     ("hostile", "decompression", "tests/data/test_data_io_decompression.py", r"refused"),
     ("hostile", "decompression", "tests/store/test_store_names_and_cost.py", r"refused"),
     ("hostile", "file names", "tests/store/test_store_names_and_cost.py", r"identifying|without_its_path"),
+    # issue 22: archive bombs and many-member archives, malformed checkpoint json, unreadable weights files
+    ("hostile", "archives", "tests/store/test_archive_budget.py", r"."),
+    ("hostile", "archives", "tests/app/test_app_archive_upload.py", r"."),
+    ("hostile", "ckpt json", "tests/models/test_registry_bad_files.py", r"malformed|bad_ones|survive"),
+    ("hostile", "weights files", "tests/models/test_registry_bad_files.py", r"imagenet|other_objects|run_state"),
+    ("hostile", "extreme floats", "tests/data/test_small_faults.py", r"float32_tiff"),
 ]
 KILLS = re.compile(r"kill -9 during ([\w ]+): (\d+) of (\d+) landed")
 

@@ -14,10 +14,12 @@ bare DICOM data set. A DICOM file must also hold pixel data: ``DICOMDIR`` (the d
 PS3.10 section 8 / PS3.3 F.2, SOP Class 1.2.840.10008.1.3.10), structured reports, presentation
 states and other objects without Pixel Data (7FE0,0010) are skipped, each with its reason.
 
-Hidden entries (names starting with ``.``), ``__MACOSX`` resource forks and OS litter (``Thumbs.db``,
-``desktop.ini``) are ignored silently: they are never the user's images. Every other file that is
-left out is reported: `ImageListing.skipped` names it with the reason (what its content is and what
-to do), and `skipped_summary` gives the count plus the first few names for a warning line.
+Named pipes (FIFOs), sockets and devices are skipped with their reason and never opened (opening a
+FIFO with no writer would hang the import). Hidden entries (names starting with ``.``), ``__MACOSX``
+resource forks and OS litter (``Thumbs.db``, ``desktop.ini``) are ignored silently: they are never
+the user's images. Every other file that is left out is reported: `ImageListing.skipped` names it
+with the reason (what its content is and what to do), and `skipped_summary` gives the count plus the
+first few names for a warning line.
 
 Used by: folder-per-class manifests (`engine.data.adapters.from_folder_tree`), ``pretrain --data
 FOLDER`` (`engine.ssl.pretrain.resolve_image_paths`) and the Data page's folder and ZIP imports
@@ -27,14 +29,15 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 from engine.data.io import describe_content, detect_format
 
-__all__ = ["HEAD_BYTES", "IGNORED_NAMES", "ImageListing", "is_ignored", "list_images", "skipped_summary", "sniff",
-           "sniff_bytes", "sniff_file"]
+__all__ = ["HEAD_BYTES", "IGNORED_NAMES", "ImageListing", "is_ignored", "list_images", "not_regular_reason",
+           "skipped_summary", "sniff", "sniff_bytes", "sniff_file"]
 
 HEAD_BYTES: Final[int] = 512            # enough for every magic number, DICOM's preamble + "DICM" included
 IGNORED_NAMES: Final = frozenset({"__macosx", "thumbs.db", "desktop.ini"})
@@ -137,9 +140,28 @@ def _sniff_dicom(read_all) -> tuple[str | None, str]:
     return "dicom", ""
 
 
+def not_regular_reason(path: str | os.PathLike[str]) -> str | None:
+    """Why `path` (symbolic links followed) is no regular file, or None for a regular file: a named
+    pipe, socket or device is never opened (opening a FIFO waits for a writer, forever)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        return f"cannot be read ({e.strerror}); check that it exists and its permissions"
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a folder" if stat.S_ISDIR(mode) else
+            "a special file")
+    return f"{kind}, not a regular file: never opened (reading it could wait forever)"
+
+
 def sniff_file(path: str | os.PathLike[str]) -> tuple[str | None, str]:
-    """`sniff` for a file on disk (reads `HEAD_BYTES`, and the DICOM header when it is DICOM)."""
+    """`sniff` for a file on disk (reads `HEAD_BYTES`, and the DICOM header when it is DICOM); a named
+    pipe, socket or device is skipped without being opened (`not_regular_reason`)."""
     p = Path(path)
+    odd = not_regular_reason(p)
+    if odd:
+        return None, odd
     try:
         with open(p, "rb") as fh:
             head = fh.read(HEAD_BYTES)

@@ -10,7 +10,9 @@ pointer or a truncated copy).
 Names follow timm's style. `random` / `imagenet` take an `arch` (default resnet18, the CPU demo's);
 `random-resnet50` / `imagenet-resnet50` spell it in the name. A checkpoint deliverable is
 `<dir>/<name>.safetensors` + `<dir>/<name>.json` (method, arch, config, steps, data fingerprint,
-collapse metrics, created). Loading never unpickles: safetensors only.
+collapse metrics, created). Loading never unpickles: safetensors only. A checkpoint whose json is not
+the expected shape, or an ImageNet file that is no weights file, is listed as unavailable with the
+reason (engine.models.files), so one bad file never takes down the listing.
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ from safetensors.torch import load_file, save_file
 
 from engine.atomic import atomic_write
 from engine.models.backbones import ARCHS, IMAGENET_MEAN, IMAGENET_STD, build_backbone, check_arch
+from engine.models.files import (CheckpointInfoError, NotAWeightsFileError, read_checkpoint_info, torch_load_weights,
+                                 weights_file_problem)
 from engine.paths import checkpoints_dir, imagenet_weights_dir, shipped_dir
 
 DEFAULT_ARCH = "resnet18"
@@ -127,8 +131,9 @@ def _read_infos(d: Path | None, shipped: bool) -> list[InitInfo]:
         if not j.with_suffix(".safetensors").exists():
             continue
         try:
-            info = json.loads(j.read_text())
-        except (OSError, json.JSONDecodeError):
+            info = read_checkpoint_info(j)
+        except CheckpointInfoError as e:  # listed as unavailable with the reason; the others stay usable
+            out.append(InitInfo(j.stem, "?", "?", False, str(e), {}, shipped))
             continue
         out.append(InitInfo(j.stem, info.get("arch", "?"), info.get("method", "?"), True, "", info, shipped))
     return out
@@ -154,13 +159,12 @@ def list_inits(checkpoint_dir: Path | None = None, arch: str | None = None) -> l
     shipped = shipped_inits()
     out = [*shipped, InitInfo("random", arch, "random", True)]
     p = imagenet_weights_path(arch)
-    out.append(
-        InitInfo(
-            "imagenet", arch, "imagenet", p.exists(),
-            "" if p.exists() else f"ImageNet weights are not available offline: place torchvision's file at {p} "
-            f"(or run `python -m engine fetch-imagenet --arch {arch}` on a machine with internet)",
-        )
-    )
+    fetch = f"`python -m engine fetch-imagenet --arch {arch}` on a machine with internet"
+    bad = weights_file_problem(p) if p.exists() else None  # cheap: zip header and end, no unpickling
+    reason = ("" if p.exists() and bad is None else
+              f"{p} is not a valid weights file ({bad}): re-fetch it ({fetch}) or delete it" if bad else
+              f"ImageNet weights are not available offline: place torchvision's file at {p} (or run {fetch})")
+    out.append(InitInfo("imagenet", arch, "imagenet", not reason, reason))
     reserved = {i.name for i in shipped}
     user = [i for i in _read_infos(checkpoint_dir or checkpoints_dir(), False) if i.name not in reserved]
     out += sorted(user, key=lambda i: i.info.get("created", ""), reverse=True)
@@ -195,7 +199,14 @@ def _load_builtin(name: str, kind: str, a: str) -> tuple[nn.Module, BackboneMeta
                 f"init 'imagenet' ({a}) is unavailable: no internet and no weights file at {p}. "
                 f"Copy torchvision's {p.name} there, or run `python -m engine fetch-imagenet --arch {a}` online."
             )
-        sd = torch.load(p, map_location="cpu", weights_only=True)
+        fix = f"re-fetch it with `python -m engine fetch-imagenet --arch {a}` (online) or delete it"
+        try:
+            sd = torch_load_weights(p, fix)
+        except NotAWeightsFileError as e:
+            raise InitUnavailableError(str(e)) from e
+        if not isinstance(sd, dict):
+            raise InitUnavailableError(f"{p} is not a valid weights file (it holds {type(sd).__name__}, not a "
+                                       f"state dict): {fix}")
         sd = {k: v for k, v in sd.items() if not k.startswith(("fc.", "classifier."))}
         missing, unexpected = model.load_state_dict(sd, strict=False)
         if unexpected or [m for m in missing if not m.startswith(("fc.", "classifier."))]:
@@ -214,7 +225,10 @@ def _load_checkpoint(name: str, d: Path) -> tuple[nn.Module, BackboneMeta]:
     if not (st.exists() and js.exists()):
         valid = ", ".join(i.name for i in list_inits(d))
         raise UnknownInitError(f"unknown init {name!r}; valid inits: {valid}")
-    info = json.loads(js.read_text())
+    try:
+        info = read_checkpoint_info(js)  # the expected shape, with a known arch
+    except CheckpointInfoError as e:
+        raise InitUnavailableError(str(e)) from e
     a = check_arch(info["arch"])
     want = info.get("sha256")
     if want and file_sha256(st, full=True) != want:

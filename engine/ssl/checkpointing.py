@@ -2,7 +2,8 @@
 
 - State: `run_dir/state.pt` (torch.save, read back with weights_only=True) holds model (incl. queue,
   centre, momentum encoders), optimizer, scaler, step, RNG, epoch order, loss and collapse history,
-  training seconds and the collapse controller. It is written atomically every `save_every_steps`,
+  training seconds and the collapse controller. It is written atomically every `save_every_steps` and
+  every `save_every_seconds` of wall clock (so a kill loses minutes, not the run),
   when stopped and at the end; only rank 0 writes. `history.json` is its readable companion.
 - A resume refuses a state written with other settings (except the save/monitor frequencies,
   engine.ssl.config.RESUME_FREE) or other images.
@@ -75,8 +76,18 @@ def _atomic_json(path: Path, obj: Any) -> None:
 
 
 def load_state(path: Path, device: torch.device) -> dict[str, Any]:
-    """state.pt onto `device` (weights_only: tensors and plain containers only)."""
-    return torch.load(path, map_location=device, weights_only=True)
+    """state.pt onto `device` (weights_only: tensors and plain containers only). Raises
+    engine.models.files.NotAWeightsFileError (a ValueError) "not a valid weights file ...: delete it"
+    for a pickle, a truncated or interrupted write, or garbage, never torch's advice to unpickle it."""
+    from engine.models.files import NotAWeightsFileError, torch_load_weights
+
+    fix = (f"delete it (and {path.parent / 'history.json'}) to restart the run from step 0, or restore it "
+           "from a backup")
+    state = torch_load_weights(path, fix, map_location=device)
+    if not isinstance(state, dict) or "step" not in state or "config" not in state:
+        raise NotAWeightsFileError(f"{path} is not a valid weights file (not a training state: no step or "
+                                   f"config): {fix}")
+    return state
 
 
 def check_resumable(state: dict[str, Any], cfg: PretrainConfig, fingerprint: str, n_images: int, path: Path) -> None:

@@ -64,6 +64,8 @@ def register(sub) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (the schedule fits them)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=500, help="write the resumable state every N steps")
+    p.add_argument("--save-every-seconds", type=float, default=300.0,
+                   help="also write it every N seconds of wall clock, so a kill loses at most that (0: off)")
     p.add_argument("--monitor-every", type=int, default=100, help="collapse metrics every N steps (0 = off)")
     p.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="mixed precision (auto = on CUDA)")
     p.add_argument("--threads", default="auto",
@@ -178,6 +180,7 @@ def _config(args: argparse.Namespace) -> Any:
         arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
         image_size=args.image_size, lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
         seed=args.seed, max_steps=args.max_steps, save_every_steps=args.save_every,
+        save_every_seconds=args.save_every_seconds,
         monitor_every_steps=args.monitor_every, amp={"auto": None, "on": True, "off": False}[args.amp],
         init=args.init, collapse_control=args.collapse_control,
         data_on_device={"auto": None, "on": True, "off": False}[args.data_on_device],

@@ -15,8 +15,8 @@ from engine.ssl.registry import MethodSpec, get_method
 
 SSL_ARCHS = ("resnet18", "resnet50")
 # Config fields a resume may change (they do not alter the trajectory).
-RESUME_FREE = frozenset({"save_every_steps", "monitor_every_steps", "monitor_images", "collapse_std_min",
-                         "collapse_erank_min", "data_on_device", "sync_every_steps"})
+RESUME_FREE = frozenset({"save_every_steps", "save_every_seconds", "monitor_every_steps", "monitor_images",
+                         "collapse_std_min", "collapse_erank_min", "data_on_device", "sync_every_steps"})
 BUILTIN_INITS = ("random", "imagenet")
 
 
@@ -40,6 +40,9 @@ class PretrainConfig:
     seed: int = 0
     max_steps: int | None = None  # cap on total steps (the cosine schedule spans the capped run)
     save_every_steps: int = 500
+    # also save when this many wall-clock seconds passed since the last save (or the start): a kill
+    # loses at most this much training, even before the first `save_every_steps`; 0 = steps only
+    save_every_seconds: float = 300.0
     monitor_every_steps: int = 100
     monitor_images: int = 256
     collapse_std_min: float = STD_MIN  # collapse warning below this normalized std (engine.ssl.monitor)
@@ -81,6 +84,8 @@ class PretrainConfig:
                 raise ValueError(f"{name} must be >= {lo} (got {getattr(self, name)})")
         if self.sync_every_steps is not None and self.sync_every_steps < 1:
             raise ValueError(f"sync_every_steps must be >= 1 (got {self.sync_every_steps})")
+        if not self.save_every_seconds >= 0:
+            raise ValueError(f"save_every_seconds must be >= 0 (got {self.save_every_seconds})")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 (got {self.max_steps})")
         self._set_method_config(spec)

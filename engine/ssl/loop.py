@@ -16,6 +16,8 @@ Design decisions (docs/design.md, "SSL pretraining"):
 - Randomness is stateless: the epoch order is a function of (seed, epoch), the augmentation
   generator of (seed, step, rank). A resume therefore continues exactly; the state still records the
   current order and torch's RNG states (engine.ssl.checkpointing).
+- State is saved every `save_every_steps` and every `save_every_seconds` of wall clock (default 300 s; the
+  ranks agree through one all_reduce), so a kill loses at most a few minutes, also before the first periodic save.
 - A non-finite loss stops the run before the optimizer step with NonFiniteLossError; state.pt keeps
   the last periodic (good) state.
 - Events (rank 0): every step kind="progress" with metrics loss, lr, epoch and the method's own; every
@@ -132,6 +134,7 @@ class Run:
     history: list[dict[str, float]] = field(default_factory=list)  # one record per step
     train_s0: float = 0.0  # training seconds of earlier sessions
     t_start: float | None = None  # this session's start (perf_counter)
+    saved_at: float = 0.0  # time.monotonic() of the last state save (or of this session's start)
     images_dev: torch.Tensor | None = None  # (N, S, S) uint8 on the device when data_on_device
     warm_start: dict[str, Any] | None = None  # the checkpoint a warm start began from (`lineage`)
     pending: list[tuple[int, float, torch.Tensor, list[str]]] = field(default_factory=list)  # steps not yet read
@@ -344,6 +347,7 @@ def train(run: Run, stop: threading.Event | None) -> None:
     params = [p for p in m.parameters() if p.requires_grad]
     m.train()
     run.t_start = time.perf_counter()
+    run.saved_at = time.monotonic()
     if run.step == 0 and cfg.monitor_every_steps > 0:
         monitor(run)  # baseline at step 0
     for step, xb in batches(run, run.step):
@@ -361,14 +365,26 @@ def train(run: Run, stop: threading.Event | None) -> None:
             flush(run)  # checked before the update
         apply_update(m, run.opt, run.scaler, params, step, s.total)
         run.step = step + 1
+        block_end = len(run.pending) >= s.sync_every or run.step == s.total
         due_monitor = run.monitor.due(run.step, s.total)
-        due_save = run.step % cfg.save_every_steps == 0 and run.step < s.total
-        if len(run.pending) >= s.sync_every or due_monitor or due_save or run.step == s.total:
+        due_save = _save_due(run, block_end) and run.step < s.total
+        if block_end or due_monitor or due_save:
             flush(run)
         if due_monitor:
             monitor(run)
         if due_save:
             save_state(run)
+            run.saved_at = time.monotonic()
+
+
+def _save_due(run: Run, block_end: bool) -> bool:
+    """Every `save_every_steps`, and when `save_every_seconds` passed since the last save (or this
+    session's start) on any rank, so a kill loses at most a few minutes even before the first periodic save.
+    The clock is consulted at the end of a sync block only (every step on CPU), so DDP ranks agree through
+    one all_reduce per block rather than per step, and all ranks save together."""
+    every = run.cfg.save_every_seconds
+    by_clock = every > 0 and block_end and any_rank(run, time.monotonic() - run.saved_at >= every)
+    return run.step % run.cfg.save_every_steps == 0 or by_clock
 
 
 def flush(run: Run) -> None:

@@ -58,7 +58,7 @@ from pathlib import Path
 
 from engine import paths
 from engine.store.catalog import CatalogMixin
-from engine.store.db import Database
+from engine.store.db import Database, DatabaseGoneError, StoreOpenError, open_error
 from engine.store.errors import (DiskFullError, ImportResult, ImportSummary, LabelConflictError, OrphanReport,
                                  StoreError, UploadTooLargeError)
 from engine.store.exports import ExportMixin
@@ -75,10 +75,10 @@ from engine.store.schema import MIGRATIONS, SCHEMA_VERSION, connect, migrate
 from engine.store.uploads import UploadsMixin, upload_label_report
 
 __all__ = [
-    "DiskFullError", "ImportResult", "ImportSummary", "LabelConflictError", "MIGRATIONS", "OrphanReport",
-    "RESERVED_COLUMNS", "SCHEMA_VERSION", "Store", "StoreError", "UploadTooLargeError", "check_finding_name",
-    "connect", "decode_png", "encode_png", "is_ignored_member", "migrate", "neutral_name", "pixel_sha256",
-    "quantize", "upload_label_report", "write_atomic",
+    "DatabaseGoneError", "DiskFullError", "ImportResult", "ImportSummary", "LabelConflictError", "MIGRATIONS",
+    "OrphanReport", "RESERVED_COLUMNS", "SCHEMA_VERSION", "Store", "StoreError", "StoreOpenError",
+    "UploadTooLargeError", "check_finding_name", "connect", "decode_png", "encode_png", "is_ignored_member", "migrate",
+    "neutral_name", "pixel_sha256", "quantize", "upload_label_report", "write_atomic",
 ]
 
 
@@ -91,6 +91,7 @@ class Store(ImportMixin, UploadsMixin, ManifestImportMixin, IngestMixin, FilesMi
     max_zip_members: int = 20_000
     max_zip_bytes: int = 4 * 2**30         # total uncompressed size
     max_member_bytes: int = 512 * 2**20    # one uncompressed member
+    max_member_ratio: float = 200.0        # declared expansion of a member over 16 MiB (ZIP bombs)
     # Pixels one upload (an archive, or the files of one Data-page upload) may decode inside the page
     # request: ~1000 radiographs of 1 MP, or 50 of the largest detectors (~1-2 min on 2 cores).
     max_upload_pixels: int = 1_000_000_000
@@ -102,15 +103,20 @@ class Store(ImportMixin, UploadsMixin, ManifestImportMixin, IngestMixin, FilesMi
 
     def __init__(self, workspace: Path | str | None = None):
         """Open (create, migrate) `<workspace>/store.sqlite`; default workspace engine.paths.workspace_dir().
-        Raises StoreError for a workspace written by a newer schema."""
+        Raises StoreError for a workspace written by a newer schema, StoreOpenError (a StoreError) when
+        it cannot be opened: locked by another writer, a read-only file system, a missing folder, not a
+        database."""
         self.workspace = Path(workspace).expanduser().resolve() if workspace else paths.workspace_dir()
-        self.workspace.mkdir(parents=True, exist_ok=True)
         self.db_path = self.workspace / "store.sqlite"
         self.images_dir = self.workspace / "images"
         self.masks_dir = self.workspace / "masks"
         self.writers_dir = self.workspace / ".writers"  # live importers' markers (engine.atomic.writer_marker)
-        self.images_dir.mkdir(exist_ok=True)
-        self.masks_dir.mkdir(exist_ok=True)
+        try:
+            self.workspace.mkdir(parents=True, exist_ok=True)
+            self.images_dir.mkdir(exist_ok=True)
+            self.masks_dir.mkdir(exist_ok=True)
+        except OSError as e:  # read-only, missing mount, a file where the folder should be
+            raise open_error(e, self.workspace, self.db_path, self.busy_timeout_s) from e
         self._salt: bytes | None = None
         self._open_database()
 

@@ -6,6 +6,8 @@ gets its own connection (threading.local); `close` closes every thread's.
 """
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
 import threading
 import weakref
@@ -15,9 +17,55 @@ from pathlib import Path
 
 from engine.diskspace import free_bytes, is_disk_full
 from engine.store.errors import DiskFullError, StoreError
-from engine.store.schema import connect, migrate
+from engine.store.schema import SCHEMA_VERSION, connect, migrate
 
-__all__ = ["Database"]
+__all__ = ["Database", "DatabaseGoneError", "StoreOpenError", "open_error"]
+
+
+class StoreOpenError(StoreError):
+    """The workspace database cannot be opened (locked by another writer, a read-only file system, a
+    missing or unwritable folder, not a database); the message says which and what to do."""
+
+
+class DatabaseGoneError(StoreError):
+    """The workspace database was deleted or replaced while this store had it open; nothing was written."""
+
+
+def _read_only_fs(path: Path) -> bool:
+    """Whether the nearest existing folder of `path` lies on a file system mounted read-only."""
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return bool(os.statvfs(p).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def open_error(e: BaseException, workspace: Path, db_path: Path, timeout_s: float) -> StoreOpenError:
+    """The StoreOpenError for an exception raised while opening `db_path` (creating the workspace's
+    folders, connecting, migrating): which of locked / read-only / missing / unwritable / not a
+    database it is, decided from the file system where it can be, with what to do."""
+    text, code = str(e), getattr(e, "errno", None)
+    where = f"the workspace database {db_path}"
+    if _read_only_fs(workspace):
+        why = (f"{workspace} is on a read-only file system; scarce-cxr writes its database there. Copy the "
+               "workspace to a writable disk (or remount it read-write) and open it from there")
+    elif "locked" in text or "busy" in text:
+        why = (f"{where} is locked by another writer (another scarce-cxr process, or a program that holds the "
+               f"database open) and stayed locked for {timeout_s:g} s; close that program or wait for its job "
+               "to finish, then retry")
+    elif isinstance(e, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text):
+        why = (f"{db_path} is not a scarce-cxr database or is damaged ({text}); restore it from a backup, or "
+               "move it away to start an empty workspace there")
+    elif code in (errno.EACCES, errno.EPERM) or "readonly" in text or "permission" in text.lower():
+        why = f"{where} or its folder {workspace} is not writable by this user ({text}); fix its permissions"
+    elif isinstance(e, (FileNotFoundError, NotADirectoryError, FileExistsError)) or "unable to open" in text:
+        why = (f"{where} cannot be opened ({text}): the workspace folder {workspace} is missing or is not a "
+               "folder (a disk not mounted, a path that names a file?); check the path")
+    else:
+        why = f"{where} cannot be opened ({type(e).__name__}: {text})"
+    return StoreOpenError(f"cannot open the workspace: {why}")
 
 
 class Database:
@@ -27,18 +75,48 @@ class Database:
 
     workspace: Path
     db_path: Path
+    busy_timeout_s: float = 30.0  # how long a write (or the open) waits for another writer
 
     def _open_database(self) -> None:
-        """Prepare per-thread connections and bring the schema up to date (engine.store.schema.migrate)."""
+        """Prepare per-thread connections and bring the schema up to date (engine.store.schema.migrate;
+        skipped, with no write lock taken, when the schema is current). Remembers which file it opened,
+        so a database deleted or replaced meanwhile is noticed (`_check_same_file`). Raises
+        StoreOpenError (locked, read-only, missing, not a database) instead of sqlite3's errors."""
         self._local = threading.local()
         self._all_conns: weakref.WeakSet[sqlite3.Connection] = weakref.WeakSet()  # closed with their thread
         self._conns_lock = threading.Lock()
-        migrate(self._conn())
+        try:
+            conn = self._conn()
+            if int(conn.execute("PRAGMA user_version").fetchone()[0]) != SCHEMA_VERSION:
+                migrate(conn)  # newer-schema StoreError passes through
+            st = os.stat(self.db_path)
+        except (sqlite3.Error, OSError) as e:
+            self.close()
+            raise open_error(e, self.workspace, self.db_path, self.busy_timeout_s) from e
+        self._file_id = (st.st_dev, st.st_ino)
+
+    def _check_same_file(self) -> None:
+        """Raise DatabaseGoneError when `db_path` no longer is the file this store opened (deleted, or
+        replaced by another file): writing on would go into an unlinked file and be lost."""
+        opened = getattr(self, "_file_id", None)
+        if opened is None:
+            return
+        try:
+            st = os.stat(self.db_path)
+            same = (st.st_dev, st.st_ino) == opened
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise DatabaseGoneError(
+                f"the workspace database {self.db_path} was deleted or replaced while scarce-cxr had it open; "
+                "nothing was written (it would have been lost). Restart the app (or open the workspace again) to "
+                "use the database now at that path; restore store.sqlite from a backup first if it was deleted "
+                "by mistake")
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = connect(self.db_path)
+            conn = connect(self.db_path, timeout=self.busy_timeout_s)
             self._local.conn = conn
             with self._conns_lock:
                 self._all_conns.add(conn)
@@ -66,6 +144,7 @@ class Database:
         if conn.in_transaction:
             yield conn
             return
+        self._check_same_file()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:

@@ -2,8 +2,10 @@
 
 Errors are reported per file (an ImportResult with `error`), never raised; only a full disk raises
 (`DiskFullError`, whose `committed` lists what was imported and kept before it). ZIP archives are
-expanded in memory under the limits `Store.max_zip_members` / `max_zip_bytes` / `max_member_bytes`
-and the upload budget `max_upload_pixels` (engine.store.uploads.check_upload).
+expanded in memory, member by member, under the limits `Store.max_zip_members` / `max_zip_bytes` /
+`max_member_bytes` / `max_member_ratio` (checked from the archive's directory, before inflating) and
+the upload budget `max_upload_pixels` (engine.store.uploads.check_upload). A member is sniffed from
+its first bytes through a stream; one that is no image is skipped without inflating the rest.
 """
 from __future__ import annotations
 
@@ -20,7 +22,12 @@ from engine.store.files import writes
 from engine.store.labels import check_finding_name
 from engine.store.pixels import is_zip_bytes, is_zip_file
 
-__all__ = ["ImportMixin", "is_ignored_member"]
+__all__ = ["MEMBER_RATIO_MIN_BYTES", "ImportMixin", "is_ignored_member", "member_refusal"]
+
+# Members declaring more than this are checked for their expansion ratio (smaller ones cost little
+# memory whatever their ratio): 16 MiB, an 8-megapixel 16-bit radiograph.
+MEMBER_RATIO_MIN_BYTES = 16 * 2**20
+_SKIP = "skip: "  # _zip_member's prefix for members that are no image (skipped, not an error)
 
 
 def is_ignored_member(name: str) -> bool:
@@ -38,6 +45,23 @@ def _check_label(label: tuple[str, int] | None) -> tuple[str, int] | None:
     if label[1] not in (0, 1) or isinstance(label[1], float):
         raise ValueError(f"label {label[1]!r} is not 1 (present) or 0 (absent)")
     return name, int(label[1])
+
+
+def member_refusal(info: zipfile.ZipInfo, max_bytes: int, max_ratio: float) -> str | None:
+    """Why an archive member is refused from its directory entry alone (before inflating), or None:
+    a declared size above `max_bytes`, or more than `MEMBER_RATIO_MIN_BYTES` declared at more than
+    `max_ratio` times its compressed size (a ZIP bomb: radiographs compress at most ~30:1, so 200:1
+    is no image; engine.data.io.MAX_EXPANSION uses the same bound for an image's own data)."""
+    size, packed = int(info.file_size), int(info.compress_size)
+    if size > max_bytes:
+        return (f"declares {size / 2**20:,.0f} MiB, more than the {max_bytes / 2**20:,.0f} MiB allowed for one "
+                "image (refused before inflating); import it on its own or downsample it")
+    if size > MEMBER_RATIO_MIN_BYTES and size > max_ratio * max(packed, 1):
+        return (f"declares {size / 2**20:,.0f} MiB packed into {packed / 2**10:,.0f} KiB, a "
+                f"{size / max(packed, 1):,.0f}:1 expansion (at most {max_ratio:,.0f}:1 allowed; radiographs "
+                "compress at most about 30:1): the archive is damaged or built to exhaust memory (a ZIP bomb), "
+                "so it was refused before inflating. Re-create the archive from the original images")
+    return None
 
 
 def _zip_infos(zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
@@ -64,6 +88,10 @@ def _list_paths(paths_: Iterable[Path | str], on_event: OnEvent | None
                 emit(on_event, kind="warning", level="warning", message=listing.skipped_summary())
         elif p.is_file():
             todo.append((p.name, p))
+        elif p.exists():  # a named pipe, socket or device: never opened (a FIFO would block)
+            from engine.data.listing import not_regular_reason
+
+            results.append(ImportResult(str(p), None, f"{p}: skipped: {not_regular_reason(p)}", False))
         else:
             results.append(ImportResult(str(p), None, f"{p}: no such file or folder; check the path", False))
     return todo, results
@@ -75,6 +103,7 @@ class ImportMixin:
     max_zip_members: int
     max_zip_bytes: int
     max_member_bytes: int
+    max_member_ratio: float
 
     @writes
     def import_bytes(self, name: str, data: bytes, on_event: OnEvent | None = None,
@@ -157,20 +186,19 @@ class ImportMixin:
         refused = self._zip_refusal(name, data, infos)
         if refused:
             return [ImportResult(name, None, f"{name}: {refused}", False)]
-        from engine.data.listing import skipped_summary, sniff_bytes
+        from engine.data.listing import skipped_summary
 
         results: list[ImportResult] = []
         skipped: list[tuple[str, str]] = []
         for k, info in enumerate(infos):
             check_stop(stop)
             member = f"{name}/{info.filename}"
-            blob = self._zip_member(zf, info)
-            kind, why = (None, "") if isinstance(blob, str) else sniff_bytes(blob, info.filename)
-            if isinstance(blob, str):
-                results.append(ImportResult(member, None, f"{member}: {blob}", False))
-            elif kind is None:  # decided by content, as for folders (DICOMDIR, reports, text, BMP, ...)
-                skipped.append((info.filename, why))
-                results.append(ImportResult(member, None, f"{member}: skipped: {why}", False))
+            blob, why = self._zip_member(zf, info)
+            if blob is None and why.startswith(_SKIP):  # decided by content, as for folders (DICOMDIR, text, BMP, ...)
+                skipped.append((info.filename, why[len(_SKIP):]))
+                results.append(ImportResult(member, None, f"{member}: skipped: {why[len(_SKIP):]}", False))
+            elif blob is None:
+                results.append(ImportResult(member, None, f"{member}: {why}", False))
             else:
                 try:
                     results.append(self._import_one(member, blob, label, keep_names))
@@ -181,20 +209,34 @@ class ImportMixin:
             emit(on_event, kind="warning", level="warning", message=skipped_summary(skipped, name))
         return results
 
-    def _zip_member(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes | str:
-        """The member's bytes, or what is wrong with it."""
+    def _zip_member(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[bytes | None, str]:
+        """(the member's bytes, "") for an image, else (None, why): "skip: <reason>" for a member that
+        is no image (decided from its first bytes, read through a stream: the rest is never inflated),
+        otherwise what is wrong with it. Members whose declared size or expansion is absurd are refused
+        from the archive's directory, before anything is inflated."""
         if info.flag_bits & 0x1:
-            return "encrypted archive members are not supported; re-create the archive without a password"
-        if info.file_size > self.max_member_bytes:
-            return (f"{info.file_size / 2**20:.0f} MiB is larger than the {self.max_member_bytes / 2**20:.0f} MiB "
-                    "allowed for one image")
+            return None, "encrypted archive members are not supported; re-create the archive without a password"
+        refused = member_refusal(info, self.max_member_bytes, self.max_member_ratio)
+        if refused:
+            return None, refused
+        from engine.data.listing import HEAD_BYTES, sniff, sniff_bytes
+
         try:
             with zf.open(info) as f:
-                blob = f.read(info.file_size + 1)  # never more than the header promised (+1 to notice lies)
+                head = f.read(HEAD_BYTES)
+                kind, why = sniff(head, info.filename)  # DICOM: its pixel data is checked once read
+                if kind is None:
+                    return None, _SKIP + why
+                if kind == "zip":
+                    return None, "archives inside archives are not supported; extract it and import its contents"
+                # never more than the header promised (+1 to notice lies)
+                blob = head + f.read(max(0, info.file_size + 1 - len(head)))
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
-            return f"could not be extracted ({e}); re-create the archive"
+            return None, f"could not be extracted ({e}); re-create the archive"
         if len(blob) > info.file_size:
-            return "larger than its archive header says; the archive is damaged, re-create it"
-        if is_zip_bytes(blob):
-            return "archives inside archives are not supported; extract it and import its contents"
-        return blob
+            return None, "larger than its archive header says; the archive is damaged, re-create it"
+        if kind == "dicom":
+            kind, why = sniff_bytes(blob, info.filename)  # DICOMDIR, reports: no pixel data
+            if kind is None:
+                return None, _SKIP + why
+        return blob, ""

@@ -104,8 +104,8 @@ class IngestMixin:
         quantize + hash + write the PNG (when new). Returns an ImportResult for errors and duplicates,
         else (pixel sha256, meta, whether this call created the file, source key). `known` maps pixel
         sha256 -> image id (a manifest import's snapshot) instead of asking the database."""
-        try:
-            data = src if isinstance(src, _BYTES) else Path(src).read_bytes()
+        try:  # a named pipe is never read (it would block): read_image says what it is
+            data = src if isinstance(src, _BYTES) else Path(src).read_bytes() if Path(src).is_file() else src
         except OSError:
             data = src  # missing, a folder, unreadable: read_image says which
         source = source_key(data) if isinstance(data, _BYTES) else None

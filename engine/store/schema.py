@@ -93,13 +93,14 @@ class _Connection(sqlite3.Connection):
     """A connection that can be weakly referenced (so a finished thread's connection is closed)."""
 
 
-def connect(db_path: Path) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit), WAL, busy_timeout, FKs on."""
-    conn = sqlite3.connect(db_path, timeout=30.0, isolation_level=None, check_same_thread=False,
+def connect(db_path: Path, timeout: float = 30.0) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, busy_timeout (`timeout`
+    seconds: how long it waits for another writer), FKs on."""
+    conn = sqlite3.connect(db_path, timeout=timeout, isolation_level=None, check_same_thread=False,
                            factory=_Connection)
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA busy_timeout = 30000")
-    enable_wal(conn)
+    conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+    enable_wal(conn, timeout=max(timeout, 1.0))
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn

@@ -18,15 +18,15 @@ from collections.abc import Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from engine.events import Event, OnEvent, check_stop, emit
 from engine.store.errors import DiskFullError, ImportResult, UploadTooLargeError
 from engine.store.files import write_atomic, writes
-from engine.store.imports import is_ignored_member
+from engine.store.imports import is_ignored_member, member_refusal
 from engine.store.pixels import is_zip_bytes, is_zip_file
 
-__all__ = ["UploadsMixin", "upload_label_report"]
+__all__ = ["UploadBudget", "UploadsMixin", "upload_label_report"]
 
 
 def upload_label_report(new: int, duplicates: int, labeled: int, kept: int, finding: str | None,
@@ -56,9 +56,22 @@ def upload_label_report(new: int, duplicates: int, labeled: int, kept: int, find
     return text + ".", warn
 
 
-def _zip_declared_pixels(data: bytes, max_members: int) -> tuple[int, int]:
-    """(declared pixels, images) of a ZIP's first `max_members` members (headers only, 64 KiB each)."""
+class UploadBudget(NamedTuple):
+    """What an upload declares before any decoding: `pixels` (summed from headers) and `images` (files
+    that look like images from their first bytes, a ZIP's image members each)."""
+
+    pixels: int
+    images: int
+
+
+def _zip_declared_pixels(data: bytes, max_members: int, max_member_bytes: int = 2**63,
+                         max_member_ratio: float = float("inf")) -> tuple[int, int]:
+    """(declared pixels, images) of a ZIP's first `max_members` members, from headers only: at most
+    64 KiB inflated per image member, through a stream (512 bytes of any other). Members that are no
+    image by their first bytes, encrypted ones and those the import refuses from the directory
+    (imports.member_refusal) count 0."""
     from engine.data.io import declared_size
+    from engine.data.listing import HEAD_BYTES, sniff
 
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
@@ -67,17 +80,20 @@ def _zip_declared_pixels(data: bytes, max_members: int) -> tuple[int, int]:
         return 0, 0  # the import reports what is wrong with it
     total, count = 0, 0
     for info in infos[:max_members]:
-        if info.flag_bits & 0x1:
+        if info.flag_bits & 0x1 or member_refusal(info, max_member_bytes, max_member_ratio):
             continue
         try:
             with zf.open(info) as f:
-                head = f.read(1 << 16)
+                head = f.read(HEAD_BYTES)
+                if sniff(head, info.filename)[0] in (None, "zip"):
+                    continue  # no image: the rest is never inflated
+                head += f.read((1 << 16) - len(head))
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError):
             continue
+        count += 1
         size = declared_size(head)
         if size:
             total += size[1] * size[2]
-            count += 1
     return total, count
 
 
@@ -132,6 +148,8 @@ class UploadsMixin:
 
     workspace: Path
     max_zip_members: int
+    max_member_bytes: int
+    max_member_ratio: float
     max_upload_pixels: int
     background_upload_files: int
     background_upload_pixels: int
@@ -141,7 +159,14 @@ class UploadsMixin:
         (ZIP members included; engine.data.io.declared_size), summed. Returns that sum. Raises
         UploadTooLargeError (a StoreError saying what to do) when it exceeds `max_upload_pixels`;
         files whose size cannot be read from a header count 0 here (each is still refused on its own
-        when too large to decode)."""
+        when too large to decode). `budget_upload` also counts the images."""
+        return self.budget_upload(files).pixels
+
+    def budget_upload(self, files: Sequence[tuple[str, bytes]]) -> UploadBudget:
+        """`check_upload`, returning UploadBudget(pixels, images): `images` counts the files that
+        look like images by their first bytes, a ZIP's image members each (for `upload_in_background`:
+        a small ZIP of 10,000 images is decoded in the background like 10,000 files). Raises
+        UploadTooLargeError as `check_upload` does."""
         total, count = 0, 0
         for name, data in files:
             px, n = self._declared_pixels(data)
@@ -153,21 +178,22 @@ class UploadsMixin:
                 f"{self.max_upload_pixels / 1e9:.2f} gigapixels one upload may decode (that would keep the page "
                 "busy for minutes); nothing was imported. Upload fewer files at a time, or put them in a folder "
                 "and use 'Import from a folder' (it runs in the background with progress)")
-        return total
+        return UploadBudget(total, count)
 
     def _declared_pixels(self, data: bytes) -> tuple[int, int]:
-        """(declared pixels, images) of one file or of a ZIP's members (headers only, 64 KiB each)."""
+        """(declared pixels, images) of one file or of a ZIP's members (headers only, 64 KiB each).
+        A single file counts as one image whatever its content (its import says what is wrong)."""
         from engine.data.io import declared_size
 
         if not is_zip_bytes(data):
             size = declared_size(data[:1 << 16]) or declared_size(data)  # a TIFF's IFD may sit at the end
-            return (size[1] * size[2], 1) if size else (0, 0)
-        return _zip_declared_pixels(data, self.max_zip_members)
+            return (size[1] * size[2], 1) if size else (0, 1)
+        return _zip_declared_pixels(data, self.max_zip_members, self.max_member_bytes, self.max_member_ratio)
 
     def upload_in_background(self, n_files: int, pixels: int) -> bool:
-        """Whether an upload of `n_files` files declaring `pixels` pixels (check_upload) is decoded by
-        a background job rather than in the page request: more than `background_upload_files` files or
-        more than `background_upload_pixels` pixels."""
+        """Whether an upload of `n_files` images declaring `pixels` pixels (budget_upload: a ZIP's
+        image members count one each) is decoded by a background job rather than in the page request:
+        more than `background_upload_files` images or more than `background_upload_pixels` pixels."""
         return n_files > self.background_upload_files or pixels > self.background_upload_pixels
 
     def stage_upload(self, files: Sequence[tuple[str, bytes]]) -> Path:

@@ -65,8 +65,9 @@ def test_checkpoint_without_json_is_not_listed(tmp_path):
     assert "spark-resnet18-orphan" not in [i.name for i in list_inits(tmp_path)]
     with pytest.raises(UnknownInitError):
         load_backbone("spark-resnet18-orphan", checkpoint_dir=tmp_path)
-    st.with_suffix(".json").write_text("{not json")  # a broken JSON hides the checkpoint, never crashes listing
-    assert "spark-resnet18-orphan" not in [i.name for i in list_inits(tmp_path)]
+    st.with_suffix(".json").write_text("{not json")  # a broken JSON: listed unavailable with why, never crashes listing
+    (broken,) = [i for i in list_inits(tmp_path) if i.name == "spark-resnet18-orphan"]
+    assert not broken.available and "spark-resnet18-orphan.json" in broken.reason
 
 
 def test_fingerprint_changes_when_weights_change():

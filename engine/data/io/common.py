@@ -23,8 +23,9 @@ MAX_PIXELS: Final[int] = 40_000_000
 BOMB_MIN_PIXELS: Final[int] = 8_000_000
 MAX_EXPANSION: Final[int] = 200
 # Bumped whenever read_image returns other pixels for some file than before (2: issue 13's pixel
-# padding, TIFF min-is-white, EXIF/TIFF orientation). Stores key a file's bytes with it.
-READER_VERSION: Final[int] = 2
+# padding, TIFF min-is-white, EXIF/TIFF orientation; 3: extreme floats stretched in float64, issue 22).
+# Stores key a file's bytes with it.
+READER_VERSION: Final[int] = 3
 _INFLATE_FLOOR: Final[int] = 64 * 2**20  # deflated DICOM: always allowed to inflate this much
 _DEFLATED_TS: Final = b"1.2.840.10008.1.2.1.99"
 
@@ -92,12 +93,29 @@ def _kib(n: int) -> str:
     return f"{n} bytes" if n < 10_240 else f"{n / 1024:,.0f} KiB"
 
 
+# Above this span or magnitude, a float32 stretch overflows (x - lo reaches float32's 3.4e38) or its
+# scale 1 / (hi - lo) falls below float32's smallest normal number (1.2e-38): stretch in float64.
+_F32_SAFE: Final[float] = 1e30
+
+
+def _stretch_in_f64(lo: float, hi: float) -> bool:
+    return abs(hi - lo) > _F32_SAFE or max(abs(lo), abs(hi)) > _F32_SAFE
+
+
 def _minmax(arr: np.ndarray) -> np.ndarray:
-    """Stretch any numeric HxW array to float32 [0, 1] by its own min and max (constant -> 0)."""
-    out = arr.astype(np.float32)  # exact for integers up to 2**24; 32-bit ints lose low bits only
-    lo, hi = float(out.min()), float(out.max())
+    """Stretch any numeric HxW array to float32 [0, 1] by its own min and max (constant -> 0). Raises
+    ValueError for NaN or infinite values. Extreme values (a float32 TIFF spanning +-3e38) are
+    stretched in float64, which float32 arithmetic would overflow (saturating much of the image)."""
+    lo, hi = float(np.min(arr)), float(np.max(arr))
     if not np.isfinite(lo) or not np.isfinite(hi):
         raise ValueError("pixel values contain NaN or infinity")
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.float32)
+    if _stretch_in_f64(lo, hi):
+        out = ((arr.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
+        return np.clip(out, 0.0, 1.0, out=out)
+    out = arr.astype(np.float32)  # exact for integers up to 2**24; 32-bit ints lose low bits only
+    lo, hi = float(np.float32(lo)), float(np.float32(hi))  # = out's min and max (rounding is monotonic)
     if hi <= lo:
         return np.zeros_like(out)
     out -= np.float32(lo)
@@ -106,9 +124,13 @@ def _minmax(arr: np.ndarray) -> np.ndarray:
 
 
 def _scale_between(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """(arr - lo) / (hi - lo) as float32 clipped to [0, 1]; hi < lo allowed (negative slope)."""
+    """(arr - lo) / (hi - lo) as float32 clipped to [0, 1]; hi < lo allowed (negative slope); in
+    float64 when the values are extreme (see `_minmax`)."""
     if hi == lo:
         return np.zeros(arr.shape, dtype=np.float32)
+    if _stretch_in_f64(lo, hi):
+        out = ((arr.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
+        return np.clip(out, 0.0, 1.0, out=out)
     out = (arr.astype(np.float32) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
     return np.clip(out, 0.0, 1.0, out=out)
 

@@ -51,6 +51,9 @@ def _load_bytes(src: str | os.PathLike[str] | bytes | bytearray | memoryview) ->
             raise ImageReadError(f"{name} does not exist; check the path.")
         if path.is_dir():
             raise ImageReadError(f"{name} is a folder, not an image file; pick a file inside it.")
+        if not path.is_file():  # a FIFO would block the read forever; sockets and devices are no images
+            raise ImageReadError(f"{name} is not a regular file (a named pipe, socket or device); pick an image "
+                                 "file.")
         try:
             data = path.read_bytes()
         except OSError as e:
