@@ -365,7 +365,7 @@ def train(run: Run, stop: threading.Event | None) -> None:
             flush(run)  # checked before the update
         apply_update(m, run.opt, run.scaler, params, step, s.total)
         run.step = step + 1
-        block_end = len(run.pending) >= s.sync_every or run.step == s.total
+        block_end = s.sync_every == 1 or len(run.pending) >= s.sync_every or run.step == s.total
         due_monitor = run.monitor.due(run.step, s.total)
         due_save = _save_due(run, block_end) and run.step < s.total
         if block_end or due_monitor or due_save:
