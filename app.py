@@ -3,7 +3,8 @@
     .venv/bin/python -m streamlit run app.py
 
 Lists the five pages explicitly (each with its own URL: / or /data, /pretrain, /classifier, /benchmark,
-/gradcam, so deep links work), draws the shared sidebar and runs the selected page. All work
+/gradcam, so deep links work), keeps the workspace in the address (?ws=<name>, e.g. /classifier?ws=clinic),
+draws the shared sidebar and runs the selected page. All work
 happens in `engine`; pages start it as background jobs and show their snapshots.
 
 The page files live in `app_pages/`, not `pages/`: Streamlit treats a `pages/` folder beside the
@@ -17,7 +18,8 @@ import streamlit as st
 # `engine` and `ui` import without path changes: `streamlit run` puts this file's folder on sys.path, and
 # setup.sh installs the project (editable) for every other entry point.
 from engine.store.errors import StoreError
-from ui.sidebar import render_sidebar
+from ui.services import sync_workspace
+from ui.sidebar import render_nav, render_sidebar
 
 st.set_page_config(page_title="scarce-cxr", page_icon=":material/radiology:", layout="wide",
                    initial_sidebar_state="expanded")
@@ -33,7 +35,11 @@ PAGES = [  # in the order of the workflow; Data is the landing page
     st.Page("app_pages/data.py", title="Data", icon=":material/photo_library:", url_path="data", visibility="hidden"),
 ]
 
-page = st.navigation(PAGES, position="sidebar")
+# Streamlit's own menu drops the query string on a page change; the sidebar draws the menu itself (render_nav)
+# with links that keep ?ws=, so the workspace stays in the address on every page.
+page = st.navigation(PAGES, position="hidden")
+ws_notice = sync_workspace()  # ?ws=<name> -> this session's workspace (forms reset when it changes)
+render_nav(PAGES[:-1])
 
 
 @st.cache_resource(show_spinner=False)
@@ -49,7 +55,7 @@ def start_up() -> None:
     from engine.models import shipped_inits
     from ui.services import active_workspace
 
-    ws = active_workspace()  # this session's choice (sidebar), else the default
+    ws = active_workspace()  # this session's choice (the URL's ?ws=), else the default
     if str(ws) in _started():
         return
     with st.status("Starting scarce-cxr...", expanded=True) as status:
@@ -81,6 +87,8 @@ def start_up() -> None:
         status.update(label="scarce-cxr is ready", state="complete", expanded=False)
 
 
+if ws_notice:
+    st.warning(ws_notice, icon=":material/travel_explore:")
 try:
     start_up()
 except StoreError as e:  # the workspace database cannot be opened (locked, read-only, missing, not a database)

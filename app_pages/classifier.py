@@ -14,7 +14,7 @@ from ui.inference import LoadedClassifier, explain_uploads, familiarity_note, fm
 from ui.jobs import set_watched, status_block, watch, watched
 from ui.services import Services, services
 from ui.widgets import (UPLOAD_TYPES, empty_state, init_label, is_synthetic_workspace, method_label, page_header,
-                        synthetic_notice)
+                        page_link, synthetic_notice)
 
 MODES = {
     "probe": "Probe (recommended): keep the backbone fixed and fit a simple logistic regression on its features. "
@@ -63,7 +63,7 @@ def pick_training_images(svc: Services) -> tuple[str | None, list[int]]:
             st.warning(w, icon=":material/warning:")
     except ClassifierDataError as e:
         st.error(f"{e}", icon=":material/block:")
-        st.page_link("app_pages/data.py", label="Label more images on the Data page", icon=":material/arrow_forward:")
+        page_link("data", label="Label more images on the Data page", icon=":material/arrow_forward:")
         return None, []
     return finding, [int(i) for i in use["id"]]
 

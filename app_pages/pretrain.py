@@ -13,6 +13,7 @@ from engine.ssl import METHODS
 from engine.ssl.monitor import COS_MAX, ERANK_MIN, STD_MIN, collapse_status
 from engine.ssl.pretrain import SSL_ARCHS
 from engine.tasks import PretrainParams
+from engine.tasks.pretrain import pretrain_rows
 from ui.jobs import job_table, job_warnings, start_job, status_block, watch, watched
 from ui.monitor_plots import control_figure, study_collapse_figure
 from ui.plots import collapse_figure, loss_figure
@@ -38,15 +39,25 @@ def unique_name(base: str, taken: set[str]) -> str:
     return f"{base}-{i}"
 
 
-def image_set_inputs(n_images: int, findings: list[str], counts: dict[str, dict[str, int]]) -> tuple[str, str]:
+def image_set_sizes(images: pd.DataFrame, findings: list[str]) -> dict[str, int]:
+    """How many images a run on each workspace image set trains on ("all", "finding:<name>"), by the
+    job's own rule (engine.tasks.pretrain.pretrain_rows: the test split is left out)."""
+    rows = pretrain_rows(images)
+    return {"all": len(rows), **{f"finding:{f}": int(rows[f].notna().sum()) for f in findings}}
+
+
+def image_set_inputs(images: pd.DataFrame, findings: list[str], sizes: dict[str, int]) -> tuple[str, str]:
     """The form's image set: "all", "finding:<name>" or "path", and the path typed for the last."""
-    sets = {"all": f"All workspace images ({n_images}; test-split images are left out)"}
+    n_test = len(images) - sizes["all"]
+    left_out = f"; {n_test} test-split image{'s' * (n_test != 1)} left out" if n_test else ""
+    sets = {"all": f"All workspace images ({sizes['all']}{left_out})"}
     for f in findings:
-        c = counts[f]
-        sets[f"finding:{f}"] = f"Images labeled for {f} ({c['positive'] + c['negative']})"
+        note = "; test split left out" if n_test else ""
+        sets[f"finding:{f}"] = f"Images labeled for {f} ({sizes[f'finding:{f}']}{note})"
     sets["path"] = "A manifest CSV or a folder of images on this computer"
     image_set = st.selectbox("Images", list(sets), format_func=sets.get, key="pt_set",
-                             help="Labels are not used: pretraining learns from the pictures alone.")
+                             help="Labels are not used: pretraining learns from the pictures alone. Test-split images "
+                                  "are never used, so the few-shot test images stay unseen.")
     path = st.text_input("Path (only for 'a manifest CSV or a folder')", key="pt_path")
     return image_set, path
 
@@ -70,12 +81,14 @@ def refusal(name: str, taken: set[str], method: str, preset: str, control: bool,
     if image_set == "path" and not path.strip():
         return "Enter the path of a manifest CSV or a folder of images."
     if image_set != "path" and n_images < 2:
-        return "Pretraining needs images: import some on the Data page first."
+        return (f"Pretraining needs at least 2 images and this set has {n_images} (test-split images are left out): "
+                "import more on the Data page first.")
     return None
 
 
-def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, int]]) -> None:
+def start_form(images: pd.DataFrame, findings: list[str]) -> None:
     svc = services()
+    sizes = image_set_sizes(images, findings)
     from engine.paths import checkpoints_dir
     from engine.reservations import reserved_checkpoints
 
@@ -85,7 +98,7 @@ def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, i
         method = c1.selectbox("Method", list(METHODS), format_func=method_label, key="pt_method")
         arch = c2.selectbox("Backbone", list(SSL_ARCHS), key="pt_arch",
                             help="resnet18 trains fast on a CPU; resnet50 is the studies' choice on a GPU.")
-        image_set, path = image_set_inputs(n_images, findings, counts)
+        image_set, path = image_set_inputs(images, findings, sizes)
         c3, c4, c5 = st.columns(3)
         epochs = c3.number_input("Epochs", 1, 1000, 20, key="pt_epochs",
                                  help="Passes over the images. Studies use 100-800; a short CPU demo uses 10-30.")
@@ -114,7 +127,7 @@ def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, i
         go = st.form_submit_button("Start pretraining", type="primary", icon=":material/play_arrow:")
     if not go:
         return
-    problem = refusal(name, taken, method, preset, control, image_set, path, n_images)
+    problem = refusal(name, taken, method, preset, control, image_set, path, sizes.get(image_set, 0))
     if problem:
         st.error(problem, icon=":material/error:")
         return
@@ -300,7 +313,7 @@ snap = svc.runner.snapshot(job) if job is not None else None
 with st.expander("New pretraining run", expanded=snap is None or not snap.active, icon=":material/add_circle:"):
     c1, c2 = st.columns([3, 2], gap="large")
     with c1:
-        start_form(len(images), svc.store.findings(), svc.store.counts())
+        start_form(images, svc.store.findings())
     with c2:
         st.markdown("**Which method?**")
         st.markdown("\n".join(f"- **{method_label(m)}**: {METHOD_HELP[m]}" for m in METHODS if m in METHOD_HELP))

@@ -3,9 +3,15 @@
 Every page calls `services()` first. The first call for a workspace opens the store, starts the
 job runner (which marks jobs a previous server left running as `interrupted`), registers the job
 kinds of `engine.tasks`, and on a fresh demo workspace starts the short demo pretraining jobs.
+
+The active workspace is part of the address: `?ws=<folder name>` (st.query_params). `sync_workspace`,
+run first on every script run, reads it (a reload, a deep link or a new window lands in the same
+workspace), writes it back when missing, and drops the session's form state when the workspace
+changed, so no form keeps proposing another workspace's values.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,10 +42,30 @@ def _open(workspace: str, checkpoints: str) -> Services:
     tasks.register_all(runner)
     runner.interrupt_on_exit()
     demo = tasks.start_demo_pretraining(store, runner) if tasks.autopretrain_enabled() else []
-    return Services(store, runner, ws, Path(checkpoints), tasks.device_label(runner.device), tuple(demo))
+    svc = Services(store, runner, ws, Path(checkpoints), tasks.device_label(runner.device), tuple(demo))
+    _opened()[(workspace, checkpoints)] = svc
+    return svc
+
+
+@st.cache_resource(show_spinner=False)
+def _opened() -> dict[tuple[str, str], Services]:
+    """Every workspace's services this server process has opened, by (workspace, checkpoints) folder."""
+    return {}
+
+
+def opened_services() -> list[Services]:
+    """The services of every workspace this server has opened (with today's checkpoints folder), the active
+    one first: their runners run the server's background jobs, whichever workspace a session shows."""
+    ckpt, active = str(paths.checkpoints_dir()), str(active_workspace())
+    found = [s for (ws, ck), s in list(_opened().items()) if ck == ckpt]
+    return sorted(found, key=lambda s: (str(s.workspace) != active, s.workspace.name))
 
 
 ACTIVE_KEY = "active_workspace"  # st.session_state: the folder this browser session works in
+WS_PARAM = "ws"  # the URL's query parameter that names it (?ws=<folder name>)
+STATE_WS_KEY = "_state_workspace"  # st.session_state: the workspace the session's form state belongs to
+# Session keys that are not a workspace's form state: kept when the workspace changes; every other key goes.
+SESSION_KEYS = frozenset({ACTIVE_KEY, STATE_WS_KEY, "ws_pick", "ws_new_name", "ws_error", "data_tab"})
 
 
 def workspaces_root() -> Path:
@@ -56,6 +82,56 @@ def active_workspace() -> Path:
         if chosen:
             return Path(chosen)
     return paths.workspace_dir()
+
+
+def workspace_param(ws: Path | None = None) -> str:
+    """The `?ws=` value that names `ws` (default: this session's workspace): its folder name."""
+    return (ws or active_workspace()).name
+
+
+def find_workspace(name: str) -> Path:
+    """The known workspace (`known_workspaces`) whose folder is called `name`. Only listed folders are
+    returned (a name is never joined to a path). Raises ValueError saying which names exist."""
+    found = {p.name: p for p in known_workspaces()}
+    if name in found:
+        return found[name]
+    # only a name a workspace could have is repeated (the message is Markdown: nothing else from the URL is shown)
+    shown = f"named `{name}`" if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name) else "by the name in the address"
+    raise ValueError(f"There is no workspace {shown} on this server (an old link, a typo, or a workspace "
+                     f"made on another computer). Workspaces here: {', '.join(f'`{n}`' for n in sorted(found))}.")
+
+
+def _drop_form_state() -> None:
+    """Forget every form's and page's session state (widget values, watched job ids, chosen results):
+    they belong to the workspace the session leaves; the new one's forms start from its own data."""
+    for key in list(st.session_state.keys()):
+        if key not in SESSION_KEYS:
+            del st.session_state[key]
+
+
+def sync_workspace() -> str | None:
+    """Make this session's workspace the URL's `?ws=` (first thing on every script run).
+
+    A known name opens that workspace; no name keeps the session's workspace (else the default); an
+    unknown name falls back to the default workspace and returns the reason, for the page to show. The
+    URL is then set to the workspace shown. When the workspace differs from the one the session's form
+    state belongs to, that state is dropped (`_drop_form_state`). Returns None when nothing is to be said."""
+    default, notice = paths.workspace_dir(), None
+    asked = st.query_params.get(WS_PARAM)
+    if asked:
+        try:
+            ws = find_workspace(asked)
+        except ValueError as e:
+            ws = default
+            notice = f"{e} Showing the {'demo' if tasks.is_demo_workspace(ws) else 'default'} workspace `{ws.name}`."
+    else:
+        ws = Path(st.session_state.get(ACTIVE_KEY) or default)
+    if st.session_state.get(STATE_WS_KEY) not in (None, str(ws)):
+        _drop_form_state()
+    st.session_state[STATE_WS_KEY] = st.session_state[ACTIVE_KEY] = str(ws)
+    if asked != ws.name:
+        st.query_params[WS_PARAM] = ws.name
+    return notice
 
 
 def known_workspaces() -> list[Path]:

@@ -1,19 +1,41 @@
-"""The sidebar every page shares: workspace, device and the background jobs with their progress."""
+"""The sidebar every page shares: the pages (links that keep `?ws=`), workspace, device and the background
+jobs of every workspace with their progress."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import streamlit as st
 
 from ui.jobs import ACTIVE, job_title, progress_text
 from engine.tasks import is_demo_workspace
-from ui.services import ACTIVE_KEY, active_workspace, create_workspace, known_workspaces, services
+from ui.services import (WS_PARAM, active_workspace, create_workspace, known_workspaces, opened_services, services,
+                         workspace_param)
+from ui.widgets import PAGE_FILES
+
+# The page that shows each job kind (the sidebar's job links open it).
+JOB_PAGE = {"pretrain": "pretrain", "sweep": "benchmark", "study": "benchmark", "classify": "classifier",
+            "gradcam": "gradcam", "gradcam_image": "gradcam", "import": "data"}
+PAGE_TITLE = {"data": "Data", "pretrain": "Pretrain", "classifier": "Classifier", "benchmark": "Benchmark",
+              "gradcam": "Grad-CAM"}
 
 
 def workspace_label(ws) -> str:
     return f"{ws.name} · synthetic demo" if is_demo_workspace(ws) else ws.name
 
 
+def render_nav(pages: list) -> None:
+    """The app's menu at the top of the sidebar: one link per page, each keeping this session's `?ws=`
+    (Streamlit's own menu drops the query string, so a reload after a page change would open the default
+    workspace)."""
+    ws = {WS_PARAM: workspace_param()}
+    with st.sidebar.container(key="app_nav", gap=None):
+        for p in pages:
+            st.page_link(p, query_params=ws, width="stretch")
+
+
 def _switch() -> None:
-    st.session_state[ACTIVE_KEY] = st.session_state["ws_pick"]
+    # the URL names the workspace; the next run (ui.services.sync_workspace) opens it and resets the forms
+    st.query_params[WS_PARAM] = Path(st.session_state["ws_pick"]).name
 
 
 def _create() -> None:
@@ -23,7 +45,7 @@ def _create() -> None:
         st.session_state["ws_error"] = str(e)
         return
     st.session_state.pop("ws_error", None)
-    st.session_state[ACTIVE_KEY] = str(ws)
+    st.query_params[WS_PARAM] = ws.name
     st.session_state["ws_new_name"] = ""
 
 
@@ -39,7 +61,7 @@ def render_sidebar() -> None:
             options.append(str(current))
         st.session_state["ws_pick"] = str(current)
         st.selectbox("Workspace", options, key="ws_pick", on_change=_switch, label_visibility="collapsed",
-                     format_func=lambda p: workspace_label(__import__("pathlib").Path(p)),
+                     format_func=lambda p: workspace_label(Path(p)),
                      help="Each workspace is a folder with its own images, labels and jobs. The demo holds synthetic "
                           "phantoms; put real X-rays in a workspace of your own.")
         st.caption(f"`{svc.workspace}`  \n{n_images} images · {len(counts)} findings")
@@ -54,27 +76,40 @@ def render_sidebar() -> None:
         _jobs_panel()
 
 
+def _active_jobs() -> list[tuple]:
+    """(services, snapshot) of every queued or running job in every workspace this server has opened."""
+    return [(svc, j) for svc in opened_services() for j in svc.runner.jobs() if j.state in ACTIVE]
+
+
 def _jobs_panel() -> None:
-    runner = services().runner
-    active = [j for j in runner.jobs() if j.state in ACTIVE]
+    active = _active_jobs()
     if not active:
         _draw_jobs([])
         return
+    here = str(services().workspace)
+
+    def mine(jobs: list[tuple]) -> set[int]:
+        return {j.id for svc, j in jobs if str(svc.workspace) == here}
 
     @st.fragment(run_every=2.0)
     def _live() -> None:
-        now = [j for j in runner.jobs() if j.state in ACTIVE]
+        now = _active_jobs()
         _draw_jobs(now)
-        if {j.id for j in now} != {j.id for j in active}:
-            st.rerun()  # a job started or ended: refresh the page (new backbone, results, ...)
+        if mine(now) != mine(active):
+            st.rerun()  # a job of this workspace started or ended: refresh the page (new backbone, results, ...)
 
     _live()
 
 
-def _draw_jobs(jobs: list) -> None:
-    st.markdown("**Background jobs**")
+def _draw_jobs(jobs: list[tuple]) -> None:
+    st.markdown("**Background jobs** (all workspaces)")
     if not jobs:
         st.caption("None running.")
         return
-    for j in sorted(jobs, key=lambda j: j.created):
+    here = str(services().workspace)
+    for svc, j in sorted(jobs, key=lambda sj: (str(sj[0].workspace) != here, sj[1].created)):
         st.progress(min(max(float(j.progress or 0.0), 0.0), 1.0), text=f"{job_title(j)}  \n{progress_text(j)}")
+        page = JOB_PAGE.get(j.kind, "data")
+        where = "this workspace" if str(svc.workspace) == here else f"workspace {svc.workspace.name}"
+        st.page_link(PAGE_FILES[page], label=f"Open on {PAGE_TITLE[page]} ({where})", icon=":material/arrow_forward:",
+                     query_params={WS_PARAM: workspace_param(svc.workspace)})

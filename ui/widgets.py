@@ -40,7 +40,15 @@ def empty_state(message: str, *, link: str | None = None, link_label: str | None
     """A friendly 'nothing here yet' box, optionally with a link to the page that fixes it."""
     st.info(message, icon=icon)
     if link:
-        st.page_link(PAGE_FILES[link], label=link_label or f"Go to {link.title()}", icon=":material/arrow_forward:")
+        page_link(link, label=link_label or f"Go to {link.title()}", icon=":material/arrow_forward:")
+
+
+def page_link(page: str, **kwargs: Any) -> None:
+    """st.page_link to one of the app's pages (a PAGE_FILES key or a page file) that keeps this session's
+    workspace in the address (`?ws=`), so the page it opens, reloaded or opened in a new tab, shows it."""
+    from ui.services import WS_PARAM, workspace_param
+
+    st.page_link(PAGE_FILES.get(page, page), query_params={WS_PARAM: workspace_param()}, **kwargs)
 
 
 def method_label(method: str) -> str:

@@ -3,6 +3,7 @@ exported as a backbone checkpoint whose name is reserved from submit to export (
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from engine import paths
@@ -14,10 +15,12 @@ from engine.tasks.common import store_of
 from engine.tasks.params import PretrainParams
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from engine.jobs.runner import JobRunner
     from engine.ssl.config import PretrainConfig
 
-__all__ = ["pretrain_config", "reserve_pretrain_name", "run_pretrain"]
+__all__ = ["pretrain_config", "pretrain_rows", "reserve_pretrain_name", "run_pretrain"]
 
 
 def pretrain_config(params: PretrainParams | dict[str, Any], n_images: int) -> PretrainConfig:
@@ -39,17 +42,23 @@ def pretrain_config(params: PretrainParams | dict[str, Any], n_images: int) -> P
     )
 
 
+def pretrain_rows(images: pd.DataFrame, image_ids: Iterable[int] | None = None) -> pd.DataFrame:
+    """The rows of `images` (a `Store.images()` frame) that a pretraining run on the workspace trains on:
+    those in `image_ids` (None: all), without the test split (few-shot test images stay unseen, also
+    unlabeled). The one rule for both the job (`run_pretrain`) and the counts the app's form shows."""
+    df = images
+    if image_ids is not None:
+        df = df[df["id"].isin([int(i) for i in image_ids])]
+    return df[df["split"].astype(str) != "test"]
+
+
 def _pretrain_paths(store: Store, ctx: JobContext, image_ids: tuple[int, ...] | None) -> list[str]:
-    """Stored PNGs to pretrain on (test-split images left out: few-shot test images stay unseen),
-    fixed at the job's first run so a resume trains on exactly the same images."""
+    """Stored PNGs to pretrain on (`pretrain_rows`), fixed at the job's first run so a resume trains on
+    exactly the same images."""
     listing = ctx.workdir / "pretrain_images.json"
     if ctx.resume and listing.exists():
         return list(json.loads(listing.read_text()))
-    df = store.images()
-    if image_ids is not None:
-        df = df[df["id"].isin([int(i) for i in image_ids])]
-    df = df[df["split"].astype(str) != "test"]
-    files = [str(f) for f in df["file"]]
+    files = [str(f) for f in pretrain_rows(store.images(), image_ids)["file"]]
     atomic_write_text(listing, json.dumps(files))
     return files
 

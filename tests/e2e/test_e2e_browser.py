@@ -222,15 +222,18 @@ def xq(s: str) -> str:
     return f'"{s}"' if '"' not in s else "concat('" + "', '\"', '".join(s.split('"')) + "')"
 
 
+NAV_LINK = '.st-key-app_nav [data-testid="stPageLink-NavLink"]'  # the sidebar's menu (ui.sidebar.render_nav)
+
+
 def nav(d, page: str) -> None:
-    link = d.find_element(By.XPATH, f'//a[@data-testid="stSidebarNavLink"][contains(@href, "/{page}")]')
+    link = [a for a in d.find_elements(By.CSS_SELECTOR, NAV_LINK) if f"/{page}?" in (a.get_attribute("href") or "")][0]
     link.click()
     idle(d)
 
 
 def nav_labels(d) -> list[str]:
     # each link's text is its icon's ligature name, a newline, then the label
-    return [a.text.strip().splitlines()[-1] for a in d.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebarNavLink"]')]
+    return [a.text.strip().splitlines()[-1] for a in d.find_elements(By.CSS_SELECTOR, NAV_LINK)]
 
 
 def shown(d, css: str) -> bool:
