@@ -93,13 +93,16 @@ def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, i
                              help="Images per step (capped at the number of images).")
         size = c5.selectbox("Image size (pixels)", SIZES, index=SIZES.index(96), key="pt_size",
                                 help="224 matches the studies; 64-96 is enough for a CPU demo.")
-        preset = st.radio("Recipe", ["quick", "paper", "long"], horizontal=True, key="pt_preset",
+        preset = st.radio("Recipe", ["quick", "paper", "study", "long"], horizontal=True, key="pt_preset",
                           format_func={"quick": "Quick (CPU, a few hundred steps)",
-                                       "paper": "Paper (each method's published settings, long GPU runs)",
+                                       "paper": "Paper (each method's published recipe, long GPU runs)",
+                                       "study": "Study (the seed study's: MoCo v2 with T 0.07 + variance term)",
                                        "long": "Long (the shipped backbone's: GPU, batch 256, ~10k images)"}.get,
                           help="Quick uses settings measured to beat random init in short runs at batch 32 "
                                "(smaller queue and heads, lower learning rate, milder crops with blur so two "
-                               "views share no pixel grain, no DINO local crops). Long is the recipe of the "
+                               "views share no pixel grain, no DINO local crops). Paper is each method's published "
+                               "recipe (MoCo v2: T 0.2, no variance term); Study is the seed study's variant. "
+                               "Long is the recipe of the "
                                f"shipped backbone, for {LONG_METHODS}; see engine/ssl/presets.py.")
         cc1, cc2 = st.columns([3, 2])
         control = cc1.checkbox("Adaptive collapse control", key="pt_control",

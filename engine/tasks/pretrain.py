@@ -88,6 +88,10 @@ def run_pretrain(params: PretrainParams | dict[str, Any], ctx: JobContext) -> di
     reserve_checkpoint(out_name, owner, ckpts, replace=p.replace)
     files = resolve_image_paths(p.data) if p.data else _pretrain_paths(store, ctx, p.image_ids)
     cfg = pretrain_config(p, len(files))
+    if ctx.resume:  # the state's recorded settings: a preset renamed since (engine.ssl.presets.RENAMED) keeps them
+        from engine.ssl.presets import resume_settings
+
+        cfg = resume_settings(cfg, ctx.workdir / "ssl")
     # the bar counts pretraining steps; decoding the images reports its counts in log lines only
     cache = ImageCache.build(files, size=cfg.image_size, on_event=as_log(ctx.on_event), stop=ctx.stop)
     if getattr(ctx.device, "type", "cpu") == "cpu":  # a busy machine trains far faster on fewer threads
