@@ -17,7 +17,7 @@ from ui.jobs import job_table, job_warnings, start_job, status_block, watch, wat
 from ui.monitor_plots import control_figure, study_collapse_figure
 from ui.plots import collapse_figure, loss_figure
 from ui.services import services
-from ui.widgets import empty_state, init_label, is_ssl, method_label, page_header
+from ui.widgets import default_image_size, empty_state, init_label, is_ssl, method_label, page_header
 
 SIZES = [64, 96, 128, 160, 192, 224, 256]  # multiples of 32 (SparK's patch)
 # Method texts from the SSL registry (engine/ssl/registry.py).
@@ -91,8 +91,10 @@ def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, i
                                  help="Passes over the images. Studies use 100-800; a short CPU demo uses 10-30.")
         batch = c4.selectbox("Batch size", [8, 16, 32, 64, 128, 256, 512], index=3, key="pt_batch",
                              help="Images per step (capped at the number of images).")
-        size = c5.selectbox("Image size (pixels)", SIZES, index=SIZES.index(96), key="pt_size",
-                                help="224 matches the studies; 64-96 is enough for a CPU demo.")
+        size = c5.selectbox("Image size (pixels)", SIZES, key="pt_size",
+                            index=SIZES.index(default_image_size(svc.runner.device.type)),  # the device's working size
+                            help="224 matches the studies; 64-96 is enough for a CPU demo. The backbone records it: "
+                                 "classifiers and benchmarks run it at this size.")
         preset = st.radio("Recipe", ["quick", "paper", "study", "long"], horizontal=True, key="pt_preset",
                           format_func={"quick": "Quick (CPU, a few hundred steps)",
                                        "paper": "Paper (each method's published recipe, long GPU runs)",
