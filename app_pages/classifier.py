@@ -8,12 +8,12 @@ import streamlit as st
 
 from engine.fewshot.classifier import MIN_PER_CLASS, ClassifierDataError, OperatingPoint, check_counts
 from engine.jobs import JobSnapshot
-from engine.models import ARCHS, input_size_for, list_inits
+from engine.models import ARCHS, UnknownInitError, init_info, input_size_for, list_inits
 from engine.tasks import ClassifyParams
 from ui.inference import LoadedClassifier, explain_uploads, familiarity_note, fmt_pair, headline, verdict
 from ui.jobs import set_watched, status_block, watch, watched
 from ui.services import Services, services
-from ui.widgets import (UPLOAD_TYPES, empty_state, init_label, method_label, page_header,
+from ui.widgets import (UPLOAD_TYPES, empty_state, init_label, is_ssl, method_label, page_header,
                         synthetic_notice)
 
 MODES = {
@@ -66,6 +66,14 @@ def pick_training_images(svc: Services) -> tuple[str | None, list[int]]:
         st.page_link("app_pages/data.py", label="Label more images on the Data page", icon=":material/arrow_forward:")
         return None, []
     return finding, [int(i) for i in use["id"]]
+
+
+def pretrained(init: str) -> bool:
+    """Whether `init` is a pretrained backbone (the registry's kind, not its name); one no longer here was."""
+    try:
+        return is_ssl(init_info(init))
+    except UnknownInitError:
+        return True
 
 
 def measured_aucs(svc: Services, finding: str, n_pos: int, n_neg: int) -> dict[str, dict[str, Any]]:
@@ -235,9 +243,7 @@ def show_result(res: dict[str, Any]) -> None:
     if est.get("sentence"):
         st.caption(est["sentence"])
     if est["ci_low"] <= 0.5:
-        advice = "Label more images" + ("." if s["init"] not in ("random", "imagenet") and not
-                                        s["init"].startswith(("random-", "imagenet-")) else
-                                        ", or start from a pretrained backbone.")
+        advice = "Label more images" + ("." if pretrained(s["init"]) else ", or start from a pretrained backbone.")
         st.warning(f"The interval includes 0.5: the classifier may be no better than chance. {advice}",
                    icon=":material/warning:")
     for w in est.get("warnings") or []:

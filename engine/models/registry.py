@@ -165,6 +165,18 @@ def synthetic_data(info: dict[str, Any]) -> tuple[bool, str]:
     return False, ""
 
 
+def init_info(name: str, checkpoint_dir: Path | None = None, arch: str | None = None) -> InitInfo:
+    """The registry's InitInfo of `name` (also `random-resnet50`, `imagenet-densenet121`, ... for any arch);
+    raises UnknownInitError listing the valid names."""
+    builtin = _split_builtin(name, arch)
+    if builtin is not None:
+        return InitInfo(name, builtin[1], builtin[0], True)
+    found = {i.name: i for i in list_inits(checkpoint_dir, arch=arch)}
+    if name not in found:
+        raise UnknownInitError(f"unknown init {name!r}; valid inits: {', '.join(found)}")
+    return found[name]
+
+
 def input_size_for(init: InitInfo | str, device: torch.device | str = "cpu", checkpoint_dir: Path | None = None,
                    arch: str | None = None) -> int:
     """Square side in pixels at which `init` runs on `device`: the size its weights were trained at
@@ -172,14 +184,7 @@ def input_size_for(init: InitInfo | str, device: torch.device | str = "cpu", che
     working size (FREE_SIZE: 224 on CUDA, 96 on a CPU). A name is looked up with `list_inits(checkpoint_dir,
     arch)`; raises UnknownInitError for a name the registry does not know."""
     if isinstance(init, str):
-        builtin = _split_builtin(init, arch)
-        if builtin is not None:
-            init = InitInfo(init, builtin[1], builtin[0], True)
-        else:
-            found = {i.name: i for i in list_inits(checkpoint_dir, arch=arch)}
-            if init not in found:
-                raise UnknownInitError(f"unknown init {init!r}; valid inits: {', '.join(found)}")
-            init = found[init]
+        init = init_info(init, checkpoint_dir, arch)
     if device == "auto":
         from engine.device import resolve_device
 
