@@ -39,7 +39,9 @@ def register(sub) -> None:
     p.add_argument("--data", required=True, help="manifest CSV (its split=test rows are left out) or a folder of images")
     p.add_argument("--epochs", type=int, default=None, help="default: the preset's (paper: the published run "
                    "length, e.g. 200 for moco_v2), else 100")
-    p.add_argument("--batch-size", type=int, default=256, help="global batch over all processes")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="global batch over all processes (default: the preset's, e.g. 2048 for barlow_twins paper, "
+                        "else 256)")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--out", required=True, help="checkpoint name: writes checkpoints/<out>.safetensors + .json")
     p.add_argument("--resume", action="store_true", help="continue from the run's saved state")

@@ -38,6 +38,25 @@ def test_every_method_builds_every_default_preset_and_the_caller_still_wins():
     assert build_config("moco_v2", "paper", epochs=3).epochs == 3
 
 
+def test_the_cli_takes_the_presets_run_length_and_batch_unless_given():
+    import argparse
+
+    from engine.ssl.commands import _config, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+
+    def cfg(*extra):
+        return _config(parser.parse_args(["pretrain", "--data", "x", "--out", "y", *extra]))
+
+    assert (cfg().epochs, cfg().batch_size, cfg().method_config.T) == (200, 256, 0.2)  # moco_v2 paper
+    b = cfg("--method", "barlow_twins")
+    assert (b.epochs, b.batch_size, b.method_config.proj_dim) == (1000, 2048, 8192)
+    s = cfg("--preset", "study")
+    assert (s.epochs, s.batch_size, s.method_config.T) == (100, 256, 0.07)  # the config defaults, as before
+    assert cfg("--method", "barlow_twins", "--batch-size", "64", "--epochs", "5").batch_size == 64
+
+
 def test_help_says_which_preset_is_which(capsys):
     from engine.cli import main
 
