@@ -86,7 +86,8 @@ def sweep_form(svc: Services) -> None:
             st.error("Choose at least " + ", ".join(missing) + ".", icon=":material/error:")
             return
         params = SweepParams(findings=tuple(findings), inits=tuple(sel_inits), modes=tuple(modes),
-                             shots=tuple(sorted(int(k) for k in shots)), trials=int(trials), image_size=int(size) or None,
+                             shots=tuple(sorted(int(k) for k in shots)), trials=int(trials),
+                             image_size=int(size) or None,  # None: each init at its own size
                              title=", ".join(findings))
         set_watched("benchmark", svc.runner.submit("sweep", params))
         st.rerun()
