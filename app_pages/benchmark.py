@@ -69,10 +69,12 @@ def sweep_form(svc: Services) -> None:
                                     "training pool can give (the sweep skips larger ones).")
         trials = c3.number_input("Trials per shot count", 1, 100, 10, key="bm_trials",
                                  help="Each trial draws a new random training set; the spread shows how much luck matters.")
-        size = c4.select_slider("Image size (pixels)", [64, 96, 128, 160, 224],
-                                value=default_image_size(svc.runner.device.type), key="bm_size",
-                                help="224 = the shipped backbone's pretraining size (smaller is faster on a CPU "
-                                     "but misjudges it)")
+        size = c4.select_slider("Image size (pixels)", [0, 64, 96, 128, 160, 224], value=0, key="bm_size",
+                                format_func=lambda v: "each init's own" if not v else f"{v} for all",
+                                help="Each init's own: every backbone runs at the size it was trained at (the "
+                                     f"registry's; random at {default_image_size(svc.runner.device.type)} px here). "
+                                     "A size for all is honoured, and the results warn about each backbone trained "
+                                     "at another size (it is misjudged there).")
         go = st.form_submit_button("Run benchmark", type="primary", icon=":material/play_arrow:")
     unavailable = [i for i in list_inits() if not i.available]
     for i in unavailable:
@@ -84,7 +86,8 @@ def sweep_form(svc: Services) -> None:
             st.error("Choose at least " + ", ".join(missing) + ".", icon=":material/error:")
             return
         params = SweepParams(findings=tuple(findings), inits=tuple(sel_inits), modes=tuple(modes),
-                             shots=tuple(sorted(int(k) for k in shots)), trials=int(trials), image_size=int(size),
+                             shots=tuple(sorted(int(k) for k in shots)), trials=int(trials),
+                             image_size=int(size) or None,  # None: each init at its own size
                              title=", ".join(findings))
         set_watched("benchmark", svc.runner.submit("sweep", params))
         st.rerun()
@@ -117,6 +120,10 @@ def show_sweep(res: dict[str, Any]) -> None:
     ok = summary[summary["status"] == "ok"]
     for w in s.get("warnings") or []:
         st.warning(w, icon=":material/warning:")
+    if s.get("input_sizes"):  # each init's input size (engine.fewshot.sizes): its own, or the one asked for
+        st.caption("Input size: " + ", ".join(
+            f"{n} {v['image_size']} px" + ("" if v.get("trained") in (None, v["image_size"]) else
+                                           f" (trained at {v['trained']})") for n, v in s["input_sizes"].items()))
     if ok.empty:
         st.info("This benchmark produced no results (see the warnings above).")
         return
@@ -171,7 +178,9 @@ def similarity_form(svc: Services) -> None:
                                 help="ResNet stages, early (edges, texture) to late (anatomy, global content).")
         n_images = c2.number_input("Images per set", 3, 2000, 200, key="sim_n",
                                    help="Every set is sampled (seeded) to this many images, or to the smallest set.")
-        size = c3.select_slider("Image size (pixels)", [64, 96, 128, 160, 224], value=224, key="sim_size")
+        size = c3.select_slider("Image size (pixels)", [0, 64, 96, 128, 160, 224], value=0, key="sim_size",
+                                format_func=lambda v: "the backbone's own" if not v else str(v),
+                                help="The backbone's own: the size it was trained at (the registry's input contract).")
         grid = c4.number_input("Pooling grid", 1, 8, 4, key="sim_grid",
                                help="Each layer's map is average-pooled to grid x grid positions; 1 = global average. "
                                     "SVCCA needs more units (channels x positions) than kept directions.")
@@ -191,7 +200,7 @@ def similarity_form(svc: Services) -> None:
         return
     start_job("similarity", "similarity", lambda: SimilarityParams(
         init=init, candidates=tuple(lines), layers=tuple(l for l in SIM_LAYERS if l in layers),
-        n_images=int(n_images), image_size=int(size), grid=int(grid),
+        n_images=int(n_images), image_size=int(size) or None, grid=int(grid),
         reference_path=ref_path.strip() if ref == "path" else None,
         reference_finding=ref.split(":", 1)[1] if ref.startswith("finding:") else None,
         title=f"{'workspace' if ref != 'path' else ref_path.strip()} vs {len(lines)} pool(s) · {init}"))

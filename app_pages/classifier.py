@@ -8,13 +8,13 @@ import streamlit as st
 
 from engine.fewshot.classifier import MIN_PER_CLASS, ClassifierDataError, OperatingPoint, check_counts
 from engine.jobs import JobSnapshot
-from engine.models import list_inits
+from engine.models import ARCHS, UnknownInitError, init_info, input_size_for, list_inits
 from engine.tasks import ClassifyParams
 from ui.inference import LoadedClassifier, explain_uploads, familiarity_note, fmt_pair, headline, verdict
 from ui.jobs import set_watched, status_block, watch, watched
 from ui.services import Services, services
-from ui.widgets import (UPLOAD_TYPES, empty_state, init_label, is_synthetic_workspace, method_label, page_header,
-                        page_link, synthetic_notice)
+from ui.widgets import (UPLOAD_TYPES, empty_state, init_label, is_ssl, method_label,
+                        page_header, page_link, synthetic_notice)
 
 MODES = {
     "probe": "Probe (recommended): keep the backbone fixed and fit a simple logistic regression on its features. "
@@ -68,13 +68,12 @@ def pick_training_images(svc: Services) -> tuple[str | None, list[int]]:
     return finding, [int(i) for i in use["id"]]
 
 
-def synthetic_inits(svc: Services) -> set[str]:
-    """Backbones pretrained on synthetic phantoms: the demo's own runs (`*-demo`), and any backbone pretrained
-    inside the demo workspace (its store records the checkpoints made there)."""
-    names = {i.name for i in list_inits() if i.name.endswith("-demo")}
-    if is_synthetic_workspace(svc.workspace):
-        names |= {c["name"] for c in svc.store.checkpoints()}
-    return names
+def pretrained(init: str) -> bool:
+    """Whether `init` is a pretrained backbone (the registry's kind, not its name); one no longer here was."""
+    try:
+        return is_ssl(init_info(init))
+    except UnknownInitError:
+        return True
 
 
 def measured_aucs(svc: Services, finding: str, n_pos: int, n_neg: int) -> dict[str, dict[str, Any]]:
@@ -125,9 +124,10 @@ def suggestion(measured: dict[str, dict[str, Any]], available: list, n_images: i
 
 def compare_button(svc: Services, finding: str, ids: list[int], by_name: dict, untried: list[str]) -> None:
     """Probe every backbone not tried yet on these images (one classify job each)."""
-    size = 224
-    eta = sum(expected_seconds(len(ids), "probe", by_name[n].arch, int(by_name[n].info.get("image_size") or size),
-                               "cpu")["seconds"] for n in untried)
+    dev = svc.runner.device.type
+    size = {n: input_size_for(by_name[n], dev) for n in untried}  # each at its own input size (the registry's)
+    eta = sum(expected_seconds(len(ids), "probe", by_name[n].arch, size[n], "cuda" if dev == "cuda" else "cpu"
+                               )["seconds"] for n in untried)
     if st.button(f"Compare backbones on these images ({len(untried)} probe{'s' if len(untried) != 1 else ''}, {fmt_minutes(eta)})",
                  icon=":material/compare_arrows:", key="clf_compare",
                  help="Builds a probe classifier with each backbone not tried yet and lists their "
@@ -136,8 +136,7 @@ def compare_button(svc: Services, finding: str, ids: list[int], by_name: dict, u
         for n in untried:
             jid = svc.runner.submit("classify", ClassifyParams(
                 finding=finding, image_ids=tuple(ids), init=n, mode="probe",
-                image_size=int(by_name[n].info.get("image_size") or size),
-                title=f"{finding} ({n}, probe, comparison)"))
+                image_size=size[n], title=f"{finding} ({n}, probe, comparison)"))
         set_watched("classifier", jid)
         st.rerun()
 
@@ -148,7 +147,7 @@ def pick_init(svc: Services, finding: str, ids: list[int]) -> str | None:
     inits = list_inits()
     available = [i for i in inits if i.available]
     by_name = {i.name: i for i in available}
-    synthetic = synthetic_inits(svc)
+    synthetic = {i.name for i in available if i.kind == "synthetic"}  # recorded training data, not the name
     labeled = svc.store.images(finding)
     y = labeled.loc[labeled["id"].isin(ids), finding].to_numpy()
     n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
@@ -157,15 +156,15 @@ def pick_init(svc: Services, finding: str, ids: list[int]) -> str | None:
     names = list(by_name)
     default = suggested if suggested in by_name else "random"
     choice = st.radio("Initialization", names, index=names.index(default),
-                      format_func=lambda n: init_label(by_name[n], synthetic=n in synthetic)
+                      format_func=lambda n: init_label(by_name[n])
                       + ("  (suggested)" if n == suggested else ""),
                       key="clf_init:" + ",".join(names) + f":{suggested}")  # a new suggestion resets the choice
     st.caption(why)
     chosen = by_name.get(choice)
     if chosen is not None and choice != suggested:
         if choice in synthetic:
-            st.warning(f"**{choice}** was pretrained on synthetic phantom images (the demo workspace), not on real "
-                       "X-rays: it is not expected to help on real images.", icon=":material/science:")
+            st.warning(f"**{choice}** was pretrained on synthetic phantom images (its training record says so), not "
+                       "on real X-rays: it is not expected to help on real images.", icon=":material/science:")
         else:
             st.caption(f"**{choice}**: {chosen.provenance}.")
     if measured:
@@ -244,9 +243,7 @@ def show_result(res: dict[str, Any]) -> None:
     if est.get("sentence"):
         st.caption(est["sentence"])
     if est["ci_low"] <= 0.5:
-        advice = "Label more images" + ("." if s["init"] not in ("random", "imagenet") and not
-                                        s["init"].startswith(("random-", "imagenet-")) else
-                                        ", or start from a pretrained backbone.")
+        advice = "Label more images" + ("." if pretrained(s["init"]) else ", or start from a pretrained backbone.")
         st.warning(f"The interval includes 0.5: the classifier may be no better than chance. {advice}",
                    icon=":material/warning:")
     for w in est.get("warnings") or []:
@@ -330,8 +327,8 @@ if finding and init:
     st.subheader("3 · Build")
     mode = st.radio("Method", list(MODES), format_func=lambda m: MODES[m], key="clf_mode")
     info = next((i for i in list_inits() if i.name == init), None)
-    size = int(((info.info if info else {}) or {}).get("image_size") or 224)
-    arch = info.arch if info is not None and info.arch in ("resnet18", "resnet50", "densenet121") else "resnet18"
+    size = input_size_for(info if info is not None else init, svc.runner.device.type)  # the init's input contract
+    arch = info.arch if info is not None and info.arch in ARCHS else "resnet18"  # the registry's arch
     eta = expected_seconds(len(ids), mode, arch, size, "cuda" if svc.runner.device.type == "cuda" else "cpu")
     st.caption(f":material/schedule: Expected time on this machine: **{fmt_minutes(eta['seconds'])}** "
                f"({len(ids)} images at {size} px; {int(eta['trainings'])} model fits for "

@@ -13,7 +13,7 @@ from engine.models import list_inits
 from engine.tasks import GradcamImageParams, GradcamStudyParams
 from ui.jobs import job_table, set_watched, status_block, watch, watched
 from ui.services import Services, services
-from ui.widgets import default_image_size, empty_state, init_label, page_header
+from ui.widgets import empty_state, init_label, page_header
 
 METHOD_LABEL = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM (slow)",
                 "ablationcam": "Ablation-CAM (slow)"}
@@ -80,8 +80,7 @@ def one_image_form(svc: Services, common: dict[str, Any]) -> None:
     st.caption("For each init a probe is fitted on the finding's other labeled images (this image left out), then "
                "explained on this image.")
     if st.button("Explain this image with every init", type="primary", icon=":material/visibility:", key="gc_go_one"):
-        params = GradcamImageParams(**common, image_id=int(image_id),
-                                    image_size=default_image_size(svc.runner.device.type),
+        params = GradcamImageParams(**common, image_id=int(image_id), image_size=None,  # each init's own size
                                     title=f"{names[image_id]} ({f})")
         set_watched("gradcam", svc.runner.submit("gradcam_image", params))
         st.rerun()
@@ -96,8 +95,8 @@ def study_form(svc: Services, common: dict[str, Any]) -> None:
                             help="Drawn from the finding's training pool; the explained images are held out.")
     n = c2.number_input("Held-out positives to explain", 1, 32, 4, key="gc_n")
     if st.button("Run the Grad-CAM study", type="primary", icon=":material/grid_view:", key="gc_go_study"):
-        params = GradcamStudyParams(**common, shots=int(shots), n_images=int(n),
-                                    image_size=default_image_size(svc.runner.device.type), title=common["finding"])
+        params = GradcamStudyParams(**common, shots=int(shots), n_images=int(n), image_size=None,  # the engine's:
+                                    title=common["finding"])  # one grid at the largest of the inits' own sizes
         set_watched("gradcam", svc.runner.submit("gradcam", params))
         st.rerun()
 

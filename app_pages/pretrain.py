@@ -18,7 +18,7 @@ from ui.jobs import job_table, job_warnings, start_job, status_block, watch, wat
 from ui.monitor_plots import control_figure, study_collapse_figure
 from ui.plots import collapse_figure, loss_figure
 from ui.services import services
-from ui.widgets import empty_state, init_label, is_ssl, method_label, page_header
+from ui.widgets import default_image_size, empty_state, init_label, is_ssl, method_label, page_header
 
 SIZES = [64, 96, 128, 160, 192, 224, 256]  # multiples of 32 (SparK's patch)
 # Method texts from the SSL registry (engine/ssl/registry.py).
@@ -104,15 +104,20 @@ def start_form(images: pd.DataFrame, findings: list[str]) -> None:
                                  help="Passes over the images. Studies use 100-800; a short CPU demo uses 10-30.")
         batch = c4.selectbox("Batch size", [8, 16, 32, 64, 128, 256, 512], index=3, key="pt_batch",
                              help="Images per step (capped at the number of images).")
-        size = c5.selectbox("Image size (pixels)", SIZES, index=SIZES.index(96), key="pt_size",
-                                help="224 matches the studies; 64-96 is enough for a CPU demo.")
-        preset = st.radio("Recipe", ["quick", "paper", "long"], horizontal=True, key="pt_preset",
+        size = c5.selectbox("Image size (pixels)", SIZES, key="pt_size",
+                            index=SIZES.index(default_image_size(svc.runner.device.type)),  # the device's working size
+                            help="224 matches the studies; 64-96 is enough for a CPU demo. The backbone records it: "
+                                 "classifiers and benchmarks run it at this size.")
+        preset = st.radio("Recipe", ["quick", "paper", "study", "long"], horizontal=True, key="pt_preset",
                           format_func={"quick": "Quick (CPU, a few hundred steps)",
-                                       "paper": "Paper (each method's published settings, long GPU runs)",
+                                       "paper": "Paper (each method's published recipe, long GPU runs)",
+                                       "study": "Study (the seed study's: MoCo v2 with T 0.07 + variance term)",
                                        "long": "Long (the shipped backbone's: GPU, batch 256, ~10k images)"}.get,
                           help="Quick uses settings measured to beat random init in short runs at batch 32 "
                                "(smaller queue and heads, lower learning rate, milder crops with blur so two "
-                               "views share no pixel grain, no DINO local crops). Long is the recipe of the "
+                               "views share no pixel grain, no DINO local crops). Paper is each method's published "
+                               "recipe (MoCo v2: T 0.2, no variance term); Study is the seed study's variant. "
+                               "Long is the recipe of the "
                                f"shipped backbone, for {LONG_METHODS}; see engine/ssl/presets.py.")
         cc1, cc2 = st.columns([3, 2])
         control = cc1.checkbox("Adaptive collapse control", key="pt_control",

@@ -55,14 +55,15 @@ def method_label(method: str) -> str:
     return METHOD_LABEL.get(method, method.replace("_", " ").title())
 
 
-def init_label(info: Any, synthetic: bool | None = None) -> str:
+def init_label(info: Any) -> str:
     """'MoCo v2 · resnet18 · moco_v2-resnet18-demo' for a checkpoint; 'Random weights · resnet18' for builtins.
-    Backbones pretrained on synthetic phantoms (`synthetic`, default: the demo's `*-demo` runs) say so."""
-    if info.name in ("random", "imagenet"):
+    The tail says where the weights come from, read from `info.kind` (engine.models.InitInfo: the recorded
+    training data, never the name): shipped ones and those pretrained on synthetic phantoms say so."""
+    if info.kind in ("random", "download-gated"):
         return f"{method_label(info.method)} · {info.arch}"
-    if getattr(info, "shipped", False):
+    if info.kind == "shipped":
         return f"{method_label(info.method)} · {info.arch} · {info.name} · ships with scarce-cxr (real chest X-rays)"
-    if synthetic if synthetic is not None else info.name.endswith("-demo"):
+    if info.kind == "synthetic":
         return f"{method_label(info.method)} · {info.arch} · {info.name} · synthetic phantoms, not real X-rays"
     return f"{method_label(info.method)} · {info.arch} · {info.name}"
 
@@ -84,17 +85,19 @@ def synthetic_notice(workspace: Any) -> None:
                 "tool works; they say nothing about real patients.", icon=":material/science:")
 
 
-def default_image_size(device_type: str) -> int:
-    """Working size a page proposes: 224 on a GPU, or when a shipped backbone exists (it was pretrained
-    at its json's image_size, 224, and is misjudged at a smaller one); 96 on a CPU otherwise (fast)."""
-    from engine.models import shipped_inits
+def default_image_size(device_type: str, inits: Iterable[Any] = ()) -> int:
+    """Working size a page proposes for a job over `inits` (InitInfos or names): the largest size any of them
+    runs at on this device (engine.models.input_size_for: its trained size; random's is the device's), so
+    none is judged below the size it was trained at. No inits: the device's working size for `random`."""
+    from engine.models import input_size_for
 
-    sizes = [int(i.info.get("image_size") or 224) for i in shipped_inits()]
-    return 224 if device_type == "cuda" else max(sizes, default=96)
+    sizes = [input_size_for(i, device_type) for i in inits]
+    return max(sizes) if sizes else input_size_for("random", device_type)
 
 
 def is_ssl(info: Any) -> bool:
-    return info.name not in ("random", "imagenet") and not info.name.startswith(("random-", "imagenet-"))
+    """A pretrained checkpoint (not `random` / `imagenet`), from the registry's kind, not the name."""
+    return info.kind not in ("random", "download-gated")
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:

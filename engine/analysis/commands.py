@@ -21,7 +21,8 @@ def register(sub) -> None:
     p.add_argument("--layers", default=None,
                    help="comma-separated module names (default: the four stages, e.g. layer1..layer4)")
     p.add_argument("--n-images", type=int, default=200, help="images per set (seeded sample; every set gets the same number)")
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--image-size", type=int, default=None,
+                   help="pixels (default: the backbone's own input size, `python -m engine inits`)")
     p.add_argument("--grid", type=int, default=4,
                    help="average-pool each layer's map to GRID x GRID positions (1 = global average pooling)")
     p.add_argument("--keep", type=float, default=0.99, help="variance fraction the SV step keeps (Raghu et al.: 0.99)")

@@ -227,7 +227,7 @@ class SimilarityReport:
 
 def compare_sets(reference: str | Path | np.ndarray, candidates: Mapping[str, str | Path | np.ndarray] | Sequence,
                  init: str = "random", layers: Sequence[str] | None = None, n_images: int = DEFAULT_N_IMAGES,
-                 image_size: int = 224, grid: int = DEFAULT_GRID, keep: float | int = KEEP, seed: int = 0,
+                 image_size: int | None = None, grid: int = DEFAULT_GRID, keep: float | int = KEEP, seed: int = 0,
                  device: Any = "cpu", arch: str | None = None, reference_name: str | None = None,
                  cache_dir: Path | None = None, checkpoint_dir: Path | None = None, batch_size: int = 32,
                  on_event: OnEvent | None = None, stop: threading.Event | None = None) -> SimilarityReport:
@@ -237,7 +237,8 @@ def compare_sets(reference: str | Path | np.ndarray, candidates: Mapping[str, st
     uint8 (N, S, S) arrays at `image_size`. Each is subsampled (seeded by `seed`) to the same
     n = min(n_images, size of the smallest set) images. `candidates`: {name: source} or a list of
     sources (named by `set_name`). `init` is a registry name (`python -m engine inits`); `layers`
-    default to the backbone's four stages. Returns a `SimilarityReport`; `ranking` orders the
+    default to the backbone's four stages; `image_size` None = the init's own input size on `device`
+    (engine.models.input_size_for). Returns a `SimilarityReport`; `ranking` orders the
     candidates by their SVCCA with the reference averaged over layers (highest first).
 
     Raises ValueError (no candidates, a set with fewer than 3 images, too few units for the kept
@@ -258,6 +259,10 @@ def compare_sets(reference: str | Path | np.ndarray, candidates: Mapping[str, st
         raise ValueError(f"SVCCA needs at least 3 images per set; {small or 'n_images'} is too few: add images")
     device = resolve_device(device)
     model, meta = load_backbone(init, device, arch=arch, checkpoint_dir=checkpoint_dir)
+    if image_size is None:  # the backbone's own input contract
+        from engine.models import input_size_for
+
+        image_size = input_size_for(init, device, checkpoint_dir, arch)
     layers = check_layers(model, layers) if layers else default_layers(model)
     total = 1 + len(candidates)
     acts = {}

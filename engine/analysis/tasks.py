@@ -28,7 +28,7 @@ class SimilarityParams(JobParams):
     reference_finding: str | None = None      # workspace reference: only images labeled for this finding
     layers: tuple[str, ...] | None = None     # None or empty: compare_sets' default layers
     n_images: int = DEFAULT_N_IMAGES
-    image_size: int = 224
+    image_size: int | None = None             # None: the init's own input size (engine.models.input_size_for)
     grid: int = DEFAULT_GRID
     seed: int = 0
 

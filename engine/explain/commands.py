@@ -24,7 +24,9 @@ def register(sub) -> None:
     g.add_argument("--boxes", default=None, help="boxes CSV (path, finding, x, y, w, h); default: the manifest's")
     g.add_argument("--masks", default=None, help="masks CSV (path, finding, mask_path); default: the manifest's")
     p.add_argument("--n-images", type=int, default=8, help="held-out positives to explain")
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--image-size", type=int, default=None,
+                   help="pixels (default: the largest of the inits' own input sizes; inits trained at another size "
+                        "are warned about)")
     p.add_argument("--fit", default="pad", choices=["pad", "crop"], help="how images are fitted to the square")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--finetune-steps", type=int, default=None)

@@ -64,7 +64,7 @@ class ImageStudySettings:
 
     method: str = "gradcam"
     layer: str = "layer4"
-    image_size: int = 224
+    image_size: int | None = None  # None: each init's own input size (engine.models.input_size_for)
     seed: int = 0
 
 

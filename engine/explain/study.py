@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -41,6 +41,7 @@ from engine.explain.localization import METRICS, TOPQ, aggregate, is_empty, scor
 from engine.explain.overlay import grid
 from engine.explain.classifiers import train_or_reuse_classifier
 from engine.explain.regions import load_regions, region_for  # noqa: F401  (load_regions: public here too)
+from engine.fewshot.sizes import init_sizes, shared_size
 
 DEFAULT_SHOTS = 20  # the issue's example; the seed study's largest common k
 DEFAULT_N_IMAGES = 8
@@ -62,7 +63,7 @@ class GradCAMStudyConfig:
     mode: str = "probe"  # "probe" | "finetune": the classifier trained on each init
     layer: str | None = None  # target layer; None = the arch's last stage (DEFAULT_LAYER)
     n_images: int = DEFAULT_N_IMAGES  # held-out positives to explain
-    image_size: int = 224
+    image_size: int | None = None  # None: the largest of the inits' own sizes (engine.fewshot.sizes.shared_size)
     fit_mode: str = "pad"  # how images are fitted to the square (engine.data.transforms.fit_square)
     boxes_csv: str | Path | None = None  # explicit regions (else the manifest's masks, then boxes)
     masks_csv: str | Path | None = None
@@ -163,6 +164,9 @@ def run_gradcam_study_from_config(
         warnings.append(msg)
         emit(on_event, message=msg, level="warning", kind="warning")
 
+    why = "the grid's one size: the largest of the inits' own" if cfg.image_size is None else "the size asked for"
+    cfg = replace(cfg, image_size=cfg.image_size or shared_size(cfg.inits, device, cfg.arch, checkpoint_dir))
+    init_sizes(cfg.inits, cfg.image_size, device, cfg.arch, checkpoint_dir, warnings, on_event, why)  # off-size: warned
     sel = _select(cfg, warn)
     backbones, skipped = _load_inits(cfg, warn, checkpoint_dir)
     cache = ImageCache.build([sel.path(i) for i in sel.train_idx], cfg.image_size, mode=cfg.fit_mode,

@@ -26,7 +26,9 @@ def register(sub) -> None:
     p.add_argument("--shots", default="1,5,10,20,50", help="comma-separated shots per class")
     p.add_argument("--trials", type=int, default=10)
     p.add_argument("--out", required=True, help="output folder (trials.csv, summary.csv, auc_vs_shots.html)")
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--image-size", type=int, default=None,
+                   help="pixels for every init (default: each init at its own input size, `python -m engine inits`; "
+                        "a size given here is honoured and each init trained at another size is warned about)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arch", default=None, help="arch of random/imagenet inits (default resnet18)")
@@ -44,7 +46,8 @@ def register(sub) -> None:
                         "(pretrained on real chest X-rays), else random")
     p.add_argument("--out", required=True, help="classifier file to write (.safetensors)")
     p.add_argument("--mode", choices=["probe", "finetune"], default="probe")
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--image-size", type=int, default=None,
+                   help="pixels (default: the init's own input size, `python -m engine inits`)")
     p.add_argument("--cv-repeats", type=int, default=None,
                    help="cross-validation repeats (default 10 for probe, 1 for finetune)")
     p.add_argument("--calibration", choices=["platt", "isotonic"], default="platt",

@@ -18,7 +18,8 @@ Protocol (docs/design.md, "Few-shot"):
   than the pool allows appear with `status` "unavailable" / "too_few_shots" and a message.
 
 Outputs in `out_dir`: `trials.csv` (rewritten atomically after every group of trials; a resumed
-sweep skips the rows already there), `summary.csv`, `auc_vs_shots.html`, `config.json`.
+sweep skips the rows already there), `summary.csv`, `auc_vs_shots.html`, `config.json`, `input_sizes.json`
+(the size each init ran at, its training size, and whether the size was asked for: engine.fewshot.sizes).
 """
 from __future__ import annotations
 
@@ -41,10 +42,10 @@ from engine.fewshot.features import embed
 from engine.fewshot.finetune import FinetuneConfig, finetune_many, predict_logits
 from engine.fewshot.stage_one import stage_one_backbone
 from engine.fewshot.probe import DEFAULT_C, fit_probe
+from engine.fewshot.sizes import CacheBySize, check_inits as _check_inits, init_sizes
 from engine.fewshot.trials import (GROUP, KEY, METRICS, TRIAL_COLUMNS, evaluate_trial, read_trials,  # noqa: F401
                                    summarize, write_csv)
-from engine.models.backbones import ARCHS
-from engine.models.registry import BackboneMeta, InitUnavailableError, UnknownInitError, list_inits, load_backbone
+from engine.models.registry import BackboneMeta, InitUnavailableError, load_backbone
 
 MODES = ("probe", "finetune", "double_finetune")
 LOCK_NAME = ".sweep.lock"  # held by the one sweep writing to an output folder
@@ -66,7 +67,7 @@ class SweepConfig:
     modes: tuple[str, ...] = ("probe",)
     shots: tuple[int, ...] = (1, 5, 10, 20, 50)  # the study's shot counts
     trials: int = 10  # trials per shot count (the study's default)
-    image_size: int = 224
+    image_size: int | None = None  # None: each init at its own input size (engine.fewshot.sizes); N: all at N px
     seed: int = 0
     n_bootstrap: int = 500  # test-set resamples per trial (MoCo-CXR transfer study: 500)
     test_fraction: float = 0.3  # patient-level hold-out when the manifest has no split column
@@ -110,32 +111,29 @@ class SweepResult:
     summary: pd.DataFrame
     out_dir: Path
     warnings: list[str] = field(default_factory=list)
+    input_sizes: dict[str, dict[str, Any]] = field(default_factory=dict)  # init -> its size (engine.fewshot.sizes)
 
 
 # ------------------------------------------------------------------------------------------- files
 
-def _check_config(out_dir: Path, cfg: SweepConfig, resume: bool) -> None:
+def _check_config(out_dir: Path, cfg: SweepConfig, resume: bool) -> SweepConfig:
+    """Refuse a resume with other protocol settings; returns the config to run (a resume given no image size
+    takes the size its finished trials ran at: the recorded config is the resume key)."""
     cfg_path, trials_path = out_dir / "config.json", out_dir / "trials.csv"
     if trials_path.exists() and not resume:
         raise ValueError(f"{out_dir} already holds a sweep (trials.csv); pass --resume (resume=True) to continue "
                          f"it, or choose another output folder")
     if resume and cfg_path.exists():
         old = json.loads(cfg_path.read_text())
+        if cfg.image_size is None and old.get("image_size") is not None:
+            cfg = dataclasses.replace(cfg, image_size=int(old["image_size"]))
         new = cfg.to_dict()
         changed = [k for k in PROTOCOL_FIELDS if old.get(k) != new.get(k)]
         if changed:
             raise ValueError(f"cannot resume the sweep in {out_dir}: {', '.join(changed)} differ from the "
                              f"finished trials' settings; use another output folder for new settings")
     atomic_write(cfg_path, lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=2)))
-
-
-def _check_inits(inits: tuple[str, ...], arch: str | None, checkpoint_dir: Path | None = None) -> None:
-    """Fail before any work on a name the registry does not know (unavailable ones are fine here)."""
-    known = {i.name for i in list_inits(checkpoint_dir, arch=arch)}
-    builtin = {f"{b}-{a}" for b in ("random", "imagenet") for a in ARCHS}
-    for name in inits:
-        if name not in known and name not in builtin:
-            raise UnknownInitError(f"unknown init {name!r}; valid inits: {', '.join(sorted(known))}")
+    return cfg
 
 
 # ------------------------------------------------------------------------------------------- the sweep
@@ -206,7 +204,7 @@ def run_sweep(
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock_out_dir(out_dir)
     try:
-        _check_config(out_dir, cfg, resume)
+        cfg = _check_config(out_dir, cfg, resume)
         run = _SweepRun.start(manifest_csv, manifest, cfg, out_dir, device, on_event, stop, resume, checkpoint_dir)
         try:
             for init in cfg.inits:
@@ -255,8 +253,10 @@ class _SweepRun:
     warnings: list[str]
     rows: list[dict[str, Any]]
     finished: set[tuple]
-    cache: Any = None  # engine.data.cache.ImageCache of the needed images
+    cache: Any = None  # engine.data.cache.ImageCache of the needed images, at the current init's size
     where: np.ndarray | None = None  # manifest row -> cache row (-1: not cached)
+    sizes: dict[str, dict[str, Any]] = field(default_factory=dict)  # init -> engine.fewshot.sizes.init_sizes row
+    by_size: Any = None  # engine.fewshot.sizes.CacheBySize of the needed images
     work: int = 0
     step: int = 0
 
@@ -264,9 +264,7 @@ class _SweepRun:
     def start(cls, manifest_csv, manifest, cfg: SweepConfig, out_dir: Path, device: torch.device,
               on_event: OnEvent | None, stop: threading.Event | None, resume: bool,
               checkpoint_dir: Path | None) -> "_SweepRun":
-        """Plan the episodes, read finished rows (resume), count the work and cache the needed images."""
-        from engine.data.cache import ImageCache
-
+        """Plan the episodes, read finished rows (resume), count the work and each init's input size."""
         df = manifest.df
         plans, skipped, warnings = _plan(df, cfg, on_event)
         done = read_trials(out_dir / "trials.csv") if resume else pd.DataFrame(columns=TRIAL_COLUMNS)
@@ -283,8 +281,9 @@ class _SweepRun:
         run.work = sum(len(eps) for i in cfg.inits for m in cfg.modes for _, _, eps in run.todo(i, m))
         emit(on_event, step=0, total=run.work,
              message=f"{run.work} trials to run" + (f" ({len(rows)} done earlier)" if rows else ""))
-        run.cache = ImageCache.build([df["path"].iloc[i] for i in needed], cfg.image_size, on_event=as_log(on_event),
-                                     stop=stop)
+        # an explicit size off an init's training size is warned about: in the results and on the page
+        run.sizes = init_sizes(cfg.inits, cfg.image_size, device, cfg.arch, checkpoint_dir, run.warnings, on_event)
+        run.by_size = CacheBySize([df["path"].iloc[i] for i in needed], on_event, stop)
         return run
 
     def todo(self, init: str, mode: str) -> Todo:
@@ -317,9 +316,10 @@ class _SweepRun:
         summ = summarize(trials, self.cfg.n_bootstrap, self.cfg.seed, self.skipped)
         write_csv(summ, self.out_dir / "summary.csv")
         _write_plot(summ, self.out_dir / "auc_vs_shots.html")
+        atomic_write(self.out_dir / "input_sizes.json", lambda tmp: Path(tmp).write_text(json.dumps(self.sizes)))
         emit(self.on_event, step=self.step, total=self.work, kind="result",
              message=f"sweep finished: {len(trials)} trials in {self.out_dir}")
-        return SweepResult(trials, summ, self.out_dir, self.warnings)
+        return SweepResult(trials, summ, self.out_dir, self.warnings, self.sizes)
 
 
 def _run_init(run: _SweepRun, init: str) -> None:
@@ -333,6 +333,8 @@ def _run_init(run: _SweepRun, init: str) -> None:
     except InitUnavailableError as e:
         run.warn_unavailable(init, e)
         return
+    run.cache = run.by_size.at(run.sizes[init]["image_size"])  # this init's input size
+    cfg = dataclasses.replace(cfg, image_size=run.sizes[init]["image_size"])
     for mode in cfg.modes:
         if not any(eps for _, _, eps in todo[mode]):
             continue

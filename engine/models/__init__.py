@@ -11,7 +11,8 @@ _EXPORTS = {
     "engine.models.backbones": ["ARCHS", "DEFAULT_LAYER", "build_backbone", "prepare_batch", "resnet_stages",
                                 "stage_channels"],
     "engine.models.registry": ["DEFAULT_ARCH", "BackboneMeta", "InitInfo", "InitUnavailableError", "UnknownInitError",
-                               "default_init", "list_inits", "load_backbone", "save_backbone", "shipped_inits"],
+                               "default_init", "init_info", "input_size_for", "list_inits", "load_backbone",
+                               "save_backbone", "shipped_inits", "synthetic_data"],
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -19,9 +19,9 @@ def _inits(args) -> int:
 
     for i in list_inits(arch=args.arch):
         row = {"name": i.name, "arch": i.arch, "method": i.method, "available": i.available, "reason": i.reason,
-               "shipped": i.shipped, "provenance": i.provenance}
-        if i.info.get("image_size"):
-            row["image_size"] = i.info["image_size"]
+               "shipped": i.shipped, "kind": i.kind, "provenance": i.provenance}
+        if i.image_size:  # the input contract: the size it was trained at (random has none)
+            row["image_size"] = i.image_size
         print(json.dumps(row))
     return 0
 

@@ -36,6 +36,12 @@ from engine.models.files import (CheckpointInfoError, NotAWeightsFileError, read
 from engine.paths import checkpoints_dir, imagenet_weights_dir, shipped_dir
 
 DEFAULT_ARCH = "resnet18"
+# Input contract of inits without a recorded training size: ImageNet weights were trained on 224 px crops
+# (torchvision's recipe); `random` has no size to match, so it runs at the device's working size.
+IMAGENET_SIZE = 224
+FREE_SIZE = {"cuda": 224, "cpu": 96}  # pixels: the studies' size on a GPU; fast on a CPU
+INPUT_CHANNELS = 3  # every backbone takes 3 channels; a radiograph's one is repeated (prepare_batch)
+KINDS = ("shipped", "user", "synthetic", "imported", "download-gated", "random")
 
 # torchvision weights enum per arch (the ones the MoCo-transfer / CheXpert-transfer studies used).
 _TV_WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet50": "ResNet50_Weights", "densenet121": "DenseNet121_Weights"}
@@ -67,6 +73,12 @@ class BackboneMeta:
 
 @dataclass(frozen=True)
 class InitInfo:
+    """One init of the registry with its input contract (timm style: the contract travels with the name).
+
+    `image_size`, `channels`, `mean`, `std` and `kind` are read from what was recorded (the checkpoint json)
+    or, for `random` / `imagenet`, their own fixed contracts; never from the name. `input_size_for`
+    answers at what size the init runs on a device."""
+
     name: str
     arch: str
     method: str
@@ -74,6 +86,50 @@ class InitInfo:
     reason: str = ""  # why unavailable, with the fix
     info: dict[str, Any] = field(default_factory=dict)
     shipped: bool = False  # committed with the product (checkpoints/shipped/)
+
+    @property
+    def image_size(self) -> int | None:
+        """Square side in pixels the weights were trained at (json `image_size`; imagenet 224); None for
+        `random` and for a checkpoint that recorded none (it runs at the device's working size)."""
+        if self.method == "random":
+            return None
+        if self.method == "imagenet":
+            return IMAGENET_SIZE
+        size = self.info.get("image_size")
+        return int(size) if isinstance(size, (int, float)) and not isinstance(size, bool) and size >= 1 else None
+
+    @property
+    def channels(self) -> int:
+        """Input channels the backbone takes (3; a grayscale radiograph is repeated, engine.models.prepare_batch)."""
+        return INPUT_CHANNELS
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        """Per-channel input normalization mean on [0, 1] pixels (json `mean`, else ImageNet's)."""
+        return tuple(self.info.get("mean") or IMAGENET_MEAN)
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        """Per-channel input normalization std (json `std`, else ImageNet's)."""
+        return tuple(self.info.get("std") or IMAGENET_STD)
+
+    @property
+    def kind(self) -> str:
+        """Where the weights come from, one of KINDS: `shipped` (committed with the product), `random`,
+        `download-gated` (imagenet: torchvision's file, fetched once online), `synthetic` (pretrained on
+        phantom images, as its json records: `synthetic_data`), `imported` (weights this tool did not train:
+        no training record), else `user` (the user's own pretraining on real images)."""
+        if self.shipped:
+            return "shipped"
+        if self.method == "random":
+            return "random"
+        if self.method == "imagenet":
+            return "download-gated"
+        if synthetic_data(self.info)[0]:
+            return "synthetic"
+        if not any(k in self.info for k in ("config", "steps", "data_fingerprint", "data")):  # no training record
+            return "imported"
+        return "user"
 
     @property
     def provenance(self) -> str:
@@ -85,7 +141,59 @@ class InitInfo:
         if self.method == "imagenet":
             return "torchvision ImageNet-1k weights: natural photos, not X-rays"
         data = self.info.get("n_images")
+        if self.kind == "synthetic":
+            return f"{self.method} {self.arch} pretrained on {f'{data} ' if data else ''}synthetic phantom images, " \
+                   "not real X-rays"
         return f"{self.method} {self.arch}" + (f" pretrained on {data} images" if data else "")
+
+
+def synthetic_data(info: dict[str, Any]) -> tuple[bool, str]:
+    """(whether a checkpoint was pretrained on synthetic phantom images, why), from its json `info`.
+
+    Its training record `data.synthetic` decides (written at pretraining time, engine.ssl.pretrain.describe_data).
+    A json from before that record: synthetic when its recorded `run_dir` lies in the demo workspace's job
+    folders (<repo>/workspace/demo/jobs/: the app's runs on the demo's phantom images). Never the name."""
+    data = info.get("data")
+    if isinstance(data, dict) and isinstance(data.get("synthetic"), bool):
+        return data["synthetic"], str(data.get("why") or "")
+    run_dir = info.get("run_dir")
+    if isinstance(run_dir, str) and run_dir:
+        from engine.paths import REPO_ROOT
+
+        demo_jobs = (REPO_ROOT / "workspace" / "demo" / "jobs").resolve()
+        try:
+            Path(run_dir).resolve().relative_to(demo_jobs)
+        except (ValueError, OSError):
+            return False, ""
+        return True, f"trained in the demo workspace (run folder {run_dir}), which holds synthetic phantoms only"
+    return False, ""
+
+
+def init_info(name: str, checkpoint_dir: Path | None = None, arch: str | None = None) -> InitInfo:
+    """The registry's InitInfo of `name` (also `random-resnet50`, `imagenet-densenet121`, ... for any arch);
+    raises UnknownInitError listing the valid names."""
+    builtin = _split_builtin(name, arch)
+    if builtin is not None:
+        return InitInfo(name, builtin[1], builtin[0], True)
+    found = {i.name: i for i in list_inits(checkpoint_dir, arch=arch)}
+    if name not in found:
+        raise UnknownInitError(f"unknown init {name!r}; valid inits: {', '.join(found)}")
+    return found[name]
+
+
+def input_size_for(init: InitInfo | str, device: torch.device | str = "cpu", checkpoint_dir: Path | None = None,
+                   arch: str | None = None) -> int:
+    """Square side in pixels at which `init` runs on `device`: the size its weights were trained at
+    (`InitInfo.image_size`: its json's, 224 for imagenet), else (random, or nothing recorded) the device's
+    working size (FREE_SIZE: 224 on CUDA, 96 on a CPU). A name is looked up with `list_inits(checkpoint_dir,
+    arch)`; raises UnknownInitError for a name the registry does not know."""
+    if isinstance(init, str):
+        init = init_info(init, checkpoint_dir, arch)
+    if device == "auto":
+        from engine.device import resolve_device
+
+        device = resolve_device(device)
+    return init.image_size or FREE_SIZE.get(torch.device(device).type, FREE_SIZE["cpu"])
 
 
 def _split_builtin(name: str, arch: str | None) -> tuple[str, str] | None:

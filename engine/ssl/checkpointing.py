@@ -121,8 +121,9 @@ def restore(run: Run, state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
 
-def export(run: Run, out_name: str, checkpoint_dir: Path | None) -> Path:
-    """Check the ranks agree, write the backbone (rank 0) and return its path.
+def export(run: Run, out_name: str, checkpoint_dir: Path | None, data: dict[str, Any] | None = None) -> Path:
+    """Check the ranks agree, write the backbone (rank 0) and return its path. `data`: the json's record of
+    the pretraining images (engine.ssl.pretrain.describe_data), kept under "data" when given.
 
     Raises RuntimeError when the ranks' parameters differ (their hashes are in the message and in
     run_dir/params-rank<r>.sha256).
@@ -136,6 +137,8 @@ def export(run: Run, out_name: str, checkpoint_dir: Path | None) -> Path:
         if len(set(hashes)) != 1:
             raise RuntimeError(f"DDP ranks diverged: parameter hashes {hashes}")
         info_sync = {"ranks_in_sync": True}
+    if data is not None:
+        info_sync["data"] = data
     path = (checkpoint_dir or _checkpoints_dir()) / f"{out_name}.safetensors"
     if run.dist.main:
         path = save_backbone(run.method.backbone, out_name, backbone_info(run, h, info_sync), checkpoint_dir)

@@ -13,7 +13,7 @@ import shlex
 import sys
 from typing import Any
 
-from engine.ssl.presets import PRESETS
+from engine.ssl.presets import PRESET_HELP, PRESETS
 from engine.ssl.registry import METHODS, method_names
 
 METHOD_NAMES = method_names()  # the registry's (engine/ssl/registry.py, torch-free)
@@ -29,7 +29,6 @@ def _collapse_control_help() -> str:
 
 
 def register(sub) -> None:
-    long_ones = ", ".join(n for n, s in METHODS.items() if "long" in s.presets)
     p = sub.add_parser(
         "pretrain", help=f"self-supervised pretraining of a backbone ({', '.join(METHOD_NAMES)})",
         description="Pretrain a ResNet on unlabeled X-rays and export checkpoints/<out>.safetensors. "
@@ -38,8 +37,11 @@ def register(sub) -> None:
     p.add_argument("--method", choices=METHOD_NAMES, default="moco_v2")
     p.add_argument("--arch", choices=("resnet18", "resnet50"), default="resnet18")
     p.add_argument("--data", required=True, help="manifest CSV (its split=test rows are left out) or a folder of images")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=256, help="global batch over all processes")
+    p.add_argument("--epochs", type=int, default=None, help="default: the preset's (paper: the published run "
+                   "length, e.g. 200 for moco_v2), else 100")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="global batch over all processes (default: the preset's, e.g. 2048 for barlow_twins paper, "
+                        "else 256)")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--out", required=True, help="checkpoint name: writes checkpoints/<out>.safetensors + .json")
     p.add_argument("--resume", action="store_true", help="continue from the run's saved state")
@@ -74,10 +76,10 @@ def register(sub) -> None:
     p.add_argument("--run-dir", default=None, help="state folder (default <workspace>/runs/<out>)")
     p.add_argument("--include-test-split", action="store_true", help="also pretrain on a manifest's split=test rows")
     p.add_argument("--preset", choices=PRESETS, default="paper",
-                   help="recipe: paper = each method's published settings; quick = settings measured to beat "
-                        "random init in a few hundred steps at batch 32 on a CPU; long = the shipped backbones' "
-                        f"recipe for thousands of steps at batch 256 on ~10,000 images ({long_ones}) "
-                        "(engine/ssl/presets.py). --lr, --opt and --aug override any")
+                   help="recipe: " + "; ".join(f"{k} = {v}" for k, v in PRESET_HELP.items())
+                        + f" (long for {', '.join(n for n, s in METHODS.items() if 'long' in s.presets)}). "
+                        "Runs stored before `study` existed under --preset paper resume with their recorded "
+                        "settings (engine/ssl/presets.py). --epochs, --lr, --opt and --aug override any")
     p.add_argument("--collapse-control", default=None, metavar="erank:TARGET", help=_collapse_control_help())
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="method setting, repeatable, e.g. "
@@ -188,6 +190,30 @@ def _config(args: argparse.Namespace) -> Any:
     )
 
 
+def _resumed_config(args: argparse.Namespace, main: bool) -> Any:
+    """`_config(args)`; for a --resume of a run started when its preset meant other settings (`paper` before
+    `study` existed, engine.ssl.presets.RENAMED), the old meaning, so it continues with its recorded numbers."""
+    from pathlib import Path
+
+    from engine.paths import sub
+    from engine.ssl.presets import RENAMED, recorded_settings, same_settings
+
+    cfg = _config(args)
+    old_name = RENAMED.get((args.method, args.preset))
+    if not args.resume or old_name is None:
+        return cfg
+    recorded = recorded_settings(Path(args.run_dir) if args.run_dir else sub(None, "runs") / args.out)
+    if recorded is None or same_settings(recorded, cfg):
+        return cfg
+    legacy = _config(argparse.Namespace(**{**vars(args), "preset": old_name}))
+    if not same_settings(recorded, legacy):
+        return cfg  # other settings: the resume says which differ
+    if main:
+        print(f"this run was started when --preset {args.preset} meant what --preset {old_name} means now; "
+              f"resuming with its recorded settings ({old_name})", file=sys.stderr)
+    return legacy
+
+
 def _metrics_line(step: int | None, m: dict[str, float]) -> str:
     """One printed line per collapse-monitor reading: the product metrics, then the study's."""
     nan = float("nan")
@@ -252,8 +278,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     from engine.events import Cancelled
     from engine.ssl.pretrain import pretrain_from_data
 
-    cfg = _config(args)
     main = int(os.environ.get("RANK", "0")) == 0
+    cfg = _resumed_config(args, main)
     stop = threading.Event()
     console = _Console(args.method, main)
 

@@ -28,7 +28,8 @@ from engine.ssl.loop import NonFiniteLossError, apply_update, build_method, forw
 from engine.ssl.registry import METHODS
 
 __all__ = ["METHODS", "SSL_ARCHS", "NonFiniteLossError", "PretrainConfig", "apply_update", "build_method",
-           "data_fingerprint", "forward_backward", "pretrain_from_data", "pretrain_images", "resolve_image_paths"]
+           "data_fingerprint", "describe_data", "forward_backward", "pretrain_from_data", "pretrain_images",
+           "resolve_image_paths"]
 
 
 def _check_name(name: str) -> None:
@@ -47,10 +48,35 @@ def data_fingerprint(keys: list[str], size: int) -> str:
     return hashlib.sha256(("|".join(keys) + f"@{size}").encode()).hexdigest()[:16]
 
 
+def describe_data(source: str | Path | list[str], synthetic: bool | None = None, why: str = "") -> dict:
+    """The checkpoint json's record of the pretraining images: {"source", "synthetic", "why"}.
+
+    `source`: a manifest CSV / folder, or a list of image paths. Synthetic when every image lies in a
+    phantom data set (a folder with engine.data.phantom's `phantom.json` at most 3 levels up), unless
+    the caller knows (`synthetic`, `why`: e.g. the demo workspace). Read back by
+    engine.models.registry.synthetic_data, which sets `InitInfo.kind`."""
+    if synthetic is not None:
+        return {"source": str(source) if not isinstance(source, list) else f"{len(source)} listed images",
+                "synthetic": bool(synthetic), "why": why}
+    files = [Path(f) for f in source] if isinstance(source, list) else [Path(source)]
+    seen: dict[Path, bool] = {}
+
+    def in_phantom_set(f: Path) -> bool:
+        d = f if f.is_dir() else f.parent
+        if d not in seen:
+            seen[d] = any((a / "phantom.json").is_file() for a in [d, *list(d.parents)[:3]])
+        return seen[d]
+
+    fake = bool(files) and all(in_phantom_set(f) for f in files)
+    label = str(source) if not isinstance(source, list) else f"{len(source)} listed images"
+    return {"source": label, "synthetic": fake,
+            "why": "phantom.json beside the images: synthetic phantoms (engine.data.phantom)" if fake else ""}
+
+
 def pretrain_images(
     images: np.ndarray, cfg: PretrainConfig, out_name: str, device: torch.device | str, run_dir: Path,
     on_event: OnEvent | None = None, stop: threading.Event | None = None, resume: bool = False,
-    checkpoint_dir: Path | None = None, data_fingerprint: str = "",
+    checkpoint_dir: Path | None = None, data_fingerprint: str = "", data: dict | None = None,
 ) -> Path:
     """Pretrain `cfg.method` on uint8 images (N, S, S); export checkpoints/<out_name>.safetensors (+ .json).
 
@@ -58,7 +84,8 @@ def pretrain_images(
     from run_dir/state.pt (exactly: same data order, augmentations, optimizer and queue state);
     without a state it starts at step 0. Raises ValueError (bad images, settings or name; a state of
     other settings or data), Cancelled after saving state when `stop` is set, NonFiniteLossError on
-    a NaN/inf loss, InitUnavailableError for init="imagenet" offline.
+    a NaN/inf loss, InitUnavailableError for init="imagenet" offline. `data`: the images' record for the
+    checkpoint json (`describe_data`; whether they are synthetic phantoms), none when not given.
     """
     _check_name(out_name)
     if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 3
@@ -75,7 +102,7 @@ def pretrain_images(
         train(run, stop)
         if run.saved_step != run.step:
             save_state(run)
-        return export(run, out_name, checkpoint_dir)
+        return export(run, out_name, checkpoint_dir, data)
     finally:
         if created:
             dist.destroy_process_group()
@@ -121,12 +148,13 @@ def pretrain_from_data(
     data: str | Path | list[str], cfg: PretrainConfig, out_name: str, device: torch.device | str = "auto",
     run_dir: Path | None = None, on_event: OnEvent | None = None, stop: threading.Event | None = None,
     resume: bool = False, checkpoint_dir: Path | None = None, cache_dir: Path | None = None,
-    include_test: bool = False,
+    include_test: bool = False, data_record: dict | None = None,
 ) -> Path:
     """Resolve a manifest CSV / image folder, build (or reuse) the uint8 cache at cfg.image_size, pretrain.
 
     data: a manifest CSV or folder (resolve_image_paths), or a list of image paths already resolved by
     the caller (used as given; include_test does not apply). run_dir defaults to <workspace>/runs/<out_name>.
+    data_record: the json's record of the images (default: `describe_data` of `data`).
     """
     from engine.data.cache import ImageCache
     from engine.paths import sub
@@ -136,4 +164,6 @@ def pretrain_from_data(
     cache = ImageCache.build(paths, size=cfg.image_size, cache_dir=cache_dir, on_event=on_event, stop=stop)
     run_dir = Path(run_dir) if run_dir is not None else sub(None, "runs") / out_name
     return pretrain_images(cache.array, cfg, out_name, device, run_dir, on_event=on_event, stop=stop, resume=resume,
-                    checkpoint_dir=checkpoint_dir, data_fingerprint=data_fingerprint(list(cache.keys), cfg.image_size))
+                           checkpoint_dir=checkpoint_dir,
+                           data_fingerprint=data_fingerprint(list(cache.keys), cfg.image_size),
+                           data=data_record if data_record is not None else describe_data(data))

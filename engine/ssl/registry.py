@@ -2,7 +2,7 @@
 
 A `MethodSpec` holds what the rest of the code needs to know about a method: its name and label,
 where its config dataclass, `SSLMethod` subclass and optimizer `RECIPE` live, its named recipes
-(`quick`, `long`; engine.ssl.presets), and the weight adaptive collapse control adjusts (or why it
+(`paper`, `study`, `quick`, `long`; engine.ssl.presets), and the weight adaptive collapse control adjusts (or why it
 has none). Readers: `PretrainConfig` and the loop (engine.ssl.config / engine.ssl.loop), the presets,
 the CLI (`--method` choices and help), the Pretrain page (list, texts) and `ui.widgets.method_label`.
 
@@ -44,7 +44,7 @@ class MethodSpec:
     label: str  # human name (app, checkpoint tables)
     summary: str  # one line for the Pretrain page: what the method learns from, with its paper
     module: str  # engine.ssl.<file> holding the classes below
-    config: str  # config dataclass (paper defaults)
+    config: str  # config dataclass (its defaults: the `study` preset)
     method: str  # SSLMethod subclass
     opt_example: str  # a `--opt KEY=VALUE` for the CLI's help
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -108,6 +108,22 @@ _MOCO_QUICK: dict[str, Any] = {"queue": 256, "m": 0.99, "T": 0.2, "head_bn": Tru
 # low-rank spread: 36.8 vs 44.0 uncontrolled at 60 steps; docs/results.md). Reference 0.1: the term is then
 # ~1/10 of InfoNCE on a partly collapsed 128-d head (L_dec ~ 10-60 there, L_nce ~ 5-8).
 _DECORR_KNOB = CollapseKnob("decorr_weight", 0.1, "feature-decorrelation weight")
+# MoCo v2 as published (Chen et al. 2020, arXiv:2003.04297; facebookresearch/moco main_moco.py with --mlp
+# --moco-t 0.2 --aug-plus --cos): T 0.2, K 65,536, m 0.999, MLP head without BN, no variance term; SGD lr 0.03
+# per 256 images (the recipe's base_lr), momentum 0.9, weight decay 1e-4, cosine, 200 epochs. Views: crops
+# 0.2-1, brightness/contrast jitter 0.4 with p 0.8, blur sigma 0.1-2 with p 0.5; no noise (grayscale and
+# flips left out for X-rays, as in every preset).
+_MOCO_PAPER_HEAD: dict[str, Any] = {"T": 0.2, "queue": 65536, "m": 0.999, "var_weight": 0.0, "decorr_weight": 0.0,
+                                    "proj_dim": 128, "head_bn": False, "head_out_bn": False}
+_MOCO_PAPER_VIEWS: dict[str, Any] = {"crop_scale": (0.2, 1.0), "jitter": 0.4, "jitter_p": 0.8, "noise_std": 0.0,
+                                     "blur_p": 0.5, "blur_sigma": (0.1, 2.0)}
+_MOCO_PAPER: dict[str, Any] = {"epochs": 200, "batch_size": 256, "lr": None, "weight_decay": None,
+                               "warmup_epochs": None, "method_config": _MOCO_PAPER_HEAD, "aug": _MOCO_PAPER_VIEWS}
+# The seed study's MoCo v2: T 0.07 plus the VICReg variance term (weight 1, target std 1), its X-ray views.
+_MOCO_STUDY: dict[str, Any] = {"method_config": {"T": 0.07, "var_weight": 1.0, "gamma": 1.0}}
+# Barlow Twins' and DINO's views with the blur made symmetric (their papers blur view 1 with p 1.0, view 2 with 0.1)
+_PAPER_VIEWS_SYM_BLUR: dict[str, Any] = {"crop_scale": (0.08, 1.0), "jitter": 0.4, "jitter_p": 0.8, "noise_std": 0.0,
+                                         "blur_p": 0.5, "blur_sigma": (0.1, 2.0)}
 
 register(MethodSpec(
     name="moco_v2", label="MoCo v2", module="engine.ssl.moco_v2", config="MoCoConfig", method="MoCoV2",
@@ -115,6 +131,8 @@ register(MethodSpec(
             "(He et al. 2020; MoCo-CXR).",
     opt_example="queue=4096 --opt T=0.2",
     presets={
+        "paper": _MOCO_PAPER,
+        "study": _MOCO_STUDY,
         "quick": {"lr": 0.0075, "method_config": dict(_MOCO_QUICK),
                   "aug": {"crop_scale": (0.8, 1.0), **_GRAINLESS_VIEWS}},
         # lr 0.06 = the quick recipe's 0.0075 at batch 32, linearly scaled to 256; queue 4096 = 16 steps < one epoch
@@ -129,6 +147,9 @@ register(MethodSpec(
     summary="makes the embedding of two views agree while decorrelating its dimensions (Zbontar et al. 2021).",
     opt_example="proj_dim=8192",
     presets={
+        # Zbontar et al. 2021: 8192-8192-8192 projector, batch 2048, 1000 epochs (LARS lr 0.2: the recipe's)
+        "paper": {"epochs": 1000, "batch_size": 2048, "method_config": {"proj_dim": 8192},
+                  "aug": dict(_PAPER_VIEWS_SYM_BLUR)},
         # 1024-d projector (8192-d is for batch 2048), milder augmentation than the study's
         "quick": {"lr": 0.2, "method_config": {"proj_dim": 1024},
                   "aug": {"crop_scale": (0.3, 1.0), "jitter": 0.4, "noise_std": 0.05}},
@@ -154,6 +175,7 @@ register(MethodSpec(
     summary="self-distillation between a student and a momentum teacher (Caron et al. 2021).",
     opt_example="out_dim=4096",
     presets={
+        "paper": {"aug": dict(_PAPER_VIEWS_SYM_BLUR)},  # the config's ResNet-50 recipe with DINO's views
         # BN head, 256 prototypes, a sharper teacher, MoCo's quick views and no local crops
         "quick": {"lr": 0.02, "method_config": {"out_dim": 256, "n_local_crops": 0, "momentum_teacher": 0.99,
                                                 "head_bn": True, "teacher_temp": 0.02, "warmup_teacher_temp": 0.02,
@@ -173,6 +195,9 @@ register(MethodSpec(
             "unmasked view (MoCo v2 + SparK masking, optionally reconstructing the hidden patches).",
     opt_example="recon_weight=1",
     presets={
+        # no paper of its own: MoCo v2's published recipe, with the config's SparK mask (0.6 of 32 px patches)
+        "paper": {**_MOCO_PAPER, "method_config": dict(_MOCO_PAPER_HEAD)},
+        "study": {"method_config": dict(_MOCO_STUDY["method_config"])},
         # MoCo v2's quick recipe with a SparK mask of half the query's 32 px patches and SparK's
         # reconstruction at weight 1 (its 256-wide decoder)
         "quick": {"lr": 0.0075, "method_config": {**_MOCO_QUICK, "patch": 32, "mask_ratio": 0.5, "recon_weight": 1.0,

@@ -31,7 +31,9 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="study folder")
     p.add_argument("--name", default=None, help="checkpoint prefix: each method is saved as NAME-METHOD "
                    "(default: the --out folder's name)")
-    p.add_argument("--preset", default="quick", help="pretraining recipe: quick (laptop), paper, long")
+    p.add_argument("--preset", default="quick", help="pretraining recipe: quick (laptop), paper (each method's "
+                   "published recipe), study (the seed study's: MoCo v2 with T 0.07 + the VICReg "
+                   "variance term), long (engine/ssl/presets.py)")
     p.add_argument("--steps", type=int, default=None, help="cap on pretraining steps per method")
     p.add_argument("--batch-size", type=int, default=None, help="pretraining batch (default: the recipe's)")
     p.add_argument("--image-size", type=int, default=224, help="working resolution, pretraining and evaluation")

@@ -204,6 +204,10 @@ def _pretrain(cfg: StudyConfig, stage: Stage, out: Path, device, ckpts: Path, on
                                  f"or --reuse {stage.method}={name} to evaluate that backbone") from None
     files = resolve_image_paths(cfg.pretrain_data)  # listed once: counted for the batch, then trained on
     pcfg = _pretrain_config(cfg, stage.method, len(files), on_event)
+    if resuming:  # the state's recorded settings: a preset renamed since (engine.ssl.presets.RENAMED) keeps them
+        from engine.ssl.presets import resume_settings
+
+        pcfg = resume_settings(pcfg, run_dir)
     path = pretrain_from_data(files, pcfg, name, device, run_dir=run_dir, on_event=on_event,
                               stop=stop, resume=resuming, checkpoint_dir=ckpts)
     if owner is not None:

@@ -38,6 +38,7 @@ def run_sweep_job(params: SweepParams | dict[str, Any], ctx: JobContext) -> dict
     name = p.title or f"{', '.join(cfg.findings)} · {len(cfg.inits)} inits · {', '.join(cfg.modes)}"
     summary = {"findings": list(cfg.findings), "inits": list(cfg.inits), "modes": list(cfg.modes),
                "shots": list(cfg.shots), "trials": cfg.trials, "image_size": cfg.image_size,
+               "input_sizes": res.input_sizes,  # the size each init ran at (engine.fewshot.sizes)
                "n_trials": int(len(res.trials)), "warnings": list(res.warnings)[:50],
                "trials_csv": str(out / "trials.csv"), "summary_csv": str(out / "summary.csv")}
     rid = store.add_result("sweep", name, out, summary, job_id=ctx.job_id)
@@ -73,7 +74,7 @@ def run_classify(params: ClassifyParams | dict[str, Any], ctx: JobContext) -> di
     folder = paths.sub(store.workspace, "results") / "classifiers"
     folder.mkdir(parents=True, exist_ok=True)
     path = clf.save(inside(folder, f"{name}.safetensors"))  # resolved and checked to stay in the folder
-    info = next(({**i.info, "provenance": i.provenance} for i in list_inits() if i.name == p.init), {})
+    info = next(({**i.info, "provenance": i.provenance, "kind": i.kind} for i in list_inits() if i.name == p.init), {})
     meta = clf.metadata()
     card = model_card(meta, info, n_images=est.n_positive + est.n_negative)
     card_path = atomic_write_text(inside(folder, f"{name}.md"), card)

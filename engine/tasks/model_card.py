@@ -25,7 +25,7 @@ _LIMITS = [
 def model_card(meta: dict[str, Any], init_info: dict[str, Any] | None = None, n_images: int | None = None) -> str:
     """A short markdown model card for a saved classifier (its metadata dict, Classifier.metadata()).
 
-    init_info: the backbone's registry info (method, n_images, image_size, steps, provenance, shipped);
+    init_info: the backbone's registry info (method, n_images, image_size, steps, provenance, shipped, kind);
     n_images: how many labeled images it was built from."""
     info = init_info or {}
     lines = _header(meta, info, n_images)
@@ -78,7 +78,7 @@ def _calibration_lines(meta: dict[str, Any], lines: list[str]) -> list[str]:
 
 
 def _provenance_lines(meta: dict[str, Any], info: dict[str, Any]) -> list[str]:
-    demo = str(meta.get("init", "")).endswith("-demo")
+    demo = info.get("kind") == "synthetic"  # the registry's kind: the recorded training data, never the name
     if not (info.get("provenance") or info.get("shipped") or demo):
         return []
     prov = info.get("provenance") or ("pretrained on synthetic phantom images of the demo workspace, not real X-rays"

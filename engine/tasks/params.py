@@ -18,7 +18,7 @@ __all__ = ["IMAGE_SIZE", "IMPORT_SOURCES", "ClassifyParams", "GradcamImageParams
            "PretrainParams", "SimilarityParams", "SweepParams"]
 
 IMPORT_SOURCES = ("folder", "manifest", "folder_tree", "nih", "padchest", "upload")
-IMAGE_SIZE = 224  # pixels: the studies' input size (and the shipped backbone's); pages pass smaller ones on a CPU
+IMAGE_SIZE = 224  # pixels: pretraining's default (the studies' size); jobs on inits default to the init's own (None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,7 +72,7 @@ class ClassifyParams(JobParams):
     init: str = "random"
     mode: str = "probe"                  # probe | finetune
     image_ids: tuple[int, ...] | None = None  # None or empty: every image labeled for the finding
-    image_size: int = IMAGE_SIZE
+    image_size: int | None = None        # None: the init's own input size (engine.models.input_size_for)
     seed: int = 0
     cv_repeats: int | None = None        # None (or 0): the engine's default (10 probe / 1 finetune)
     name: str | None = None              # None: <finding>-<init>-<mode>-<time stamp>
@@ -94,7 +94,7 @@ class SweepParams(JobParams):
     modes: tuple[str, ...] = SweepConfig.modes
     shots: tuple[int, ...] = SweepConfig.shots
     trials: int = SweepConfig.trials
-    image_size: int = SweepConfig.image_size
+    image_size: int | None = SweepConfig.image_size  # None: each init at its own size (engine.fewshot.sizes)
     seed: int = SweepConfig.seed
     image_ids: tuple[int, ...] | None = None  # None: every workspace image labeled for the findings
 
@@ -122,7 +122,7 @@ class GradcamStudyParams(JobParams):
     shots: int = 10
     n_images: int = 4
     mode: str = "probe"
-    image_size: int = IMAGE_SIZE
+    image_size: int | None = None        # None: the largest of the inits' own sizes (engine.fewshot.sizes)
     seed: int = 0
     image_ids: tuple[int, ...] | None = None
 
@@ -140,7 +140,7 @@ class GradcamImageParams(JobParams):
     inits: tuple[str, ...] | None = None  # None or empty: every available init
     method: str = "gradcam"
     layer: str | None = None             # None: layer4
-    image_size: int = IMAGE_SIZE
+    image_size: int | None = None        # None: each init's own input size
     seed: int = 0
 
     def validate(self) -> None:

@@ -77,6 +77,19 @@ def reserve_pretrain_name(params: PretrainParams | dict[str, Any], job_id: int, 
     reserve_checkpoint(out_name, job_owner(runner.store.workspace, job_id), paths.checkpoints_dir(), replace=replace)
 
 
+def _data_record(p: PretrainParams, store: Store) -> dict[str, Any]:
+    """The checkpoint json's record of the images (engine.ssl.pretrain.describe_data): a path's own, or the
+    workspace's (the demo workspace holds synthetic phantoms only)."""
+    from engine.ssl.pretrain import describe_data
+    from engine.tasks.demo import is_demo_workspace
+
+    if p.data:
+        return describe_data(p.data)
+    demo = is_demo_workspace(store.workspace)
+    return describe_data(f"workspace {store.workspace}", synthetic=demo,
+                         why="the demo workspace holds synthetic phantom radiographs only" if demo else "")
+
+
 def run_pretrain(params: PretrainParams | dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     """Pretrain on the workspace's images (or `data`: a manifest CSV / folder on disk); export the
     backbone as `out_name` and record it in the store's checkpoint index.
@@ -97,6 +110,10 @@ def run_pretrain(params: PretrainParams | dict[str, Any], ctx: JobContext) -> di
     reserve_checkpoint(out_name, owner, ckpts, replace=p.replace)
     files = resolve_image_paths(p.data) if p.data else _pretrain_paths(store, ctx, p.image_ids)
     cfg = pretrain_config(p, len(files))
+    if ctx.resume:  # the state's recorded settings: a preset renamed since (engine.ssl.presets.RENAMED) keeps them
+        from engine.ssl.presets import resume_settings
+
+        cfg = resume_settings(cfg, ctx.workdir / "ssl")
     # the bar counts pretraining steps; decoding the images reports its counts in log lines only
     cache = ImageCache.build(files, size=cfg.image_size, on_event=as_log(ctx.on_event), stop=ctx.stop)
     if getattr(ctx.device, "type", "cpu") == "cpu":  # a busy machine trains far faster on fewer threads
@@ -107,7 +124,8 @@ def run_pretrain(params: PretrainParams | dict[str, Any], ctx: JobContext) -> di
                                                                      min(cfg.batch_size, 32))[1])
     path = pretrain_images(cache.array, cfg, out_name, ctx.device, ctx.workdir / "ssl", on_event=ctx.on_event,
                            stop=ctx.stop, resume=ctx.resume, checkpoint_dir=ckpts,
-                           data_fingerprint=data_fingerprint(list(cache.keys), cfg.image_size))
+                           data_fingerprint=data_fingerprint(list(cache.keys), cfg.image_size),
+                           data=_data_record(p, store))
     release_checkpoint(out_name, owner, ckpts)  # exported: the file itself now holds the name
     meta = json.loads(path.with_suffix(".json").read_text())
     store.add_checkpoint(out_name, path, {k: meta.get(k) for k in ("method", "arch", "steps", "epochs", "n_images",

@@ -253,7 +253,7 @@ def test_presets_merge_under_the_callers_settings():
     from engine.ssl.augment import AugmentConfig
     from engine.ssl.presets import PRESETS, build_config, preset_overrides
 
-    assert build_config("moco_v2") == PretrainConfig(method="moco_v2")  # paper = the published defaults
+    assert build_config("moco_v2", "study") == PretrainConfig(method="moco_v2")  # study = the config's defaults
     q = build_config("moco_v2", "quick", method_opts={"T": 0.1}, epochs=3, lr=None)
     assert q.method_config == MoCoConfig(queue=256, m=0.99, T=0.1, head_bn=True, head_out_bn=True)
     assert q.lr == 0.0075 and q.epochs == 3
@@ -264,7 +264,7 @@ def test_presets_merge_under_the_callers_settings():
     assert build_config("dino", "quick", method_opts={"n_local_crops": 2}).method_config.n_local_crops == 2
     b = build_config("barlow_twins", "quick", lr=0.05, aug_opts={"noise_std": 0.0})
     assert b.lr == 0.05 and b.aug.crop_scale == (0.3, 1.0) and b.aug.noise_std == 0.0
-    assert set(PRESETS) == {"paper", "quick", "long"} and all(preset_overrides(m, "quick") for m in METHODS)
+    assert set(PRESETS) == {"paper", "study", "quick", "long"} and all(preset_overrides(m, "quick") for m in METHODS)
     lg = build_config("moco_v2", "long")  # the shipped backbone's recipe
     assert lg.lr == 0.06 and lg.method_config.queue == 4096 and lg.aug.crop_scale == (0.3, 1.0) and lg.aug.blur_p == 0.5
     with pytest.raises(ValueError, match="no 'long' preset for method 'spark'"):

@@ -263,7 +263,7 @@ def build_classifier(
     init: str = "random",
     mode: str = "probe",
     device: torch.device | str = "cpu",
-    image_size: int = 224,
+    image_size: int | None = None,
     seed: int = 0,
     cv_repeats: int | None = None,
     on_event: OnEvent | None = None,
@@ -286,11 +286,16 @@ def build_classifier(
     FastFinetune, the last stage + head on cached frozen-stage activations (minutes on a CPU); with a
     FinetuneConfig, today's `finetune()` on whole images (kept for comparison; see bench/classifier_finetune.py).
     cv_repeats: default 10 (probe) / 1 (finetune). calibration: "platt" | "isotonic". checkpoint_dir: where
-    `init` is looked up (default: engine.paths.checkpoints_dir()).
+    `init` is looked up (default: engine.paths.checkpoints_dir()). image_size: None = the init's own input
+    size on `device` (engine.models.input_size_for).
     Raises ClassifierDataError for unusable label sets, ValueError for bad arguments, Cancelled on `stop`.
     """
-    cv_repeats = _check_arguments(mode, calibration, cv_repeats, image_size)
     device = torch.device(device)
+    if image_size is None:
+        from engine.models import input_size_for
+
+        image_size = input_size_for(init, device, checkpoint_dir, arch)
+    cv_repeats = _check_arguments(mode, calibration, cv_repeats, image_size)
     ft_cfg = finetune_cfg if finetune_cfg is not None else default_fast_finetune()
     groups = None
     if manifest is not None:
