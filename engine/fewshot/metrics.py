@@ -173,6 +173,16 @@ def uncertainty_of(trials) -> str:
     return RESAMPLED if "auc_pool" in trials and len(trials) and trials["auc_pool"].notna().all() else FIXED
 
 
+def uncertainty_text(method: str) -> str:
+    """One sentence saying what a sweep's intervals cover: the same words on every page, report and card."""
+    if method == RESAMPLED:
+        return (f"Uncertainty: {RESAMPLED}. Each trial draws its own training episode and its own patient-level "
+                "bootstrap sample of the test set (the same for every init of the trial); SE = sqrt(var(d)/trials + "
+                "test-set sampling variance), the 95% interval d ± t(trials-1)·SE; wins = trials with d > 0.")
+    return (f"Uncertainty: {FIXED} (written before test sets were resampled): the SE covers the draw of the "
+            "training images on one fixed test set, not how the result would change with another test set.")
+
+
 def resampled_se(x, pool) -> float:
     """Standard error of mean(x) when trial t's x_t is measured on its own bootstrap sample of one test pool.
 
