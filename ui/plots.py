@@ -87,24 +87,29 @@ def benchmark_figure(summary: pd.DataFrame, paired: pd.DataFrame, findings: list
     paired: engine.fewshot.metrics.paired_differences rows against `reference` (diff, ci_low, ci_high, se,
     wins, n). Error bars are the 95% intervals as stored; a zero line marks "no better than the reference"
     and a dotted 0.5 line chance AUC. Legend entries are short init names (short_label) with the mode; the
-    full label (`labels`, name -> words) shows on hover. Shots on a log axis.
+    full label (`labels`, name -> words) shows on hover. Shots on a log axis; each (init, mode) is shifted a
+    little sideways (the hover says the true shot count) so overlapping error bars stay readable; each row
+    shares its y axis across findings.
     """
     labels = labels or {}
     cols = max(1, len(findings))
-    fig = make_subplots(rows=2, cols=cols, shared_xaxes=True, vertical_spacing=0.1, horizontal_spacing=0.06,
+    fig = make_subplots(rows=2, cols=cols, shared_xaxes=True, shared_yaxes=True, vertical_spacing=0.1,
+                        horizontal_spacing=0.03,
                         subplot_titles=list(findings), row_heights=[0.55, 0.45])
     inits = list(dict.fromkeys(summary["init"])) if len(summary) else []
     color = {n: _COLORS[i % len(_COLORS)] for i, n in enumerate(inits)}
+    groups = list(dict.fromkeys(zip(summary["init"], summary["mode"]))) if len(summary) else []
+    shift = {g: 1.0 + 0.035 * (i - (len(groups) - 1) / 2) for i, g in enumerate(groups)}  # x factor (log axis)
     shown: set[tuple[str, str]] = set()
     for c, finding in enumerate(findings, start=1):
         s = summary[summary["finding"] == finding]
         for (init, mode), g in s.groupby(["init", "mode"], sort=False):
             _add_curve(fig, g.sort_values("shots"), "auc_mean", "auc_ci_low", "auc_ci_high", init, mode, color[init],
-                       labels, shown, 1, c, f"AUC %{{y:.3f}} [%{{customdata[0]:.3f}}, %{{customdata[1]:.3f}}]")
+                       labels, shown, 1, c, shift.get((init, mode), 1.0), f"AUC %{{y:.3f}} [%{{customdata[0]:.3f}}, %{{customdata[1]:.3f}}]")
         p = paired[paired["finding"] == finding] if len(paired) else paired
         for (init, mode), g in (p.groupby(["init", "mode"], sort=False) if len(p) else []):
             _add_curve(fig, g.sort_values("shots"), "diff", "ci_low", "ci_high", init, mode, color.get(init, "#444"),
-                       labels, shown, 2, c, f"d %{{y:+.3f}} [%{{customdata[0]:+.3f}}, %{{customdata[1]:+.3f}}], "
+                       labels, shown, 2, c, shift.get((init, mode), 1.0), f"d %{{y:+.3f}} [%{{customdata[0]:+.3f}}, %{{customdata[1]:+.3f}}], "
                                             f"SE %{{customdata[2]:.3f}}, wins %{{customdata[3]:.0f}}/%{{customdata[4]:.0f}}")
         fig.add_hline(y=0.5, line={"color": "gray", "dash": "dot", "width": 1}, row=1, col=c)
         fig.add_hline(y=0.0, line={"color": "black", "width": 1}, row=2, col=c)
@@ -114,13 +119,13 @@ def benchmark_figure(summary: pd.DataFrame, paired: pd.DataFrame, findings: list
     fig.update_yaxes(title_text="test AUC (95% CI)", row=1, col=1)
     fig.update_yaxes(title_text=f"d vs {short_label(reference, 16)}", row=2, col=1)
     fig.update_layout(template="plotly_white", height=620, hovermode="closest",
-                      margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      margin={"l": 10, "r": 10, "t": 70, "b": 10},
                       legend={"orientation": "h", "yanchor": "top", "y": -0.12, "xanchor": "left", "x": 0})
     return fig
 
 
 def _add_curve(fig: go.Figure, g: pd.DataFrame, y: str, lo: str, hi: str, init: str, mode: str, color: str,
-               labels: dict[str, str], shown: set, row: int, col: int, what: str) -> None:
+               labels: dict[str, str], shown: set, row: int, col: int, shift: float, what: str) -> None:
     """One (init, mode) line with asymmetric error bars in one facet; one legend entry per (init, mode)."""
     import numpy as np
 
@@ -129,11 +134,11 @@ def _add_curve(fig: go.Figure, g: pd.DataFrame, y: str, lo: str, hi: str, init: 
     extra = [g[k].to_numpy(float) if k in g else np.full(len(g), np.nan) for k in ("se", "wins", "n")]
     full = f"{labels.get(init, init)} ({mode})"
     fig.add_trace(go.Scatter(
-        x=g["shots"].to_numpy(float), y=m, mode="lines+markers", name=f"{short_label(init)} · {MODE_SHORT.get(mode, mode)}",
+        x=g["shots"].to_numpy(float) * shift, y=m, mode="lines+markers", text=g["shots"].astype(int).astype(str), name=f"{short_label(init)} · {MODE_SHORT.get(mode, mode)}",
         legendgroup=f"{init}|{mode}", showlegend=key not in shown,
         line={"color": color, "dash": _DASH.get(mode, "dashdot"), "width": 2},
         error_y={"type": "data", "symmetric": False, "array": np.nan_to_num(h - m), "arrayminus": np.nan_to_num(m - l),
                  "thickness": 1.2, "width": 4},
-        customdata=np.c_[l, h, *extra], hovertemplate=f"{full}<br>%{{x}} shots: {what}<extra></extra>"),
+        customdata=np.c_[l, h, *extra], hovertemplate=f"{full}<br>%{{text}} shots: {what}<extra></extra>"),
         row=row, col=col)
     shown.add(key)
