@@ -19,7 +19,8 @@ Protocol (docs/design.md, "Few-shot"):
   "unavailable" / "too_few_shots" and a message.
 
 Outputs in `out_dir`: `trials.csv` (rewritten atomically after every group of trials; a resumed
-sweep skips the rows already there), `summary.csv`, `auc_vs_shots.html`, `config.json`.
+sweep skips the rows already there), `summary.csv`, `paired.csv` (d vs random init with SE, 95% interval,
+wins and `uncertainty`, when random is among the inits), `auc_vs_shots.html`, `config.json`.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ import torch.nn as nn
 from engine.atomic import atomic_write
 from engine.events import Cancelled, OnEvent, as_log, check_stop, emit
 from engine.fewshot.episodes import ShotsError, sample_episode, test_sample, test_seed, test_split, trial_seed
-from engine.fewshot.metrics import FIXED, RESAMPLED
+from engine.fewshot.metrics import FIXED, RESAMPLED, paired_differences
 from engine.fewshot.features import embed
 from engine.fewshot.finetune import FinetuneConfig, finetune_many, predict_logits
 from engine.fewshot.stage_one import stage_one_backbone
@@ -181,10 +182,9 @@ def _plan(df: pd.DataFrame, cfg: SweepConfig, on_event: OnEvent | None) -> tuple
         plan = _Plan(finding, labels, test, {})
         n_pos, n_neg = int((labels[test] == 1).sum()), int((labels[test] == 0).sum())
         if min(n_pos, n_neg) < SMALL_TEST:
-            msg = (f"{finding}: small test set, {test.size} images ({n_pos} with the finding, {n_neg} without); "
-                   f"fewer than {SMALL_TEST} in a class makes every AUC interval wide")
-            warnings.append(msg)
-            emit(on_event, message=msg, level="warning", kind="warning")
+            warnings.append(f"{finding}: small test set, {test.size} images ({n_pos} with the finding, {n_neg} "
+                            f"without); fewer than {SMALL_TEST} in a class makes every AUC interval wide")
+            emit(on_event, message=warnings[-1], level="warning", kind="warning")
         for k in cfg.shots:
             try:
                 plan.episodes[k] = [
@@ -346,6 +346,8 @@ class _SweepRun:
         trials = pd.DataFrame(self.rows, columns=TRIAL_COLUMNS)
         summ = summarize(trials, self.cfg.n_bootstrap, self.cfg.seed, self.skipped)
         write_csv(summ, self.out_dir / "summary.csv")
+        if "random" in set(trials["init"]) and trials["init"].nunique() > 1:
+            write_csv(pd.DataFrame(paired_differences(trials, "random")), self.out_dir / "paired.csv")
         _write_plot(summ, self.out_dir / "auc_vs_shots.html")
         emit(self.on_event, step=self.step, total=self.work, kind="result",
              message=f"sweep finished: {len(trials)} trials in {self.out_dir}")

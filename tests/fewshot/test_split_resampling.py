@@ -144,19 +144,41 @@ def test_phantom_sweeps_differing_only_in_split_seed_give_overlapping_intervals_
     assert not _overlap(a, b), _overlap(a, b)
 
 
-def test_real_xrays_sweeps_differing_only_in_split_seed_overlap(shared_data, tmp_path, monkeypatch):
-    """nih_pneumonia, its split column dropped so the split seed draws the test set: shipped backbone vs random."""
+@pytest.mark.parametrize("task,findings,patients", [("nih_pneumonia", ("pneumonia",), None),
+                                                    ("kermany224", ("pneumonia", "bacterial", "viral"), 400)])
+def test_real_xrays_sweeps_differing_only_in_split_seed_overlap(shared_data, tmp_path, monkeypatch, task, findings,
+                                                                patients):
+    """Real tasks, split column dropped so the split seed draws the test set (Kermany: a seeded subsample of
+    `patients` patients, to stay small): shipped backbone vs random, every finding and shot count overlaps."""
     from tests.conftest import SHIPPED_DIR
 
     monkeypatch.setenv("SCARCE_CXR_SHIPPED", str(SHIPPED_DIR))
-    src = shared_data / "nih_pneumonia"
+    src = shared_data / task
     df = pd.read_csv(src / "manifest.csv").drop(columns=["split"])
+    if patients:
+        keep = np.random.default_rng(0).choice(np.unique(df["patient_id"].astype(str)), patients, replace=False)
+        df = df[df["patient_id"].astype(str).isin(keep)]
     df["path"] = [str(src / p) for p in df["path"]]
-    csv = tmp_path / "nih.csv"
+    csv = tmp_path / "m.csv"
     df.to_csv(csv, index=False)
     runs = []
     for split_seed in (11, 12):
-        cfg = SweepConfig(findings=("pneumonia",), inits=("random", "cxr-moco_v2-resnet18-224"), shots=(5, 20),
+        cfg = SweepConfig(findings=findings, inits=("random", "cxr-moco_v2-resnet18-224"), shots=(5, 20),
                           trials=8, image_size=64, n_bootstrap=20, split_seed=split_seed)
         runs.append(paired_differences(run_sweep(csv, cfg, tmp_path / f"s{split_seed}", "cpu").trials, "random"))
-    assert len(runs[0]) == 2 and not _overlap(*runs), _overlap(*runs)
+    assert len(runs[0]) == 2 * len(findings) and not _overlap(*runs), _overlap(*runs)
+
+
+def test_cli_sweep_writes_and_prints_d_vs_random_with_the_split_seed(phantom_ckpt, tmp_path, capsys):
+    from engine.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["sweep", "--manifest", phantom_ckpt, "--finding", "cardiomegaly", "--inits", "random,other-r18",
+                 "--shots", "3", "--trials", "3", "--image-size", str(SIZE), "--device", "cpu", "--split-seed", "4",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Paired difference d vs random" in text and RESAMPLED in text and "(" in text.split("d vs random")[1]
+    paired = pd.read_csv(out / "paired.csv")
+    assert list(paired["init"]) == ["other-r18"] and set(paired["uncertainty"]) == {RESAMPLED}
+    assert (paired["ci_low"] <= paired["diff"]).all() and (paired["diff"] <= paired["ci_high"]).all()
+    assert json.loads((out / "config.json").read_text())["split_seed"] == 4
