@@ -43,7 +43,7 @@ def test_figure_has_an_auc_and_a_d_panel_per_finding_with_short_legend_names(two
     # 2 findings x (2 AUC curves + 1 d curve), each with 95% error bars
     assert len(fig.data) == 6 and all(t.error_y.array is not None for t in fig.data)
     names = [t.name for t in fig.data if t.showlegend]
-    assert sorted(names) == sorted([f"random · probe", f"{short_label(long)} · probe"])  # one entry per init x mode
+    assert sorted(names) == sorted(["random · probe", f"{short_label(long)} · probe"])  # one entry per init x mode
     assert all(len(n) <= 40 for n in names) and short_label(long).endswith("…")
     assert any("MoCo v2 · resnet18 · " + long in t.hovertemplate for t in fig.data)  # full name on hover
     zero = [s for s in fig.layout.shapes if s.y0 == 0 and s.y1 == 0]
