@@ -5,12 +5,14 @@ probe; a few shot counts) is run under `--seeds` independent split seeds on each
 fresh patient-level hold-out of `--test-fraction` of ALL labeled patients (the manifest's own split
 column is ignored, so that the test set really changes from seed to seed), then `--trials` paired
 trials per shot count exactly as the sweep runs them (engine.fewshot.episodes / probe / trials /
-metrics: the same episode and the same test sample for both inits of a trial). Two intervals per seed:
+metrics: the same episode and the same test sample for both inits of a trial). Three intervals per seed:
 
 - old: every trial scored on the seed's whole test set, d -+ t * sd(d)/sqrt(J) (episode variance only;
   what sweeps reported before, metrics.FIXED);
-- new: every trial scored on its own patient-level bootstrap sample of the test set,
-  d -+ t * resampled_se (episodes + test-set sampling; metrics.RESAMPLED).
+- bound: every trial scored on its own patient-level bootstrap sample of the test set,
+  d -+ t * resampled_se without shared resamples (the test deviation taken as fully shared: conservative);
+- new: the same, plus every trial scored on 100 test resamples shared by all trials of the shot count
+  (episodes.shared_test_counts), d -+ t * resampled_se(boot) (what sweeps report; metrics.RESAMPLED).
 
 Coverage = the share of seeds whose interval contains the across-seed mean of that method's d (the
 target a user means by "is this backbone better": averaged over test splits and episodes). A
@@ -86,7 +88,8 @@ def seed_trials(df, feats: dict, finding: str, seed: int, shots: list[int], tria
     import numpy as np
     import pandas as pd
 
-    from engine.fewshot.episodes import sample_episode, test_sample, test_seed, test_split, trial_seed
+    from engine.fewshot.episodes import (sample_episode, shared_test_counts, test_sample, test_seed, test_split,
+                                         trial_seed)
     from engine.fewshot.probe import fit_probe
     from engine.fewshot.trials import evaluate_trial
 
@@ -94,6 +97,7 @@ def seed_trials(df, feats: dict, finding: str, seed: int, shots: list[int], tria
     pool, test = test_split(df, finding, seed=seed, test_fraction=frac)
     rows = []
     for k in shots:
+        shared = shared_test_counts(labels, pids, test, seed, finding, k)
         for t in range(trials):
             ts = trial_seed(seed, finding, k, t)
             idx = sample_episode(labels, pids, pool, k, ts)
@@ -101,7 +105,7 @@ def seed_trials(df, feats: dict, finding: str, seed: int, shots: list[int], tria
             for init, X in feats.items():
                 probe = fit_probe(X[idx], labels[idx], seed=ts)
                 res = evaluate_trial(probe.decision_function(X[idx]), labels[idx], probe.decision_function(X[test]),
-                                     labels[test], 10, ts, sample)
+                                     labels[test], 10, ts, sample, shared)
                 rows.append({"finding": finding, "init": init, "mode": "probe", "shots": k, "trial": t, **res})
     return pd.DataFrame(rows), int(test.size)
 
@@ -110,9 +114,11 @@ def seed_rows(trials, init: str, seed: int, n_test: int) -> list[dict]:
     """Old (fixed test set) and new (resampled) paired d with their 95% intervals, per shot count."""
     from engine.fewshot.metrics import paired_differences
 
-    old = trials.assign(auc=trials["auc_pool"]).drop(columns=["auc_pool"])  # every trial on the whole test set
+    old = trials.assign(auc=trials["auc_pool"]).drop(columns=["auc_pool", "auc_boot"])  # every trial on the whole pool
+    bound = trials.drop(columns=["auc_boot"])  # per-trial resamples only: the fully-shared bound of resampled_se
     out = []
-    for method, rows in (("old", paired_differences(old, "random")), ("new", paired_differences(trials, "random"))):
+    for method, rows in (("old", paired_differences(old, "random")), ("bound", paired_differences(bound, "random")),
+                         ("new", paired_differences(trials, "random"))):
         out += [{"seed": seed, "method": method, "shots": r["shots"], "d": r["diff"], "se": r["se"],
                  "lo": r["ci_low"], "hi": r["ci_high"], "n_test": n_test} for r in rows if r["init"] == init]
     return out
@@ -161,15 +167,18 @@ def main(argv: list[str] | None = None) -> int:
              f"patient-level {args.test_fraction:.0%} hold-out of all labeled patients (<= {args.max_patients} "
              "patients per task). Coverage = share of seeds whose 95% interval for d contains the across-seed "
              "mean d (target 0.95; binomial SE "
-             f"{(0.95 * 0.05 / args.seeds) ** 0.5:.3f}). old = test split fixed, episode variance only; new = "
-             "each trial on its own patient bootstrap of the test set, SE over episodes + test sampling.", "",
-             "| task | shots | test images | mean d | sd of d across seeds | mean SE old | mean SE new | "
-             "coverage old | coverage new |", "|---|---|---|---|---|---|---|---|---|"]
+             f"{(0.95 * 0.05 / args.seeds) ** 0.5:.3f}). old = test split fixed, episode variance only; bound = "
+             "each trial on its own patient bootstrap of the test set, SE with the test deviation taken as fully "
+             "shared (no shared resamples); new = the same plus 100 test resamples shared by all trials (two-way "
+             "bootstrap, what sweeps report).", "",
+             "| task | shots | test images | mean d | sd of d across seeds | mean SE old | bound | new | "
+             "coverage old | bound | new |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     by = {(r["task"], r["shots"], r["method"]): r for r in rows}
     for task, k in sorted({(r["task"], r["shots"]) for r in rows}):
-        o, n = by[(task, k, "old")], by[(task, k, "new")]
+        o, b, n = by[(task, k, "old")], by[(task, k, "bound")], by[(task, k, "new")]
         lines.append(f"| {task} | {k} | {n['n_test']} | {n['mean_d']:+.3f} | {n['sd_d_across_seeds']:.3f} | "
-                     f"{o['mean_se']:.3f} | {n['mean_se']:.3f} | {o['coverage']:.2f} | {n['coverage']:.2f} |")
+                     f"{o['mean_se']:.3f} | {b['mean_se']:.3f} | {n['mean_se']:.3f} | {o['coverage']:.2f} | "
+                     f"{b['coverage']:.2f} | {n['coverage']:.2f} |")
     lines += ["", f"{time.time() - t0:.0f} s on {args.device}"]
     text = "\n".join(lines)
     print(text, flush=True)

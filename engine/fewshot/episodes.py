@@ -79,6 +79,23 @@ def test_sample(labels: np.ndarray, patient_ids: np.ndarray, test_idx: np.ndarra
     return np.sort(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
 
 
+N_SHARED = 100  # shared test resamples per (finding, shots): every trial and init scored on the same ones
+
+
+def shared_test_counts(labels: np.ndarray, patient_ids: np.ndarray, test_idx: np.ndarray, split_seed: int,
+                       finding: str, shots: int, n: int = N_SHARED) -> np.ndarray:
+    """(n, len(test_idx)) int64 multiplicities of `n` `test_sample` resamples shared by every trial and init of
+    one (finding, shots): row b is the b-th resample (seed `test_seed(split_seed, finding, shots, -1 - b)`).
+    Scoring every trial on the same resamples lets `metrics.resampled_se` see how the test set's deviation
+    is shared across trials (a two-way bootstrap: episodes x test patients; Davison & Hinkley 1997, 3.8)."""
+    m = len(test_idx)
+    out = np.zeros((n, m), dtype=np.int64)
+    for b in range(n):
+        out[b] = np.bincount(test_sample(labels, patient_ids, test_idx, test_seed(split_seed, finding, shots, -1 - b)),
+                             minlength=m)
+    return out
+
+
 def _known(df: pd.DataFrame, finding: str) -> np.ndarray:
     if finding not in df.columns:
         raise ValueError(f"finding {finding!r} is not a column of the manifest")
@@ -183,4 +200,5 @@ def sample_episode(
 
 test_split.__test__ = False
 test_seed.__test__ = False
-test_sample.__test__ = False  # a library function, not a pytest test, when a test module imports it by name
+test_sample.__test__ = False
+shared_test_counts.__test__ = False  # a library function, not a pytest test, when a test module imports it by name

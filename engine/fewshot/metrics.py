@@ -183,7 +183,7 @@ def uncertainty_text(method: str) -> str:
             "training images on one fixed test set, not how the result would change with another test set.")
 
 
-def resampled_se(x, pool) -> float:
+def resampled_se(x, pool, boot=None) -> float:
     """Standard error of mean(x) when trial t's x_t is measured on its own bootstrap sample of one test pool.
 
     x (J,): per-trial values (an AUC or a paired AUC difference) on each trial's test sample;
@@ -196,11 +196,28 @@ def resampled_se(x, pool) -> float:
 
     The naive s(x)/sqrt(J) leaves out var(P): trials that share test images are correlated, the point
     of the corrected resampled t-test (Nadeau & Bengio 2003; Bouckaert & Frank 2004). NaN for J < 2.
+
+    That bound treats P as fully shared by the trials; with few-shot models that differ from trial to
+    trial part of it is not (P_t = S + I_t), and it over-covers. With `boot` (J, B): the same values on B
+    test resamples *shared by every trial* (episodes.shared_test_counts; a two-way bootstrap, Davison &
+    Hinkley 1997 sec. 3.8), var(S) is estimated directly: v_mean = var_b(mean_t boot), v_each =
+    mean_t var_b(boot_t), var(I) = (v_each - v_mean) J/(J-1), and
+
+        SE^2 = s^2(x) / J + max(0, v_mean - var(I) / J)
     """
     x, pool = np.asarray(x, dtype=np.float64), np.asarray(pool, dtype=np.float64)
     if x.size < 2:
         return math.nan
-    return float(np.sqrt(x.var(ddof=1) / x.size + np.mean((x - pool) ** 2)))
+    if boot is None:
+        return float(np.sqrt(x.var(ddof=1) / x.size + np.mean((x - pool) ** 2)))
+    boot = np.asarray(boot, dtype=np.float64)
+    boot = boot[:, np.isfinite(boot).all(axis=0)]  # resamples missing a class in some trial are dropped
+    if boot.shape[1] < 2:
+        return float(np.sqrt(x.var(ddof=1) / x.size + np.mean((x - pool) ** 2)))
+    j = x.size
+    v_mean = boot.mean(axis=0).var(ddof=1)
+    v_ind = max(0.0, (boot.var(axis=1, ddof=1).mean() - v_mean) * j / (j - 1))
+    return float(np.sqrt(x.var(ddof=1) / j + max(0.0, v_mean - v_ind / j)))
 
 
 def t_interval(mean: float, se: float, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -213,13 +230,14 @@ def t_interval(mean: float, se: float, n: int, level: float = 0.95) -> tuple[flo
     return mean - q * se, mean + q * se
 
 
-def mean_interval(x, pool=None, level: float = 0.95) -> dict[str, float]:
+def mean_interval(x, pool=None, boot=None, level: float = 0.95) -> dict[str, float]:
     """Mean, SE and `level` t-interval of per-trial values x (J,): `resampled_se` when `pool` (the same
-    trials on the whole test pool) is given, else the episode-only s(x)/sqrt(J)."""
+    trials on the whole test pool; `boot` (J, B) on the shared resamples) is given, else the episode-only
+    s(x)/sqrt(J)."""
     x = np.asarray(x, dtype=np.float64)
     n = int(x.size)
     if pool is not None:
-        se = resampled_se(x, pool)
+        se = resampled_se(x, pool, boot)
     else:
         se = float(x.std(ddof=1) / np.sqrt(n)) if n > 1 else math.nan
     m = float(x.mean()) if n else math.nan
@@ -258,12 +276,29 @@ def paired_differences(trials, baseline: str = "random") -> list[dict]:
             d = a[ok] - base[ok]
             if not len(d):
                 continue
-            pool = None
+            pool = boot = None
             if method == RESAMPLED:
                 pool = (g[("auc_pool", init)].to_numpy(float) - g[("auc_pool", baseline)].to_numpy(float))[ok]
-            st = mean_interval(d, pool)
+                boot = _paired_boot(t, (finding, mode, shots), init, baseline, g.index.get_level_values("trial")[ok])
+            st = mean_interval(d, pool, boot)
             rows.append({"finding": finding, "mode": mode, "shots": int(shots), "init": init, "n": int(len(d)),
                          "auc": float(a[ok].mean()), "auc_random": float(base[ok].mean()), "reference": baseline,
                          "diff": st["mean"], "se": st["se"], "ci_low": st["ci_low"], "ci_high": st["ci_high"],
                          "wins": int((d > 0).sum()), "uncertainty": method})
     return rows
+
+
+def _paired_boot(t, group: tuple, init: str, baseline: str, trials) -> np.ndarray | None:
+    """(J, B) paired differences on the shared test resamples (`auc_boot`), in `trials` order; None without."""
+    from engine.fewshot.trials import boot_matrix
+
+    if "auc_boot" not in t:
+        return None
+    g = t[(t["finding"] == group[0]) & (t["mode"] == group[1]) & (t["shots"] == group[2])]
+    mats = []
+    for name in (init, baseline):
+        r = g[g["init"] == name].drop_duplicates("trial").set_index("trial").reindex(list(trials))
+        mats.append(boot_matrix(r["auc_boot"]) if r["auc_boot"].notna().all() else None)
+    if any(m is None for m in mats) or mats[0].shape != mats[1].shape:
+        return None
+    return mats[0] - mats[1]

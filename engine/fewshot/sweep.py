@@ -38,7 +38,8 @@ import torch.nn as nn
 
 from engine.atomic import atomic_write
 from engine.events import Cancelled, OnEvent, as_log, check_stop, emit
-from engine.fewshot.episodes import ShotsError, sample_episode, test_sample, test_seed, test_split, trial_seed
+from engine.fewshot.episodes import (ShotsError, sample_episode, shared_test_counts, test_sample, test_seed, test_split,
+                                     trial_seed)
 from engine.fewshot.metrics import FIXED, RESAMPLED, paired_differences
 from engine.fewshot.features import embed
 from engine.fewshot.finetune import FinetuneConfig, finetune_many, predict_logits
@@ -166,6 +167,7 @@ class _Plan:
     episodes: dict[int, list[tuple[int, int, np.ndarray]]]  # shots -> [(trial, seed, idx)]
     max_k: int | None = None
     samples: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)  # (shots, trial) -> positions in test_idx
+    shared: dict[int, np.ndarray] = field(default_factory=dict)  # shots -> (B, n_test) shared resample counts
 
     def sample(self, k: int, trial: int) -> np.ndarray | None:
         """The trial's test sample (positions into test_idx), or None when every trial uses the whole pool."""
@@ -194,6 +196,7 @@ def _plan(df: pd.DataFrame, cfg: SweepConfig, on_event: OnEvent | None) -> tuple
                 if cfg.resample_test:
                     plan.samples.update({(k, t): test_sample(labels, pids, test, test_seed(split_seed, finding, k, t))
                                          for t in range(cfg.trials)})
+                    plan.shared[k] = shared_test_counts(labels, pids, test, split_seed, finding, k)
             except ShotsError as e:
                 msg = f"{finding}: skipping {k} shots: {e}"
                 warnings.append(msg)
@@ -392,7 +395,7 @@ def _probe_trials(run: _SweepRun, init: str, backbone: tuple[nn.Module, Backbone
             X_tr, y_tr = feats[run.where[idx]], p.labels[idx]
             probe = fit_probe(X_tr, y_tr, C=cfg.probe_C, seed=seed)
             res = evaluate_trial(probe.decision_function(X_tr), y_tr, probe.decision_function(X_te), y_te,
-                                 cfg.n_bootstrap, seed, p.sample(k, trial))
+                                 cfg.n_bootstrap, seed, p.sample(k, trial), p.shared.get(k))
             run.record(p.finding, init, "probe", k, trial, seed, res)
         run.flush()
 
@@ -418,7 +421,8 @@ def _finetune_trials(run: _SweepRun, init: str, mode: str, start: tuple[nn.Modul
                                       rows=where[idx])
                 s_te = predict_logits(bb, head, array, run.device, meta.mean, meta.std, cfg.embed_batch_size,
                                       rows=where[p.test_idx])
-                res = evaluate_trial(s_tr, p.labels[idx], s_te, y_te, cfg.n_bootstrap, seed, p.sample(k, trial))
+                res = evaluate_trial(s_tr, p.labels[idx], s_te, y_te, cfg.n_bootstrap, seed, p.sample(k, trial),
+                                     p.shared.get(k))
                 run.record(p.finding, init, mode, k, trial, seed, res)
             run.flush()
 

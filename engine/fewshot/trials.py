@@ -28,9 +28,9 @@ from engine.fewshot.metrics import (FIXED, RESAMPLED,  # noqa: F401 (FIXED: re-e
 
 TRIAL_COLUMNS = [
     "finding", "init", "mode", "shots", "trial", "seed", "auc", "auc_ci_low", "auc_ci_high", "accuracy",
-    "sensitivity", "specificity", "precision", "f1", "threshold", "n_train", "n_test", "auc_pool",
+    "sensitivity", "specificity", "precision", "f1", "threshold", "n_train", "n_test", "auc_pool", "auc_boot",
 ]
-OPTIONAL_COLUMNS = ["auc_pool"]  # absent from trials written before the per-trial test sample
+OPTIONAL_COLUMNS = ["auc_pool", "auc_boot"]  # absent from trials written before the per-trial test sample
 KEY = ["finding", "init", "mode", "shots", "trial"]
 GROUP = ["finding", "init", "mode", "shots"]
 METRICS = ["accuracy", "sensitivity", "specificity", "precision", "f1"]
@@ -54,14 +54,16 @@ def read_trials(path: Path) -> pd.DataFrame:
 
 def evaluate_trial(
     train_scores: np.ndarray, y_train: np.ndarray, test_scores: np.ndarray, y_test: np.ndarray,
-    n_bootstrap: int, boot_seed: int, sample: np.ndarray | None = None,
-) -> dict[str, float]:
+    n_bootstrap: int, boot_seed: int, sample: np.ndarray | None = None, shared: np.ndarray | None = None,
+) -> dict[str, Any]:
     """One trial's row: AUC on the trial's test sample, AUC on the whole test pool with its bootstrap
     interval, and threshold metrics (on the sample) at the train Youden cut.
 
     `test_scores` / `y_test` (n,) cover the whole test pool; `sample` holds positions into them (the
     trial's own test sample, engine.fewshot.episodes.test_sample; repeats allowed). Without `sample`
     the trial is scored on the pool itself and `auc_pool` is NaN (the fixed-test-set protocol).
+    `shared` (B, n): multiplicities of the resamples every trial and init of the group shares
+    (episodes.shared_test_counts); their AUCs go to `auc_boot` as B space-separated numbers ("" without).
     """
     cut = youden_threshold(y_train, train_scores)
     lo, hi = bootstrap_auc(y_test, test_scores, n_bootstrap, boot_seed)
@@ -69,7 +71,23 @@ def evaluate_trial(
     return {"auc": auc(y_te, s_te), "auc_ci_low": lo, "auc_ci_high": hi,
             **threshold_metrics(y_te, s_te, cut), "threshold": float(expit(cut)),
             "n_train": int(len(y_train)), "n_test": int(len(y_te)),
-            "auc_pool": float("nan") if sample is None else auc(y_test, test_scores)}
+            "auc_pool": float("nan") if sample is None else auc(y_test, test_scores),
+            "auc_boot": "" if shared is None else " ".join(f"{v:.5f}" for v in _shared_aucs(y_test, test_scores, shared))}
+
+
+def _shared_aucs(y: np.ndarray, s: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    from engine.fewshot.metrics import _check, _weighted_auc
+
+    y, s = _check(y, s)
+    return _weighted_auc(y, s, counts)
+
+
+def boot_matrix(col: pd.Series) -> np.ndarray | None:
+    """`auc_boot` strings of J trials -> (J, B) float array; None when any is missing or lengths differ."""
+    vals = [np.array(str(v).split(), dtype=np.float64) if isinstance(v, str) and v.strip() else None for v in col]
+    if not vals or any(v is None for v in vals) or len({v.size for v in vals}) != 1:
+        return None
+    return np.stack(vals)
 
 
 def summarize(trials: pd.DataFrame, n_bootstrap: int = 500, seed: int = 0,
@@ -82,7 +100,8 @@ def summarize(trials: pd.DataFrame, n_bootstrap: int = 500, seed: int = 0,
         x = g["auc"].to_numpy(float)
         if method == RESAMPLED:
             ok = np.isfinite(x)
-            mi = mean_interval(x[ok], g["auc_pool"].to_numpy(float)[ok])
+            boot = boot_matrix(g["auc_boot"]) if "auc_boot" in g else None
+            mi = mean_interval(x[ok], g["auc_pool"].to_numpy(float)[ok], None if boot is None else boot[ok])
         else:  # the old meaning: bootstrap of the mean over trials (episodes only)
             mi = {"se": s["std"] / np.sqrt(s["n"]) if s["n"] > 1 else float("nan"), "ci_low": s["ci_low"],
                   "ci_high": s["ci_high"]}

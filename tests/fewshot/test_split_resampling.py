@@ -12,7 +12,7 @@ import pytest
 from engine.fewshot.episodes import test_sample, test_seed, test_split
 from engine.fewshot.metrics import FIXED, RESAMPLED, auc, paired_differences, resampled_se, uncertainty_of
 from engine.fewshot.sweep import SweepConfig, run_sweep
-from engine.fewshot.trials import read_trials, summarize
+from engine.fewshot.trials import _shared_aucs, read_trials, summarize
 from tests.fewshot.test_fewshot_sweep import SIZE, phantom_manifest
 
 
@@ -49,6 +49,16 @@ def test_resampled_se_adds_the_test_set_term_to_the_episode_term():
     pool = x - np.array([0.05, -0.05, 0.05, -0.05])
     assert resampled_se(x, pool) == pytest.approx(np.sqrt(x.var(ddof=1) / 4 + 0.05 ** 2))
     assert np.isnan(resampled_se(x[:1], pool[:1]))
+    # two-way bootstrap: a test deviation fully shared by the trials counts once (not divided by J) ...
+    rng = np.random.default_rng(0)
+    shared = rng.normal(0, 0.05, 400)
+    boot = x[:, None] + shared[None, :]
+    se_shared = resampled_se(x, x, boot)
+    assert se_shared == pytest.approx(np.sqrt(x.var(ddof=1) / 4 + shared.var(ddof=1)), rel=1e-6)
+    # ... and one independent across trials adds (almost) nothing beyond s(x)/sqrt(J), which already holds it
+    indep = x[:, None] + rng.normal(0, 0.05, (4, 400))
+    assert resampled_se(x, x, indep) < se_shared and resampled_se(x, x, indep) == pytest.approx(
+        x.std(ddof=1) / 2, abs=0.01)
 
 
 def _simulated_d(rng, pop_y, pop_a, pop_b, n_test: int, trials: int, resample: bool):
@@ -56,15 +66,18 @@ def _simulated_d(rng, pop_y, pop_a, pop_b, n_test: int, trials: int, resample: b
     episode shifts each model's separation by its own noise), each trial on its own bootstrap or the pool."""
     idx = rng.choice(pop_y.size, n_test, replace=False)
     y, a, b = pop_y[idx], pop_a[idx], pop_b[idx]
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    shared = np.stack([np.bincount(np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)], minlength=y.size)
+                       for _ in range(60)])  # (60, n_test) resample counts shared by every trial
     rows = []
     for t in range(trials):
         ea, eb = rng.normal(0, 0.4, 2)  # the training episode's luck, per model
         sa, sb = a + ea * y, b + eb * y
-        pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
         s = np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)] if resample else np.arange(y.size)
         for init, sc in (("random", sb), ("ssl", sa)):
             rows.append({"finding": "f", "init": init, "mode": "probe", "shots": 5, "trial": t,
-                         "auc": auc(y[s], sc[s]), "auc_pool": auc(y, sc) if resample else np.nan})
+                         "auc": auc(y[s], sc[s]), "auc_pool": auc(y, sc) if resample else np.nan,
+                         "auc_boot": " ".join(f"{v:.5f}" for v in _shared_aucs(y, sc, shared)) if resample else np.nan})
     r = paired_differences(pd.DataFrame(rows).dropna(axis=1, how="all"), "random")[0]
     return r["diff"], r["ci_low"], r["ci_high"]
 
