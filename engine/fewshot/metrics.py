@@ -178,7 +178,8 @@ def uncertainty_text(method: str) -> str:
     if method == RESAMPLED:
         return (f"Uncertainty: {RESAMPLED}. Each trial draws its own training episode and its own patient-level "
                 "bootstrap sample of the test set (the same for every init of the trial); SE = sqrt(var(d)/trials + "
-                "test-set sampling variance), the 95% interval d ± t(trials-1)·SE; wins = trials with d > 0.")
+                "the test-set variance the trials share, from 100 patient resamples scored by every trial), the 95% "
+                "interval d ± t(trials-1)·SE; wins = trials with d > 0.")
     return (f"Uncertainty: {FIXED} (written before test sets were resampled): the SE covers the draw of the "
             "training images on one fixed test set, not how the result would change with another test set.")
 
