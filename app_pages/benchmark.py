@@ -8,12 +8,13 @@ import pandas as pd
 import streamlit as st
 
 from engine.fewshot.plots import auc_vs_shots_figure
-from engine.fewshot.trials import appendix_table
+from engine.fewshot.metrics import FIXED, paired_differences, uncertainty_of, uncertainty_text
+from engine.fewshot.trials import appendix_table, paired_appendix_table, read_trials
 from engine.jobs import JobSnapshot
 from engine.models import list_inits
 from engine.tasks import SimilarityParams, SweepParams
 from ui.jobs import job_table, pick_result, set_watched, start_job, status_block, watch, watched
-from ui.plots import tidy_auc_figure
+from ui.plots import benchmark_figure, tidy_auc_figure
 from ui.services import Services, services
 from ui.study import study_section
 from ui.widgets import default_image_size, empty_state, init_label, page_header
@@ -62,13 +63,15 @@ def sweep_form(svc: Services) -> None:
         st.session_state["bm_shots"] = default_shots(counts, findings or usable[:1])
     with st.form("sweep_form", border=True):
         sel_inits = st.multiselect("Inits", list(names), default=list(names), format_func=names.get, key="bm_inits")
-        c1, c2, c3, c4 = st.columns([3, 3, 2, 2])
-        modes = c1.multiselect("Modes", list(MODE_LABEL), default=["probe"], format_func=MODE_LABEL.get, key="bm_modes")
-        shots = c2.multiselect("Shots (labeled images per class)", SHOTS, key="bm_shots",
+        # Full-width rows: every chosen shot count and mode stays visible as a chip (none hidden by a narrow column).
+        shots = st.multiselect("Shots (labeled images per class)", SHOTS, key="bm_shots",
                                help="Proposed from the selected findings: the shot counts the smallest one's ~70% "
                                     "training pool can give (the sweep skips larger ones).")
+        c1, c3, c4 = st.columns([4, 2, 3])
+        modes = c1.multiselect("Modes", list(MODE_LABEL), default=["probe"], format_func=MODE_LABEL.get, key="bm_modes")
         trials = c3.number_input("Trials per shot count", 1, 100, 10, key="bm_trials",
-                                 help="Each trial draws a new random training set; the spread shows how much luck matters.")
+                                 help="Each trial draws a new random training set and a new patient-level resample of "
+                                      "the test set; the spread shows how much luck matters.")
         size = c4.select_slider("Image size (pixels)", [0, 64, 96, 128, 160, 224], value=0, key="bm_size",
                                 format_func=lambda v: "each init's own" if not v else f"{v} for all",
                                 help="Each init's own: every backbone runs at the size it was trained at (the "
@@ -116,7 +119,7 @@ def show_sweep(res: dict[str, Any]) -> None:
     if not summary_csv.exists():
         st.error(f"The results file {summary_csv} is missing.", icon=":material/error:")
         return
-    summary = labeled(pd.read_csv(summary_csv))
+    summary = pd.read_csv(summary_csv)
     ok = summary[summary["status"] == "ok"]
     for w in s.get("warnings") or []:
         st.warning(w, icon=":material/warning:")
@@ -127,17 +130,8 @@ def show_sweep(res: dict[str, Any]) -> None:
     if ok.empty:
         st.info("This benchmark produced no results (see the warnings above).")
         return
-    findings = sorted(ok["finding"].unique())
-    views = (["Average over findings"] if len(findings) > 1 else []) + findings
-    tabs = st.tabs(views)
-    for tab, v in zip(tabs, views):
-        with tab:
-            fig = tidy_auc_figure(auc_vs_shots_figure(ok, None if v == "Average over findings" else v))
-            st.plotly_chart(fig, width="stretch", key=f"fig:{res['id']}:{v}")
-    st.caption("Each line is the mean test AUC over the trials; the band is ± one standard deviation. Solid: probe; "
-               "dashed: finetune. The dotted line at 0.5 is chance.")
-    st.markdown("**Mean ± std of the test AUC**")
-    st.dataframe(appendix_table(summary), hide_index=True, width="stretch")
+    trials = read_trials(trials_csv) if trials_csv.exists() else pd.DataFrame()
+    show_statistics(ok, trials, str(res["id"]))
     c1, c2 = st.columns(2)
     c1.download_button("Download summary (CSV)", summary_csv.read_bytes(), file_name=f"benchmark-{res['id']}-summary.csv",
                        mime="text/csv", icon=":material/download:", key=f"dl_sum:{res['id']}")
@@ -145,6 +139,40 @@ def show_sweep(res: dict[str, Any]) -> None:
         c2.download_button("Download every trial (CSV)", trials_csv.read_bytes(),
                            file_name=f"benchmark-{res['id']}-trials.csv", mime="text/csv", icon=":material/download:",
                            key=f"dl_trials:{res['id']}")
+
+
+FACETS = 3  # findings side by side in one figure; more findings continue in the next figure
+
+
+def show_statistics(ok: pd.DataFrame, trials: pd.DataFrame, rid: str) -> None:
+    """Per init x shots: mean AUC with its 95% interval, and the paired difference d to a chosen reference
+    init (SE, interval, wins): two panels per finding (facets) and two appendix-style tables."""
+    labels = {i.name: init_label(i) for i in list_inits()}
+    inits = list(dict.fromkeys(ok["init"]))
+    ref = inits[0]
+    if len(inits) > 1:
+        ref = st.selectbox("Reference init for the paired difference d", inits,
+                           index=inits.index("random") if "random" in inits else 0, key=f"bm_ref:{rid}",
+                           format_func=lambda n: labels.get(n, n),
+                           help="d = an init's AUC minus the reference's AUC in the same trial (same training and "
+                                "test images); > 0 means better than the reference.")
+    paired = pd.DataFrame(paired_differences(trials, ref)) if len(inits) > 1 and len(trials) else pd.DataFrame()
+    findings = sorted(ok["finding"].unique())
+    for i in range(0, len(findings), FACETS):
+        fig = benchmark_figure(ok, paired, findings[i:i + FACETS], ref, labels)
+        st.plotly_chart(fig, width="stretch", key=f"fig:{rid}:{i}")
+    method = uncertainty_of(trials) if len(trials) else str(ok["uncertainty"].iloc[0]) if "uncertainty" in ok else FIXED
+    st.caption("Top: mean test AUC over the trials with its 95% interval (dotted: chance, 0.5). Bottom: the paired "
+               f"difference d to {labels.get(ref, ref)}, with its 95% interval; the black line is 0 (no difference). "
+               "Solid: probe; dashed: finetune. Hover a point for the full init name, SE and wins. "
+               + uncertainty_text(method))
+    st.markdown("**Test AUC: mean [95% interval] over trials**")
+    st.table(labeled(appendix_table(ok, interval=True)))
+    if len(paired):
+        st.markdown(f"**Paired difference d vs {labels.get(ref, ref)}: d ± SE (wins/trials)**")
+        st.table(labeled(paired_appendix_table(paired)))
+    elif len(inits) > 1:
+        st.info("The trials file of this benchmark is missing, so the paired difference cannot be computed.")
 
 
 # ------------------------------------------------------------------------------- dataset similarity
@@ -266,7 +294,7 @@ svc = services()
 page_header(
     "Benchmark",
     "How good is each starting backbone with 1, 5, 10, 20... labeled images per class? Each point is averaged over "
-    "many random draws of the training images, all tested on the same held-out images.",
+    "many random draws of the training images, each tested on its own resample of the held-out patients.",
 )
 st.subheader("New benchmark")
 sweep_form(svc)

@@ -123,14 +123,15 @@ def control_table(args: argparse.Namespace, infos: dict[str, dict]) -> tuple[lis
 
 def probe_table(args: argparse.Namespace, work: Path, names: dict[str, str]) -> tuple[list[str], list[dict]]:
     """The paired few-shot probe sweep of random init and both runs: (markdown lines, rows)."""
-    from engine.fewshot.metrics import paired_differences
+    from engine.fewshot.metrics import paired_differences, uncertainty_of, uncertainty_text
     from engine.fewshot.sweep import SweepConfig, run_sweep
 
     scfg = SweepConfig(findings=(args.finding,), inits=("random", names["uncontrolled"], names["controlled"]),
                        modes=("probe",), shots=(args.shots,), trials=args.trials, image_size=args.size, seed=args.seed)
     print("probe sweep ...", flush=True)
     res = run_sweep(args.data, scfg, work / "sweep", args.device, resume=True)
-    lines = ["", f"{args.shots}-shot linear probe on {args.finding}, {args.trials} paired trials:", "",
+    lines = ["", f"{args.shots}-shot linear probe on {args.finding}, {args.trials} paired trials "
+             f"({uncertainty_text(uncertainty_of(res.trials))}):", "",
              "| init | baseline | AUC | baseline AUC | d | SE | wins |", "|---|---|---|---|---|---|---|"]
     rows = []
     t = res.trials

@@ -90,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
                            trials=args.trials, image_size=args.size, seed=args.seed)
         print(f"probe sweep on {task} ...", flush=True)
         res = run_sweep(manifest, scfg, work / f"sweep-{task}", args.device, resume=True)
-        lines += [f"## {task}", "", "| init | AUC | d vs random | SE | wins |", "|---|---|---|---|---|"]
+        from engine.fewshot.metrics import uncertainty_of, uncertainty_text
+
+        lines += [f"## {task}", "", uncertainty_text(uncertainty_of(res.trials)), "",
+                  "| init | AUC | d vs random | SE | wins |", "|---|---|---|---|---|"]
         for r in paired_differences(res.trials, "random"):
             lines.append(f"| {r['init']} | {r['auc']:.3f} (random {r['auc_random']:.3f}) | {r['diff']:+.3f} | "
                          f"{r['se']:.3f} | {r['wins']}/{r['n']} |")

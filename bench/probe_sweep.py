@@ -118,7 +118,8 @@ def _reembedding_sweep(args: argparse.Namespace, manifest: str, finding: str, cf
     where = np.full(len(df), -1)
     where[needed] = np.arange(needed.size)
     cache = ImageCache.build([df["path"].iloc[i] for i in needed], args.size)
-    ref = warm.trials.set_index(["init", "shots", "trial"])["auc"]
+    # the whole-test-set AUC (the sweep's `auc` is on each trial's own resample of the test set)
+    ref = warm.trials.set_index(["init", "shots", "trial"])["auc_pool"]
     t_re, n_re, max_diff, n_trials = 0.0, 0, 0.0, len(warm.trials)
     for init in cfg.inits[: args.reembed_inits]:
         model, meta = load_backbone(init, device, checkpoint_dir=ckpt)

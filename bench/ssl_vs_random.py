@@ -129,10 +129,12 @@ def main(argv: list[str] | None = None) -> int:
                        trials=args.trials, image_size=args.size, seed=args.seed)
     res = run_sweep(manifest, scfg, work / "sweep", args.device, resume=True)
     rows = paired_vs_random(res.trials)
+    from engine.fewshot.metrics import uncertainty_of, uncertainty_text
 
     lines = [f"# SSL ({args.preset}, {args.steps} steps, batch {args.batch_size}, seed {args.seed}) vs random init",
              f"data: {manifest} ({args.size} px); {args.shots}-shot linear probe, {args.trials} paired trials; "
-             "d = AUC minus random's in the same trial (mean, SE over trials), wins = trials where it is higher", "",
+             "d = AUC minus random's in the same trial (mean, SE over trials), wins = trials where it is higher",
+             uncertainty_text(uncertainty_of(res.trials)), "",
              "| finding | init | AUC | random | d | SE | wins |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['finding']} | {r['init']} | {r['auc']:.3f} | {r['auc_random']:.3f} | {r['diff']:+.3f} | "

@@ -7,16 +7,23 @@ counts, licences), `rebuild` (the commands), `evaluation` (the paired table), `e
 `intended_use`; and writes the markdown card beside it.
 
     python scripts/model_card.py --eval artifacts/shipped_backbones/results.json [--eval more.json ...]
+    python scripts/model_card.py --relabel   # rewrite the cards' tables from the evaluation already in the json
+
+Every evaluation row carries `uncertainty` (engine.fewshot.metrics.RESAMPLED or FIXED); rows from a
+results.json written before it existed are labelled FIXED ("test split fixed: episode variance only")
+and keep their old meaning; the card prints each method's sentence under the table.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 SHIPPED = ROOT / "checkpoints" / "shipped"
 POOL = ROOT.parent / "shared" / "data" / "cxr_pool"
 
@@ -54,11 +61,24 @@ def rebuild(info: dict) -> list[str]:
             "# or, on one GPU within a time budget as it was made: python scripts/device_pretrain.py --data .gpu/pool"]
 
 
+def labelled(row: dict) -> dict:
+    """The row with its `uncertainty` (rows written before the field: metrics.FIXED, their old meaning)."""
+    from engine.fewshot.metrics import FIXED
+
+    return {**row, "uncertainty": row.get("uncertainty") or FIXED}
+
+
 def eval_rows(paths: list[Path], name: str) -> list[dict]:
     rows = []
     for p in paths:
-        rows += [r for r in json.loads(p.read_text())["rows"] if r["init"] == name]
+        rows += [labelled(r) for r in json.loads(p.read_text())["rows"] if r["init"] == name]
     return sorted(rows, key=lambda r: (r["task"], r["mode"], r["shots"]))
+
+
+def interval(r: dict) -> str:
+    """'[lo, hi]' of a row's 95% interval for d; '' for rows written before it existed."""
+    lo, hi = r.get("ci_low"), r.get("ci_high")
+    return f"[{lo:+.3f}, {hi:+.3f}]" if lo is not None and lo == lo else ""
 
 
 def score(rows: list[dict]) -> float:
@@ -77,7 +97,10 @@ def summary(rows: list[dict]) -> str:
     return "; ".join(parts) + (" (20 paired trials; bench/shipped_backbones.py)." if parts else "")
 
 
-def card(info: dict, rows: list[dict], others: dict[str, list[dict]]) -> str:
+def card(info: dict, rows: list[dict], others: dict[str, list[dict]], others_md: str = "") -> str:
+    """The markdown card; `others_md`: an earlier card's "Also trained, not shipped" section kept as it was."""
+    from engine.fewshot.metrics import uncertainty_text
+
     d = info["data"]
     col = info["collapse"]["history"]
     lines = [f"# {info['name']}", "", info["provenance"] + ".", "",
@@ -104,25 +127,51 @@ def card(info: dict, rows: list[dict], others: dict[str, list[dict]]) -> str:
         lines.append(f"| {h['step']} | {h['std']:.3f} | {h['cos']:.3f} | {h['erank']:.1f} | {h['backbone_std']:.3f} | "
                      f"{h['backbone_erank']:.1f} |")
     lines += ["", "## Few-shot evaluation (real labeled X-rays never pretrained on)", "",
-              "Paired against random weights: trial t of a shot count trains both on the same images; d = AUC minus "
-              "random's AUC (mean over trials), SE its standard error; target d >= 0.05 with d > 2 SE. Test sets: "
-              "each manifest's patient-level split=test images. `python bench/shipped_backbones.py` prints it.", "",
-              "| task | mode | shots | AUC | random | d | SE | wins | notes |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+              "Paired against random weights: trial t of a shot count trains both on the same images and tests both "
+              "on the same images; d = AUC minus random's AUC (mean over trials), SE its standard error, 95% interval "
+              "d ± t·SE (blank where the run predates it); target d >= 0.05 with d > 2 SE. Test sets: each manifest's "
+              "patient-level split=test images. `python bench/shipped_backbones.py` prints it.", "",
+              "| task | mode | shots | AUC | random | d | SE | 95% interval | wins | uncertainty | notes |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in map(labelled, rows):
         lines.append(f"| {r['task']} | {r['mode']} | {r['shots']} | {r['auc']:.3f} | {r['auc_random']:.3f} | "
-                     f"{r['diff']:+.3f} | {r['se']:.3f} | {r['wins']}/{r['n']} | {r.get('note', 'CPU, 20 trials')} |")
+                     f"{r['diff']:+.3f} | {r['se']:.3f} | {interval(r)} | {r['wins']}/{r['n']} | {r['uncertainty']} | "
+                     f"{r.get('note', 'CPU, 20 trials')} |")
+    lines += [""] + [uncertainty_text(m) for m in sorted({labelled(r)["uncertainty"] for r in rows})]
     if others:
         lines += ["", "## Also trained, not shipped", ""]
         for name, rs in others.items():
             lines.append(f"- {name}: same pool, data and GPU run; mean paired d over the probe rows at 5-20 shots "
                          f"{score(rs):+.3f} (this backbone: {score(rows):+.3f}), so it is not shipped.")
+    elif others_md:
+        lines += ["", others_md.strip()]
     return "\n".join(lines) + "\n"
+
+
+def relabel() -> None:
+    """Rewrite each shipped card from the evaluation rows already in its json, each row labelled with its
+    `uncertainty` (old rows: metrics.FIXED); the card's "Also trained, not shipped" section is kept."""
+    for j in sorted(SHIPPED.glob("*.json")):
+        info = json.loads(j.read_text())
+        info["evaluation"] = [labelled(r) for r in info.get("evaluation", [])]
+        md = j.with_suffix(".md")
+        old = md.read_text() if md.exists() else ""
+        kept = old[old.index("## Also trained, not shipped"):] if "## Also trained, not shipped" in old else ""
+        j.write_text(json.dumps(info, indent=1) + "\n")
+        md.write_text(card(info, info["evaluation"], {}, kept))
+        print(f"{info['name']}: {len(info['evaluation'])} evaluation rows relabelled")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--eval", action="append", type=Path, required=True, help="bench/shipped_backbones.py results.json")
+    ap.add_argument("--eval", action="append", type=Path, help="bench/shipped_backbones.py results.json")
+    ap.add_argument("--relabel", action="store_true", help="only rewrite the cards from the json's evaluation rows")
     args = ap.parse_args()
+    if args.relabel:
+        relabel()
+        return
+    if not args.eval:
+        ap.error("give --eval results.json (bench/shipped_backbones.py), or --relabel")
     counts = pool_counts()
     infos = {j.stem: json.loads(j.read_text()) for j in sorted(SHIPPED.glob("*.json"))}
     rows = {n: eval_rows(args.eval, n) for n in infos}

@@ -64,3 +64,81 @@ def tidy_auc_figure(fig: go.Figure) -> go.Figure:
     fig.update_traces(mode="lines", selector={"fill": "toself"})
     fig.update_layout(height=460, margin={"l": 10, "r": 10, "t": 60, "b": 10})
     return fig
+
+
+# ------------------------------------------------------------------------------------- benchmark statistics
+
+MODE_SHORT = {"probe": "probe", "finetune": "finetune", "double_finetune": "2x finetune"}
+_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22")
+_DASH = {"probe": "solid", "finetune": "dash", "double_finetune": "dot"}
+
+
+def short_label(name: str, limit: int = 26) -> str:
+    """A legend-sized init name: the registry name, cut to `limit` characters with an ellipsis."""
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+def benchmark_figure(summary: pd.DataFrame, paired: pd.DataFrame, findings: list[str], reference: str,
+                     labels: dict[str, str] | None = None) -> go.Figure:
+    """AUC vs shots (top row) and the paired difference d vs `reference` (bottom row), one column per finding.
+
+    summary: a sweep's summary.csv rows with status "ok" (init = registry names; auc_mean, auc_ci_low/high).
+    paired: engine.fewshot.metrics.paired_differences rows against `reference` (diff, ci_low, ci_high, se,
+    wins, n). Error bars are the 95% intervals as stored; a zero line marks "no better than the reference"
+    and a dotted 0.5 line chance AUC. Legend entries are short init names (short_label) with the mode; the
+    full label (`labels`, name -> words) shows on hover. Shots on a log axis; each (init, mode) is shifted a
+    little sideways (the hover says the true shot count) so overlapping error bars stay readable; each row
+    shares its y axis across findings.
+    """
+    labels = labels or {}
+    cols = max(1, len(findings))
+    fig = make_subplots(rows=2, cols=cols, shared_xaxes=True, shared_yaxes=True, vertical_spacing=0.1,
+                        horizontal_spacing=0.03,
+                        subplot_titles=list(findings), row_heights=[0.55, 0.45])
+    inits = list(dict.fromkeys(summary["init"])) if len(summary) else []
+    color = {n: _COLORS[i % len(_COLORS)] for i, n in enumerate(inits)}
+    groups = list(dict.fromkeys(zip(summary["init"], summary["mode"]))) if len(summary) else []
+    shift = {g: 1.0 + 0.035 * (i - (len(groups) - 1) / 2) for i, g in enumerate(groups)}  # x factor (log axis)
+    shown: set[tuple[str, str]] = set()
+    for c, finding in enumerate(findings, start=1):
+        s = summary[summary["finding"] == finding]
+        for (init, mode), g in s.groupby(["init", "mode"], sort=False):
+            _add_curve(fig, g.sort_values("shots"), "auc_mean", "auc_ci_low", "auc_ci_high", init, mode, color[init],
+                       labels, shown, 1, c, shift.get((init, mode), 1.0), f"AUC %{{y:.3f}} [%{{customdata[0]:.3f}}, %{{customdata[1]:.3f}}]")
+        p = paired[paired["finding"] == finding] if len(paired) else paired
+        for (init, mode), g in (p.groupby(["init", "mode"], sort=False) if len(p) else []):
+            _add_curve(fig, g.sort_values("shots"), "diff", "ci_low", "ci_high", init, mode, color.get(init, "#444"),
+                       labels, shown, 2, c, shift.get((init, mode), 1.0), f"d %{{y:+.3f}} [%{{customdata[0]:+.3f}}, %{{customdata[1]:+.3f}}], "
+                                            f"SE %{{customdata[2]:.3f}}, wins %{{customdata[3]:.0f}}/%{{customdata[4]:.0f}}")
+        fig.add_hline(y=0.5, line={"color": "gray", "dash": "dot", "width": 1}, row=1, col=c)
+        fig.add_hline(y=0.0, line={"color": "black", "width": 1}, row=2, col=c)
+    shots = sorted(set(summary["shots"].astype(int))) if len(summary) else [1, 5, 10, 20, 50]
+    fig.update_xaxes(type="log", tickvals=shots, ticktext=[str(k) for k in shots])
+    fig.update_xaxes(title_text="shots per class", row=2)
+    fig.update_yaxes(title_text="test AUC (95% CI)", row=1, col=1)
+    fig.update_yaxes(title_text=f"d vs {short_label(reference, 16)}", row=2, col=1)
+    fig.update_layout(template="plotly_white", height=620, hovermode="closest",
+                      margin={"l": 10, "r": 10, "t": 70, "b": 10},
+                      legend={"orientation": "h", "yanchor": "top", "y": -0.12, "xanchor": "left", "x": 0})
+    return fig
+
+
+def _add_curve(fig: go.Figure, g: pd.DataFrame, y: str, lo: str, hi: str, init: str, mode: str, color: str,
+               labels: dict[str, str], shown: set, row: int, col: int, shift: float, what: str) -> None:
+    """One (init, mode) line with asymmetric error bars in one facet; one legend entry per (init, mode)."""
+    import numpy as np
+
+    key = (init, mode)
+    m, l, h = (g[k].to_numpy(float) for k in (y, lo, hi))
+    extra = [g[k].to_numpy(float) if k in g else np.full(len(g), np.nan) for k in ("se", "wins", "n")]
+    full = f"{labels.get(init, init)} ({mode})"
+    fig.add_trace(go.Scatter(
+        x=g["shots"].to_numpy(float) * shift, y=m, mode="lines+markers", text=g["shots"].astype(int).astype(str), name=f"{short_label(init)} · {MODE_SHORT.get(mode, mode)}",
+        legendgroup=f"{init}|{mode}", showlegend=key not in shown,
+        line={"color": color, "dash": _DASH.get(mode, "dashdot"), "width": 2},
+        error_y={"type": "data", "symmetric": False, "array": np.nan_to_num(h - m), "arrayminus": np.nan_to_num(m - l),
+                 "thickness": 1.2, "width": 4},
+        customdata=np.c_[l, h, *extra], hovertemplate=f"{full}<br>%{{text}} shots: {what}<extra></extra>"),
+        row=row, col=col)
+    shown.add(key)

@@ -31,6 +31,9 @@ def register(sub) -> None:
                         "a size given here is honoured and each init trained at another size is warned about)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split-seed", type=int, default=None,
+                   help="seed of the test hold-out (manifests without a split column) and of each trial's "
+                        "patient-level test resample (default: --seed)")
     p.add_argument("--arch", default=None, help="arch of random/imagenet inits (default resnet18)")
     p.add_argument("--finetune-steps", type=int, default=None, help="override the finetune step budget")
     p.add_argument("--intermediate-finding", default=None, help="double_finetune: stage-one finding")
@@ -90,11 +93,21 @@ def _sweep(args) -> int:
         findings=tuple(args.finding), inits=tuple(_csv_list(args.inits)), modes=tuple(_csv_list(args.modes)),
         shots=tuple(_int_list(args.shots)), trials=args.trials, image_size=args.image_size, seed=args.seed,
         arch=args.arch, finetune=ft, intermediate_finding=args.intermediate_finding,
-        intermediate_manifest=args.intermediate_manifest,
+        intermediate_manifest=args.intermediate_manifest, split_seed=args.split_seed,
     )
     res = run_sweep(args.manifest, cfg, Path(args.out), resolve_device(args.device), on_event=_log, resume=args.resume)
     cols = ["finding", "init", "mode", "shots", "status", "n_trials", "auc_mean", "auc_std", "auc_ci_low", "auc_ci_high"]
     print(res.summary[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if (res.out_dir / "paired.csv").exists():
+        import pandas as pd
+
+        from engine.fewshot.metrics import uncertainty_text
+        from engine.fewshot.trials import paired_appendix_table
+
+        paired = pd.read_csv(res.out_dir / "paired.csv")
+        print("\nPaired difference d vs random: d ± SE (wins/trials)")
+        print(paired_appendix_table(paired).to_string(index=False))
+        print(uncertainty_text(str(paired["uncertainty"].iloc[0])) if len(paired) else "")
     print(json.dumps({"trials": str(res.out_dir / "trials.csv"), "summary": str(res.out_dir / "summary.csv"),
                       "plot": str(res.out_dir / "auc_vs_shots.html")}))
     return 0

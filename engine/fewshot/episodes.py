@@ -14,6 +14,11 @@ Decisions (see docs/design.md, "Few-shot"):
   set. The largest possible k is min(#positive patients, #negative patients) of the pool.
 * **Trial seed** (`trial_seed`): a hash of (base seed, finding, shots, trial), so every init and mode
   sees the *same* training images in a given trial (a paired comparison).
+* **Trial's test sample** (`test_sample`, seeded by `test_seed`): each trial is scored on its own
+  patient-level bootstrap resample of the test pool (patients drawn with replacement, separately among
+  patients with and without a positive test image, all of a drawn patient's images kept), the same
+  for every init and mode of the trial, so the spread across trials includes test-set sampling
+  (engine.fewshot.metrics.resampled_se turns it into a standard error).
 """
 from __future__ import annotations
 
@@ -39,6 +44,56 @@ def trial_seed(base_seed: int, finding: str, shots: int, trial: int) -> int:
     """Deterministic 31-bit seed of one trial; independent of init and mode (paired trials)."""
     h = hashlib.sha256(f"{base_seed}|{finding}|{shots}|{trial}".encode()).digest()
     return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+def test_seed(split_seed: int, finding: str, shots: int, trial: int) -> int:
+    """Deterministic 31-bit seed of one trial's test sample; independent of init and mode (paired trials)."""
+    h = hashlib.sha256(f"test|{split_seed}|{finding}|{shots}|{trial}".encode()).digest()
+    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+def test_sample(labels: np.ndarray, patient_ids: np.ndarray, test_idx: np.ndarray, seed: int) -> np.ndarray:
+    """Positions into `test_idx` of one patient-level, class-stratified bootstrap resample of the test pool.
+
+    Patients of the test pool are split into those with a positive test image and those without; each
+    group is resampled with replacement to its own size and every image of a drawn patient is kept (a
+    cluster bootstrap, Field & Welsh 2007; patients are the independent units). A patient drawn twice
+    appears twice. So the sample always holds both classes when the pool does. `labels` / `patient_ids`
+    cover all rows (positional, like `test_idx`). Returns an int64 array of positions (length varies
+    with the drawn patients' image counts), sorted. Deterministic in `seed`.
+    """
+    test_idx = np.asarray(test_idx, dtype=np.int64)
+    y = np.asarray(labels, dtype=np.float64)[test_idx]
+    pats = np.asarray(patient_ids).astype(str)[test_idx]
+    uniq, inv = np.unique(pats, return_inverse=True)
+    has_pos = np.zeros(uniq.size, dtype=bool)
+    np.logical_or.at(has_pos, inv, y == 1)
+    order = np.argsort(inv, kind="stable")  # positions grouped by patient
+    starts = np.searchsorted(inv[order], np.arange(uniq.size), side="left")
+    ends = np.searchsorted(inv[order], np.arange(uniq.size), side="right")
+    rng = np.random.default_rng(seed)
+    out = []
+    for group in (np.flatnonzero(has_pos), np.flatnonzero(~has_pos)):
+        for p in rng.choice(group, size=group.size, replace=True) if group.size else []:
+            out.append(order[starts[p]:ends[p]])
+    return np.sort(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
+
+
+N_SHARED = 100  # shared test resamples per (finding, shots): every trial and init scored on the same ones
+
+
+def shared_test_counts(labels: np.ndarray, patient_ids: np.ndarray, test_idx: np.ndarray, split_seed: int,
+                       finding: str, shots: int, n: int = N_SHARED) -> np.ndarray:
+    """(n, len(test_idx)) int64 multiplicities of `n` `test_sample` resamples shared by every trial and init of
+    one (finding, shots): row b is the b-th resample (seed `test_seed(split_seed, finding, shots, -1 - b)`).
+    Scoring every trial on the same resamples lets `metrics.resampled_se` see how the test set's deviation
+    is shared across trials (a two-way bootstrap: episodes x test patients; Davison & Hinkley 1997, 3.8)."""
+    m = len(test_idx)
+    out = np.zeros((n, m), dtype=np.int64)
+    for b in range(n):
+        out[b] = np.bincount(test_sample(labels, patient_ids, test_idx, test_seed(split_seed, finding, shots, -1 - b)),
+                             minlength=m)
+    return out
 
 
 def _known(df: pd.DataFrame, finding: str) -> np.ndarray:
@@ -143,4 +198,7 @@ def sample_episode(
     return np.asarray(out, dtype=np.int64)
 
 
-test_split.__test__ = False  # a library function, not a pytest test, when a test module imports it by name
+test_split.__test__ = False
+test_seed.__test__ = False
+test_sample.__test__ = False
+shared_test_counts.__test__ = False  # a library function, not a pytest test, when a test module imports it by name

@@ -10,6 +10,10 @@ scores where larger means "more likely present" (probabilities or logits; AUC on
 * `bootstrap_auc`: percentile 95% interval over `n_boot` resamples of the **test set** (with
   replacement, seeded), as the MoCo-CXR transfer study reported its intervals (500 resamples).
 * `summary`: mean, std and a bootstrap 95% interval of a list of per-trial values.
+* `resampled_se`, `mean_interval`, `paired_differences`: the standard error and t-interval of a mean over
+  trials that were each scored on their own bootstrap sample of the test pool (episodes + test-set
+  sampling; the `uncertainty` label RESAMPLED), or, for results written before (no `auc_pool`), over
+  training episodes only (FIXED).
 """
 from __future__ import annotations
 
@@ -159,32 +163,143 @@ def summary(values, n_boot: int = N_BOOTSTRAP, seed: int = 0, level: float = 0.9
     }
 
 
-def paired_differences(trials, baseline: str = "random") -> list[dict]:
-    """Per (finding, mode, shots, init != baseline): mean AUC, mean paired difference to `baseline`, its SE, wins.
+# How a sweep's uncertainty was computed (the `uncertainty` field of summary.csv, config.json and paired rows).
+RESAMPLED = "test patients resampled per trial + training episodes"
+FIXED = "test split fixed: episode variance only"  # every result written before the per-trial test sample
 
-    `trials`: a sweep's trials DataFrame (columns finding, init, mode, shots, trial, auc). Trial t of a
-    (finding, mode, shots) trains every init on the same images (engine.fewshot.sweep), so
-    d_t = AUC_init,t - AUC_baseline,t is a paired difference; the row reports mean(d), its standard
-    error sd(d, ddof=1) / sqrt(n) (NaN for one trial), and wins = #(d_t > 0). Trials where either AUC
-    is missing are left out. Returns rows sorted as the groups appear.
+
+def uncertainty_of(trials) -> str:
+    """RESAMPLED when the trials carry `auc_pool` (the AUC on the whole test pool) for every row, else FIXED."""
+    return RESAMPLED if "auc_pool" in trials and len(trials) and trials["auc_pool"].notna().all() else FIXED
+
+
+def uncertainty_text(method: str) -> str:
+    """One sentence saying what a sweep's intervals cover: the same words on every page, report and card."""
+    if method == RESAMPLED:
+        return (f"Uncertainty: {RESAMPLED}. Each trial draws its own training episode and its own patient-level "
+                "bootstrap sample of the test set (the same for every init of the trial); SE = sqrt(var(d)/trials + "
+                "the test-set variance the trials share, from 100 patient resamples scored by every trial), the 95% "
+                "interval d ± t(trials-1)·SE; wins = trials with d > 0.")
+    return (f"Uncertainty: {FIXED} (written before test sets were resampled): the SE covers the draw of the "
+            "training images on one fixed test set, not how the result would change with another test set.")
+
+
+def resampled_se(x, pool, boot=None) -> float:
+    """Standard error of mean(x) when trial t's x_t is measured on its own bootstrap sample of one test pool.
+
+    x (J,): per-trial values (an AUC or a paired AUC difference) on each trial's test sample;
+    pool (J,): the same on the whole test pool. Model: x_t = mu + P + e_t + b_t, with P the test pool's
+    deviation from the population (shared by every trial), e_t the training episode's deviation and b_t
+    the bootstrap deviation of the trial's sample, var(b) ~ var(P) (the bootstrap principle). Then
+    var(mean x) = var(P) + var(x)/J (law of total variance), estimated as
+
+        SE^2 = s^2(x) / J + mean((x - pool)^2)
+
+    The naive s(x)/sqrt(J) leaves out var(P): trials that share test images are correlated, the point
+    of the corrected resampled t-test (Nadeau & Bengio 2003; Bouckaert & Frank 2004). NaN for J < 2.
+
+    That bound treats P as fully shared by the trials; with few-shot models that differ from trial to
+    trial part of it is not (P_t = S + I_t), and it over-covers. With `boot` (J, B): the same values on B
+    test resamples *shared by every trial* (episodes.shared_test_counts; a two-way bootstrap, Davison &
+    Hinkley 1997 sec. 3.8), var(S) is estimated directly: v_mean = var_b(mean_t boot), v_each =
+    mean_t var_b(boot_t), var(I) = (v_each - v_mean) J/(J-1), and
+
+        SE^2 = s^2(x) / J + max(0, v_mean - var(I) / J)
+    """
+    x, pool = np.asarray(x, dtype=np.float64), np.asarray(pool, dtype=np.float64)
+    if x.size < 2:
+        return math.nan
+    if boot is None:
+        return float(np.sqrt(x.var(ddof=1) / x.size + np.mean((x - pool) ** 2)))
+    boot = np.asarray(boot, dtype=np.float64)
+    boot = boot[:, np.isfinite(boot).all(axis=0)]  # resamples missing a class in some trial are dropped
+    if boot.shape[1] < 2:
+        return float(np.sqrt(x.var(ddof=1) / x.size + np.mean((x - pool) ** 2)))
+    j = x.size
+    v_mean = boot.mean(axis=0).var(ddof=1)
+    v_ind = max(0.0, (boot.var(axis=1, ddof=1).mean() - v_mean) * j / (j - 1))
+    return float(np.sqrt(x.var(ddof=1) / j + max(0.0, v_mean - v_ind / j)))
+
+
+def t_interval(mean: float, se: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """mean -+ t_{n-1, (1+level)/2} * se (Student t, n-1 degrees of freedom); (nan, nan) when se is NaN."""
+    from scipy.stats import t as student_t
+
+    if not (se == se) or n < 2:
+        return math.nan, math.nan
+    q = float(student_t.ppf(0.5 + level / 2.0, n - 1))
+    return mean - q * se, mean + q * se
+
+
+def mean_interval(x, pool=None, boot=None, level: float = 0.95) -> dict[str, float]:
+    """Mean, SE and `level` t-interval of per-trial values x (J,): `resampled_se` when `pool` (the same
+    trials on the whole test pool; `boot` (J, B) on the shared resamples) is given, else the episode-only
+    s(x)/sqrt(J)."""
+    x = np.asarray(x, dtype=np.float64)
+    n = int(x.size)
+    if pool is not None:
+        se = resampled_se(x, pool, boot)
+    else:
+        se = float(x.std(ddof=1) / np.sqrt(n)) if n > 1 else math.nan
+    m = float(x.mean()) if n else math.nan
+    lo, hi = t_interval(m, se, n, level)
+    return {"mean": m, "se": se, "ci_low": lo, "ci_high": hi}
+
+
+def paired_differences(trials, baseline: str = "random") -> list[dict]:
+    """Per (finding, mode, shots, init != baseline): mean AUC, mean paired difference d to `baseline`, its SE,
+    95% interval and wins.
+
+    `trials`: a sweep's trials DataFrame (columns finding, init, mode, shots, trial, auc; `auc_pool` in
+    sweeps that score each trial on its own test sample). Trial t of a (finding, mode, shots) trains every
+    init on the same images and scores it on the same test sample (engine.fewshot.sweep), so
+    d_t = AUC_init,t - AUC_baseline,t is a paired difference. With `auc_pool`, SE = `resampled_se`
+    (episodes and test-set sampling); without it (results written before), SE = sd(d)/sqrt(n), episode
+    variance only, and the row says so in `uncertainty` (RESAMPLED / FIXED). ci_low/ci_high: d -+ t_{n-1} SE.
+    wins = #(d_t > 0). Trials where either AUC is missing are left out. NaN SE for one trial.
+    Raises ValueError when `baseline` is not among the inits.
     """
     rows = []
     t = trials.copy()
     if "mode" not in t:
         t["mode"] = "probe"
-    piv = t.pivot_table(index=["finding", "mode", "shots", "trial"], columns="init", values="auc")
-    if baseline not in piv.columns:
-        raise ValueError(f"baseline init {baseline!r} is not in the trials (inits: {', '.join(map(str, piv.columns))})")
+    method = uncertainty_of(t)
+    values = ["auc", "auc_pool"] if method == RESAMPLED else ["auc"]
+    piv = t.pivot_table(index=["finding", "mode", "shots", "trial"], columns="init", values=values)
+    if baseline not in piv["auc"].columns:
+        inits = ", ".join(map(str, piv["auc"].columns))
+        raise ValueError(f"baseline init {baseline!r} is not in the trials (inits: {inits})")
     for (finding, mode, shots), g in piv.groupby(level=["finding", "mode", "shots"]):
-        base = g[baseline].to_numpy(float)
-        for init in [c for c in g.columns if c != baseline]:
-            a = g[init].to_numpy(float)
+        base = g[("auc", baseline)].to_numpy(float)
+        for init in [c for c in g["auc"].columns if c != baseline]:
+            a = g[("auc", init)].to_numpy(float)
             ok = ~(np.isnan(a) | np.isnan(base))
             d = a[ok] - base[ok]
             if not len(d):
                 continue
+            pool = boot = None
+            if method == RESAMPLED:
+                pool = (g[("auc_pool", init)].to_numpy(float) - g[("auc_pool", baseline)].to_numpy(float))[ok]
+                boot = _paired_boot(t, (finding, mode, shots), init, baseline, g.index.get_level_values("trial")[ok])
+            st = mean_interval(d, pool, boot)
             rows.append({"finding": finding, "mode": mode, "shots": int(shots), "init": init, "n": int(len(d)),
-                         "auc": float(a[ok].mean()), "auc_random": float(base[ok].mean()), "diff": float(d.mean()),
-                         "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan"),
-                         "wins": int((d > 0).sum())})
+                         "auc": float(a[ok].mean()), "auc_random": float(base[ok].mean()), "reference": baseline,
+                         "diff": st["mean"], "se": st["se"], "ci_low": st["ci_low"], "ci_high": st["ci_high"],
+                         "wins": int((d > 0).sum()), "uncertainty": method})
     return rows
+
+
+def _paired_boot(t, group: tuple, init: str, baseline: str, trials) -> np.ndarray | None:
+    """(J, B) paired differences on the shared test resamples (`auc_boot`), in `trials` order; None without."""
+    from engine.fewshot.trials import boot_matrix
+
+    if "auc_boot" not in t:
+        return None
+    g = t[(t["finding"] == group[0]) & (t["mode"] == group[1]) & (t["shots"] == group[2])]
+    mats = []
+    for name in (init, baseline):
+        r = g[g["init"] == name].drop_duplicates("trial").set_index("trial").reindex(list(trials))
+        mats.append(boot_matrix(r["auc_boot"]) if r["auc_boot"].notna().all() else None)
+    if any(m is None for m in mats) or mats[0].shape != mats[1].shape:
+        return None
+    return mats[0] - mats[1]

@@ -2,23 +2,25 @@
 
 Protocol (docs/design.md, "Few-shot"):
 
-* One fixed test set per finding (`episodes.test_split`), never trained on.
-* Trial t of k shots for finding F uses the episode drawn with `trial_seed(seed, F, k, t)`, the same
-  for every init and mode, so inits are compared on the same training images (paired).
+* One test pool per finding (`episodes.test_split`: the manifest's split=test patients, else a
+  patient-level hold-out drawn with `split_seed`), never trained on.
+* Trial t of k shots for finding F uses the episode drawn with `trial_seed(seed, F, k, t)` and is
+  scored on its own test sample, a patient-level bootstrap resample of the pool drawn with
+  `test_seed(split_seed, F, k, t)` (`resample_test`; docs/design.md "Uncertainty"); both are the same
+  for every init and mode, so inits are compared on the same training and test images (paired), and
+  the spread across trials includes test-set sampling. A pool with fewer than `SMALL_TEST` images of
+  either class gets a warning.
 * `probe` trials fit `fit_probe` on cached features (each image embedded once per init);
   `finetune` trials train backbone + head (`finetune_many`, several trials vmapped at once);
   `double_finetune` trials start from the init finetuned once on an intermediate finding.
-* Each trial row: AUC on the test set (logits, rank-based), its 95% percentile interval over
-  `n_bootstrap` test-set resamples, and accuracy / sensitivity / specificity / precision / F1 at the
-  Youden threshold of the *training* scores (reported as a probability).
-* Summary row per (finding, init, mode, shots): `auc_mean`, `auc_std` (over trials, ddof=1),
-  `auc_ci_low/high` = percentile bootstrap 95% interval of the *mean over trials* (resampling
-  trials), `auc_test_ci_low/high` = the *mean of the per-trial test-set bootstrap intervals* (how
-  uncertain one trial's AUC is, given the test set's size). Unavailable inits and shot counts larger
-  than the pool allows appear with `status` "unavailable" / "too_few_shots" and a message.
+* Trial rows and summary rows: engine.fewshot.trials (AUC on the trial's sample and on the pool; the
+  summary's mean, its SE and 95% interval over episodes and test sampling, and `uncertainty` naming
+  the method). Unavailable inits and shot counts larger than the pool allows appear with `status`
+  "unavailable" / "too_few_shots" and a message.
 
 Outputs in `out_dir`: `trials.csv` (rewritten atomically after every group of trials; a resumed
-sweep skips the rows already there), `summary.csv`, `auc_vs_shots.html`, `config.json`, `input_sizes.json`
+sweep skips the rows already there), `summary.csv`, `paired.csv` (d vs random init with SE, 95% interval,
+wins and `uncertainty`, when random is among the inits), `auc_vs_shots.html`, `config.json`, `input_sizes.json`
 (the size each init ran at, its training size, and whether the size was asked for: engine.fewshot.sizes).
 """
 from __future__ import annotations
@@ -37,7 +39,9 @@ import torch.nn as nn
 
 from engine.atomic import atomic_write
 from engine.events import Cancelled, OnEvent, as_log, check_stop, emit
-from engine.fewshot.episodes import ShotsError, sample_episode, test_split, trial_seed
+from engine.fewshot.episodes import (ShotsError, sample_episode, shared_test_counts, test_sample, test_seed, test_split,
+                                     trial_seed)
+from engine.fewshot.metrics import FIXED, RESAMPLED, paired_differences
 from engine.fewshot.features import embed
 from engine.fewshot.finetune import FinetuneConfig, finetune_many, predict_logits
 from engine.fewshot.stage_one import stage_one_backbone
@@ -48,6 +52,7 @@ from engine.fewshot.trials import (GROUP, KEY, METRICS, TRIAL_COLUMNS, evaluate_
 from engine.models.registry import BackboneMeta, InitUnavailableError, load_backbone
 
 MODES = ("probe", "finetune", "double_finetune")
+SMALL_TEST = 30  # fewer test images than this in either class: the sweep warns that intervals are wide
 LOCK_NAME = ".sweep.lock"  # held by the one sweep writing to an output folder
 
 
@@ -56,7 +61,7 @@ class SweepBusyError(RuntimeError):
 
 
 # Fields that define what a trial row means: a resumed sweep must not change them.
-PROTOCOL_FIELDS = ("image_size", "seed", "n_bootstrap", "test_fraction", "probe_C", "finetune", "arch",
+PROTOCOL_FIELDS = ("image_size", "seed", "split_seed", "resample_test", "n_bootstrap", "test_fraction", "probe_C", "finetune", "arch",
                    "intermediate_manifest", "intermediate_finding", "intermediate_max_images")
 
 
@@ -81,6 +86,15 @@ class SweepConfig:
     intermediate_manifest: str | None = None  # double_finetune: stage-one manifest (default: this one)
     intermediate_finding: str | None = None  # double_finetune: stage-one finding
     intermediate_max_images: int = 2000  # cap on stage-one images (seeded subsample)
+    # Score each trial on its own patient-level bootstrap sample of the test pool (the uncertainty then
+    # covers test-set sampling, metrics.RESAMPLED); False = every trial on the one pool (metrics.FIXED).
+    resample_test: bool = True
+    split_seed: int | None = None  # seed of the hold-out (no split column) and test samples; None = seed
+
+    @property
+    def uncertainty(self) -> str:
+        """How this sweep's intervals are computed: metrics.RESAMPLED or metrics.FIXED."""
+        return RESAMPLED if self.resample_test else FIXED
 
     def __post_init__(self) -> None:
         bad = [m for m in self.modes if m not in MODES]
@@ -94,11 +108,13 @@ class SweepConfig:
             raise ValueError("mode double_finetune needs intermediate_finding (and optionally intermediate_manifest)")
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """The fields, plus `uncertainty` (the method's words; not a field)."""
+        return {**json.loads(json.dumps(dataclasses.asdict(self))), "uncertainty": self.uncertainty}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SweepConfig":
         d = dict(d)
+        d.pop("uncertainty", None)
         ft = d.pop("finetune", None)
         tup = {k: tuple(v) for k, v in d.items() if isinstance(v, list)}
         ft_cfg = FinetuneConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in (ft or {}).items()})
@@ -124,7 +140,8 @@ def _check_config(out_dir: Path, cfg: SweepConfig, resume: bool) -> SweepConfig:
         raise ValueError(f"{out_dir} already holds a sweep (trials.csv); pass --resume (resume=True) to continue "
                          f"it, or choose another output folder")
     if resume and cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
+        old = {"resample_test": False, "split_seed": None,  # sweeps written before these fields: fixed test set
+               **json.loads(cfg_path.read_text())}
         if cfg.image_size is None and old.get("image_size") is not None:
             cfg = dataclasses.replace(cfg, image_size=int(old["image_size"]))
         new = cfg.to_dict()
@@ -147,21 +164,37 @@ class _Plan:
     test_idx: np.ndarray
     episodes: dict[int, list[tuple[int, int, np.ndarray]]]  # shots -> [(trial, seed, idx)]
     max_k: int | None = None
+    samples: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)  # (shots, trial) -> positions in test_idx
+    shared: dict[int, np.ndarray] = field(default_factory=dict)  # shots -> (B, n_test) shared resample counts
+
+    def sample(self, k: int, trial: int) -> np.ndarray | None:
+        """The trial's test sample (positions into test_idx), or None when every trial uses the whole pool."""
+        return self.samples.get((k, trial))
 
 
 def _plan(df: pd.DataFrame, cfg: SweepConfig, on_event: OnEvent | None) -> tuple[list[_Plan], list[dict], list[str]]:
     plans, skipped, warnings = [], [], []
     pids = df["patient_id"].astype(str).to_numpy()
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
     for finding in cfg.findings:
         labels = df[finding].to_numpy(dtype=np.float64)
-        pool, test = test_split(df, finding, seed=cfg.seed, test_fraction=cfg.test_fraction)
+        pool, test = test_split(df, finding, seed=split_seed, test_fraction=cfg.test_fraction)
         plan = _Plan(finding, labels, test, {})
+        n_pos, n_neg = int((labels[test] == 1).sum()), int((labels[test] == 0).sum())
+        if min(n_pos, n_neg) < SMALL_TEST:
+            warnings.append(f"{finding}: small test set, {test.size} images ({n_pos} with the finding, {n_neg} "
+                            f"without); fewer than {SMALL_TEST} in a class makes every AUC interval wide")
+            emit(on_event, message=warnings[-1], level="warning", kind="warning")
         for k in cfg.shots:
             try:
                 plan.episodes[k] = [
                     (t, s, sample_episode(labels, pids, pool, k, s))
                     for t, s in ((t, trial_seed(cfg.seed, finding, k, t)) for t in range(cfg.trials))
                 ]
+                if cfg.resample_test:
+                    plan.samples.update({(k, t): test_sample(labels, pids, test, test_seed(split_seed, finding, k, t))
+                                         for t in range(cfg.trials)})
+                    plan.shared[k] = shared_test_counts(labels, pids, test, split_seed, finding, k)
             except ShotsError as e:
                 msg = f"{finding}: skipping {k} shots: {e}"
                 warnings.append(msg)
@@ -315,6 +348,8 @@ class _SweepRun:
         trials = pd.DataFrame(self.rows, columns=TRIAL_COLUMNS)
         summ = summarize(trials, self.cfg.n_bootstrap, self.cfg.seed, self.skipped)
         write_csv(summ, self.out_dir / "summary.csv")
+        if "random" in set(trials["init"]) and trials["init"].nunique() > 1:
+            write_csv(pd.DataFrame(paired_differences(trials, "random")), self.out_dir / "paired.csv")
         _write_plot(summ, self.out_dir / "auc_vs_shots.html")
         atomic_write(self.out_dir / "input_sizes.json", lambda tmp: Path(tmp).write_text(json.dumps(self.sizes)))
         emit(self.on_event, step=self.step, total=self.work, kind="result",
@@ -362,7 +397,7 @@ def _probe_trials(run: _SweepRun, init: str, backbone: tuple[nn.Module, Backbone
             X_tr, y_tr = feats[run.where[idx]], p.labels[idx]
             probe = fit_probe(X_tr, y_tr, C=cfg.probe_C, seed=seed)
             res = evaluate_trial(probe.decision_function(X_tr), y_tr, probe.decision_function(X_te), y_te,
-                                 cfg.n_bootstrap, seed)
+                                 cfg.n_bootstrap, seed, p.sample(k, trial), p.shared.get(k))
             run.record(p.finding, init, "probe", k, trial, seed, res)
         run.flush()
 
@@ -388,7 +423,8 @@ def _finetune_trials(run: _SweepRun, init: str, mode: str, start: tuple[nn.Modul
                                       rows=where[idx])
                 s_te = predict_logits(bb, head, array, run.device, meta.mean, meta.std, cfg.embed_batch_size,
                                       rows=where[p.test_idx])
-                res = evaluate_trial(s_tr, p.labels[idx], s_te, y_te, cfg.n_bootstrap, seed)
+                res = evaluate_trial(s_tr, p.labels[idx], s_te, y_te, cfg.n_bootstrap, seed, p.sample(k, trial),
+                                     p.shared.get(k))
                 run.record(p.finding, init, mode, k, trial, seed, res)
             run.flush()
 

@@ -1,11 +1,16 @@
 """Trial rows of a sweep: the trials.csv columns, one trial's scores, the per-group summary, CSV I/O.
 
-Each trial row: AUC on the test set (logits, rank-based), its 95% percentile interval over `n_bootstrap`
-test-set resamples, and accuracy / sensitivity / specificity / precision / F1 at the Youden threshold of
-the *training* scores (reported as a probability). Summary row per (finding, init, mode, shots):
-`auc_mean`, `auc_std` (over trials, ddof=1), `auc_ci_low/high` = percentile bootstrap 95% interval of the
-*mean over trials* (resampling trials), `auc_test_ci_low/high` = the *mean of the per-trial test-set
-bootstrap intervals*. Skipped groups (unavailable init, too few shots) keep their status and message.
+Each trial row: `auc` on the trial's own test sample (a patient-level bootstrap resample of the test
+pool, engine.fewshot.episodes.test_sample), `auc_pool` on the whole test pool, the pool AUC's 95%
+percentile interval over `n_bootstrap` test-set resamples, and accuracy / sensitivity / specificity /
+precision / F1 on the trial's sample at the Youden threshold of the *training* scores (reported as a
+probability). Summary row per (finding, init, mode, shots): `auc_mean`, `auc_std` (over trials, ddof=1),
+`auc_se` and `auc_ci_low/high` = the mean's standard error and 95% t-interval over episodes and test-set
+sampling (engine.fewshot.metrics.mean_interval), `auc_test_ci_low/high` = the *mean of the per-trial
+test-set bootstrap intervals*, and `uncertainty` saying how the interval was computed. Trials written
+before the per-trial test sample (no `auc_pool`) keep their meaning: `auc` on the one fixed test set,
+`auc_ci_low/high` a percentile bootstrap of the mean over trials (episodes only), `uncertainty` =
+metrics.FIXED. Skipped groups (unavailable init, too few shots) keep their status and message.
 """
 from __future__ import annotations
 
@@ -17,12 +22,15 @@ import pandas as pd
 from scipy.special import expit
 
 from engine.atomic import atomic_write
-from engine.fewshot.metrics import auc, bootstrap_auc, summary, threshold_metrics, youden_threshold
+from engine.fewshot.metrics import (FIXED, RESAMPLED,  # noqa: F401 (FIXED: re-exported)
+                                    auc, bootstrap_auc, mean_interval, summary, threshold_metrics,
+                                    uncertainty_of, youden_threshold)
 
 TRIAL_COLUMNS = [
     "finding", "init", "mode", "shots", "trial", "seed", "auc", "auc_ci_low", "auc_ci_high", "accuracy",
-    "sensitivity", "specificity", "precision", "f1", "threshold", "n_train", "n_test",
+    "sensitivity", "specificity", "precision", "f1", "threshold", "n_train", "n_test", "auc_pool", "auc_boot",
 ]
+OPTIONAL_COLUMNS = ["auc_pool", "auc_boot"]  # absent from trials written before the per-trial test sample
 KEY = ["finding", "init", "mode", "shots", "trial"]
 GROUP = ["finding", "init", "mode", "shots"]
 METRICS = ["accuracy", "sensitivity", "specificity", "precision", "f1"]
@@ -38,47 +46,84 @@ def read_trials(path: Path) -> pd.DataFrame:
     if not Path(path).exists():
         return pd.DataFrame(columns=TRIAL_COLUMNS)
     df = pd.read_csv(path, dtype={"finding": str, "init": str, "mode": str})
-    missing = [c for c in TRIAL_COLUMNS if c not in df.columns]
+    missing = [c for c in TRIAL_COLUMNS if c not in df.columns and c not in OPTIONAL_COLUMNS]
     if missing:
         raise ValueError(f"{path} is not a trials file of this engine (missing columns {missing})")
-    return df
+    return df.reindex(columns=list(dict.fromkeys([*df.columns, *OPTIONAL_COLUMNS])))
 
 
 def evaluate_trial(
     train_scores: np.ndarray, y_train: np.ndarray, test_scores: np.ndarray, y_test: np.ndarray,
-    n_bootstrap: int, boot_seed: int,
-) -> dict[str, float]:
-    """AUC + bootstrap interval on test logits, and threshold metrics at the train Youden cut."""
+    n_bootstrap: int, boot_seed: int, sample: np.ndarray | None = None, shared: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """One trial's row: AUC on the trial's test sample, AUC on the whole test pool with its bootstrap
+    interval, and threshold metrics (on the sample) at the train Youden cut.
+
+    `test_scores` / `y_test` (n,) cover the whole test pool; `sample` holds positions into them (the
+    trial's own test sample, engine.fewshot.episodes.test_sample; repeats allowed). Without `sample`
+    the trial is scored on the pool itself and `auc_pool` is NaN (the fixed-test-set protocol).
+    `shared` (B, n): multiplicities of the resamples every trial and init of the group shares
+    (episodes.shared_test_counts); their AUCs go to `auc_boot` as B space-separated numbers ("" without).
+    """
     cut = youden_threshold(y_train, train_scores)
     lo, hi = bootstrap_auc(y_test, test_scores, n_bootstrap, boot_seed)
-    return {"auc": auc(y_test, test_scores), "auc_ci_low": lo, "auc_ci_high": hi,
-            **threshold_metrics(y_test, test_scores, cut), "threshold": float(expit(cut)),
-            "n_train": int(len(y_train)), "n_test": int(len(y_test))}
+    s_te, y_te = (test_scores, y_test) if sample is None else (np.asarray(test_scores)[sample], np.asarray(y_test)[sample])
+    return {"auc": auc(y_te, s_te), "auc_ci_low": lo, "auc_ci_high": hi,
+            **threshold_metrics(y_te, s_te, cut), "threshold": float(expit(cut)),
+            "n_train": int(len(y_train)), "n_test": int(len(y_te)),
+            "auc_pool": float("nan") if sample is None else auc(y_test, test_scores),
+            "auc_boot": "" if shared is None else " ".join(f"{v:.5f}" for v in _shared_aucs(y_test, test_scores, shared))}
+
+
+def _shared_aucs(y: np.ndarray, s: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    from engine.fewshot.metrics import _check, _weighted_auc
+
+    y, s = _check(y, s)
+    return _weighted_auc(y, s, counts)
+
+
+def boot_matrix(col: pd.Series) -> np.ndarray | None:
+    """`auc_boot` strings of J trials -> (J, B) float array; None when any is missing or lengths differ."""
+    vals = [np.array(str(v).split(), dtype=np.float64) if isinstance(v, str) and v.strip() else None for v in col]
+    if not vals or any(v is None for v in vals) or len({v.size for v in vals}) != 1:
+        return None
+    return np.stack(vals)
 
 
 def summarize(trials: pd.DataFrame, n_bootstrap: int = 500, seed: int = 0,
               skipped: list[dict[str, Any]] | None = None) -> pd.DataFrame:
     """One row per (finding, init, mode, shots): which interval is which: the module docstring."""
     rows = []
+    method = uncertainty_of(trials)
     for key, g in trials.groupby(GROUP, sort=True) if len(trials) else []:
         s = summary(g["auc"].to_numpy(float), n_bootstrap, seed)
+        x = g["auc"].to_numpy(float)
+        if method == RESAMPLED:
+            ok = np.isfinite(x)
+            boot = boot_matrix(g["auc_boot"]) if "auc_boot" in g else None
+            mi = mean_interval(x[ok], g["auc_pool"].to_numpy(float)[ok], None if boot is None else boot[ok])
+        else:  # the old meaning: bootstrap of the mean over trials (episodes only)
+            mi = {"se": s["std"] / np.sqrt(s["n"]) if s["n"] > 1 else float("nan"), "ci_low": s["ci_low"],
+                  "ci_high": s["ci_high"]}
         rows.append({
             **dict(zip(GROUP, key)), "status": "ok", "n_trials": s["n"], "auc_mean": s["mean"], "auc_std": s["std"],
-            "auc_ci_low": s["ci_low"], "auc_ci_high": s["ci_high"],
+            "auc_se": mi["se"], "auc_ci_low": mi["ci_low"], "auc_ci_high": mi["ci_high"],
             "auc_test_ci_low": float(g["auc_ci_low"].mean()), "auc_test_ci_high": float(g["auc_ci_high"].mean()),
-            **{f"{m}_mean": float(g[m].mean()) for m in METRICS}, "message": "",
+            **{f"{m}_mean": float(g[m].mean()) for m in METRICS}, "uncertainty": method, "message": "",
         })
     for s in skipped or []:
         rows.append({**s, "n_trials": 0})
-    cols = GROUP + ["status", "n_trials", "auc_mean", "auc_std", "auc_ci_low", "auc_ci_high", "auc_test_ci_low",
-                    "auc_test_ci_high"] + [f"{m}_mean" for m in METRICS] + ["message"]
+    cols = GROUP + ["status", "n_trials", "auc_mean", "auc_std", "auc_se", "auc_ci_low", "auc_ci_high",
+                    "auc_test_ci_low", "auc_test_ci_high"] + [f"{m}_mean" for m in METRICS] + ["uncertainty",
+                                                                                               "message"]
     out = pd.DataFrame(rows, columns=cols)
     return out.sort_values(GROUP, kind="stable").reset_index(drop=True) if len(out) else out
 
 
-def appendix_table(summary: pd.DataFrame, include_skipped: bool = False) -> pd.DataFrame:
+def appendix_table(summary: pd.DataFrame, include_skipped: bool = False, interval: bool = False) -> pd.DataFrame:
     """A sweep's summary -> the studies' appendix table: one row per (finding, init, mode), one column
-    per shot count ("5-shot"), each cell the test AUC "mean ± std" over trials (the mean alone for one trial).
+    per shot count ("5-shot"), each cell the test AUC "mean ± std" over trials (the mean alone for one trial),
+    or with `interval` "mean [95% interval]" (the summary's auc_ci_low/high).
 
     include_skipped: also list groups the sweep skipped (e.g. ImageNet offline) with cells "skipped".
     Empty frame when nothing is left. Raises KeyError on a frame without the summary's columns.
@@ -87,8 +132,27 @@ def appendix_table(summary: pd.DataFrame, include_skipped: bool = False) -> pd.D
     s = s[s["shots"].notna()]
     if s.empty:
         return pd.DataFrame()
-    cells = [("skipped" if st != "ok" else f"{m:.3f} ± {d:.3f}" if d == d else f"{m:.3f}")
-             for m, d, st in zip(s["auc_mean"], s["auc_std"], s["status"])]
-    t = s.assign(v=cells).pivot_table(index=["finding", "init", "mode"], columns="shots", values="v", aggfunc="first")
+    if interval:
+        cells = [("skipped" if st != "ok" else f"{m:.3f} [{lo:.3f}, {hi:.3f}]" if lo == lo else f"{m:.3f}")
+                 for m, lo, hi, st in zip(s["auc_mean"], s["auc_ci_low"], s["auc_ci_high"], s["status"])]
+    else:
+        cells = [("skipped" if st != "ok" else f"{m:.3f} ± {d:.3f}" if d == d else f"{m:.3f}")
+                 for m, d, st in zip(s["auc_mean"], s["auc_std"], s["status"])]
+    return _by_shots(s.assign(v=cells), ["finding", "init", "mode"])
+
+
+def paired_appendix_table(paired: list[dict] | pd.DataFrame) -> pd.DataFrame:
+    """Paired differences (engine.fewshot.metrics.paired_differences rows) in the appendix layout: one row per
+    (finding, init, mode), one column per shot count, each cell "d ± SE (wins/n)". Empty frame for no rows."""
+    p = pd.DataFrame(paired)
+    if p.empty:
+        return pd.DataFrame()
+    cells = [f"{d:+.3f} ± {se:.3f} ({w}/{n})" if se == se else f"{d:+.3f} ({w}/{n})"
+             for d, se, w, n in zip(p["diff"], p["se"], p["wins"], p["n"])]
+    return _by_shots(p.assign(v=cells), ["finding", "init", "mode"])
+
+
+def _by_shots(s: pd.DataFrame, index: list[str]) -> pd.DataFrame:
+    t = s.pivot_table(index=index, columns="shots", values="v", aggfunc="first")
     t.columns = [f"{int(c)}-shot" for c in t.columns]
     return t.reset_index().fillna("")

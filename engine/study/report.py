@@ -7,8 +7,10 @@ summary.csv, gradcam/*/*/summary.csv and grid PNGs) and writes
     report.html  the same tables, the plots inline (plotly, JavaScript embedded: works offline), grids as <img>
 
 Tables follow the seed study's appendix: AUC mean ± std over trials per finding x init x mode x shots,
-then the paired difference to random init per trial (mean d, its standard error, wins; the trials of
-one (finding, mode, shots) train every init on the same images, engine.fewshot.metrics.paired_differences).
+then the paired difference to random init per trial (mean d, its standard error and 95% interval, wins;
+the trials of one (finding, mode, shots) train every init on the same images and score it on the same
+test sample, engine.fewshot.metrics.paired_differences). The text under each table says what was
+resampled (metrics.RESAMPLED: episodes and test patients; metrics.FIXED for sweeps written before).
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ def _md_table(df: pd.DataFrame) -> str:
 
 
 def paired_table(trials: pd.DataFrame, baseline: str = "random") -> pd.DataFrame:
-    """Paired differences to `baseline` per (finding, mode, shots, init): "d (SE)" and wins/n."""
+    """Paired differences to `baseline` per (finding, mode, shots, init): d, SE, its 95% interval and wins/n."""
     from engine.fewshot.metrics import paired_differences
 
     if trials.empty or baseline not in set(trials["init"]):
@@ -45,8 +47,17 @@ def paired_table(trials: pd.DataFrame, baseline: str = "random") -> pd.DataFrame
     rows = paired_differences(trials, baseline)
     return pd.DataFrame([{"finding": r["finding"], "mode": r["mode"], "shots": r["shots"], "init": r["init"],
                           "AUC": f"{r['auc']:.3f}", f"AUC {baseline}": f"{r['auc_random']:.3f}",
-                          "d": f"{r['diff']:+.3f}", "SE": f"{r['se']:.3f}", "wins": f"{r['wins']}/{r['n']}"}
+                          "d": f"{r['diff']:+.3f}", "SE": f"{r['se']:.3f}",
+                          "95% interval": f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]" if r["se"] == r["se"] else "",
+                          "wins": f"{r['wins']}/{r['n']}"}
                          for r in rows])
+
+
+def uncertainty_line(trials: pd.DataFrame) -> str:
+    """What the intervals of a sweep's trials cover, in words (engine.fewshot.metrics.uncertainty_text)."""
+    from engine.fewshot.metrics import uncertainty_of, uncertainty_text
+
+    return "" if trials.empty else uncertainty_text(uncertainty_of(trials))
 
 
 def gradcam_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -146,7 +157,7 @@ def report_sections(out: Path) -> list[tuple[str, str, Any]]:
         parts += [("text", "", line) for line in _skipped_lines(summary)]
         parts += [
                   ("h3", "Paired difference to random init (same images per trial)", None),
-                  ("table", "", paired_table(trials))]
+                  ("table", "", paired_table(trials)), ("text", "", uncertainty_line(trials))]
         if not summary.empty:
             from engine.fewshot.plots import auc_vs_shots_figure
 
@@ -161,11 +172,17 @@ def report_sections(out: Path) -> list[tuple[str, str, Any]]:
 
 
 def _test_sizes(trials: pd.DataFrame) -> str:
-    """'Test set: nodule 15 images, ...' from the trials' n_test (the same test set for every trial)."""
+    """'Test set: nodule 15 images, ...' from the trials' n_test (the median over trials: with resampled test
+    sets each trial's sample has about the pool's size), and a warning for small ones."""
+    from engine.fewshot.sweep import SMALL_TEST
+
     if trials.empty or "n_test" not in trials:
         return ""
-    n = trials.groupby("finding")["n_test"].max()
-    return "Test set: " + ", ".join(f"{f} {int(k)} images" for f, k in n.items()) + "."
+    n = trials.groupby("finding")["n_test"].median()
+    small = [f for f, k in n.items() if k < 2 * SMALL_TEST]
+    return ("Test set: " + ", ".join(f"{f} {int(k)} images" for f, k in n.items()) + "."
+            + (f" Small test set ({', '.join(small)}): fewer than {2 * SMALL_TEST} images, so every interval is "
+               "wide and a difference may not hold on other patients." if small else ""))
 
 
 def _skipped_lines(summary: pd.DataFrame) -> list[str]:

@@ -54,8 +54,9 @@ def test_noise_labels_centre_on_chance_and_a_visible_lesion_scores_well_above(ma
     assert lesion.mean() > 0.7 and lesion.mean() > noise.mean() + 0.15, lesion.describe()
     # Paired trials: the same training images for a given (finding, shots, trial), whatever the init.
     assert t.groupby(["finding", "shots", "trial"])["seed"].nunique().max() == 1
-    assert ((t["auc_ci_low"] <= t["auc"]) & (t["auc"] <= t["auc_ci_high"])).all()
-    assert (t["n_train"] == 2 * t["shots"]).all() and (t["n_test"] == 60).all()
+    # The per-trial interval is the whole test pool's; `auc` is on the trial's own resample of it.
+    assert ((t["auc_ci_low"] <= t["auc_pool"]) & (t["auc_pool"] <= t["auc_ci_high"])).all()
+    assert (t["n_train"] == 2 * t["shots"]).all() and (t["n_test"] > 0).all()
     s = res.summary
     row = s[(s["finding"] == "cardiomegaly") & (s["shots"] == 40)].iloc[0]
     assert row["auc_mean"] == pytest.approx(lesion.mean()) and row["auc_std"] == pytest.approx(lesion.std())
