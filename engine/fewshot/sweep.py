@@ -120,12 +120,10 @@ def _check_config(out_dir: Path, cfg: SweepConfig, resume: bool) -> None:
         raise ValueError(f"{out_dir} already holds a sweep (trials.csv); pass --resume (resume=True) to continue "
                          f"it, or choose another output folder")
     if resume and cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
-        new = cfg.to_dict()
-        changed = [k for k in PROTOCOL_FIELDS if old.get(k) != new.get(k)]
-        if changed:
-            raise ValueError(f"cannot resume the sweep in {out_dir}: {', '.join(changed)} differ from the "
-                             f"finished trials' settings; use another output folder for new settings")
+        from engine.resume import check_same_settings
+
+        check_same_settings(json.loads(cfg_path.read_text()), cfg.to_dict(), what=f"the sweep in {out_dir}",
+                            only=PROTOCOL_FIELDS, fix="Use another output folder for new settings")
     atomic_write(cfg_path, lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=2)))
 
 

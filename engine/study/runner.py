@@ -27,6 +27,7 @@ import torch
 
 from engine.atomic import atomic_write_text
 from engine.events import OnEvent, as_log, check_stop, emit
+from engine.resume import check_same_settings
 from engine.study.config import StudyConfig, eval_tag
 
 STUDY_VERSION = 1
@@ -101,11 +102,8 @@ def _load_state(out: Path, cfg: StudyConfig, resume: bool) -> dict[str, Any]:
     if state.get("config") != new and not state.get("stages"):  # nothing done yet: take the new settings
         state["config"] = new
         return state
-    if state.get("config") != new:
-        old = state.get("config") or {}
-        diff = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-        raise StudyExistsError(f"{out} holds a study with other settings ({'; '.join(diff)}); use another "
-                               "output folder, or the same settings to resume it")
+    check_same_settings(state.get("config") or {}, new, what=f"the study in {out}", error=StudyExistsError,
+                        fix="Use another output folder, or the same settings to resume it")
     if not resume:
         raise StudyExistsError(f"{out} already holds this study; resume it (--resume) or use another output folder")
     return state
