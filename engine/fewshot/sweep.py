@@ -181,6 +181,7 @@ def run_sweep(
     stop: threading.Event | None = None,
     resume: bool = False,
     checkpoint_dir: Path | None = None,
+    cache_dir: Path | None = None,
 ) -> SweepResult:
     """Run (or resume) a sweep; writes trials.csv, summary.csv, auc_vs_shots.html in `out_dir`.
 
@@ -190,7 +191,9 @@ def run_sweep(
     or findings and for an existing sweep without `resume` (before anything is written),
     `engine.diskspace.DiskFullError` on a full disk (trials.csv keeps the last complete group), and
     `Cancelled` after saving trials.csv when `stop` is set. `checkpoint_dir`: where inits are looked
-    up (default: engine.paths.checkpoints_dir()).
+    up (default: engine.paths.checkpoints_dir()). `cache_dir`: where decoded images (`<cache_dir>/cache`)
+    and embeddings (`<cache_dir>/features`) are cached; default `<out_dir>/.cache`, so a sweep writes
+    nowhere but the folder it was given (the app's job passes its workspace, whose caches it shares).
     """
     from engine.data.manifest import load_manifest
 
@@ -205,7 +208,9 @@ def run_sweep(
     lock = _lock_out_dir(out_dir)
     try:
         _check_config(out_dir, cfg, resume)
-        run = _SweepRun.start(manifest_csv, manifest, cfg, out_dir, device, on_event, stop, resume, checkpoint_dir)
+        caches = Path(cache_dir) if cache_dir is not None else out_dir / ".cache"
+        run = _SweepRun.start(manifest_csv, manifest, cfg, out_dir, device, on_event, stop, resume, checkpoint_dir,
+                              caches)
         try:
             for init in cfg.inits:
                 _run_init(run, init)
@@ -257,11 +262,12 @@ class _SweepRun:
     where: np.ndarray | None = None  # manifest row -> cache row (-1: not cached)
     work: int = 0
     step: int = 0
+    cache_dir: Path | None = None  # <cache_dir>/cache: decoded images, <cache_dir>/features: embeddings
 
     @classmethod
     def start(cls, manifest_csv, manifest, cfg: SweepConfig, out_dir: Path, device: torch.device,
               on_event: OnEvent | None, stop: threading.Event | None, resume: bool,
-              checkpoint_dir: Path | None) -> "_SweepRun":
+              checkpoint_dir: Path | None, cache_dir: Path) -> "_SweepRun":
         """Plan the episodes, read finished rows (resume), count the work and cache the needed images."""
         from engine.data.cache import ImageCache
 
@@ -270,7 +276,7 @@ class _SweepRun:
         done = read_trials(out_dir / "trials.csv") if resume else pd.DataFrame(columns=TRIAL_COLUMNS)
         rows: list[dict[str, Any]] = done.to_dict("records")
         run = cls(manifest_csv, manifest, cfg, out_dir, device, on_event, stop, checkpoint_dir, plans, skipped,
-                  warnings, rows, {tuple(r[k] for k in KEY) for r in rows})
+                  warnings, rows, {tuple(r[k] for k in KEY) for r in rows}, cache_dir=cache_dir)
         # Only images some trial trains or tests on are cached and embedded.
         needed = np.unique(np.concatenate(
             [p.test_idx for p in plans] + [e[2] for p in plans for eps in p.episodes.values() for e in eps]))
@@ -281,8 +287,8 @@ class _SweepRun:
         run.work = sum(len(eps) for i in cfg.inits for m in cfg.modes for _, _, eps in run.todo(i, m))
         emit(on_event, step=0, total=run.work,
              message=f"{run.work} trials to run" + (f" ({len(rows)} done earlier)" if rows else ""))
-        run.cache = ImageCache.build([df["path"].iloc[i] for i in needed], cfg.image_size, on_event=as_log(on_event),
-                                     stop=stop)
+        run.cache = ImageCache.build([df["path"].iloc[i] for i in needed], cfg.image_size, cache_dir=cache_dir / "cache",
+                                     on_event=as_log(on_event), stop=stop)
         return run
 
     def todo(self, init: str, mode: str) -> Todo:
@@ -341,7 +347,7 @@ def _run_init(run: _SweepRun, init: str) -> None:
         if mode == "double_finetune":
             test_rows = np.concatenate([p.test_idx for p in run.plans])
             start = stage_one_backbone(init, backbone, run.manifest_csv, run.manifest, test_rows, cfg, run.out_dir,
-                                       run.device, as_log(run.on_event), run.stop)
+                                       run.device, as_log(run.on_event), run.stop, cache_dir=run.cache_dir / "cache")
         _finetune_trials(run, init, mode, start, backbone[1], todo[mode])
 
 
@@ -349,7 +355,7 @@ def _probe_trials(run: _SweepRun, init: str, backbone: tuple[nn.Module, Backbone
     """Probe trials: embed the cached images once, then fit and score one probe per episode."""
     cfg = run.cfg
     feats = embed(init, run.cache, run.device, cfg.embed_batch_size, arch=cfg.arch, on_event=as_log(run.on_event),
-                  stop=run.stop, backbone=backbone)
+                  stop=run.stop, backbone=backbone, feature_dir=run.cache_dir / "features")
     for p, k, eps in todo:
         y_te = p.labels[p.test_idx]
         X_te = feats[run.where[p.test_idx]]

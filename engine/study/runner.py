@@ -13,6 +13,7 @@ the same settings, finished stages are skipped and the running one resumes from 
 
     <out>/study.json   <out>/runs/<method>/ (pretraining run)   <out>/pretrain/<method>.json
     <out>/sweeps/<tag>/   <out>/gradcam/<tag>/<finding>/   <out>/report.md   <out>/report.html
+    <out>/.cache/      decoded images and embeddings of the pretraining and sweep stages
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from engine.resume import check_same_settings
 from engine.study.config import StudyConfig, eval_tag
 
 STUDY_VERSION = 1
+CACHE_DIR = ".cache"  # <out>/.cache: the study's image and embedding caches (never the default workspace)
 
 
 class StudyExistsError(ValueError):
@@ -203,7 +205,7 @@ def _pretrain(cfg: StudyConfig, stage: Stage, out: Path, device, ckpts: Path, on
     files = resolve_image_paths(cfg.pretrain_data)  # listed once: counted for the batch, then trained on
     pcfg = _pretrain_config(cfg, stage.method, len(files), on_event)
     path = pretrain_from_data(files, pcfg, name, device, run_dir=run_dir, on_event=on_event,
-                              stop=stop, resume=resuming, checkpoint_dir=ckpts)
+                              stop=stop, resume=resuming, checkpoint_dir=ckpts, cache_dir=out / CACHE_DIR / "cache")
     if owner is not None:
         release_checkpoint(name, owner, ckpts)
     _write_record(out, stage.method, {**json.loads(path.with_suffix(".json").read_text()), "reused": False})
@@ -221,7 +223,7 @@ def _sweep(cfg: StudyConfig, stage: Stage, out: Path, device, ckpts: Path, on_ev
                        image_size=cfg.image_size, seed=cfg.seed)
     sweep_dir = out / "sweeps" / stage.tag
     res = run_sweep(stage.manifest, scfg, sweep_dir, device, on_event=on_event, stop=stop,
-                    resume=(sweep_dir / "config.json").exists())
+                    resume=(sweep_dir / "config.json").exists(), cache_dir=out / CACHE_DIR)
     return {"trials": int(len(res.trials)), "warnings": list(res.warnings)}
 
 

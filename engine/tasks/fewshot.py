@@ -34,7 +34,8 @@ def run_sweep_job(params: SweepParams | dict[str, Any], ctx: JobContext) -> dict
     csv = export_once(store, ctx, "sweep_images.csv", None if p.image_ids is None else list(p.image_ids),
                       findings=list(cfg.findings))
     out = ctx.workdir / "sweep"
-    res = run_sweep(csv, cfg, out, ctx.device, on_event=ctx.on_event, stop=ctx.stop, resume=ctx.resume)
+    res = run_sweep(csv, cfg, out, ctx.device, on_event=ctx.on_event, stop=ctx.stop, resume=ctx.resume,
+                    cache_dir=store.workspace)  # the workspace's image and embedding caches, shared by its jobs
     name = p.title or f"{', '.join(cfg.findings)} · {len(cfg.inits)} inits · {', '.join(cfg.modes)}"
     summary = {"findings": list(cfg.findings), "inits": list(cfg.inits), "modes": list(cfg.modes),
                "shots": list(cfg.shots), "trials": cfg.trials, "image_size": cfg.image_size,
