@@ -36,7 +36,8 @@ import torch.nn as nn
 
 from engine.atomic import atomic_write
 from engine.events import OnEvent, as_log, check_stop, emit
-from engine.explain.gradcam import METHODS, CAMExplainer, ExplainModel, explain_images, resolve_layer
+from engine.explain.gradcam import METHODS, CAMExplainer, explain_images, resolve_layer
+from engine.models.classifier_net import ExplainModel
 from engine.explain.localization import METRICS, TOPQ, aggregate, is_empty, scores
 from engine.explain.overlay import grid
 from engine.explain.classifiers import train_or_reuse_classifier
