@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.analysis.tasks import SimilarityParams
+from engine.tasks.similarity import SimilarityParams
 from engine.fewshot.sweep import SweepConfig
 from engine.jobs.params import JobParams
 from engine.names import check_name
