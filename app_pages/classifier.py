@@ -9,6 +9,7 @@ import streamlit as st
 from engine.fewshot.classifier import MIN_PER_CLASS, ClassifierDataError, OperatingPoint, check_counts
 from engine.jobs import JobSnapshot
 from engine.models import list_inits
+from engine.models.registry import checkpoints_made_in
 from engine.tasks import ClassifyParams
 from ui.inference import LoadedClassifier, explain_uploads, familiarity_note, fmt_pair, headline, verdict
 from ui.jobs import set_watched, status_block, watch, watched
@@ -70,10 +71,10 @@ def pick_training_images(svc: Services) -> tuple[str | None, list[int]]:
 
 def synthetic_inits(svc: Services) -> set[str]:
     """Backbones pretrained on synthetic phantoms: the demo's own runs (`*-demo`), and any backbone pretrained
-    inside the demo workspace (its store records the checkpoints made there)."""
+    inside the demo workspace (the registry's checkpoints_made_in)."""
     names = {i.name for i in list_inits() if i.name.endswith("-demo")}
     if is_synthetic_workspace(svc.workspace):
-        names |= {c["name"] for c in svc.store.checkpoints()}
+        names |= {i.name for i in checkpoints_made_in(svc.workspace)}
     return names
 
 

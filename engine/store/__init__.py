@@ -14,7 +14,7 @@
     ingest.py     one image: decode, dedupe, write, insert        imports.py  files, folders, ZIP archives
     uploads.py    upload budget, staging, import_staged           manifests.py  import_manifest
     catalog.py    images(), one image's pixels/thumbnail/regions  labels.py   findings, labels, counts
-    exports.py    export_manifest                                 results.py  results and checkpoints index
+    exports.py    export_manifest                                 results.py  results index
     jobs.py       job rows, events, cancel flags (engine.jobs)
 
 Layout inside the workspace (see engine.paths):
