@@ -65,7 +65,7 @@ from engine.store.exports import ExportMixin
 from engine.store.files import FilesMixin, write_atomic
 from engine.store.imports import ImportMixin, is_ignored_member
 from engine.store.ingest import IngestMixin
-from engine.store.jobs import JobsMixin
+from engine.store.jobs import JobsMixin, job_active
 from engine.store.keys import KeysMixin, neutral_name
 from engine.store.labels import RESERVED_COLUMNS, LabelsMixin, check_finding_name
 from engine.store.manifests import ManifestImportMixin
@@ -77,7 +77,7 @@ from engine.store.uploads import UploadsMixin, upload_label_report
 __all__ = [
     "DiskFullError", "ImportResult", "ImportSummary", "LabelConflictError", "MIGRATIONS", "OrphanReport",
     "RESERVED_COLUMNS", "SCHEMA_VERSION", "Store", "StoreError", "UploadTooLargeError", "check_finding_name",
-    "connect", "decode_png", "encode_png", "is_ignored_member", "migrate", "neutral_name", "pixel_sha256",
+    "connect", "decode_png", "encode_png", "is_ignored_member", "job_active", "migrate", "neutral_name", "pixel_sha256",
     "quantize", "upload_label_report", "write_atomic",
 ]
 
