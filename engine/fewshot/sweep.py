@@ -287,8 +287,8 @@ class _SweepRun:
         run.work = sum(len(eps) for i in cfg.inits for m in cfg.modes for _, _, eps in run.todo(i, m))
         emit(on_event, step=0, total=run.work,
              message=f"{run.work} trials to run" + (f" ({len(rows)} done earlier)" if rows else ""))
-        run.cache = ImageCache.build([df["path"].iloc[i] for i in needed], cfg.image_size, cache_dir=cache_dir / "cache",
-                                     on_event=as_log(on_event), stop=stop)
+        run.cache = ImageCache.build([df["path"].iloc[i] for i in needed], cfg.image_size,
+                                     cache_dir=cache_dir / "cache", on_event=as_log(on_event), stop=stop)
         return run
 
     def todo(self, init: str, mode: str) -> Todo:

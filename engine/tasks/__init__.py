@@ -40,7 +40,8 @@ from engine.tasks.common import available_inits, device_label
 from engine.tasks.demo import (AUTOPRETRAIN_OFF_ENV, DEMO, DEMO_ENV, DEMO_PRETRAIN_ENV, DemoSettings,
                                autopretrain_enabled, is_demo_workspace, prepare_workspace, start_demo_pretraining)
 from engine.tasks.explain import run_gradcam_image_job, run_gradcam_study_job
-from engine.tasks.fewshot import default_classifier_name, partial_sweep_trials, run_classify, run_sweep_job, sweep_config
+from engine.tasks.fewshot import (default_classifier_name, partial_sweep_trials, run_classify, run_sweep_job,
+                                  sweep_config)
 from engine.tasks.similarity import run_similarity_job
 from engine.tasks.study import StudyParams, reserve_study_names, run_study_job
 from engine.tasks.importing import run_import
