@@ -42,13 +42,13 @@ from engine.tasks.demo import (AUTOPRETRAIN_OFF_ENV, DEMO, DEMO_ENV, DEMO_PRETRA
 from engine.tasks.explain import run_gradcam_image_job, run_gradcam_study_job
 from engine.tasks.fewshot import (default_classifier_name, partial_sweep_trials, run_classify, run_sweep_job,
                                   sweep_config)
-from engine.tasks.similarity import run_similarity_job
-from engine.tasks.study import StudyParams, reserve_study_names, run_study_job
 from engine.tasks.importing import run_import
 from engine.tasks.model_card import model_card
 from engine.tasks.params import (ClassifyParams, GradcamImageParams, GradcamStudyParams, ImportParams, PretrainParams,
                                  SimilarityParams, SweepParams)
 from engine.tasks.pretrain import pretrain_config, reserve_pretrain_name, run_pretrain
+from engine.tasks.similarity import run_similarity_job
+from engine.tasks.study import StudyParams, reserve_study_names, run_study_job
 
 if TYPE_CHECKING:
     from engine.jobs.runner import JobRunner
