@@ -241,7 +241,8 @@ def _gradcam(cfg: StudyConfig, stage: Stage, out: Path, device, ckpts: Path, on_
     loc, _, grids = run_gradcam_study(
         stage.manifest, stage.finding, inits, out / "gradcam" / stage.tag / stage.finding,
         shots=shots, mode=cfg.gradcam_mode, n_images=cfg.gradcam_images,
-        image_size=cfg.image_size, seed=cfg.seed, device=device, on_event=on_event, stop=stop)
+        image_size=cfg.image_size, seed=cfg.seed, device=device, on_event=on_event, stop=stop, checkpoint_dir=ckpts,
+        cache_dir=out / CACHE_DIR)
     return {"rows": int(len(loc)), "grids": len(grids), "shots": shots}
 
 
