@@ -14,8 +14,7 @@ held-out positives that have a region (box or mask), and writes to `out_dir`:
 Resumable: trained heads (probe) or backbone + head (finetune) are saved under `out_dir/.state/`
 keyed by everything that determines them, and finished images' rows are kept there too, so a run
 stopped through `stop` (or killed) continues where it was when started again with the same arguments.
-Decoded images and embeddings are cached under `cache_dir` (`<cache_dir>/cache`, `<cache_dir>/features`;
-default `<out_dir>/.cache`: nothing is written outside the folders the caller named).
+Image and embedding caches: `cache_dir` (default `<out_dir>/.cache`, never the default workspace).
 
 Settings are one frozen `GradCAMStudyConfig`; `run_gradcam_study_from_config(cfg, device, ...)` runs it in
 steps (select the episode and images, load the inits, train one classifier each, explain chunk by chunk,
@@ -157,8 +156,7 @@ def run_gradcam_study_from_config(
     Unknown inits raise `UnknownInitError` before any work; unavailable ones (ImageNet weights
     offline) are skipped with a warning event. Raises `Cancelled` when `stop` is set (state saved).
     `checkpoint_dir`: where inits are looked up (default: engine.paths.checkpoints_dir()). `cache_dir`: the
-    image and embedding caches' folder (default `<out_dir>/.cache`; the app's job passes its workspace).
-    """
+    caches' folder (`cache/`, `features/`; default `<out_dir>/.cache`; the app's job passes its workspace)."""
     from engine.data.cache import ImageCache
 
     device = torch.device(device)

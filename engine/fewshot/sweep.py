@@ -191,10 +191,8 @@ def run_sweep(
     or findings and for an existing sweep without `resume` (before anything is written),
     `engine.diskspace.DiskFullError` on a full disk (trials.csv keeps the last complete group), and
     `Cancelled` after saving trials.csv when `stop` is set. `checkpoint_dir`: where inits are looked
-    up (default: engine.paths.checkpoints_dir()). `cache_dir`: where decoded images (`<cache_dir>/cache`)
-    and embeddings (`<cache_dir>/features`) are cached; default `<out_dir>/.cache`, so a sweep writes
-    nowhere but the folder it was given (the app's job passes its workspace, whose caches it shares).
-    """
+    up (default: engine.paths.checkpoints_dir()). `cache_dir`: the image (`cache/`) and embedding (`features/`)
+    caches' folder; default `<out_dir>/.cache`, never the default workspace (the app's job passes its own)."""
     from engine.data.manifest import load_manifest
 
     device = torch.device(device)
@@ -208,9 +206,8 @@ def run_sweep(
     lock = _lock_out_dir(out_dir)
     try:
         _check_config(out_dir, cfg, resume)
-        caches = Path(cache_dir) if cache_dir is not None else out_dir / ".cache"
         run = _SweepRun.start(manifest_csv, manifest, cfg, out_dir, device, on_event, stop, resume, checkpoint_dir,
-                              caches)
+                              Path(cache_dir) if cache_dir is not None else out_dir / ".cache")
         try:
             for init in cfg.inits:
                 _run_init(run, init)
