@@ -12,7 +12,7 @@ from engine.fewshot.metrics import FIXED, paired_differences, uncertainty_of, un
 from engine.fewshot.trials import appendix_table, paired_appendix_table, read_trials
 from engine.jobs import JobSnapshot
 from engine.models import list_inits
-from engine.tasks import SimilarityParams, SweepParams
+from engine.tasks import SimilarityParams, SweepParams, partial_sweep_trials
 from ui.jobs import job_table, pick_result, set_watched, start_job, status_block, watch, watched
 from ui.plots import benchmark_figure, tidy_auc_figure
 from ui.services import Services, services
@@ -101,16 +101,11 @@ def draw_running(snap: JobSnapshot) -> None:
     st.markdown(f"**{', '.join(p.get('findings', []))}** · {len(p.get('inits', []))} inits · "
                 f"{', '.join(p.get('modes', []))} · shots {p.get('shots')} · {p.get('trials')} trials")
     status_block(snap, "benchmark", show_warnings=snap.state != "done")  # a finished run's warnings show with its results
-    partial = services().runner.workdir(snap.id) / "sweep" / "trials.csv"
-    if snap.active and partial.exists():
-        try:
-            trials = pd.read_csv(partial)
-        except (pd.errors.EmptyDataError, OSError):
-            return
-        if len(trials):
-            st.caption(f"Partial results: {len(trials)} trials so far.")
-            st.plotly_chart(tidy_auc_figure(auc_vs_shots_figure(labeled(trials))), width="stretch",
-                            key=f"partial:{snap.id}")
+    trials = partial_sweep_trials(services().runner, snap.id) if snap.active else None
+    if trials is not None:
+        st.caption(f"Partial results: {len(trials)} trials so far.")
+        st.plotly_chart(tidy_auc_figure(auc_vs_shots_figure(labeled(trials))), width="stretch",
+                        key=f"partial:{snap.id}")
 
 
 def show_sweep(res: dict[str, Any]) -> None:

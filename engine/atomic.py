@@ -24,9 +24,12 @@ writer is no longer alive, never a live writer's.
 Files that are complete but belong to an unfinished operation (the store's pixel files, written
 before the row that references them commits) cannot carry a pid in their name. Such a writer holds a
 marker instead: `writer_marker(folder)` creates `<folder>/<pid>.<random>.writer` (content: the owner
-`pid:<host>:<pid>:<start time>`, engine.reservations.process_owner) for the duration of the work, and
+`pid:<host>:<pid>:<start time>`, engine.process.process_owner) for the duration of the work, and
 `live_writers(folder)` returns the start times of the markers whose process still runs (removing the
 others), so a cleanup can keep everything a live writer may still commit.
+
+Whether a writer still runs is engine.process's answer (pid and process start time, so a reused pid
+never keeps a dead writer's files).
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ from pathlib import Path
 from typing import IO, Callable, Union
 
 from engine.diskspace import disk_full_guard, ensure_free
+from engine.process import pid_alive, process_active, process_owner
 
 __all__ = ["atomic_open", "atomic_path", "atomic_write", "atomic_write_text", "fsync_dir", "live_writers",
            "remove_stale_temps", "replace_dir", "writer_marker"]
@@ -178,24 +182,11 @@ def replace_dir(tmp_dir: str | Path, dest: str | Path) -> Path:
     return dest
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    except OSError:
-        return True
-    return True
-
-
 def remove_stale_temps(root: str | Path, min_age_s: float = 60.0, pidless_age_s: float = 86400.0) -> list[Path]:
     """Delete temp files under `root` left by writers that died; returns what was removed.
 
-    A temp file is removed only when the process named in it is not running on this machine and the
+    A temp file is removed only when the process named in it is not running on this machine (or that pid
+    now belongs to a process started after the file was written: engine.process.pid_alive) and the
     file has not been touched for `min_age_s` seconds (temp files without a pid: `pidless_age_s`).
     This process's own temp files are never touched. Symlinked folders are not followed.
     Unreadable folders and files that vanish meanwhile are skipped, never raised.
@@ -224,9 +215,10 @@ def remove_stale_temps(root: str | Path, min_age_s: float = 60.0, pidless_age_s:
                     if m:
                         pid = int(m.group("pid"))
                         break
-                age = now - e.stat(follow_symlinks=False).st_mtime
+                mtime = e.stat(follow_symlinks=False).st_mtime
+                age = now - mtime
                 if pid is not None:
-                    stale = pid != me and not _pid_alive(pid) and age >= min_age_s
+                    stale = pid != me and age >= min_age_s and not pid_alive(pid, not_after=mtime)
                 else:
                     stale = bool(_PIDLESS.match(e.name)) and age >= pidless_age_s
                 if stale:
@@ -244,8 +236,6 @@ def writer_marker(folder: str | Path) -> Iterator[Path]:
     (a killed process leaves it; `live_writers` then sees its process is gone). Its mtime is the time
     the work started: a cleanup keeps every file at least that new. Raises OSError when the marker
     cannot be written (then the work must not start: nothing would protect its files)."""
-    from engine.reservations import process_owner
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / f"{os.getpid()}.{uuid.uuid4().hex[:12]}.writer"
@@ -265,8 +255,6 @@ def live_writers(folder: str | Path) -> list[float]:
     A marker whose process has ended on this host (or whose pid now belongs to another process) is
     deleted; one from another host, or unreadable, counts as live (its process cannot be checked).
     Never raises for a missing folder or markers that vanish meanwhile."""
-    from engine.reservations import owner_active
-
     folder = Path(folder)
     out: list[float] = []
     try:
@@ -280,10 +268,10 @@ def live_writers(folder: str | Path) -> list[float]:
         except OSError:
             continue  # removed by its writer meanwhile
         if owner.startswith("pid:"):
-            dead = owner_active(owner) is False
-        else:  # killed before its owner was written: the pid in the name decides
+            dead = process_active(owner) is False
+        else:  # killed before its owner was written: the pid in the name (and the marker's age) decides
             pid = e.name.split(".", 1)[0]
-            dead = pid.isdigit() and not _pid_alive(int(pid))
+            dead = pid.isdigit() and not pid_alive(int(pid), not_after=mtime)
         if dead:
             try:
                 os.unlink(e.path)

@@ -16,18 +16,18 @@ sharing that folder sees it. Rules (`reserve_checkpoint`):
 - the name of a backbone shipped with scarce-cxr (`checkpoints/shipped/`, engine.paths.shipped_dir)
   is never given to a run, whatever the flags: the registry would ignore the user's file anyway.
 
-Owners of app jobs are `job:<workspace>:<id>`; whether such a job is still active is read from that
-workspace's store (read-only), so reservations of a deleted workspace or a finished job go stale by
-themselves. Owners of command-line runs (`python -m engine pretrain`) are `pid:<host>:<pid>:<start>`
-(`process_owner()`): active while that process runs on this host (its start time tells a reused pid
-apart); on another host their state is unknown and counts as active.
+Owners (engine.process, the one home of owner strings and liveness): app jobs are `job:<workspace>:<id>`;
+whether such a job is still active is the workspace store's answer (engine.store.job_active, read-only),
+so reservations of a deleted workspace or a finished job go stale by themselves. Owners of command-line
+runs (`python -m engine pretrain`) are `pid:<host>:<pid>:<start>` (`process_owner()`): active while that
+process runs on this host (its start time tells a reused pid apart); on another host their state is
+unknown and counts as active.
 """
 from __future__ import annotations
 
 import json
 import os
 import socket
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +38,7 @@ from filelock import FileLock
 from engine import paths
 from engine.atomic import atomic_write_text
 from engine.names import check_name, inside
+from engine.process import job_owner, parse_job_owner, process_active, process_owner
 
 __all__ = ["NameTakenError", "job_owner", "owner_active", "process_owner", "release_checkpoint",
            "reserve_checkpoint", "reserved_checkpoints", "shipped_name"]
@@ -50,60 +51,10 @@ class NameTakenError(ValueError):
     """The checkpoint name is taken (an existing backbone, or another run's reservation)."""
 
 
-def job_owner(workspace: str | Path, job_id: int) -> str:
-    """The owner string of an app job: `job:<resolved workspace>:<id>`."""
-    return f"job:{Path(workspace).expanduser().resolve()}:{int(job_id)}"
-
-
-def _start_time(pid: int) -> str:
-    """A process's start time (Linux /proc/<pid>/stat field 22, clock ticks since boot), "" elsewhere
-    or when the process does not exist."""
-    try:
-        stat = Path(f"/proc/{int(pid)}/stat").read_text()
-    except OSError:
-        return ""
-    return stat.rsplit(")", 1)[-1].split()[19]  # fields after "(comm)": state is field 3, starttime 22
-
-
-def process_owner(pid: int | None = None) -> str:
-    """The owner string of a command-line run: `pid:<host>:<pid>:<start time>` (this process by default)."""
-    pid = os.getpid() if pid is None else int(pid)
-    return f"pid:{socket.gethostname()}:{pid}:{_start_time(pid)}"
-
-
-def _process_active(owner: str) -> bool | None:
-    """For a `pid:` owner: whether that process still runs (None when it ran on another host)."""
-    try:
-        host, pid, start = owner[4:].rsplit(":", 2)
-        pid_n = int(pid)
-    except ValueError:
-        return None
-    if host != socket.gethostname():
-        return None
-    try:
-        os.kill(pid_n, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by another user
-    now = _start_time(pid_n)
-    return not (start and now and now != start)  # a reused pid is another process
-
-
 def shipped_name(name: str) -> bool:
     """True when a backbone of that name ships with scarce-cxr (checkpoints/shipped/<name>.*)."""
     d = paths.shipped_dir()
     return d is not None and any((d / f"{name}{ext}").exists() for ext in (".safetensors", ".json"))
-
-
-def _parse_job_owner(owner: str) -> tuple[Path, int] | None:
-    if not owner.startswith("job:"):
-        return None
-    ws, _, jid = owner[4:].rpartition(":")
-    try:
-        return Path(ws), int(jid)
-    except ValueError:
-        return None
 
 
 def owner_active(owner: str) -> bool | None:
@@ -111,23 +62,13 @@ def owner_active(owner: str) -> bool | None:
     workspace or job is gone). For a command-line owner (`process_owner`): whether its process still
     runs on this host. None when unknown (another host, another kind of owner)."""
     if owner.startswith("pid:"):
-        return _process_active(owner)
-    parsed = _parse_job_owner(owner)
+        return process_active(owner)
+    parsed = parse_job_owner(owner)
     if parsed is None:
         return None
-    ws, jid = parsed
-    db = ws / "store.sqlite"
-    if not db.exists():
-        return False
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-        try:
-            row = con.execute("SELECT state FROM jobs WHERE id=?", (jid,)).fetchone()
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return True  # cannot tell (busy, locked): do not give the name away
-    return row is not None and row[0] in ("queued", "running")
+    from engine.store.jobs import job_active
+
+    return job_active(*parsed)
 
 
 def _folder(checkpoint_dir: str | Path) -> Path:
@@ -145,7 +86,7 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 def _describe(rec: dict[str, Any]) -> str:
-    parsed = _parse_job_owner(rec["owner"])
+    parsed = parse_job_owner(rec["owner"])
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(rec.get("created", 0))))
     if parsed is not None:
         ws, jid = parsed

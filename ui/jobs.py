@@ -14,12 +14,12 @@ import streamlit as st
 
 from engine.jobs import JobSnapshot
 from engine.jobs.params import JobParams
+from engine.tasks import kind_of
 from ui.services import services
 from ui.widgets import fmt_time
 
 ACTIVE = ("queued", "running")
 RESUMABLE = ("interrupted", "cancelled", "failed")
-RESUMES = ("pretrain", "sweep", "gradcam", "study")  # kinds that continue from a saved state (others run again)
 STATE_LABEL = {
     "queued": ":material/schedule: waiting for an earlier job to finish",
     "running": ":material/play_circle: running",
@@ -28,27 +28,25 @@ STATE_LABEL = {
     "cancelled": ":material/cancel: cancelled",
     "interrupted": ":material/pause_circle: interrupted (the server stopped while it ran)",
 }
-KIND_LABEL = {
-    "pretrain": "Pretraining",
-    "sweep": "Benchmark",
-    "classify": "Classifier",
-    "gradcam": "Grad-CAM study",
-    "gradcam_image": "Grad-CAM",
-    "import": "Import",
-    "study": "Study",
-}
 
-# What each kind's bar counts (engine: one thing per job, from 0 to its total; sub-phases such as
-# decoding or embedding images report their counts in the message line, not on the bar).
-KIND_UNIT = {
-    "pretrain": "step",
-    "sweep": "trial",
-    "classify": "training",
-    "gradcam": "step",
-    "gradcam_image": "initialization",
-    "import": "image",
-    "study": "stage",
-}
+
+def kind_label(kind: str) -> str:
+    """What the app calls a job of `kind` (its TaskKind's label; the kind's name for an unknown kind)."""
+    k = kind_of(kind)
+    return k.label if k else kind.replace("_", " ").title()
+
+
+def kind_unit(kind: str) -> str:
+    """What a `kind` job's progress bar counts (its TaskKind's unit; "step" for an unknown kind). Each job
+    counts one thing from 0 to its total; sub-phases report their counts in the message line."""
+    k = kind_of(kind)
+    return k.unit if k else "step"
+
+
+def kind_resumes(kind: str) -> bool:
+    """Whether a stopped `kind` job continues from its saved state (else Resume runs it again: Retry)."""
+    k = kind_of(kind)
+    return bool(k and k.resumes)
 
 
 def is_active(snap: JobSnapshot) -> bool:
@@ -59,7 +57,7 @@ def job_title(snap: JobSnapshot) -> str:
     """Short human title of a job, e.g. 'Pretraining moco_v2-resnet18-demo'."""
     p = snap.params or {}
     what = p.get("out_name") or p.get("title") or p.get("finding") or p.get("name") or ""
-    return f"{KIND_LABEL.get(snap.kind, snap.kind.title())} {what}".strip()
+    return f"{kind_label(snap.kind)} {what}".strip()
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -76,7 +74,7 @@ def fmt_duration(seconds: float | None) -> str:
 def progress_text(snap: JobSnapshot) -> str:
     parts = [STATE_LABEL.get(snap.state, snap.state)]
     if snap.total:
-        parts.append(f"{KIND_UNIT.get(snap.kind, 'step')} {snap.step or 0} of {snap.total}")
+        parts.append(f"{kind_unit(snap.kind)} {snap.step or 0} of {snap.total}")
     if is_active(snap) and snap.eta_s:
         parts.append(f"about {fmt_duration(snap.eta_s)} left")
     return " · ".join(parts)
@@ -159,7 +157,7 @@ def status_block(snap: JobSnapshot, page: str, *, show_log: bool = True, show_wa
         st.error(f"This job failed: {snap.error}", icon=":material/error:")
     if snap.state == "interrupted":
         st.info("The server stopped while this job was running. Its last saved state is kept; press **Resume** "
-                "to continue from there." if snap.kind in RESUMES else
+                "to continue from there." if kind_resumes(snap.kind) else
                 "The server stopped while this job was running; press **Retry** to run it again.",
                 icon=":material/pause_circle:")
     if snap.active:
@@ -168,7 +166,7 @@ def status_block(snap: JobSnapshot, page: str, *, show_log: bool = True, show_wa
             runner.cancel(snap.id)
             st.toast("Cancelling: the job stops after its current step.")
     elif snap.resumable:
-        resumes = snap.kind in RESUMES  # the others simply run again
+        resumes = kind_resumes(snap.kind)  # the others simply run again
         if st.button("Resume" if resumes else "Retry", key=f"resume:{snap.id}", icon=":material/play_arrow:",
                      type="primary", help="Continue from the last saved state." if resumes else "Run it again."):
             set_watched(page, runner.resume(snap.id))

@@ -15,7 +15,7 @@ import streamlit as st
 
 from engine.jobs import JobSnapshot
 from engine.ssl.registry import METHODS
-from engine.study.tasks import StudyParams
+from engine.tasks.study import StudyParams
 from ui.jobs import pick_result, start_job, status_block, watch, watched
 from ui.services import Services
 from ui.widgets import default_image_size, method_label

@@ -15,10 +15,12 @@ from engine.events import OnEvent, as_log, emit
 
 def train_or_reuse_classifier(init: str, backbone: tuple[nn.Module, Any], cache: Any, y: np.ndarray, mode: str,
                               device: torch.device, seed: int, finetune_steps: int | None, state: Path,
-                              on_event: OnEvent | None, stop: threading.Event | None) -> tuple[nn.Module, nn.Module]:
+                              on_event: OnEvent | None, stop: threading.Event | None, *,
+                              feature_dir: Path | None = None) -> tuple[nn.Module, nn.Module]:
     """(backbone, head) for one init on the study's episode: read from `state` (safetensors: `head.*` and, for
     finetune, the backbone's tensors) when an identical run saved it, else trained (probe: logistic regression on
-    the embedded `cache`; finetune: FinetuneConfig, `finetune_steps` steps) and saved there atomically."""
+    the embedded `cache`, embeddings kept in `feature_dir`; finetune: FinetuneConfig, `finetune_steps` steps) and
+    saved there atomically."""
     from safetensors.torch import load_file, save_file
 
     model, meta = backbone
@@ -34,7 +36,8 @@ def train_or_reuse_classifier(init: str, backbone: tuple[nn.Module, Any], cache:
         from engine.fewshot.features import embed
         from engine.fewshot.probe import fit_probe
 
-        X = embed(init, cache, device, backbone=(model, meta), on_event=as_log(on_event), stop=stop)  # (2k, D)
+        X = embed(init, cache, device, backbone=(model, meta), on_event=as_log(on_event), stop=stop,
+                  feature_dir=feature_dir)  # (2k, D)
         head = fit_probe(X, y, seed=seed).as_torch_head().to(device)
         sd = {}
     else:

@@ -24,7 +24,8 @@ its training flag and every parameter's `requires_grad` are restored on exit.
 
 One explainer per model at a time: the hooks live on the model's modules.
 
-`ExplainModel` is the one backbone + head module (the few-shot Classifier's `explain_module()` returns it).
+`ExplainModel` is the one backbone + head module (engine.models.classifier_net, re-exported here; the
+few-shot Classifier's `explain_module()` returns it).
 Every use of pytorch-grad-cam beyond its documented API goes through `engine.explain.camlib`.
 """
 from __future__ import annotations
@@ -39,31 +40,10 @@ from pytorch_grad_cam.base_cam import BaseCAM
 
 from engine.explain import camlib
 from engine.models.backbones import IMAGENET_MEAN, IMAGENET_STD, prepare_batch
+from engine.models.classifier_net import ExplainModel  # noqa: F401  (its old import path)
 
 METHODS = ("gradcam", "gradcam++", "scorecam", "ablationcam")
 GRADIENT_FREE = ("scorecam", "ablationcam")
-
-
-class ExplainModel(nn.Module):
-    """Backbone + head as one module: (B, 3, S, S) -> positive-class logit (B, 1).
-
-    `head` maps pooled features (B, D) to (B, 1) or (B,) (e.g. `Probe.as_torch_head()`, or the head
-    returned by fine-tuning). Submodule names are `backbone.*` and `head.*`.
-    """
-
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.backbone(x)  # (B, D)
-        out = self.head(z)  # (B, 1) or (B,)
-        if out.ndim == 1:
-            out = out[:, None]  # (B, 1)
-        if out.ndim != 2 or out.shape[1] != 1:
-            raise ValueError(f"the head must output one logit per image, (B, 1); got shape {tuple(out.shape)}")
-        return out
 
 
 class PositiveLogitTarget:

@@ -14,6 +14,7 @@ held-out positives that have a region (box or mask), and writes to `out_dir`:
 Resumable: trained heads (probe) or backbone + head (finetune) are saved under `out_dir/.state/`
 keyed by everything that determines them, and finished images' rows are kept there too, so a run
 stopped through `stop` (or killed) continues where it was when started again with the same arguments.
+Image and embedding caches: `cache_dir` (default `<out_dir>/.cache`, never the default workspace).
 
 Settings are one frozen `GradCAMStudyConfig`; `run_gradcam_study_from_config(cfg, device, ...)` runs it in
 steps (select the episode and images, load the inits, train one classifier each, explain chunk by chunk,
@@ -36,7 +37,8 @@ import torch.nn as nn
 
 from engine.atomic import atomic_write
 from engine.events import OnEvent, as_log, check_stop, emit
-from engine.explain.gradcam import METHODS, CAMExplainer, ExplainModel, explain_images, resolve_layer
+from engine.explain.gradcam import METHODS, CAMExplainer, explain_images, resolve_layer
+from engine.models.classifier_net import ExplainModel
 from engine.explain.localization import METRICS, TOPQ, aggregate, is_empty, scores
 from engine.explain.overlay import grid
 from engine.explain.classifiers import train_or_reuse_classifier
@@ -129,6 +131,7 @@ def run_gradcam_study(
     on_event: OnEvent | None = None,
     stop: threading.Event | None = None,
     checkpoint_dir: Path | None = None,
+    cache_dir: Path | None = None,
     **settings: Any,
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[Path]]:
     """Run the study (see module docstring); returns (localization rows, summary, grid PNG paths).
@@ -138,7 +141,7 @@ def run_gradcam_study(
     batch_size, alpha, colormap); an unknown keyword raises TypeError. Errors as
     `run_gradcam_study_from_config`."""
     cfg = GradCAMStudyConfig(manifest_csv, finding, tuple(inits), out_dir, **settings)
-    return run_gradcam_study_from_config(cfg, device, on_event, stop, checkpoint_dir)
+    return run_gradcam_study_from_config(cfg, device, on_event, stop, checkpoint_dir, cache_dir)
 
 
 def run_gradcam_study_from_config(
@@ -147,17 +150,19 @@ def run_gradcam_study_from_config(
     on_event: OnEvent | None = None,
     stop: threading.Event | None = None,
     checkpoint_dir: Path | None = None,
+    cache_dir: Path | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[Path]]:
     """Run the study `cfg` on `device`; returns (localization rows, summary, grid PNG paths).
 
     Unknown inits raise `UnknownInitError` before any work; unavailable ones (ImageNet weights
     offline) are skipped with a warning event. Raises `Cancelled` when `stop` is set (state saved).
-    `checkpoint_dir`: where inits are looked up (default: engine.paths.checkpoints_dir()).
-    """
+    `checkpoint_dir`: where inits are looked up (default: engine.paths.checkpoints_dir()). `cache_dir`: the
+    caches' folder (`cache/`, `features/`; default `<out_dir>/.cache`; the app's job passes its workspace)."""
     from engine.data.cache import ImageCache
 
     device = torch.device(device)
     out = Path(cfg.out_dir)
+    caches = Path(cache_dir) if cache_dir is not None else out / ".cache"
     warnings: list[str] = []
 
     def warn(msg: str) -> None:  # one line: keeps the warning list and its events together
@@ -169,13 +174,14 @@ def run_gradcam_study_from_config(
     init_sizes(cfg.inits, cfg.image_size, device, cfg.arch, checkpoint_dir, warnings, on_event, why)  # off-size: warned
     sel = _select(cfg, warn)
     backbones, skipped = _load_inits(cfg, warn, checkpoint_dir)
-    cache = ImageCache.build([sel.path(i) for i in sel.train_idx], cfg.image_size, mode=cfg.fit_mode,
-                             on_event=as_log(on_event), stop=stop)  # its image counts only as messages
+    cache = ImageCache.build([sel.path(i) for i in sel.train_idx], cfg.image_size, cache_dir=caches / "cache",
+                             mode=cfg.fit_mode, on_event=as_log(on_event), stop=stop)  # its image counts only as messages
     bar = _Bar(len(backbones) + len(sel.chosen), on_event)
     base_key = {"v": STATE_VERSION, "manifest": str(sel.manifest.csv_path), "train": sorted(cache.keys),
                 "y": sel.y_train.tolist(), "size": cfg.image_size, "fit": cfg.fit_mode, "mode": cfg.mode,
                 "finetune_steps": cfg.finetune_steps, "seed": sel.tseed}
-    models = _train_models(cfg, sel, backbones, cache, base_key, out / ".state", device, bar, on_event, stop)
+    models = _train_models(cfg, sel, backbones, cache, base_key, out / ".state", device, bar, on_event, stop,
+                           caches / "features")
     rows = _explain_all(cfg, sel, models, base_key, out, device, bar, stop)
     return _write_outputs(cfg, sel, models, skipped, rows, warnings, out, bar)
 
@@ -264,7 +270,8 @@ def _load_inits(cfg: GradCAMStudyConfig, warn, checkpoint_dir: Path | None
 
 def _train_models(cfg: GradCAMStudyConfig, sel: _Selection, backbones: dict[str, Backbone], cache: Any,
                   base_key: dict[str, Any], state_dir: Path, device: torch.device, bar: _Bar,
-                  on_event: OnEvent | None, stop: threading.Event | None) -> dict[str, tuple[ExplainModel, Any]]:
+                  on_event: OnEvent | None, stop: threading.Event | None,
+                  feature_dir: Path) -> dict[str, tuple[ExplainModel, Any]]:
     """One classifier per init on the shared episode (reused from `state_dir` when saved), as ExplainModels."""
     models: dict[str, tuple[ExplainModel, Any]] = {}
     for name, (model, meta) in backbones.items():
@@ -273,7 +280,8 @@ def _train_models(cfg: GradCAMStudyConfig, sel: _Selection, backbones: dict[str,
         fp = meta.fingerprint or _weights_key(model)
         state = state_dir / f"clf-{_safe(name)}-{_key({**base_key, 'init': name, 'fp': fp})}.safetensors"
         bb, head = train_or_reuse_classifier(name, (model.to(device), meta), cache, sel.y_train, cfg.mode, device,
-                                     sel.tseed, cfg.finetune_steps, state, on_event, stop)
+                                     sel.tseed, cfg.finetune_steps, state, on_event, stop,
+                                     feature_dir=feature_dir)
         models[name] = (ExplainModel(bb, head).to(device).eval(), meta)
         bar.advance(f"{name}: classifier ready")
     return models

@@ -39,6 +39,9 @@ def register(sub) -> None:
     p.add_argument("--intermediate-finding", default=None, help="double_finetune: stage-one finding")
     p.add_argument("--intermediate-manifest", default=None, help="double_finetune: stage-one manifest")
     p.add_argument("--resume", action="store_true", help="continue a sweep in --out; finished trials are kept")
+    p.add_argument("--cache-dir", default=None,
+                   help="where decoded images and embeddings are cached (default: <out>/.cache; give a workspace "
+                        "folder to share its caches)")
     p.set_defaults(func=_sweep)
 
     p = sub.add_parser("classify", help="build a classifier for one finding from a labeled manifest")
@@ -95,7 +98,8 @@ def _sweep(args) -> int:
         arch=args.arch, finetune=ft, intermediate_finding=args.intermediate_finding,
         intermediate_manifest=args.intermediate_manifest, split_seed=args.split_seed,
     )
-    res = run_sweep(args.manifest, cfg, Path(args.out), resolve_device(args.device), on_event=_log, resume=args.resume)
+    res = run_sweep(args.manifest, cfg, Path(args.out), resolve_device(args.device), on_event=_log, resume=args.resume,
+                    cache_dir=Path(args.cache_dir) if args.cache_dir else None)  # None: under --out, never the repo
     cols = ["finding", "init", "mode", "shots", "status", "n_trials", "auc_mean", "auc_std", "auc_ci_low", "auc_ci_high"]
     print(res.summary[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if (res.out_dir / "paired.csv").exists():

@@ -58,8 +58,8 @@ def init_sizes(inits: tuple[str, ...], image_size: int | None, device: torch.dev
 class CacheBySize:
     """The same images cached once per size some init runs at (engine.data.cache.ImageCache, built on first use)."""
 
-    def __init__(self, paths: list[str], on_event: Any = None, stop: Any = None) -> None:
-        self.paths, self.on_event, self.stop = paths, on_event, stop
+    def __init__(self, paths: list[str], on_event: Any = None, stop: Any = None, cache_dir: Path | None = None) -> None:
+        self.paths, self.on_event, self.stop, self.cache_dir = paths, on_event, stop, cache_dir
         self.built: dict[int, Any] = {}
 
     def at(self, size: int) -> Any:
@@ -68,7 +68,8 @@ class CacheBySize:
         from engine.events import as_log
 
         if size not in self.built:
-            self.built[size] = ImageCache.build(self.paths, size, on_event=as_log(self.on_event), stop=self.stop)
+            self.built[size] = ImageCache.build(self.paths, size, cache_dir=self.cache_dir, on_event=as_log(self.on_event),
+                                                stop=self.stop)
         return self.built[size]
 
 

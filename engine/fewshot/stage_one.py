@@ -16,14 +16,15 @@ from engine.fewshot.finetune import Backbone, intermediate_backbone
 
 def stage_one_backbone(init: str, backbone: Backbone, manifest_csv: str | Path, manifest: Any, test_rows: np.ndarray,
                        cfg: Any, out_dir: Path, device: torch.device, on_event: OnEvent | None,
-                       stop: threading.Event | None) -> Backbone:
+                       stop: threading.Event | None, *, cache_dir: Path | None = None) -> Backbone:
     """Stage one of double finetune for `init`: the whole backbone finetuned on `cfg.intermediate_finding`
     (`cfg` a SweepConfig), trained once and kept in `out_dir/intermediate/<init>.safetensors` for resume.
 
     Images: the rows of `cfg.intermediate_manifest` (default: the sweep's manifest) labeled for that finding,
     never a target test image (`test_rows`: same manifest -> their patients are dropped; another manifest ->
-    the same paths are dropped), at most `cfg.intermediate_max_images` (seeded subsample). Raises ValueError
-    when the finding is missing or one class is left."""
+    the same paths are dropped), at most `cfg.intermediate_max_images` (seeded subsample), decoded into the
+    image cache `cache_dir` (the sweep's; None: the workspace's). Raises ValueError when the finding is
+    missing or one class is left."""
     from safetensors.torch import load_file, save_file
 
     from engine.data.cache import ImageCache
@@ -55,7 +56,8 @@ def stage_one_backbone(init: str, backbone: Backbone, manifest_csv: str | Path, 
     y = idf[f].to_numpy(dtype=np.float64)[rows]
     if len(np.unique(y)) < 2:
         raise ValueError(f"intermediate finding {f!r} needs positive and negative images outside the test set")
-    cache = ImageCache.build(list(idf["path"].iloc[rows]), cfg.image_size, on_event=on_event, stop=stop)
+    cache = ImageCache.build(list(idf["path"].iloc[rows]), cfg.image_size, cache_dir=cache_dir, on_event=on_event,
+                             stop=stop)
     emit(on_event, message=f"double finetune: stage one of {init} on {f} ({rows.size} images)")
     m, _ = intermediate_backbone(backbone, np.asarray(cache.array), y, cfg.finetune, device, cfg.seed, on_event, stop)
     sd = {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}

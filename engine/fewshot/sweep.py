@@ -140,15 +140,14 @@ def _check_config(out_dir: Path, cfg: SweepConfig, resume: bool) -> SweepConfig:
         raise ValueError(f"{out_dir} already holds a sweep (trials.csv); pass --resume (resume=True) to continue "
                          f"it, or choose another output folder")
     if resume and cfg_path.exists():
+        from engine.resume import check_same_settings
+
         old = {"resample_test": False, "split_seed": None,  # sweeps written before these fields: fixed test set
                **json.loads(cfg_path.read_text())}
         if cfg.image_size is None and old.get("image_size") is not None:
             cfg = dataclasses.replace(cfg, image_size=int(old["image_size"]))
-        new = cfg.to_dict()
-        changed = [k for k in PROTOCOL_FIELDS if old.get(k) != new.get(k)]
-        if changed:
-            raise ValueError(f"cannot resume the sweep in {out_dir}: {', '.join(changed)} differ from the "
-                             f"finished trials' settings; use another output folder for new settings")
+        check_same_settings(old, cfg.to_dict(), what=f"the sweep in {out_dir}", only=PROTOCOL_FIELDS,
+                            fix="Use another output folder for new settings")
     atomic_write(cfg_path, lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=2)))
     return cfg
 
@@ -214,6 +213,7 @@ def run_sweep(
     stop: threading.Event | None = None,
     resume: bool = False,
     checkpoint_dir: Path | None = None,
+    cache_dir: Path | None = None,
 ) -> SweepResult:
     """Run (or resume) a sweep; writes trials.csv, summary.csv, auc_vs_shots.html in `out_dir`.
 
@@ -223,8 +223,8 @@ def run_sweep(
     or findings and for an existing sweep without `resume` (before anything is written),
     `engine.diskspace.DiskFullError` on a full disk (trials.csv keeps the last complete group), and
     `Cancelled` after saving trials.csv when `stop` is set. `checkpoint_dir`: where inits are looked
-    up (default: engine.paths.checkpoints_dir()).
-    """
+    up (default: engine.paths.checkpoints_dir()). `cache_dir`: the image (`cache/`) and embedding (`features/`)
+    caches' folder; default `<out_dir>/.cache`, never the default workspace (the app's job passes its own)."""
     from engine.data.manifest import load_manifest
 
     device = torch.device(device)
@@ -238,7 +238,8 @@ def run_sweep(
     lock = _lock_out_dir(out_dir)
     try:
         cfg = _check_config(out_dir, cfg, resume)
-        run = _SweepRun.start(manifest_csv, manifest, cfg, out_dir, device, on_event, stop, resume, checkpoint_dir)
+        run = _SweepRun.start(manifest_csv, manifest, cfg, out_dir, device, on_event, stop, resume, checkpoint_dir,
+                              Path(cache_dir) if cache_dir is not None else out_dir / ".cache")
         try:
             for init in cfg.inits:
                 _run_init(run, init)
@@ -292,18 +293,19 @@ class _SweepRun:
     by_size: Any = None  # engine.fewshot.sizes.CacheBySize of the needed images
     work: int = 0
     step: int = 0
+    cache_dir: Path | None = None  # <cache_dir>/cache: decoded images, <cache_dir>/features: embeddings
 
     @classmethod
     def start(cls, manifest_csv, manifest, cfg: SweepConfig, out_dir: Path, device: torch.device,
               on_event: OnEvent | None, stop: threading.Event | None, resume: bool,
-              checkpoint_dir: Path | None) -> "_SweepRun":
+              checkpoint_dir: Path | None, cache_dir: Path) -> "_SweepRun":
         """Plan the episodes, read finished rows (resume), count the work and each init's input size."""
         df = manifest.df
         plans, skipped, warnings = _plan(df, cfg, on_event)
         done = read_trials(out_dir / "trials.csv") if resume else pd.DataFrame(columns=TRIAL_COLUMNS)
         rows: list[dict[str, Any]] = done.to_dict("records")
         run = cls(manifest_csv, manifest, cfg, out_dir, device, on_event, stop, checkpoint_dir, plans, skipped,
-                  warnings, rows, {tuple(r[k] for k in KEY) for r in rows})
+                  warnings, rows, {tuple(r[k] for k in KEY) for r in rows}, cache_dir=cache_dir)
         # Only images some trial trains or tests on are cached and embedded.
         needed = np.unique(np.concatenate(
             [p.test_idx for p in plans] + [e[2] for p in plans for eps in p.episodes.values() for e in eps]))
@@ -316,7 +318,7 @@ class _SweepRun:
              message=f"{run.work} trials to run" + (f" ({len(rows)} done earlier)" if rows else ""))
         # an explicit size off an init's training size is warned about: in the results and on the page
         run.sizes = init_sizes(cfg.inits, cfg.image_size, device, cfg.arch, checkpoint_dir, run.warnings, on_event)
-        run.by_size = CacheBySize([df["path"].iloc[i] for i in needed], on_event, stop)
+        run.by_size = CacheBySize([df["path"].iloc[i] for i in needed], on_event, stop, cache_dir=cache_dir / "cache")
         return run
 
     def todo(self, init: str, mode: str) -> Todo:
@@ -380,7 +382,7 @@ def _run_init(run: _SweepRun, init: str) -> None:
         if mode == "double_finetune":
             test_rows = np.concatenate([p.test_idx for p in run.plans])
             start = stage_one_backbone(init, backbone, run.manifest_csv, run.manifest, test_rows, cfg, run.out_dir,
-                                       run.device, as_log(run.on_event), run.stop)
+                                       run.device, as_log(run.on_event), run.stop, cache_dir=run.cache_dir / "cache")
         _finetune_trials(run, init, mode, start, backbone[1], todo[mode])
 
 
@@ -388,7 +390,7 @@ def _probe_trials(run: _SweepRun, init: str, backbone: tuple[nn.Module, Backbone
     """Probe trials: embed the cached images once, then fit and score one probe per episode."""
     cfg = run.cfg
     feats = embed(init, run.cache, run.device, cfg.embed_batch_size, arch=cfg.arch, on_event=as_log(run.on_event),
-                  stop=run.stop, backbone=backbone)
+                  stop=run.stop, backbone=backbone, feature_dir=run.cache_dir / "features")
     for p, k, eps in todo:
         y_te = p.labels[p.test_idx]
         X_te = feats[run.where[p.test_idx]]

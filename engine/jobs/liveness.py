@@ -1,14 +1,15 @@
 """Which job runners are alive: each holds an exclusive file lock `<workspace>/runs/.runners/<token>.lock`
 for its lifetime and stamps its token on the jobs it runs; the OS drops the lock when the process
-dies, so a later runner tells a dead owner from a live one without clocks or heartbeats."""
+dies, so a later runner tells a dead owner from a live one without clocks or heartbeats. The token is
+engine.process.runner_token (the one home of process identity; a held lock cannot outlive its process,
+so no pid or start time is compared here)."""
 from __future__ import annotations
 
-import os
-import socket
-import uuid
 from pathlib import Path
 
 import filelock
+
+from engine.process import runner_token
 
 __all__ = ["OwnerLock"]
 
@@ -17,7 +18,7 @@ class OwnerLock:
     """This runner's liveness lock (taken at construction) and the liveness test of other owners."""
 
     def __init__(self, workspace: Path):
-        self.token = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.token = runner_token()
         self.dir = Path(workspace) / "runs" / ".runners"
         self.dir.mkdir(parents=True, exist_ok=True)
         # thread_local=False: release() may run on another thread than the one that took it

@@ -10,6 +10,7 @@ import importlib
 _EXPORTS = {
     "engine.models.backbones": ["ARCHS", "DEFAULT_LAYER", "build_backbone", "prepare_batch", "resnet_stages",
                                 "stage_channels"],
+    "engine.models.classifier_net": ["ExplainModel"],
     "engine.models.registry": ["DEFAULT_ARCH", "BackboneMeta", "InitInfo", "InitUnavailableError", "UnknownInitError",
                                "default_init", "init_info", "input_size_for", "list_inits", "load_backbone",
                                "save_backbone", "shipped_inits", "synthetic_data"],

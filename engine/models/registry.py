@@ -279,6 +279,20 @@ def list_inits(checkpoint_dir: Path | None = None, arch: str | None = None) -> l
     return out
 
 
+def checkpoints_made_in(workspace: str | Path, checkpoint_dir: Path | None = None) -> list[InitInfo]:
+    """The user's checkpoints (in `checkpoint_dir`, default checkpoints/) trained inside `workspace`: those
+    whose json's `run_dir` (the training run's folder, written by every export) lies in that folder, e.g. a
+    pretraining or study job's `<workspace>/runs/job-<id>/`. Newest first. The registry's json beside
+    each backbone is the one checkpoint index: no other table records where a checkpoint came from."""
+    ws = Path(workspace).expanduser().resolve()
+    out = []
+    for i in list_inits(checkpoint_dir):
+        run_dir = i.info.get("run_dir") if not i.shipped else None
+        if run_dir and Path(run_dir).expanduser().resolve().is_relative_to(ws):
+            out.append(i)
+    return out
+
+
 def load_backbone(
     name: str, device: torch.device | str = "cpu", arch: str | None = None, checkpoint_dir: Path | None = None
 ) -> tuple[nn.Module, BackboneMeta]:

@@ -93,11 +93,11 @@ def load_state(path: Path, device: torch.device) -> dict[str, Any]:
 def check_resumable(state: dict[str, Any], cfg: PretrainConfig, fingerprint: str, n_images: int, path: Path) -> None:
     """Raise ValueError naming the difference when `state` was written with other settings or images."""
     # through from_dict: settings added since the state was written compare at their defaults
+    from engine.resume import check_same_settings
+
     old, new = PretrainConfig.from_dict(state["config"]).to_dict(), cfg.to_dict()
-    diff = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if k not in RESUME_FREE and old.get(k) != new[k]]
-    if diff:
-        raise ValueError(f"cannot resume {path}: it was written with different settings ({'; '.join(diff)}). "
-                         f"Resume with the same settings, or start a new run under another --out name")
+    check_same_settings(old, new, what=str(path), ignore=RESUME_FREE,
+                        fix="Resume with the same settings, or start a new run under another --out name")
     if state["data_fingerprint"] != fingerprint or state["n_images"] != n_images:
         raise ValueError(f"cannot resume {path}: it was trained on different images "
                          f"({state['n_images']} images, fingerprint {state['data_fingerprint']!r}); use the same data")

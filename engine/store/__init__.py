@@ -14,7 +14,7 @@
     ingest.py     one image: decode, dedupe, write, insert        imports.py  files, folders, ZIP archives
     uploads.py    upload budget, staging, import_staged           manifests.py  import_manifest
     catalog.py    images(), one image's pixels/thumbnail/regions  labels.py   findings, labels, counts
-    exports.py    export_manifest                                 results.py  results and checkpoints index
+    exports.py    export_manifest                                 results.py  results index
     jobs.py       job rows, events, cancel flags (engine.jobs)
 
 Layout inside the workspace (see engine.paths):
@@ -65,7 +65,7 @@ from engine.store.exports import ExportMixin
 from engine.store.files import FilesMixin, write_atomic
 from engine.store.imports import ImportMixin, is_ignored_member
 from engine.store.ingest import IngestMixin
-from engine.store.jobs import JobsMixin
+from engine.store.jobs import JobsMixin, job_active
 from engine.store.keys import KeysMixin, neutral_name
 from engine.store.labels import RESERVED_COLUMNS, LabelsMixin, check_finding_name
 from engine.store.manifests import ManifestImportMixin
@@ -77,8 +77,8 @@ from engine.store.uploads import UploadsMixin, upload_label_report
 __all__ = [
     "DatabaseGoneError", "DiskFullError", "ImportResult", "ImportSummary", "LabelConflictError", "MIGRATIONS",
     "OrphanReport", "RESERVED_COLUMNS", "SCHEMA_VERSION", "Store", "StoreError", "StoreOpenError",
-    "UploadTooLargeError", "check_finding_name", "connect", "decode_png", "encode_png", "is_ignored_member", "migrate",
-    "neutral_name", "pixel_sha256", "quantize", "upload_label_report", "write_atomic",
+    "UploadTooLargeError", "check_finding_name", "connect", "decode_png", "encode_png", "is_ignored_member",
+    "job_active", "migrate", "neutral_name", "pixel_sha256", "quantize", "upload_label_report", "write_atomic",
 ]
 
 

@@ -10,11 +10,33 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from engine.events import Event
 
-__all__ = ["JobsMixin"]
+__all__ = ["JobsMixin", "job_active"]
+
+ACTIVE_STATES = ("queued", "running")
+
+
+def job_active(workspace: str | Path, job_id: int) -> bool:
+    """Whether job `job_id` of the workspace is still queued or running, read without opening the store
+    for writing (a read-only connection: no migration, no file created). False when the workspace, its
+    database or the job is gone; True when the database cannot be read now (busy, locked): the caller
+    must then not give away what the job holds (engine.reservations)."""
+    db = Path(workspace) / "store.sqlite"
+    if not db.exists():
+        return False
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        try:
+            row = con.execute("SELECT state FROM jobs WHERE id=?", (int(job_id),)).fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return True
+    return row is not None and row[0] in ACTIVE_STATES
 
 
 class JobsMixin:

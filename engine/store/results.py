@@ -1,5 +1,6 @@
-"""Indexes of what jobs produced in the workspace: results (sweeps, classifiers, Grad-CAM batches, ...)
-and backbone checkpoints. The store records where the files are; it never reads or deletes them."""
+"""The index of what jobs produced in the workspace: results (sweeps, classifiers, Grad-CAM batches, ...).
+The store records where the files are; it never reads or deletes them. Backbone checkpoints are indexed
+by the registry's json beside each file (engine.models.registry), not here."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ __all__ = ["ResultsMixin"]
 
 
 class ResultsMixin:
-    """Store methods for the results and checkpoints indexes (mixed into engine.store.Store)."""
+    """Store methods for the results index (mixed into engine.store.Store)."""
 
     workspace: Path
 
@@ -48,16 +49,3 @@ class ResultsMixin:
         """Forget a result (its files are left where they are)."""
         with self._tx() as c:
             c.execute("DELETE FROM results WHERE id=?", (int(result_id),))
-
-    def add_checkpoint(self, name: str, path: Path | str, meta: Mapping[str, Any],
-                       job_id: int | None = None) -> None:
-        """Index a backbone deliverable produced here (replaces an entry of the same name)."""
-        with self._tx() as c:
-            c.execute("INSERT OR REPLACE INTO checkpoints(name, path, meta_json, job_id, created) VALUES (?,?,?,?,?)",
-                      (name, str(path), json.dumps(dict(meta), default=str), job_id, time.time()))
-
-    def checkpoints(self) -> list[dict[str, Any]]:
-        """Newest first: {name, path, meta, job_id, created}."""
-        return [{"name": r["name"], "path": r["path"], "meta": json.loads(r["meta_json"]),
-                 "job_id": r["job_id"], "created": r["created"]}
-                for r in self._conn().execute("SELECT * FROM checkpoints ORDER BY created DESC")]

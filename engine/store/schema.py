@@ -68,7 +68,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             created REAL NOT NULL)""",
         "CREATE INDEX results_kind ON results(kind)",
     ),
-    # v3: an index of backbone checkpoints produced in this workspace (which job made which file)
+    # v3: an index of backbone checkpoints produced in this workspace (which job made which file). No longer
+    # written or read (issue 24): the registry's json beside each backbone is the one checkpoint index (its
+    # run_dir names the job folder it was trained in; engine.models.registry.checkpoints_made_in). Kept so
+    # the migrations stay the same for every database.
     (
         """CREATE TABLE checkpoints (
             name TEXT PRIMARY KEY, path TEXT NOT NULL, meta_json TEXT NOT NULL DEFAULT '{}',

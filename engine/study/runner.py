@@ -13,6 +13,7 @@ the same settings, finished stages are skipped and the running one resumes from 
 
     <out>/study.json   <out>/runs/<method>/ (pretraining run)   <out>/pretrain/<method>.json
     <out>/sweeps/<tag>/   <out>/gradcam/<tag>/<finding>/   <out>/report.md   <out>/report.html
+    <out>/.cache/      decoded images and embeddings of the pretraining and sweep stages
 """
 from __future__ import annotations
 
@@ -27,9 +28,11 @@ import torch
 
 from engine.atomic import atomic_write_text
 from engine.events import OnEvent, as_log, check_stop, emit
+from engine.resume import check_same_settings
 from engine.study.config import StudyConfig, eval_tag
 
 STUDY_VERSION = 1
+CACHE_DIR = ".cache"  # <out>/.cache: the study's image and embedding caches (never the default workspace)
 
 
 class StudyExistsError(ValueError):
@@ -101,11 +104,8 @@ def _load_state(out: Path, cfg: StudyConfig, resume: bool) -> dict[str, Any]:
     if state.get("config") != new and not state.get("stages"):  # nothing done yet: take the new settings
         state["config"] = new
         return state
-    if state.get("config") != new:
-        old = state.get("config") or {}
-        diff = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-        raise StudyExistsError(f"{out} holds a study with other settings ({'; '.join(diff)}); use another "
-                               "output folder, or the same settings to resume it")
+    check_same_settings(state.get("config") or {}, new, what=f"the study in {out}", error=StudyExistsError,
+                        fix="Use another output folder, or the same settings to resume it")
     if not resume:
         raise StudyExistsError(f"{out} already holds this study; resume it (--resume) or use another output folder")
     return state
@@ -209,7 +209,7 @@ def _pretrain(cfg: StudyConfig, stage: Stage, out: Path, device, ckpts: Path, on
 
         pcfg = resume_settings(pcfg, run_dir)
     path = pretrain_from_data(files, pcfg, name, device, run_dir=run_dir, on_event=on_event,
-                              stop=stop, resume=resuming, checkpoint_dir=ckpts)
+                              stop=stop, resume=resuming, checkpoint_dir=ckpts, cache_dir=out / CACHE_DIR / "cache")
     if owner is not None:
         release_checkpoint(name, owner, ckpts)
     _write_record(out, stage.method, {**json.loads(path.with_suffix(".json").read_text()), "reused": False})
@@ -227,7 +227,7 @@ def _sweep(cfg: StudyConfig, stage: Stage, out: Path, device, ckpts: Path, on_ev
                        image_size=cfg.image_size, seed=cfg.seed)
     sweep_dir = out / "sweeps" / stage.tag
     res = run_sweep(stage.manifest, scfg, sweep_dir, device, on_event=on_event, stop=stop,
-                    resume=(sweep_dir / "config.json").exists())
+                    resume=(sweep_dir / "config.json").exists(), cache_dir=out / CACHE_DIR)
     return {"trials": int(len(res.trials)), "warnings": list(res.warnings)}
 
 
@@ -245,7 +245,8 @@ def _gradcam(cfg: StudyConfig, stage: Stage, out: Path, device, ckpts: Path, on_
     loc, _, grids = run_gradcam_study(
         stage.manifest, stage.finding, inits, out / "gradcam" / stage.tag / stage.finding,
         shots=shots, mode=cfg.gradcam_mode, n_images=cfg.gradcam_images,
-        image_size=cfg.image_size, seed=cfg.seed, device=device, on_event=on_event, stop=stop)
+        image_size=cfg.image_size, seed=cfg.seed, device=device, on_event=on_event, stop=stop, checkpoint_dir=ckpts,
+        cache_dir=out / CACHE_DIR)
     return {"rows": int(len(loc)), "grids": len(grids), "shots": shots}
 
 

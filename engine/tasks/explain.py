@@ -24,7 +24,7 @@ def run_gradcam_study_job(params: GradcamStudyParams | dict[str, Any], ctx: JobC
     loc, summ, grids = run_gradcam_study(
         csv, p.finding, inits, out, shots=p.shots, method=p.method, mode=p.mode, layer=p.layer or None,
         n_images=p.n_images, image_size=p.image_size, seed=p.seed, device=ctx.device, on_event=ctx.on_event,
-        stop=ctx.stop,
+        stop=ctx.stop, cache_dir=store.workspace,  # the workspace's image and embedding caches
     )
     name = p.title or f"{p.finding} · {p.method} · {len(inits)} inits"
     summary = {"finding": p.finding, "inits": inits, "method": p.method, "layer": p.layer, "shots": p.shots,

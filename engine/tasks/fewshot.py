@@ -14,9 +14,13 @@ from engine.tasks.model_card import model_card
 from engine.tasks.params import ClassifyParams, SweepParams
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from engine.fewshot.sweep import SweepConfig
 
-__all__ = ["default_classifier_name", "run_classify", "run_sweep_job", "sweep_config"]
+__all__ = ["default_classifier_name", "partial_sweep_trials", "run_classify", "run_sweep_job", "sweep_config"]
+
+SWEEP_DIR = "sweep"  # the sweep job's output folder inside its work folder
 
 
 def sweep_config(params: SweepParams | dict[str, Any]) -> SweepConfig:
@@ -33,8 +37,9 @@ def run_sweep_job(params: SweepParams | dict[str, Any], ctx: JobContext) -> dict
     cfg = p.config()
     csv = export_once(store, ctx, "sweep_images.csv", None if p.image_ids is None else list(p.image_ids),
                       findings=list(cfg.findings))
-    out = ctx.workdir / "sweep"
-    res = run_sweep(csv, cfg, out, ctx.device, on_event=ctx.on_event, stop=ctx.stop, resume=ctx.resume)
+    out = ctx.workdir / SWEEP_DIR
+    res = run_sweep(csv, cfg, out, ctx.device, on_event=ctx.on_event, stop=ctx.stop, resume=ctx.resume,
+                    cache_dir=store.workspace)  # the workspace's image and embedding caches, shared by its jobs
     name = p.title or f"{', '.join(cfg.findings)} · {len(cfg.inits)} inits · {', '.join(cfg.modes)}"
     summary = {"findings": list(cfg.findings), "inits": list(cfg.inits), "modes": list(cfg.modes),
                "shots": list(cfg.shots), "trials": cfg.trials, "image_size": cfg.image_size,
@@ -43,6 +48,20 @@ def run_sweep_job(params: SweepParams | dict[str, Any], ctx: JobContext) -> dict
                "trials_csv": str(out / "trials.csv"), "summary_csv": str(out / "summary.csv")}
     rid = store.add_result("sweep", name, out, summary, job_id=ctx.job_id)
     return {"result_id": rid, "out_dir": str(out), "n_trials": int(len(res.trials)), "warnings": summary["warnings"]}
+
+
+def partial_sweep_trials(runner: Any, job_id: int) -> pd.DataFrame | None:
+    """The trials a (running) sweep job has finished so far: its trials.csv (written atomically after each
+    group of trials), None before the first group or when it cannot be read. `runner`: the JobRunner
+    that knows the job's work folder; pages call this instead of reading that folder."""
+    import pandas as pd
+
+    path = runner.workdir(job_id) / SWEEP_DIR / "trials.csv"
+    try:
+        trials = pd.read_csv(path)
+    except (FileNotFoundError, pd.errors.EmptyDataError, OSError):
+        return None
+    return trials if len(trials) else None
 
 
 def default_classifier_name(finding: str, init: str, mode: str, stamp: str) -> str:

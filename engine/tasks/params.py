@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.analysis.tasks import SimilarityParams
 from engine.fewshot.sweep import SweepConfig
 from engine.jobs.params import JobParams
 from engine.names import check_name
+from engine.tasks.similarity import SimilarityParams
 
 __all__ = ["IMAGE_SIZE", "IMPORT_SOURCES", "ClassifyParams", "GradcamImageParams", "GradcamStudyParams", "ImportParams",
            "PretrainParams", "SimilarityParams", "SweepParams"]

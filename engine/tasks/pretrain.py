@@ -92,7 +92,7 @@ def _data_record(p: PretrainParams, store: Store) -> dict[str, Any]:
 
 def run_pretrain(params: PretrainParams | dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     """Pretrain on the workspace's images (or `data`: a manifest CSV / folder on disk); export the
-    backbone as `out_name` and record it in the store's checkpoint index.
+    backbone as `out_name` (its json, with the run folder inside this job's, is the checkpoint index entry).
 
     Raises InvalidNameError / NameTakenError before any work when the name is not this job's,
     ValueError for fewer than 2 images, Cancelled on stop (state saved for a resume)."""
@@ -128,7 +128,5 @@ def run_pretrain(params: PretrainParams | dict[str, Any], ctx: JobContext) -> di
                            data=_data_record(p, store))
     release_checkpoint(out_name, owner, ckpts)  # exported: the file itself now holds the name
     meta = json.loads(path.with_suffix(".json").read_text())
-    store.add_checkpoint(out_name, path, {k: meta.get(k) for k in ("method", "arch", "steps", "epochs", "n_images",
-                                                                    "image_size", "created")}, job_id=ctx.job_id)
     return {"checkpoint": out_name, "path": str(path), "steps": meta.get("steps"), "n_images": meta.get("n_images"),
             "collapse": (meta.get("collapse") or {}).get("final", {})}

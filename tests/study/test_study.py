@@ -101,7 +101,7 @@ def test_study_end_to_end_then_resume_skips_finished_stages(data, tmp_path):
     # the same settings without --resume are refused; with it, nothing is redone
     with pytest.raises(StudyExistsError, match="resume"):
         run_study(_cfg(data), out, "cpu")
-    with pytest.raises(StudyExistsError, match="trials 2 -> 3"):
+    with pytest.raises(StudyExistsError, match="trials: 2 -> 3"):
         run_study(_cfg(data, trials=3), out, "cpu", resume=True)
     again = []
     mtime = (out / "sweeps" / "ph" / "trials.csv").stat().st_mtime_ns
@@ -176,7 +176,7 @@ def test_a_folder_where_nothing_ran_takes_the_corrected_settings(data, tmp_path)
     assert state["config"]["trials"] == 3
     state["stages"]["pretrain:moco_v2"] = {"status": "done"}
     _save_state(out, state)
-    with pytest.raises(StudyExistsError, match="trials 3 -> 4"):
+    with pytest.raises(StudyExistsError, match="trials: 3 -> 4"):
         _load_state(out, _cfg(data, trials=4), resume=True)
 
 

@@ -82,7 +82,9 @@ def test_benchmark_page_runs_a_study_and_shows_its_report(phantom_csv):
     assert "Skipped (imagenet): " in texts(at)  # the sweep's reason, not only "skipped" cells
     assert len(at.get("plotly_chart")) >= 2  # collapse history, AUC vs shots
     assert any(c.startswith("grid_") for img in at.image for c in img.captions)  # the Grad-CAM grids
-    assert "pg-moco_v2" in [c["name"] for c in services().store.checkpoints()]
+    from engine.models.registry import checkpoints_made_in
+
+    assert "pg-moco_v2" in [i.name for i in checkpoints_made_in(services().workspace)]  # trained in this workspace
     assert any("Download the study" in b.label for b in at.download_button)
     from ui.study import _zip
 

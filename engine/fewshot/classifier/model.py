@@ -85,7 +85,7 @@ class Classifier:
 
     def explain_module(self) -> nn.Module:
         """backbone + head as one module: (B, 3, S, S) normalized input -> (B, 1) logit; eval mode, grads on."""
-        from engine.explain.gradcam import ExplainModel
+        from engine.models.classifier_net import ExplainModel
 
         return ExplainModel(self.backbone, self.head.to(self.device)).eval().requires_grad_(True)
 

@@ -2,13 +2,13 @@
 images (or paths on disk), recorded as a `study` result. No streamlit here.
 
 Pretraining uses the workspace's images outside the test split (or `pretrain_path`); evaluation the
-images labeled for `findings` (or `eval_paths`). Each pretrained method is also entered in the store's
-checkpoint index. A resumed job continues the study in its work folder (engine.study.runner).
+images labeled for `findings` (or `eval_paths`). Each pretrained method's checkpoint json (its run folder
+inside this job's) is its index entry (engine.models.registry.checkpoints_made_in). A resumed job
+continues the study in its work folder (engine.study.runner).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,14 +111,6 @@ def run_study_job(params: StudyParams | dict[str, Any], ctx: JobContext) -> dict
     out = ctx.workdir / "study"
     res = run_study(cfg, out, ctx.device, on_event=ctx.on_event, stop=ctx.stop, resume=ctx.resume or out.exists(),
                     owner=job_owner(store.workspace, ctx.job_id), checkpoint_dir=ckpts)
-    for method in cfg.methods:
-        if method in dict(cfg.reuse):
-            continue
-        name = cfg.checkpoint(method)
-        meta = json.loads((ckpts / f"{name}.json").read_text())
-        store.add_checkpoint(name, ckpts / f"{name}.safetensors",
-                             {k: meta.get(k) for k in ("method", "arch", "steps", "epochs", "n_images", "image_size",
-                                                       "created")}, job_id=ctx.job_id)
     summary = {"config": cfg.to_dict(), "report_md": str(res.report_md), "report_html": str(res.report_html),
                "stages": res.stages}
     title = p.title or f"study · {', '.join(cfg.all_methods)} · {', '.join(cfg.findings) or 'all findings'}"
