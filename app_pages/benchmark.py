@@ -9,6 +9,7 @@ import streamlit as st
 
 from engine.fewshot.plots import auc_vs_shots_figure
 from engine.fewshot.trials import appendix_table
+from engine.escaping import escape_markdown as md
 from engine.jobs import JobSnapshot
 from engine.models import list_inits
 from engine.tasks import SimilarityParams, SweepParams
@@ -92,7 +93,7 @@ def sweep_form(svc: Services) -> None:
 
 def draw_running(snap: JobSnapshot) -> None:
     p = snap.params
-    st.markdown(f"**{', '.join(p.get('findings', []))}** · {len(p.get('inits', []))} inits · "
+    st.markdown(f"**{', '.join(map(md, p.get('findings', [])))}** · {len(p.get('inits', []))} inits · "
                 f"{', '.join(p.get('modes', []))} · shots {p.get('shots')} · {p.get('trials')} trials")
     status_block(snap, "benchmark", show_warnings=snap.state != "done")  # a finished run's warnings show with its results
     partial = services().runner.workdir(snap.id) / "sweep" / "trials.csv"
@@ -229,7 +230,7 @@ def show_similarity(res: dict[str, Any]) -> None:
 
 def draw_similarity_job(snap: JobSnapshot) -> None:
     p = snap.params
-    st.markdown(f"**{p.get('title', 'similarity')}** · {', '.join(p.get('layers') or SIM_LAYERS)} · "
+    st.markdown(f"**{md(p.get('title', 'similarity'))}** · {', '.join(p.get('layers') or SIM_LAYERS)} · "
                 f"{p.get('n_images')} images per set")
     status_block(snap, "similarity")
 

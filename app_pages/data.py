@@ -130,9 +130,10 @@ def _import_uploads(store: Store, files: list, finding: str | None, present: boo
         results.extend(e.committed)
         shown_error(e, icon=":material/hard_drive:")
     except (StoreError, OSError) as e:  # e.g. the database locked by another writer: each image is its own commit
-        kept = (f"the {i} file{'s' * (i != 1)} before it {'were' if i != 1 else 'was'} imported and kept (listed "
-                "below), the rest were not: import them again once the workspace is free (the imported ones will be recognized as "
-                "duplicates)") if i else "nothing was imported: import the files again once the workspace is free"
+        kept = (f"the {i} file{'s' * (i != 1)} before it {'were' if i != 1 else 'was'} imported and kept "
+                "(listed below), the rest were not: import them again once the workspace is free (the imported "
+                "ones will be recognized as duplicates)") if i else \
+            "nothing was imported: import the files again once the workspace is free"
         shown_error(f"{e}. The import stopped at file {i + 1} of {len(files)}; {kept}")
     bar.empty()
     ok = [r for r in results if r.error is None]

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 
 import streamlit as st
 
+from engine.escaping import escape_markdown as md
 from engine.jobs import JobSnapshot
 from engine.jobs.params import JobParams
 from ui.services import services
@@ -110,7 +111,7 @@ def start_job(page: str, kind: str, build: Callable[[], JobParams]) -> None:
     try:
         job_id = services().runner.submit(kind, build())
     except ValueError as e:
-        st.error(f"{e}", icon=":material/error:")
+        st.error(md(e), icon=":material/error:")  # quotes names and paths the user typed
         return
     set_watched(page, job_id)
     st.rerun()
@@ -154,9 +155,9 @@ def status_block(snap: JobSnapshot, page: str, *, show_log: bool = True, show_wa
         frac = 1.0
     st.progress(min(max(frac, 0.0), 1.0), text=progress_text(snap))
     for w in job_warnings(snap) if show_warnings else ():
-        st.warning(w, icon=":material/warning:")
+        st.warning(md(w), icon=":material/warning:")  # may name the user's files
     if snap.state == "failed" and snap.error:
-        st.error(f"This job failed: {snap.error}", icon=":material/error:")
+        st.error(f"This job failed: {md(snap.error)}", icon=":material/error:")
     if snap.state == "interrupted":
         st.info("The server stopped while this job was running. Its last saved state is kept; press **Resume** "
                 "to continue from there." if snap.kind in RESUMES else
@@ -188,7 +189,7 @@ def job_table(kinds: Iterable[str], page: str, *, limit: int = 8) -> None:
     current = st.session_state.get(f"watch:{page}")
     for j in jobs:
         c1, c2, c3 = st.columns([5, 3, 1])
-        c1.markdown(f"**{job_title(j)}**  \n{fmt_time(j.created)}")
+        c1.markdown(f"**{md(job_title(j))}**  \n{fmt_time(j.created)}")
         c2.markdown(STATE_LABEL.get(j.state, j.state) + (f" ({int(100 * (j.progress or 0))} %)" if is_active(j) else ""))
         if c3.button("Show", key=f"show:{page}:{j.id}", disabled=j.id == current):
             set_watched(page, j.id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from ui.jobs import ACTIVE, job_title, progress_text
+from engine.escaping import escape_markdown as md
 from engine.tasks import is_demo_workspace
 from ui.services import ACTIVE_KEY, active_workspace, create_workspace, known_workspaces, services
 
@@ -77,4 +78,4 @@ def _draw_jobs(jobs: list) -> None:
         st.caption("None running.")
         return
     for j in sorted(jobs, key=lambda j: j.created):
-        st.progress(min(max(float(j.progress or 0.0), 0.0), 1.0), text=f"{job_title(j)}  \n{progress_text(j)}")
+        st.progress(min(max(float(j.progress or 0.0), 0.0), 1.0), text=f"{md(job_title(j))}  \n{progress_text(j)}")
