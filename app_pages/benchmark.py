@@ -13,7 +13,7 @@ from engine.escaping import escape_markdown as md
 from engine.jobs import JobSnapshot
 from engine.models import list_inits
 from engine.tasks import SimilarityParams, SweepParams
-from ui.jobs import job_table, pick_result, set_watched, start_job, status_block, watch, watched
+from ui.jobs import job_table, pick_result, start_job, status_block, watch, watched
 from ui.plots import tidy_auc_figure
 from ui.services import Services, services
 from ui.study import study_section
@@ -87,8 +87,7 @@ def sweep_form(svc: Services) -> None:
         params = SweepParams(findings=tuple(findings), inits=tuple(sel_inits), modes=tuple(modes),
                              shots=tuple(sorted(int(k) for k in shots)), trials=int(trials), image_size=int(size),
                              title=", ".join(findings))
-        set_watched("benchmark", svc.runner.submit("sweep", params))
-        st.rerun()
+        start_job("benchmark", "sweep", lambda: params)  # a refused or failed submit is shown, not raised
 
 
 def draw_running(snap: JobSnapshot) -> None:

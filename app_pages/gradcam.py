@@ -12,7 +12,7 @@ from engine.explain.gradcam import METHODS
 from engine.jobs import JobSnapshot
 from engine.models import list_inits
 from engine.tasks import GradcamImageParams, GradcamStudyParams
-from ui.jobs import job_table, set_watched, status_block, watch, watched
+from ui.jobs import job_table, start_job, status_block, watch, watched
 from ui.services import Services, services
 from ui.widgets import default_image_size, empty_state, init_label, page_header
 
@@ -84,8 +84,7 @@ def one_image_form(svc: Services, common: dict[str, Any]) -> None:
         params = GradcamImageParams(**common, image_id=int(image_id),
                                     image_size=default_image_size(svc.runner.device.type),
                                     title=f"{names[image_id]} ({f})")
-        set_watched("gradcam", svc.runner.submit("gradcam_image", params))
-        st.rerun()
+        start_job("gradcam", "gradcam_image", lambda: params)
 
 
 def study_form(svc: Services, common: dict[str, Any]) -> None:
@@ -99,8 +98,7 @@ def study_form(svc: Services, common: dict[str, Any]) -> None:
     if st.button("Run the Grad-CAM study", type="primary", icon=":material/grid_view:", key="gc_go_study"):
         params = GradcamStudyParams(**common, shots=int(shots), n_images=int(n),
                                     image_size=default_image_size(svc.runner.device.type), title=common["finding"])
-        set_watched("gradcam", svc.runner.submit("gradcam", params))
-        st.rerun()
+        start_job("gradcam", "gradcam", lambda: params)
 
 
 def draw_image_result(res: dict[str, Any]) -> None:

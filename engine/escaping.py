@@ -18,6 +18,8 @@ __all__ = ["FORMULA_LEADS", "csv_safe", "csv_safe_cell", "csv_safe_path", "escap
 
 _PUNCT = frozenset(string.punctuation)  # ASCII punctuation: what CommonMark lets a backslash escape
 _BREAKS = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
+_WJ = "\u2060"  # WORD JOINER: invisible, not a line-break opportunity, not a word character
+_AUTOLINK = re.compile(r"(?i):(?=//)|(?<=ww)w(?=\.)|@")  # a WJ goes before each match (see escape_markdown)
 # OWASP CSV Injection: cells starting with these are interpreted as formulas by Excel / LibreOffice / Sheets.
 FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -26,14 +28,18 @@ def escape_markdown(text: object) -> str:
     """`text` as Markdown that renders as exactly that text, on one line.
 
     Every ASCII punctuation character gets a backslash (CommonMark's backslash escapes: links `[..](..)`,
-    images `![..](..)`, autolinks `<..>` and bare `http://` / `www.` links (their `:` and `.` are escaped),
-    emphasis, code, headings, lists, tables, HTML, `$` LaTeX and Streamlit's `:color[..]` / `:material/..:`
-    directives all lose their meaning); line breaks and other control characters become one space, so a
-    value cannot start a block of its own. `None` becomes "". Returns a str.
+    images `![..](..)`, autolinks `<..>`, emphasis, code, headings, lists, tables, HTML, `$` LaTeX and
+    Streamlit's `:color[..]` / `:material/..:` directives all lose their meaning); line breaks and other
+    control characters become one space, so a value cannot start a block of its own. GFM's bare-URL links
+    (`http://x`, `www.x`, `a@b.c`) are found in the text after escapes are resolved (remark-gfm, which
+    Streamlit uses), so an invisible WORD JOINER (U+2060) is put before the `://`, the last `w` of `www.`
+    and the `@`: the browser shows the same characters, with no link (checked in headless Chromium).
+    `None` becomes "".
     """
     if text is None:
         return ""
     s = _BREAKS.sub(" ", str(text))
+    s = _AUTOLINK.sub(lambda m: _WJ + m.group(0), s)
     return "".join("\\" + ch if ch in _PUNCT else ch for ch in s)
 
 

@@ -16,6 +16,7 @@ from engine.escaping import escape_markdown as md
 from engine.jobs import JobSnapshot
 from engine.jobs.params import JobParams
 from ui.services import services
+from ui.store_writes import WRITE_ERRORS, store_write, write_error_message
 from ui.widgets import fmt_time
 
 ACTIVE = ("queued", "running")
@@ -107,11 +108,15 @@ def watched(page: str, kinds: Iterable[str]) -> int | None:
 
 def start_job(page: str, kind: str, build: Callable[[], JobParams]) -> None:
     """Build a job's params (validated on construction) and submit a `kind` job that `page` then watches,
-    and rerun; a ValueError (invalid params, a name another run holds) is shown on the page instead."""
+    and rerun; a ValueError (invalid params, a name another run holds) or a store error (database locked by
+    another writer, full disk: ui.store_writes) is shown on the page instead."""
     try:
         job_id = services().runner.submit(kind, build())
     except ValueError as e:
         st.error(md(e), icon=":material/error:")  # quotes names and paths the user typed
+        return
+    except WRITE_ERRORS as e:
+        st.error(md(write_error_message("start the job", e)), icon=":material/error:")
         return
     set_watched(page, job_id)
     st.rerun()
@@ -166,14 +171,16 @@ def status_block(snap: JobSnapshot, page: str, *, show_log: bool = True, show_wa
     if snap.active:
         if st.button("Cancel", key=f"cancel:{snap.id}", icon=":material/stop_circle:",
                      help="Stops after the current step and keeps a resumable state."):
-            runner.cancel(snap.id)
-            st.toast("Cancelling: the job stops after its current step.")
+            if store_write(lambda: runner.cancel(snap.id), "cancel the job")[0]:
+                st.toast("Cancelling: the job stops after its current step.")
     elif snap.resumable:
         resumes = snap.kind in RESUMES  # the others simply run again
         if st.button("Resume" if resumes else "Retry", key=f"resume:{snap.id}", icon=":material/play_arrow:",
                      type="primary", help="Continue from the last saved state." if resumes else "Run it again."):
-            set_watched(page, runner.resume(snap.id))
-            st.rerun()
+            ok, resumed = store_write(lambda: runner.resume(snap.id), "resume the job")
+            if ok:
+                set_watched(page, resumed)
+                st.rerun()
     if show_log and snap.log:
         with st.expander("Log", expanded=False):
             st.code("\n".join(str(line) for line in snap.log[-30:]), language=None)

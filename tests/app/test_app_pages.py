@@ -329,7 +329,7 @@ def test_classifier_predicts_new_uploads_with_gradcam_and_reports_unreadable_one
     assert "Platt" in texts(at)
     captions = [c for img in at.image for c in img.captions]  # the X-ray and its Grad-CAM overlay
     assert captions.count("X-ray") == 1 and captions.count("Grad-CAM: red = regions that raised the score") == 1
-    assert any("broken.dcm" in m.value for m in at.markdown)
+    assert any("broken\\.dcm" in m.value for m in at.markdown)  # the file's name, escaped as Markdown
     assert at.error, "the unreadable upload gets an error of its own"
 
 

@@ -260,7 +260,7 @@ def test_after_apply_labels_the_panel_shows_the_new_findings_and_unmatched_names
     assert "Applied labels to 2 images for pneumothorax from labels.csv." in text
     assert store.counts()["pneumothorax"] == {"positive": 1, "negative": 1, "unknown": 1}
     (warn,) = [w.value for w in at.warning if "match no image" in w.value]
-    assert plain(warn).endswith(hostile)  # the name is shown as written ...
+    assert plain(warn).replace("\u2060", "").endswith(hostile)  # the name is shown as written (+ invisible joiners)...
     assert "](" not in warn.replace("\\]\\(", "") and "![" not in warn.replace("\\!\\[", "")  # ... as text
 
 
@@ -299,3 +299,19 @@ def test_a_background_upload_reports_stored_names_too():
     (report,) = [d.value for d in at.dataframe if "Stored as" in d.value.columns]
     assert report["Uploaded file"].tolist() == ["DOE_A.png", "DOE_B.png"]  # this session still has the names
     assert report["Stored as"].tolist() == ["image-000001", "image-000002"]
+
+
+@pytest.mark.parametrize("fault", ["full_disk", "locked"])
+def test_a_job_started_from_another_page_under_fault_is_reported(fault, monkeypatch):
+    """The other pages submit their jobs through ui.jobs.start_job: a refused job row is a message too."""
+    at = workspace()
+    store = svc().store
+    store.set_labels("nodule", {3: 1, 4: 0})
+    at.switch_page("app_pages/gradcam.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    before = state(store)
+    with (full_disk(store) if fault == "full_disk" else locked(store, monkeypatch)) as expected:
+        at.button(key="gc_go_one").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Could not start the job: " in errors(at) and expected in errors(at)
+    assert state(store) == before
