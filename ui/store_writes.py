@@ -11,6 +11,7 @@ from typing import TypeVar
 import streamlit as st
 
 from engine.diskspace import DiskFullError as AnyDiskFull
+from engine.diskspace import is_disk_full
 from engine.escaping import escape_markdown
 from engine.store import StoreError
 
@@ -31,7 +32,9 @@ def write_error_message(what: str, e: BaseException) -> str:
         msg = str(e.args[0]) if e.args else "it no longer exists (another session may have changed it); reload"
     elif isinstance(e, OSError) and not isinstance(e, (StoreError, AnyDiskFull)):
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        msg = f"{e.strerror or e}{where}; check that the workspace folder exists and is writable"
+        fix = ("disk full: free space on that disk (delete old runs, results or caches) and retry" if is_disk_full(e)
+               else "check that the workspace folder exists and is writable")
+        msg = f"{e.strerror or e}{where}; {fix}"
     else:
         msg = str(e)
     if "nothing" not in msg.lower():

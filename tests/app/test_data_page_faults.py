@@ -315,3 +315,24 @@ def test_a_job_started_from_another_page_under_fault_is_reported(fault, monkeypa
     assert not at.exception, [e.value for e in at.exception]
     assert "Could not start the job: " in errors(at) and expected in errors(at)
     assert state(store) == before
+
+
+def test_write_error_messages_say_what_happened_and_that_nothing_changed():
+    import errno
+
+    from engine.store import LabelConflictError
+    from ui.store_writes import write_error_message
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/ws/.writers/1.writer")
+    assert write_error_message("save the labels", full) == (
+        "Could not save the labels: No space left on device (/ws/.writers/1.writer); disk full: free space on that "
+        "disk (delete old runs, results or caches) and retry; nothing was changed.")
+    gone = OSError(errno.EROFS, "Read-only file system", "/ws/store.sqlite")
+    assert "Read-only file system (/ws/store.sqlite); check that the workspace folder exists and is writable" \
+        in write_error_message("add the finding", gone)
+    assert write_error_message("rename the finding", KeyError("unknown finding 'x'")) == (
+        "Could not rename the finding: unknown finding 'x'; nothing was changed.")
+    assert "database is locked" in write_error_message("x", sqlite3.OperationalError("database is locked"))
+    conflict = LabelConflictError("nodule", {3: ("image-000003", 0, 1)})
+    assert write_error_message("save", conflict).endswith("nothing was saved. Reload to see the current labels, "
+                                                          "then make your changes again.")
