@@ -8,12 +8,13 @@ import pandas as pd
 import streamlit as st
 
 from engine.fewshot.plots import auc_vs_shots_figure
+from engine.escaping import escape_markdown as md
 from engine.fewshot.metrics import FIXED, paired_differences, uncertainty_of, uncertainty_text
 from engine.fewshot.trials import appendix_table, paired_appendix_table, read_trials
 from engine.jobs import JobSnapshot
 from engine.models import list_inits
 from engine.tasks import SimilarityParams, SweepParams, partial_sweep_trials
-from ui.jobs import job_table, pick_result, set_watched, start_job, status_block, watch, watched
+from ui.jobs import job_table, pick_result, start_job, status_block, watch, watched
 from ui.plots import benchmark_figure, tidy_auc_figure
 from ui.services import Services, services
 from ui.study import study_section
@@ -92,13 +93,12 @@ def sweep_form(svc: Services) -> None:
                              shots=tuple(sorted(int(k) for k in shots)), trials=int(trials),
                              image_size=int(size) or None,  # None: each init at its own size
                              title=", ".join(findings))
-        set_watched("benchmark", svc.runner.submit("sweep", params))
-        st.rerun()
+        start_job("benchmark", "sweep", lambda: params)  # a refused or failed submit is shown, not raised
 
 
 def draw_running(snap: JobSnapshot) -> None:
     p = snap.params
-    st.markdown(f"**{', '.join(p.get('findings', []))}** · {len(p.get('inits', []))} inits · "
+    st.markdown(f"**{', '.join(map(md, p.get('findings', [])))}** · {len(p.get('inits', []))} inits · "
                 f"{', '.join(p.get('modes', []))} · shots {p.get('shots')} · {p.get('trials')} trials")
     status_block(snap, "benchmark", show_warnings=snap.state != "done")  # a finished run's warnings show with its results
     trials = partial_sweep_trials(services().runner, snap.id) if snap.active else None
@@ -261,7 +261,7 @@ def show_similarity(res: dict[str, Any]) -> None:
 
 def draw_similarity_job(snap: JobSnapshot) -> None:
     p = snap.params
-    st.markdown(f"**{p.get('title', 'similarity')}** · {', '.join(p.get('layers') or SIM_LAYERS)} · "
+    st.markdown(f"**{md(p.get('title', 'similarity'))}** · {', '.join(p.get('layers') or SIM_LAYERS)} · "
                 f"{p.get('n_images')} images per set")
     status_block(snap, "similarity")
 

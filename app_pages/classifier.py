@@ -7,6 +7,7 @@ from typing import Any
 import streamlit as st
 
 from engine.fewshot.classifier import MIN_PER_CLASS, ClassifierDataError, OperatingPoint, check_counts
+from engine.escaping import escape_markdown as md
 from engine.jobs import JobSnapshot
 from engine.models import ARCHS, UnknownInitError, init_info, input_size_for, list_inits
 from engine.tasks import ClassifyParams
@@ -227,7 +228,7 @@ def show_result(res: dict[str, Any]) -> None:
     s = res["summary"]
     est = s.get("estimate") or {}
     counts = s.get("counts") or {}
-    st.markdown(f"**{res['name']}** · {s['finding']} · {s['init']} · {s['mode']} · "
+    st.markdown(f"**{md(res['name'])}** · {md(s['finding'])} · {md(s['init'])} · {s['mode']} · "
                 f"{counts.get('positive', '?')} with / {counts.get('negative', '?')} without")
     c1, c2, c3 = st.columns([1, 1, 2])
     c1.metric("Estimated AUC", f"{est['auc']:.2f}", help="Area under the ROC curve, by cross-validation.")
@@ -290,15 +291,15 @@ def predict_panel(res: dict[str, Any], loaded: LoadedClassifier | None, op: Oper
     with st.spinner(f"Scoring and explaining {len(files)} image(s)..."):
         results = explain_uploads(loaded, [(f.name, f.getvalue()) for f in files], threshold=threshold)
     for r in results:
-        st.markdown(f"##### {r.name}")
+        st.markdown(f"##### {md(r.name)}")  # the uploaded file's name: text, never Markdown
         if r.error:
-            st.error(r.error, icon=":material/broken_image:")
+            st.error(md(r.error), icon=":material/broken_image:")
             continue
         c1, c2, c3 = st.columns([2, 2, 3])
         c1.image(r.image, caption="X-ray", clamp=True, width="stretch")
         c2.image(r.overlay, caption="Grad-CAM: red = regions that raised the score", width="stretch")
         with c3:
-            st.markdown(f"### {headline(r.probability, r.threshold, s['finding'])}")
+            st.markdown(f"### {md(headline(r.probability, r.threshold, s['finding']))}")
             ps, _ = fmt_pair(r.probability, r.threshold)
             st.metric(f"Probability of {s['finding']} (calibrated)", ps)
             st.progress(min(max(r.probability, 0.0), 1.0))

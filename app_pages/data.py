@@ -4,13 +4,16 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from engine.escaping import escape_markdown as md
 from engine.jobs import JobSnapshot
-from engine.store import (DiskFullError, LabelConflictError, Store, UploadTooLargeError, check_finding_name,
-                          upload_label_report)
+from engine.store import (DiskFullError, LabelConflictError, Store, StoreError, UploadTooLargeError,
+                          check_finding_name, upload_label_report)
 from engine.tasks import ImportParams
 from ui.jobs import set_watched, status_block, watch, watched
 from ui.labels import LabelCSVError, editor_rows, label_changes, labels_from_csv
 from ui.services import services
+from ui.store_writes import shown_error, store_write
+from ui.upload_report import show_upload_report
 from ui.widgets import (DATA_UPLOAD_TYPES, chunks, data_uri, is_synthetic_workspace, label_text, page_header, pager,
                         synthetic_notice)
 
@@ -76,8 +79,10 @@ def upload_form(store: Store) -> None:
             help="Each file is recognised by its content; files that are no image are listed with the reason.",
         )
         st.caption("Images are stored under neutral names (image-000123), never under their file names, which "
-                   "often hold a patient's name or record number; the original names are shown only here, "
-                   "right after the upload. A label CSV naming the original files still finds them. "
+                   "often hold a patient's name or record number. Right after an upload, the report below lists "
+                   "each file's name with the name it was stored under (download it as CSV to keep it); the "
+                   "workspace itself never shows the original names again. A label CSV naming the original files "
+                   "still finds them. "
                    f"More than {store.background_upload_files} files or "
                    f"{store.background_upload_pixels / 1e6:,.0f} megapixels are decoded in the background with "
                    "progress (shown below; a ZIP counts as many files as it holds images); one upload holds at most "
@@ -120,11 +125,17 @@ def _import_uploads(store: Store, files: list, finding: str | None, present: boo
             bar.progress((i + 1) / len(files), text=f"Importing {f.name} ({i + 1} of {len(files)})")
     except ValueError as e:  # an invalid finding name: checked before anything is written
         bar.empty()
-        st.error(f"Nothing was imported: {e}", icon=":material/error:")
+        shown_error(f"Nothing was imported: {e}")
         return
     except DiskFullError as e:  # what was committed before stays, labeled; say exactly that
         results.extend(e.committed)
-        st.error(str(e), icon=":material/hard_drive:")
+        shown_error(e, icon=":material/hard_drive:")
+    except (StoreError, OSError) as e:  # e.g. the database locked by another writer: each image is its own commit
+        kept = (f"the {i} file{'s' * (i != 1)} before it {'were' if i != 1 else 'was'} imported and kept "
+                "(listed below), the rest were not: import them again once the workspace is free (the imported "
+                "ones will be recognized as duplicates)") if i else \
+            "nothing was imported: import the files again once the workspace is free"
+        shown_error(f"{e}. The import stopped at file {i + 1} of {len(files)}; {kept}")
     bar.empty()
     ok = [r for r in results if r.error is None]
     bad = [r for r in results if r.error is not None]
@@ -133,9 +144,10 @@ def _import_uploads(store: Store, files: list, finding: str | None, present: boo
     if ok:
         text, warn = upload_label_report(len(ok) - dup, dup, len(ok) - len(kept) if finding else 0, len(kept),
                                          finding, present if finding else None)
-        st.success(text, icon=":material/check_circle:")
+        st.success(text, icon=":material/check_circle:")  # Markdown with the finding escaped
         if warn:
-            st.warning(warn + ": " + ", ".join(kept[:10]), icon=":material/warning:")
+            st.warning(warn + ": " + ", ".join(md(k) for k in kept[:10]), icon=":material/warning:")
+        show_upload_report(store, [(r.name, r.image_id, r.duplicate) for r in ok], key="upload_report")
     if bad:
         st.error(f"{len(bad)} file{'s' * (len(bad) != 1)} could not be imported. The others were imported.",
                  icon=":material/error:")
@@ -150,17 +162,23 @@ def _import_in_background(store: Store, files: list, label: tuple[str, int] | No
     try:
         if label is not None:
             check_finding_name(label[0])  # before anything is written
-        folder = store.stage_upload([(f.name, f.getvalue()) for f in files])
     except ValueError as e:
-        st.error(f"Nothing was imported: {e}", icon=":material/error:")
+        shown_error(f"Nothing was imported: {e}")
         return
-    except DiskFullError as e:
-        st.error(f"Nothing was imported: {e}", icon=":material/hard_drive:")
+    ok, folder = store_write(lambda: store.stage_upload([(f.name, f.getvalue()) for f in files]),
+                             "stage the upload for the background import (nothing was imported)")
+    if not ok:
         return
     n = len(files)
     params = ImportParams(source="upload", path=str(folder), label=label,
                           title=f"of {n} uploaded file{'s' * (n != 1)} ({pixels / 1e6:,.0f} megapixels)")
-    job_id = services().runner.submit("import", params)
+    ok, job_id = store_write(lambda: services().runner.submit("import", params),
+                             "start the background import (nothing was imported)")
+    if not ok:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)  # the staged copy would never be imported
+        return
     st.session_state[f"upload_names:{job_id}"] = [f.name for f in files]
     set_watched("data", job_id)
     st.rerun()
@@ -185,8 +203,10 @@ def import_by_path_form() -> None:
             return
         params = ImportParams(source=source, path=path.strip(), images_root=images_root.strip() or None,
                               title=path.strip())
-        set_watched("data", services().runner.submit("import", params))
-        st.rerun()
+        ok, job_id = store_write(lambda: services().runner.submit("import", params), "start the import")
+        if ok:
+            set_watched("data", job_id)
+            st.rerun()
 
 
 def _upload_name(label: str, names: list[str] | None) -> str:
@@ -204,10 +224,10 @@ def draw_import(snap: JobSnapshot) -> None:
     upload = snap.params.get("source") == "upload"
     if upload:
         label = snap.params.get("label")
-        st.markdown(f"**Import {snap.params.get('title', '')}**, decoded in the background"
-                    + (f"; labeled *{label[0]}: {'present' if label[1] else 'absent'}*" if label else ""))
+        st.markdown(f"**Import {md(snap.params.get('title', ''))}**, decoded in the background"
+                    + (f"; labeled *{md(label[0])}: {'present' if label[1] else 'absent'}*" if label else ""))
     else:
-        st.markdown(f"**Import from** `{snap.params.get('path', '')}`")
+        st.markdown(f"**Import from** {md(snap.params.get('path', ''))}")
     status_block(snap, "data")
     if snap.state != "done" or not res:
         return
@@ -216,9 +236,13 @@ def draw_import(snap: JobSnapshot) -> None:
         text, warn = upload_label_report(int(res.get("images", 0)), int(res.get("duplicates", 0)),
                                          int(res.get("labels", 0)), int(res.get("label_kept", 0)),
                                          label[0] if label else None, bool(label[1]) if label else None)
-        st.success(text, icon=":material/check_circle:")
+        st.success(text, icon=":material/check_circle:")  # Markdown with the finding escaped
         if warn:
             st.warning(warn + ".", icon=":material/warning:")
+        if res.get("stored"):
+            names = st.session_state.get(f"upload_names:{snap.id}")
+            show_upload_report(services().store, [(_upload_name(f, names), i, d) for f, i, d in res["stored"]],
+                               key=f"upload_report:{snap.id}", originals=names is not None)
     else:
         st.success(f"Imported {res.get('images', 0)} new images ({res.get('duplicates', 0)} already present), "
                    f"{res.get('labels', 0)} labels, {res.get('regions', 0)} boxes/masks.",
@@ -237,12 +261,10 @@ def _add_finding_form(store: Store, container) -> None:
     with container.form("new_finding", border=False, clear_on_submit=True):
         name = st.text_input("Add a finding", placeholder="e.g. nodule", key="new_finding_name")
         if st.form_submit_button("Add finding", icon=":material/add:") and name.strip():
-            try:
-                store.add_finding(name)
-                st.session_state["label_finding"] = name.strip()
+            ok, added = store_write(lambda: store.add_finding(name), "add the finding")
+            if ok:
+                st.session_state["label_finding"] = added
                 st.rerun()
-            except ValueError as e:
-                st.error(str(e), icon=":material/error:")
 
 
 def _label_editor(store: Store, finding: str, subset: pd.DataFrame, show: str, gen: int) -> bool:
@@ -259,7 +281,7 @@ def _label_editor(store: Store, finding: str, subset: pd.DataFrame, show: str, g
             row_height=72, height=min(40 + 73 * len(rows), 760),
             column_config={
                 "Image": st.column_config.ImageColumn("Image", width="small"),
-                "name": st.column_config.TextColumn("File"),
+                "name": st.column_config.TextColumn("Name", help="The name the image is stored under"),
                 "Present": st.column_config.CheckboxColumn("Present", help=f"shows {finding}"),
                 "Absent": st.column_config.CheckboxColumn("Absent", help=f"does not show {finding}"),
             },
@@ -274,14 +296,18 @@ def _label_editor(store: Store, finding: str, subset: pd.DataFrame, show: str, g
     elif changes:
         seen = {int(r["id"]): 1 if r["Present"] else 0 if r["Absent"] else None
                 for _, r in before.iterrows() if int(r["id"]) in changes}
-        try:
-            store.set_labels(finding, changes, expected=seen)  # refused if another session saved first
+        try:  # refused if another session saved first; a full disk or a locked database: shown, ticks kept
+            ok, _ = store_write(lambda: store.set_labels(finding, changes, expected=seen),
+                                "save the labels (your ticks are still in the table: press Save again)",
+                                passthrough=(LabelConflictError,))
         except LabelConflictError as e:
             st.session_state["labels_gen"] = gen + 1  # the editor reloads the current labels
-            st.error(str(e), icon=":material/sync_problem:")
+            shown_error(e, icon=":material/sync_problem:")
             return False
+        if not ok:
+            return True
         st.session_state["labels_gen"] = gen + 1
-        st.toast(f"Saved {len(changes)} label{'s' * (len(changes) != 1)} for {finding}.")
+        st.toast(md(f"Saved {len(changes)} label{'s' * (len(changes) != 1)} for {finding}."))
         st.rerun()
     else:
         st.info("Nothing changed.")
@@ -292,6 +318,11 @@ def label_panel(store: Store, images: pd.DataFrame) -> None:
     if images.empty:
         st.info("No images yet: upload some in **Add images**.", icon=":material/photo_library:")
         return
+    report = st.session_state.pop(CSV_REPORT, None)  # what the last "Apply labels" did (it reran the page)
+    if report:
+        st.success(report["text"], icon=":material/check_circle:")
+        if report.get("warn"):
+            st.warning(report["warn"], icon=":material/warning:")
     findings = store.findings()
     c1, c2 = st.columns([2, 3])
     _add_finding_form(store, c2)
@@ -306,43 +337,54 @@ def label_panel(store: Store, images: pd.DataFrame) -> None:
     col = images[finding]
     sel = {"all": col.notna() | col.isna(), "unlabeled": col.isna(), "present": col == 1, "absent": col == 0}[show]
     subset = images[sel.to_numpy()]
-    st.caption(f"Tick **Present** for images that show *{finding}* and **Absent** for images that do not; "
+    st.caption(f"Tick **Present** for images that show *{md(finding)}* and **Absent** for images that do not; "
                "leave both empty when unsure. Then press **Save labels**.")
     if subset.empty:
-        st.info(f"No {show} images for *{finding}*.", icon=":material/filter_alt_off:")
+        st.info(f"No {show} images for *{md(finding)}*.", icon=":material/filter_alt_off:")
     elif not _label_editor(store, finding, subset, show, gen):
         return
     n_unlabeled = int(col.isna().sum())
-    if n_unlabeled and st.button(f"Mark the {n_unlabeled} unlabeled images as absent for {finding}",
+    if n_unlabeled and st.button(f"Mark the {n_unlabeled} unlabeled images as absent for {md(finding)}",
                                  icon=":material/done_all:"):
-        store.set_labels(finding, {int(i): 0 for i in images.loc[col.isna(), "id"]})
-        st.session_state["labels_gen"] = gen + 1
-        st.rerun()
+        unlabeled = {int(i): None for i in images.loc[col.isna(), "id"]}  # still unlabeled when written, or refused
+        ok, _ = store_write(lambda: store.set_labels(finding, dict.fromkeys(unlabeled, 0), expected=unlabeled),
+                            "mark the unlabeled images absent")
+        if ok:
+            st.session_state["labels_gen"] = gen + 1
+            st.rerun()
     _label_csv(store, images)
+
+
+CSV_REPORT = "label_csv_report"  # st.session_state: the outcome of "Apply labels", shown after the rerun
 
 
 def _label_csv(store: Store, images: pd.DataFrame) -> None:
     with st.expander("Label many images at once from a CSV file"):
         st.caption("One row per image: a `name` column with the file name (folders are ignored), then one column "
-                   "per finding with 1 (present), 0 (absent) or blank (unknown). Other labels are kept.")
+                   "per finding with 1 (present), 0 (absent) or blank (unknown). Other labels are kept. The whole "
+                   "file is checked first and applied in one step: a file with any problem changes nothing.")
         with st.form("label_csv", clear_on_submit=True, border=False):
             f = st.file_uploader("Label CSV", type=["csv"], key="label_csv_file")
             go = st.form_submit_button("Apply labels")
-        if go and f is not None:
-            try:
-                labels, unmatched = labels_from_csv(f.getvalue(), images, store.name_key)
-            except LabelCSVError as e:
-                st.error(f"{f.name}: {e}", icon=":material/error:")
-                return
-            n = 0
-            for finding, vals in labels.items():
-                if vals:
-                    n += store.set_labels(finding, vals)
-            st.success(f"Applied labels to {n} images for {', '.join(labels)}.", icon=":material/check_circle:")
-            if unmatched:
-                st.warning(f"{len(unmatched)} rows match no image in the workspace: "
-                           + ", ".join(unmatched[:10]) + (" ..." if len(unmatched) > 10 else ""),
-                           icon=":material/warning:")
+    if not (go and f is not None):
+        return
+    try:
+        labels, unmatched = labels_from_csv(f.getvalue(), images, store.name_key)
+    except LabelCSVError as e:
+        shown_error(f"{f.name}: {e}")
+        return
+    ok, n = store_write(lambda: store.set_labels_many({k: v for k, v in labels.items() if v}),
+                        f"apply the labels of {f.name}")
+    if not ok:
+        return
+    text = f"Applied labels to {n} images for {', '.join(map(md, labels))} from {md(f.name)}."
+    warn = None
+    if unmatched:  # names from the CSV: escaped, so a name like [x](http://...) stays text
+        warn = (f"{len(unmatched)} rows match no image in the workspace: " + ", ".join(map(md, unmatched[:10]))
+                + (" ..." if len(unmatched) > 10 else ""))
+    st.session_state[CSV_REPORT] = {"text": text, "warn": warn}
+    st.session_state["labels_gen"] = st.session_state.get("labels_gen", 0) + 1  # the editor shows the new labels
+    st.rerun()  # so the panel above (findings list, editor) shows what was applied
 
 
 def browse(store: Store, images: pd.DataFrame) -> None:
@@ -375,8 +417,8 @@ def manage(store: Store, images: pd.DataFrame) -> None:
     else:
         names = dict(zip(images["id"].astype(int), images["name"]))
         with st.form("delete_images", clear_on_submit=True, border=False):
-            ids = st.multiselect("Images to delete", list(names), format_func=lambda i: f"{names[i]} (#{i})",
-                                 key="delete_ids", placeholder="Type a file name")
+            ids = st.multiselect("Images to delete", list(names), format_func=names.get,
+                                 key="delete_ids", placeholder="Type an image name (image-000123)")
             sure = st.checkbox("Yes, delete these images and their labels (other images and labels are kept)")
             go = st.form_submit_button("Delete", icon=":material/delete:")
         if go:
@@ -385,9 +427,10 @@ def manage(store: Store, images: pd.DataFrame) -> None:
             elif not sure:
                 st.warning("Tick the confirmation box to delete.")
             else:
-                n = store.delete_images(ids)
-                st.toast(f"Deleted {n} image{'s' * (n != 1)}.")
-                st.rerun()
+                ok, n = store_write(lambda: store.delete_images(ids), "delete the images")
+                if ok:
+                    st.toast(f"Deleted {n} image{'s' * (n != 1)}.")
+                    st.rerun()
     st.subheader("Rename or delete a finding")
     findings = store.findings()
     if not findings:
@@ -401,16 +444,15 @@ def manage(store: Store, images: pd.DataFrame) -> None:
         rename = b1.form_submit_button("Rename", icon=":material/edit:")
         delete = b2.form_submit_button("Delete this finding's labels", icon=":material/delete:")
     if rename:
-        try:
-            store.rename_finding(old, new)
-            st.toast(f"Renamed {old} to {new.strip()}.")
+        ok, renamed = store_write(lambda: store.rename_finding(old, new), "rename the finding")
+        if ok:
+            st.toast(md(f"Renamed {old} to {renamed}."))
             st.rerun()
-        except (ValueError, KeyError) as e:
-            st.error(str(e), icon=":material/error:")
     if delete:
-        store.delete_finding(old)
-        st.toast(f"Deleted the finding {old} and its labels; the images are kept.")
-        st.rerun()
+        ok, _ = store_write(lambda: store.delete_finding(old), "delete the finding")
+        if ok:
+            st.toast(md(f"Deleted the finding {old} and its labels; the images are kept."))
+            st.rerun()
 
 
 # ------------------------------------------------------------------------------------------- page

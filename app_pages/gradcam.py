@@ -7,11 +7,12 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from engine.escaping import escape_markdown as md
 from engine.explain.gradcam import METHODS
 from engine.jobs import JobSnapshot
 from engine.models import list_inits
 from engine.tasks import GradcamImageParams, GradcamStudyParams
-from ui.jobs import job_table, set_watched, status_block, watch, watched
+from ui.jobs import job_table, start_job, status_block, watch, watched
 from ui.services import Services, services
 from ui.widgets import empty_state, init_label, page_header
 
@@ -68,7 +69,7 @@ def one_image_form(svc: Services, common: dict[str, Any]) -> None:
     imgs = svc.store.images(f)
     pos = imgs[imgs[f] == 1]
     if pos.empty:
-        st.info(f"No image is labeled with {f}.")
+        st.info(f"No image is labeled with {md(f)}.")
         return
     has_region = {int(i): any(r["finding"] == f for r in svc.store.regions(int(i))) for i in pos["id"][:500]}
     order = sorted(has_region, key=lambda i: not has_region[i])
@@ -82,8 +83,7 @@ def one_image_form(svc: Services, common: dict[str, Any]) -> None:
     if st.button("Explain this image with every init", type="primary", icon=":material/visibility:", key="gc_go_one"):
         params = GradcamImageParams(**common, image_id=int(image_id), image_size=None,  # each init's own size
                                     title=f"{names[image_id]} ({f})")
-        set_watched("gradcam", svc.runner.submit("gradcam_image", params))
-        st.rerun()
+        start_job("gradcam", "gradcam_image", lambda: params)
 
 
 def study_form(svc: Services, common: dict[str, Any]) -> None:
@@ -97,14 +97,13 @@ def study_form(svc: Services, common: dict[str, Any]) -> None:
     if st.button("Run the Grad-CAM study", type="primary", icon=":material/grid_view:", key="gc_go_study"):
         params = GradcamStudyParams(**common, shots=int(shots), n_images=int(n), image_size=None,  # the engine's:
                                     title=common["finding"])  # one grid at the largest of the inits' own sizes
-        set_watched("gradcam", svc.runner.submit("gradcam", params))
-        st.rerun()
+        start_job("gradcam", "gradcam", lambda: params)
 
 
 def draw_image_result(res: dict[str, Any]) -> None:
     rows = res.get("rows") or []
     names = {i.name: init_label(i) for i in list_inits()}
-    st.markdown(f"**{res['finding']}** · {METHOD_LABEL.get(res['method'], res['method'])} · {res['layer']} · "
+    st.markdown(f"**{md(res['finding'])}** · {METHOD_LABEL.get(res['method'], res['method'])} · {res['layer']} · "
                 f"probes fitted on {res.get('n_train', '?')} images · "
                 + ("lesion outlined in green" if res.get("region") != "none" else "no box or mask known for this image"))
     cols = st.columns(min(len(rows) + 1, 6))
@@ -135,7 +134,7 @@ def show_study(res: dict[str, Any]) -> None:
     loc_csv, sum_csv = Path(s["localization_csv"]), Path(s["summary_csv"])
     loc = pd.read_csv(loc_csv) if loc_csv.exists() else pd.DataFrame()
     names = {i.name: init_label(i) for i in list_inits()}
-    st.markdown(f"**{s['finding']}** · {METHOD_LABEL.get(s.get('method'), s.get('method'))} · "
+    st.markdown(f"**{md(s['finding'])}** · {METHOD_LABEL.get(s.get('method'), s.get('method'))} · "
                 f"classifiers from {s.get('shots')} images per class · {s.get('images')} held-out positives")
     if sum_csv.exists():
         summ = pd.read_csv(sum_csv)

@@ -12,10 +12,12 @@ from collections.abc import Callable, Iterable
 
 import streamlit as st
 
+from engine.escaping import escape_markdown as md
 from engine.jobs import JobSnapshot
 from engine.jobs.params import JobParams
 from engine.tasks import kind_of
 from ui.services import services
+from ui.store_writes import WRITE_ERRORS, store_write, write_error_message
 from ui.widgets import fmt_time
 
 ACTIVE = ("queued", "running")
@@ -104,11 +106,15 @@ def watched(page: str, kinds: Iterable[str]) -> int | None:
 
 def start_job(page: str, kind: str, build: Callable[[], JobParams]) -> None:
     """Build a job's params (validated on construction) and submit a `kind` job that `page` then watches,
-    and rerun; a ValueError (invalid params, a name another run holds) is shown on the page instead."""
+    and rerun; a ValueError (invalid params, a name another run holds) or a store error (database locked by
+    another writer, full disk: ui.store_writes) is shown on the page instead."""
     try:
         job_id = services().runner.submit(kind, build())
     except ValueError as e:
-        st.error(f"{e}", icon=":material/error:")
+        st.error(md(e), icon=":material/error:")  # quotes names and paths the user typed
+        return
+    except WRITE_ERRORS as e:
+        st.error(md(write_error_message("start the job", e)), icon=":material/error:")
         return
     set_watched(page, job_id)
     st.rerun()
@@ -152,9 +158,9 @@ def status_block(snap: JobSnapshot, page: str, *, show_log: bool = True, show_wa
         frac = 1.0
     st.progress(min(max(frac, 0.0), 1.0), text=progress_text(snap))
     for w in job_warnings(snap) if show_warnings else ():
-        st.warning(w, icon=":material/warning:")
+        st.warning(md(w), icon=":material/warning:")  # may name the user's files
     if snap.state == "failed" and snap.error:
-        st.error(f"This job failed: {snap.error}", icon=":material/error:")
+        st.error(f"This job failed: {md(snap.error)}", icon=":material/error:")
     if snap.state == "interrupted":
         st.info("The server stopped while this job was running. Its last saved state is kept; press **Resume** "
                 "to continue from there." if kind_resumes(snap.kind) else
@@ -163,14 +169,16 @@ def status_block(snap: JobSnapshot, page: str, *, show_log: bool = True, show_wa
     if snap.active:
         if st.button("Cancel", key=f"cancel:{snap.id}", icon=":material/stop_circle:",
                      help="Stops after the current step and keeps a resumable state."):
-            runner.cancel(snap.id)
-            st.toast("Cancelling: the job stops after its current step.")
+            if store_write(lambda: runner.cancel(snap.id), "cancel the job")[0]:
+                st.toast("Cancelling: the job stops after its current step.")
     elif snap.resumable:
         resumes = kind_resumes(snap.kind)  # the others simply run again
         if st.button("Resume" if resumes else "Retry", key=f"resume:{snap.id}", icon=":material/play_arrow:",
                      type="primary", help="Continue from the last saved state." if resumes else "Run it again."):
-            set_watched(page, runner.resume(snap.id))
-            st.rerun()
+            ok, resumed = store_write(lambda: runner.resume(snap.id), "resume the job")
+            if ok:
+                set_watched(page, resumed)
+                st.rerun()
     if show_log and snap.log:
         with st.expander("Log", expanded=False):
             st.code("\n".join(str(line) for line in snap.log[-30:]), language=None)
@@ -186,7 +194,7 @@ def job_table(kinds: Iterable[str], page: str, *, limit: int = 8) -> None:
     current = st.session_state.get(f"watch:{page}")
     for j in jobs:
         c1, c2, c3 = st.columns([5, 3, 1])
-        c1.markdown(f"**{job_title(j)}**  \n{fmt_time(j.created)}")
+        c1.markdown(f"**{md(job_title(j))}**  \n{fmt_time(j.created)}")
         c2.markdown(STATE_LABEL.get(j.state, j.state) + (f" ({int(100 * (j.progress or 0))} %)" if is_active(j) else ""))
         if c3.button("Show", key=f"show:{page}:{j.id}", disabled=j.id == current):
             set_watched(page, j.id)

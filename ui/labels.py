@@ -67,16 +67,18 @@ def read_label_table(data: bytes) -> pd.DataFrame:
 
 def labels_from_csv(data: bytes, images: pd.DataFrame, name_key: Callable[[str], str] | None = None
                     ) -> tuple[dict[str, dict[int, int | None]], list[str]]:
-    """Match a label CSV to the workspace's images by file name.
+    """Match a label CSV to the workspace's images by file name, after checking all of it.
 
     The CSV needs one name column (`name`, `path`, `file`, `filename` or `image`; folders are ignored,
     only the file name is matched) and one column per finding with 1 / 0 / blank. It is read as a
-    spreadsheet saves it (`read_label_table`). A row matches the images whose stored name has that
-    file name, or, with `name_key` (`Store.name_key`) and a `name_key` column in `images`, the images
-    imported from a file of that name (stored under a neutral name, the original only as its keyed
-    hash). Returns `({finding: {image_id: 1 | 0 | None}}, names in the CSV that match no image)`.
-    Raises LabelCSVError (a ValueError saying what to fix) for an unreadable CSV, a missing name or
-    finding column, or unknown label values.
+    spreadsheet saves it (`read_label_table`). Every finding column's name (engine.names rules) and
+    every value of every row is checked first; all problems are reported together (which columns,
+    which values on which lines). A row matches the images whose stored name has that file name, or,
+    with `name_key` (`Store.name_key`) and a `name_key` column in `images`, the images imported from a
+    file of that name (stored under a neutral name, the original only as its keyed hash). Returns
+    `({finding: {image_id: 1 | 0 | None}}, names in the CSV that match no image)`; write it with
+    `Store.set_labels_many` (one transaction). Raises LabelCSVError (a ValueError saying what to fix)
+    for an unreadable CSV, a missing name or finding column, invalid finding names or unknown values.
     """
     df = read_label_table(data)
     cols = {c.lower().strip(): c for c in df.columns}
@@ -86,6 +88,11 @@ def labels_from_csv(data: bytes, images: pd.DataFrame, name_key: Callable[[str],
     findings = [c for c in df.columns if c.lower().strip() not in NON_FINDING_COLUMNS]
     if not findings:
         raise LabelCSVError("the CSV has no finding columns: add one column per finding with 1, 0 or blank")
+    problems = _column_problems(df, findings)
+    if problems:
+        more = f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""
+        raise LabelCSVError("nothing was labeled: " + "; ".join(problems[:8]) + more)
+    values = {f: df[f].map(_value) for f in findings}
     by_name: dict[str, list[int]] = {}
     for iid, name in zip(images["id"], images["name"]):
         by_name.setdefault(_basename(name), []).append(int(iid))
@@ -96,24 +103,40 @@ def labels_from_csv(data: bytes, images: pd.DataFrame, name_key: Callable[[str],
                 by_key.setdefault(key, []).append(int(iid))
     out: dict[str, dict[int, int | None]] = {f.strip(): {} for f in findings}
     unmatched: list[str] = []
-    problems: list[str] = []
-    for _, row in df.iterrows():
-        base = _basename(row[name_col])
+    for k, cell in enumerate(df[name_col]):
+        base = _basename(cell)
         ids = sorted(set(by_name.get(base, [])) | set(by_key.get(name_key(base), []) if by_key else []))
         if not ids:
-            unmatched.append(str(row[name_col]))
-            continue
+            unmatched.append(str(cell))
         for f in findings:
-            try:
-                v = _value(row[f])
-            except LabelCSVError as e:
-                problems.append(f"row {row[name_col]!r}, column {f!r}: {e}")
-                continue
+            v = values[f].iat[k]
             for iid in ids:
-                out[f.strip()][iid] = v
-    if problems:
-        raise LabelCSVError("; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
+                out[f.strip()][iid] = None if v is None or v != v else int(v)
     return out, unmatched
+
+
+def _column_problems(df: pd.DataFrame, findings: list[str]) -> list[str]:
+    """Every invalid finding column name and every column's unknown values (with their CSV lines)."""
+    from engine.store import check_finding_name
+
+    problems: list[str] = []
+    for f in findings:
+        try:
+            check_finding_name(f)
+        except ValueError as e:
+            problems.append(f"column {f!r} is not a valid finding name ({e})")
+    for f in findings:
+        bad = {}
+        for u in df[f].unique():
+            try:
+                _value(u)
+            except LabelCSVError:
+                bad[u] = [int(i) + 2 for i in np.flatnonzero((df[f] == u).to_numpy())[:3]]  # +2: header, 1-based
+        if bad:
+            shown = ", ".join(f"{u!r} (line {', '.join(map(str, lines))})" for u, lines in list(bad.items())[:5])
+            problems.append(f"column {f!r} has unknown label values {shown}: use 1 (present), 0 (absent) or leave the "
+                            "cell blank (unknown)")
+    return problems
 
 
 def editor_rows(images: pd.DataFrame, finding: str) -> pd.DataFrame:

@@ -105,12 +105,12 @@ def benchmark_figure(summary: pd.DataFrame, paired: pd.DataFrame, findings: list
         s = summary[summary["finding"] == finding]
         for (init, mode), g in s.groupby(["init", "mode"], sort=False):
             _add_curve(fig, g.sort_values("shots"), "auc_mean", "auc_ci_low", "auc_ci_high", init, mode, color[init],
-                       labels, shown, 1, c, shift.get((init, mode), 1.0), f"AUC %{{y:.3f}} [%{{customdata[0]:.3f}}, %{{customdata[1]:.3f}}]")
+                       labels, shown, 1, c, shift.get((init, mode), 1.0), "AUC %{y:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}]")
         p = paired[paired["finding"] == finding] if len(paired) else paired
         for (init, mode), g in (p.groupby(["init", "mode"], sort=False) if len(p) else []):
             _add_curve(fig, g.sort_values("shots"), "diff", "ci_low", "ci_high", init, mode, color.get(init, "#444"),
-                       labels, shown, 2, c, shift.get((init, mode), 1.0), f"d %{{y:+.3f}} [%{{customdata[0]:+.3f}}, %{{customdata[1]:+.3f}}], "
-                                            f"SE %{{customdata[2]:.3f}}, wins %{{customdata[3]:.0f}}/%{{customdata[4]:.0f}}")
+                       labels, shown, 2, c, shift.get((init, mode), 1.0), "d %{y:+.3f} [%{customdata[0]:+.3f}, %{customdata[1]:+.3f}], "
+                                            "SE %{customdata[2]:.3f}, wins %{customdata[3]:.0f}/%{customdata[4]:.0f}")
         fig.add_hline(y=0.5, line={"color": "gray", "dash": "dot", "width": 1}, row=1, col=c)
         fig.add_hline(y=0.0, line={"color": "black", "width": 1}, row=2, col=c)
     shots = sorted(set(summary["shots"].astype(int))) if len(summary) else [1, 5, 10, 20, 50]

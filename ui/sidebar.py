@@ -7,14 +7,12 @@ from pathlib import Path
 import streamlit as st
 
 from ui.jobs import ACTIVE, job_title, progress_text
-from engine.tasks import is_demo_workspace
+from engine.escaping import escape_markdown as md
+from engine.tasks import is_demo_workspace, kind_of
 from ui.services import (WS_PARAM, active_workspace, create_workspace, known_workspaces, opened_services, services,
                          workspace_param)
 from ui.widgets import PAGE_FILES
 
-# The page that shows each job kind (the sidebar's job links open it).
-JOB_PAGE = {"pretrain": "pretrain", "sweep": "benchmark", "study": "benchmark", "classify": "classifier",
-            "gradcam": "gradcam", "gradcam_image": "gradcam", "import": "data"}
 PAGE_TITLE = {"data": "Data", "pretrain": "Pretrain", "classifier": "Classifier", "benchmark": "Benchmark",
               "gradcam": "Grad-CAM"}
 
@@ -108,8 +106,9 @@ def _draw_jobs(jobs: list[tuple]) -> None:
         return
     here = str(services().workspace)
     for svc, j in sorted(jobs, key=lambda sj: (str(sj[0].workspace) != here, sj[1].created)):
-        st.progress(min(max(float(j.progress or 0.0), 0.0), 1.0), text=f"{job_title(j)}  \n{progress_text(j)}")
-        page = JOB_PAGE.get(j.kind, "data")
+        st.progress(min(max(float(j.progress or 0.0), 0.0), 1.0), text=f"{md(job_title(j))}  \n{progress_text(j)}")
+        kind = kind_of(j.kind)  # the page that shows the kind: engine.tasks' one table of job kinds
+        page = kind.page if kind is not None else PAGE_FILES["data"]
         where = "this workspace" if str(svc.workspace) == here else f"workspace {svc.workspace.name}"
-        st.page_link(PAGE_FILES[page], label=f"Open on {PAGE_TITLE[page]} ({where})", icon=":material/arrow_forward:",
-                     query_params={WS_PARAM: workspace_param(svc.workspace)})
+        st.page_link(page, label=f"Open on {PAGE_TITLE.get(Path(page).stem, 'Data')} ({where})",
+                     icon=":material/arrow_forward:", query_params={WS_PARAM: workspace_param(svc.workspace)})

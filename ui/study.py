@@ -13,6 +13,7 @@ from typing import Any
 
 import streamlit as st
 
+from engine.escaping import escape_markdown as md
 from engine.jobs import JobSnapshot
 from engine.ssl.registry import METHODS
 from engine.tasks.study import StudyParams
@@ -78,7 +79,7 @@ def _submit(svc: Services, methods, findings, shots, modes, name, pool, steps, s
 
 def draw_study_job(snap: JobSnapshot) -> None:
     p = snap.params
-    st.markdown(f"**{p.get('title') or 'study'}** · {p.get('steps')} steps · shots {p.get('shots')} · "
+    st.markdown(f"**{md(p.get('title') or 'study')}** · {p.get('steps')} steps · shots {p.get('shots')} · "
                 f"{p.get('trials')} trials")
     status_block(snap, "study")
 
@@ -91,7 +92,7 @@ def show_study(res: dict[str, Any]) -> None:
     try:
         sections = report_sections(out)
     except (OSError, ValueError) as e:
-        st.error(f"The study folder {out} cannot be read: {e}", icon=":material/error:")
+        st.error(md(f"The study folder {out} cannot be read: {e}"), icon=":material/error:")
         return
     for i, (kind, title, payload) in enumerate(sections):
         if kind == "h2":

@@ -212,11 +212,12 @@ class SimilarityReport:
         """table.csv, ranking.csv, report.json and similarity.html (the layer plot) in `out_dir` (atomic each)."""
         from engine.analysis.plots import similarity_figure
         from engine.atomic import atomic_write_text
+        from engine.escaping import csv_safe
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "table.csv", self.table.to_csv(index=False))
-        atomic_write_text(out / "ranking.csv", self.ranking.to_csv(index=False))
+        atomic_write_text(out / "table.csv", csv_safe(self.table).to_csv(index=False))  # pool names are user text
+        atomic_write_text(out / "ranking.csv", csv_safe(self.ranking).to_csv(index=False))
         atomic_write_text(out / "similarity.html", similarity_figure(self.table, self.settings).to_html(include_plotlyjs="cdn"))
         atomic_write_text(out / "report.json", json.dumps({"settings": self.settings, "closest": self.closest,
                                                            "sentence": self.sentence(),

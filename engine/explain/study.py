@@ -77,6 +77,7 @@ class GradCAMStudyConfig:
     batch_size: int = 16  # images per explained chunk and per CAM pass
     alpha: float = 0.4  # overlay opacity
     colormap: str = "jet"
+    image_names: tuple[tuple[str, str], ...] = ()  # (manifest path, name shown in grids and rows); else the file stem
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -99,8 +100,10 @@ class GradCAMStudyConfig:
 
 # ------------------------------------------------------------------------------------------- io
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    """`df` (no index) to `path`, atomically."""
-    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+    """`df` (no index) to `path`, atomically; text cells spreadsheet-safe (engine.escaping.csv_safe)."""
+    from engine.escaping import csv_safe
+
+    atomic_write(path, lambda tmp: csv_safe(df).to_csv(tmp, index=False))
 
 
 def _write_png(rgb: np.ndarray, path: Path) -> None:
@@ -301,7 +304,7 @@ def _explain_all(cfg: GradCAMStudyConfig, sel: _Selection, models: dict[str, tup
     done = pd.read_csv(rows_state) if rows_state.exists() else pd.DataFrame()
     rows: list[dict[str, Any]] = done.to_dict("records")
     done_images = set(done["path"]) if len(done) else set()
-    names = _image_names(paths)
+    names = _image_names(paths, dict(cfg.image_names))
     todo = [p for p in paths if p not in done_images or not (out / f"grid_{names[p]}.png").exists()]
     bar.step += len(paths) - len(todo)
     for c0 in range(0, len(todo), cfg.batch_size):
@@ -360,7 +363,7 @@ def _write_outputs(cfg: GradCAMStudyConfig, sel: _Selection, models: dict[str, A
                    ) -> tuple[pd.DataFrame, pd.DataFrame, list[Path]]:
     """localization.csv (image order, then init order), summary.csv and study.json; the result event."""
     paths = [sel.path(i) for i in sel.chosen]
-    names = _image_names(paths)
+    names = _image_names(paths, dict(cfg.image_names))
     grid_paths = [out / f"grid_{names[p]}.png" for p in paths]
     loc = pd.DataFrame(rows)
     if len(loc):
@@ -395,12 +398,14 @@ def _weights_key(model: nn.Module) -> str:
     return weights_fingerprint(model)
 
 
-def _image_names(paths: Sequence[str]) -> dict[str, str]:
-    """File stems, made unique (stem, stem-2, ...) and safe for file names."""
+def _image_names(paths: Sequence[str], given: dict[str, str] | None = None) -> dict[str, str]:
+    """The names `given` for the paths (e.g. the store's `image-000042`), else file stems; made unique
+    (stem, stem-2, ...) and safe for file names."""
     out: dict[str, str] = {}
     used: set[str] = set()
+    given = given or {}
     for p in paths:
-        stem = _safe(Path(p).stem) or "image"
+        stem = _safe(given.get(p) or given.get(str(Path(p).resolve())) or Path(p).stem) or "image"
         name, k = stem, 2
         while name in used:
             name, k = f"{stem}-{k}", k + 1

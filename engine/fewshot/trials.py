@@ -37,8 +37,10 @@ METRICS = ["accuracy", "sensitivity", "specificity", "precision", "f1"]
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:
-    """Write `df` (no index) to `path` atomically."""
-    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+    """Write `df` (no index) to `path` atomically; text cells spreadsheet-safe (engine.escaping.csv_safe)."""
+    from engine.escaping import csv_safe
+
+    atomic_write(path, lambda tmp: csv_safe(df).to_csv(tmp, index=False))
 
 
 def read_trials(path: Path) -> pd.DataFrame:

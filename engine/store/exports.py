@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from engine.escaping import csv_safe
 from engine.store.files import write_atomic
 
 __all__ = ["ExportMixin"]
@@ -58,7 +59,7 @@ class ExportMixin:
         """Write a manifest CSV of stored images (absolute PNG paths; patient_id = the keyed patient
         hash when a manifest gave one, else "img<id>"; split; one column per finding, blank =
         unknown) plus boxes.csv / masks.csv beside it when there are regions (stale ones removed).
-        Atomic per file. Raises ValueError for unknown findings or image ids, or no images."""
+        Atomic per file; text cells a spreadsheet would run as a formula are escaped (engine.escaping.csv_safe). Raises ValueError for unknown findings or image ids, or no images."""
         csv_path = Path(csv_path)
         csv_path.parent.mkdir(parents=True, exist_ok=True)
         df, fs = self._export_selection(image_ids, findings)
@@ -73,13 +74,13 @@ class ExportMixin:
         })
         for f in fs:
             out[f] = pd.array(df[f].to_numpy(), dtype="Int64")  # 1 / 0 / blank
-        write_atomic(csv_path, out.to_csv(index=False).encode())
+        write_atomic(csv_path, csv_safe(out).to_csv(index=False).encode())  # e.g. a manifest's `split` cell
 
         path_of = dict(zip(df["id"].astype(int), df["file"]))
         for name, table in _region_tables(regs, path_of, fs, self.workspace).items():
             dest = csv_path.parent / name
             if len(table):
-                write_atomic(dest, table.to_csv(index=False).encode())
+                write_atomic(dest, csv_safe(table).to_csv(index=False).encode())
             else:
                 dest.unlink(missing_ok=True)
         return csv_path

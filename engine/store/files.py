@@ -8,6 +8,7 @@ deletes those, but never a file a live import may still commit: every import run
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -60,11 +61,17 @@ def write_atomic(dest: Path, data: bytes) -> None:
 def writes(method: Callable[..., Any]) -> Callable[..., Any]:
     """Run a Store method that writes pixel/mask files under a live-writer marker
     (`<workspace>/.writers/`, engine.atomic.writer_marker), so `remove_orphan_files` never removes a
-    file it may still commit."""
+    file it may still commit. A disk too full for the marker raises DiskFullError (nothing was written)."""
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        with writer_marker(self.writers_dir):
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(writer_marker(self.writers_dir))
+            except OSError as e:  # the first write of an import: on a full disk, say so as every write does
+                if is_disk_full(e) and not isinstance(e, DiskFullError):
+                    raise DiskFullError(self.workspace, free=free_bytes(self.workspace)) from e
+                raise
             return method(self, *args, **kwargs)
 
     return wrapper

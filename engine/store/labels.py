@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine.names import RESERVED_FINDINGS, check_name
+from engine.names import RESERVED_FINDINGS, InvalidNameError, check_name
 from engine.store.errors import LabelConflictError
 
 __all__ = ["LabelsMixin", "RESERVED_COLUMNS", "check_finding_name"]
@@ -92,18 +92,62 @@ class LabelsMixin:
         sets, clears = _label_rows(n, labels)
         ids = sorted({int(i) for i in labels})
         with self._tx() as c:
-            if ids:
-                found = {r[0] for r in c.execute(
-                    f"SELECT id FROM images WHERE id IN ({','.join('?' * len(ids))})", ids)}
-                missing = [i for i in ids if i not in found]
-                if missing:
-                    raise ValueError(f"no images with ids {missing[:10]} in this workspace; nothing was labeled")
+            self._check_ids(c, ids)  # in chunks: "Mark all unlabeled absent" may pass more ids than SQLite's limit
             if expected:
                 self._check_expected(c, n, expected)
             c.execute("INSERT OR IGNORE INTO findings(name, created) VALUES (?, ?)", (n, time.time()))
             c.executemany("INSERT OR REPLACE INTO labels(image_id, finding, value) VALUES (?,?,?)", sets)
             c.executemany("DELETE FROM labels WHERE image_id=? AND finding=?", clears)
         return len(ids)
+
+    def set_labels_many(self, labels: Mapping[str, Mapping[int, int | float | bool | None]]) -> int:
+        """Set the labels of several findings in ONE transaction (a label CSV: all or nothing).
+
+        `labels` maps finding -> {image id: 1 | 0 | None}. Every finding name, every value and every
+        image id is checked before anything is written; problems of all findings are reported together
+        in one ValueError (engine.names.InvalidNameError when only names are wrong) and nothing is
+        changed. Findings are added when new. The store's own errors (StoreError when the database is
+        locked by another writer, DiskFullError) also leave every label as it was. Returns the number
+        of distinct images touched."""
+        names: dict[str, str] = {}
+        problems: list[str] = []
+        for f in labels:
+            try:
+                names[f] = check_finding_name(f)
+            except ValueError as e:
+                problems.append(str(e))
+        rows: dict[str, tuple[list[tuple[int, str, int]], list[tuple[int, str]]]] = {}
+        for f, vals in labels.items():
+            if f in names:
+                try:
+                    rows[f] = _label_rows(names[f], vals)
+                except ValueError as e:
+                    problems.append(f"finding {names[f]!r}: {e}")
+        if problems:
+            only_names = len(problems) == len(labels) - len(names)
+            raise (InvalidNameError if only_names else ValueError)("; ".join(problems) + "; nothing was labeled")
+        ids = sorted({int(i) for vals in labels.values() for i in vals})
+        with self._tx() as c:
+            self._check_ids(c, ids)
+            now = time.time()
+            c.executemany("INSERT OR IGNORE INTO findings(name, created) VALUES (?, ?)",
+                          [(n, now) for n in names.values()])
+            for sets, clears in rows.values():
+                c.executemany("INSERT OR REPLACE INTO labels(image_id, finding, value) VALUES (?,?,?)", sets)
+                c.executemany("DELETE FROM labels WHERE image_id=? AND finding=?", clears)
+        return len(ids)
+
+    @staticmethod
+    def _check_ids(c: sqlite3.Connection, ids: list[int]) -> None:
+        """ValueError naming the image ids (of `ids`) that are not in the workspace."""
+        found: set[int] = set()
+        for i in range(0, len(ids), 500):
+            part = ids[i:i + 500]
+            found |= {r[0] for r in c.execute(f"SELECT id FROM images WHERE id IN ({','.join('?' * len(part))})",
+                                              part)}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise ValueError(f"no images with ids {missing[:10]} in this workspace; nothing was labeled")
 
     def _check_expected(self, c: sqlite3.Connection, finding: str,
                         expected: Mapping[int, int | float | bool | None]) -> None:

@@ -36,8 +36,12 @@ def upload_label_report(new: int, duplicates: int, labeled: int, kept: int, find
     `labeled` counts the images that now carry the chosen label; `kept` the duplicates that were
     already labeled the other way and kept that label (an upload never flips a label). The success
     line claims the label only for the images that got it, so re-uploading images labeled absent as
-    present never reads "labeled pneumonia: present" while the workspace still says absent.
+    present never reads "labeled pneumonia: present" while the workspace still says absent. Both lines
+    are Markdown (the finding in italics, its name escaped: engine.escaping.escape_markdown).
     """
+    from engine.escaping import escape_markdown
+
+    finding = escape_markdown(finding) if finding else finding
     text = f"Imported {new} new image{'s' * (new != 1)}" + (f" ({duplicates} already in the workspace)"
                                                             if duplicates else "")
     warn = None

@@ -2,6 +2,7 @@
 (one workspace image explained by every init)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from engine.jobs.context import JobContext
@@ -21,10 +22,12 @@ def run_gradcam_study_job(params: GradcamStudyParams | dict[str, Any], ctx: JobC
                       findings=[p.finding])
     inits = list(p.inits or available_inits())
     out = ctx.workdir / "study"
+    imgs = store.images(p.finding)  # grids and rows carry the stored names (image-000042), as every page shows
+    shown = tuple((str(Path(f).resolve()), str(n)) for f, n in zip(imgs["file"], imgs["name"]))
     loc, summ, grids = run_gradcam_study(
         csv, p.finding, inits, out, shots=p.shots, method=p.method, mode=p.mode, layer=p.layer or None,
         n_images=p.n_images, image_size=p.image_size, seed=p.seed, device=ctx.device, on_event=ctx.on_event,
-        stop=ctx.stop, cache_dir=store.workspace,  # the workspace's image and embedding caches
+        stop=ctx.stop, cache_dir=store.workspace, image_names=shown,  # the workspace's image and embedding caches
     )
     name = p.title or f"{p.finding} · {p.method} · {len(inits)} inits"
     summary = {"finding": p.finding, "inits": inits, "method": p.method, "layer": p.layer, "shots": p.shots,

@@ -8,7 +8,10 @@ from engine.jobs.context import JobContext
 from engine.tasks.common import store_of
 from engine.tasks.params import ImportParams
 
-__all__ = ["run_import"]
+__all__ = ["MAX_STORED_LISTED", "PUBLIC_ID_SOURCES", "run_import"]
+
+MAX_STORED_LISTED = 20_000  # upload rows (file -> stored image id) kept in the job's result: one archive's limit
+PUBLIC_ID_SOURCES = ("nih", "padchest")  # imports whose file names are public dataset ids, stored as the name
 
 
 def run_import(params: ImportParams | dict[str, Any], ctx: JobContext) -> dict[str, Any]:
@@ -32,7 +35,9 @@ def run_import(params: ImportParams | dict[str, Any], ctx: JobContext) -> dict[s
         return {"images": sum(not r.duplicate for r in ok), "duplicates": sum(r.duplicate for r in ok),
                 "labels": len(ok) - sum(r.label_kept for r in ok) if p.label else 0,
                 "label_kept": sum(r.label_kept for r in ok), "regions": 0,
-                "errors": [[r.name, r.error] for r in res if r.error][:500]}
+                "errors": [[r.name, r.error] for r in res if r.error][:500],
+                # "file <k>[/member]" -> stored image id, for the page's upload report (names stay in the session)
+                "stored": [[r.name, int(r.image_id), bool(r.duplicate)] for r in ok][:MAX_STORED_LISTED]}
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: check the path (it is read on the computer running the app)")
     if p.source == "folder":
@@ -41,7 +46,8 @@ def run_import(params: ImportParams | dict[str, Any], ctx: JobContext) -> dict[s
         return {"images": sum(not r.duplicate for r in ok), "duplicates": sum(r.duplicate for r in ok),
                 "labels": 0, "regions": 0, "errors": [[r.name, r.error] for r in res if r.error][:500]}
     csv = path if p.source == "manifest" else _dataset_manifest(p, path, ctx)
-    s = store.import_manifest(csv, on_event=ctx.on_event, stop=ctx.stop)
+    # NIH / PadChest file names are the datasets' public image ids (no patient data): kept, so they stay visible
+    s = store.import_manifest(csv, on_event=ctx.on_event, stop=ctx.stop, keep_names=p.source in PUBLIC_ID_SOURCES)
     return {"images": s.images, "duplicates": s.duplicates, "labels": s.labels, "regions": s.regions,
             "findings": list(s.findings), "errors": []}
 

@@ -121,4 +121,4 @@ def test_benchmark_page_compares_the_workspace_with_pools_and_reports_errors(pha
     job = max(runner.jobs(), key=lambda j: j.id)
     assert runner.wait(job.id, timeout=120).state == "failed"
     at.run()
-    assert "/nowhere/pool" in texts(at) and "does not exist" in texts(at)
+    assert "\\/nowhere\\/pool" in texts(at) and "does not exist" in texts(at)  # the path, escaped as Markdown

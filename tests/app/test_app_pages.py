@@ -207,7 +207,7 @@ def test_data_labels_from_a_csv_report_unknown_names_and_bad_files(phantom):
     at.file_uploader(key="label_csv_file").set_value(("labels.csv", csv, "text/csv"))
     submit(at, "Apply labels")
     assert store.counts()["cardiomegaly"]["positive"] == 1 and store.counts()["cardiomegaly"]["negative"] == 1
-    assert "missing.png" in texts(at)
+    assert "missing\\.png" in texts(at)  # named, escaped as Markdown (engine.escaping.escape_markdown)
     at.file_uploader(key="label_csv_file").set_value(("bad.csv", b"foo,bar\n1,2\n", "text/csv"))
     submit(at, "Apply labels")
     assert "needs a column with the image file names" in texts(at)
@@ -329,7 +329,7 @@ def test_classifier_predicts_new_uploads_with_gradcam_and_reports_unreadable_one
     assert "Platt" in texts(at)
     captions = [c for img in at.image for c in img.captions]  # the X-ray and its Grad-CAM overlay
     assert captions.count("X-ray") == 1 and captions.count("Grad-CAM: red = regions that raised the score") == 1
-    assert any("broken.dcm" in m.value for m in at.markdown)
+    assert any("broken\\.dcm" in m.value for m in at.markdown)  # the file's name, escaped as Markdown
     assert at.error, "the unreadable upload gets an error of its own"
 
 

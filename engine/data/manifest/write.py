@@ -13,6 +13,7 @@ import pandas as pd
 
 from engine.atomic import atomic_write_text
 from engine.data.manifest.model import BOX_COLUMNS, MASK_COLUMNS, RESERVED
+from engine.escaping import csv_safe, csv_safe_cell, csv_safe_path
 
 
 def relative_paths(paths: Iterable[str], folder: Path) -> list[str]:
@@ -53,10 +54,10 @@ def manifest_csv_text(df: pd.DataFrame, folder: Path) -> str:
     cells = block.tobytes().decode("ascii")
     width = 2 * f
     prefix = [c for c in RESERVED if c in df.columns]  # path first, then patient_id / split
-    cols = [relative_paths(df["path"].astype(str), folder)]
-    cols += [df[c].fillna("").astype(str).tolist() for c in prefix[1:]]
+    cols = [[csv_safe_path(p) for p in relative_paths(df["path"].astype(str), folder)]]
+    cols += [[csv_safe_cell(v) for v in df[c].fillna("").astype(str)] for c in prefix[1:]]  # spreadsheet-safe
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow(prefix + findings)
+    csv.writer(buf, lineterminator="\n").writerow(prefix + [csv_safe_cell(str(f)) for f in findings])
     w = csv.writer(buf, lineterminator=",")  # a prefix row ends with the separator before the labels
     for i, row in enumerate(zip(*cols)):
         w.writerow(row)
@@ -82,7 +83,7 @@ def write_manifest(df: pd.DataFrame, csv_path: str | Path, boxes: pd.DataFrame |
             raise ValueError(f"boxes DataFrame misses column(s) {missing}")
         b = boxes[list(BOX_COLUMNS)].copy()
         b["path"] = relative_paths(b["path"].astype(str), folder)
-        atomic_write_text(folder / "boxes.csv", b.to_csv(index=False, lineterminator="\n"))
+        atomic_write_text(folder / "boxes.csv", csv_safe(b).to_csv(index=False, lineterminator="\n"))
     if masks is not None:
         missing = [c for c in MASK_COLUMNS if c not in masks.columns]
         if missing:
@@ -90,6 +91,6 @@ def write_manifest(df: pd.DataFrame, csv_path: str | Path, boxes: pd.DataFrame |
         m = masks[list(MASK_COLUMNS)].copy()
         m["path"] = relative_paths(m["path"].astype(str), folder)
         m["mask_path"] = relative_paths(m["mask_path"].astype(str), folder)
-        atomic_write_text(folder / "masks.csv", m.to_csv(index=False, lineterminator="\n"))
+        atomic_write_text(folder / "masks.csv", csv_safe(m).to_csv(index=False, lineterminator="\n"))
     atomic_write_text(csv_path, text)
     return csv_path
