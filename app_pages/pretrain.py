@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.jobs import JobSnapshot
-from engine.models import list_inits
+from engine.models import UnknownInitError, init_info, list_inits
 from engine.ssl import METHODS
 from engine.ssl.monitor import COS_MAX, ERANK_MIN, STD_MIN, collapse_status
 from engine.ssl.pretrain import SSL_ARCHS
@@ -63,10 +63,18 @@ def image_set_inputs(images: pd.DataFrame, findings: list[str], sizes: dict[str,
 
 
 def refusal(name: str, taken: set[str], method: str, preset: str, control: bool, image_set: str, path: str,
-            n_images: int) -> str | None:
+            n_images: int, arch: str = "resnet18", start: str = "random") -> str | None:
     """Why a run with these choices cannot start (shown as an error; no job is submitted), or None."""
     if name in taken:
         return f"A backbone named {name!r} exists already: choose another name."
+    if start not in ("random", "imagenet"):
+        try:
+            start_arch = init_info(start).arch
+        except UnknownInitError:
+            return f"The backbone {start!r} to start from is no longer here: choose another."
+        if start_arch != arch:
+            return (f"{start!r} is a {start_arch}: a warm start continues the same network, so choose Backbone "
+                    f"{start_arch} or start from random weights.")
     try:
         from engine.ssl.presets import preset_overrides
 
@@ -98,6 +106,15 @@ def start_form(images: pd.DataFrame, findings: list[str]) -> None:
         method = c1.selectbox("Method", list(METHODS), format_func=method_label, key="pt_method")
         arch = c2.selectbox("Backbone", list(SSL_ARCHS), key="pt_arch",
                             help="resnet18 trains fast on a CPU; resnet50 is the studies' choice on a GPU.")
+        starts = ["random", "imagenet"] + [i.name for i in list_inits() if is_ssl(i) and i.available]
+        labels = {i.name: init_label(i) for i in list_inits()}
+        start = st.selectbox("Start from", starts, key="pt_start",
+                             format_func=lambda n: {"random": "Random weights",
+                                                    "imagenet": "ImageNet weights (needs the offline file)"}.get(
+                                                        n, f"Continue {labels.get(n, n)} (warm start)"),
+                             help="A warm start continues a backbone of the same network (e.g. the shipped one) on "
+                                  "these images with a new schedule; its card then records the lineage and the "
+                                  "epochs summed over every run.")
         image_set, path = image_set_inputs(images, findings, sizes)
         c3, c4, c5 = st.columns(3)
         epochs = c3.number_input("Epochs", 1, 1000, 20, key="pt_epochs",
@@ -132,7 +149,7 @@ def start_form(images: pd.DataFrame, findings: list[str]) -> None:
         go = st.form_submit_button("Start pretraining", type="primary", icon=":material/play_arrow:")
     if not go:
         return
-    problem = refusal(name, taken, method, preset, control, image_set, path, sizes.get(image_set, 0))
+    problem = refusal(name, taken, method, preset, control, image_set, path, sizes.get(image_set, 0), arch, start)
     if problem:
         st.error(problem, icon=":material/error:")
         return
@@ -144,7 +161,7 @@ def start_form(images: pd.DataFrame, findings: list[str]) -> None:
     # the name is checked and reserved at submit: another run may have taken it meanwhile
     start_job("pretrain", "pretrain", lambda: PretrainParams(
         method=method, arch=arch, epochs=int(epochs), batch_size=int(batch), image_size=int(size), preset=preset,
-        out_name=name, collapse_control=f"erank:{float(target):g}" if control else None,
+        out_name=name, collapse_control=f"erank:{float(target):g}" if control else None, init=start,
         data=path.strip() if image_set == "path" else None, image_ids=image_ids))
 
 
@@ -153,6 +170,7 @@ def draw_job(snap: JobSnapshot) -> None:
     st.markdown(f"**{p.get('out_name', 'backbone')}** · {method_label(p.get('method', ''))} · {p.get('arch', '')} · "
                 f"{p.get('epochs', '?')} epochs · batch {p.get('batch_size', '?')} · {p.get('image_size', '?')} px · "
                 f"{p.get('preset', 'paper')} recipe"
+                + (f" · from {p['init']}" if p.get("init", "random") != "random" else "")
                 + (f" · collapse control {p['collapse_control']}" if p.get("collapse_control") else ""))
     status_block(snap, "pretrain", show_warnings=False)
     hist = snap.history or []

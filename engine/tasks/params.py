@@ -50,6 +50,7 @@ class PretrainParams(JobParams):
     batch_size: int = 64                 # capped at the number of images
     seed: int = 0
     preset: str = "paper"                # engine/ssl/presets.py
+    init: str = "random"                 # random | imagenet | a checkpoint of the same arch (a warm start)
     collapse_control: str | None = None  # "erank:TARGET" (engine.ssl.monitor.CollapseControl)
     image_ids: tuple[int, ...] | None = None  # workspace images to use (None: all but the test split)
     data: str | None = None              # a manifest CSV / folder on disk instead of the workspace
@@ -58,6 +59,8 @@ class PretrainParams(JobParams):
     def validate(self) -> None:
         if self.out_name:  # empty: refused by the reservation at submit ("checkpoint name ''")
             check_name(self.out_name, "checkpoint")
+        if self.init not in ("random", "imagenet"):
+            check_name(self.init, "init")
         for name in ("epochs", "batch_size", "image_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"pretrain job parameter {name} must be at least 1, got {getattr(self, name)}")

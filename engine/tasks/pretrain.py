@@ -38,7 +38,7 @@ def pretrain_config(params: PretrainParams | dict[str, Any], n_images: int) -> P
         # about 25 collapse checks and 10 resumable saves per run, whatever its length
         monitor_every_steps=max(1, steps // 25), save_every_steps=max(1, steps // 10),
         monitor_images=max(2, min(256, n_images)),
-        collapse_control=p.collapse_control or None,
+        collapse_control=p.collapse_control or None, init=p.init,
     )
 
 
