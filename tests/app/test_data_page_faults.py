@@ -105,10 +105,8 @@ def locked(store, monkeypatch) -> Iterator[str]:
 
     real = db.connect
 
-    def quick(path):
-        c = real(path)
-        c.execute("PRAGMA busy_timeout = 200")
-        return c
+    def quick(path, timeout=None):  # the store's connect(path, timeout=...), with a 0.2 s wait for the lock
+        return real(path, timeout=0.2)
 
     monkeypatch.setattr(db, "connect", quick)
     store.close()  # every thread's next connection gets the short timeout
