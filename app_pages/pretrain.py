@@ -13,6 +13,7 @@ from engine.ssl import METHODS
 from engine.ssl.monitor import COS_MAX, ERANK_MIN, STD_MIN, collapse_status
 from engine.ssl.pretrain import SSL_ARCHS
 from engine.tasks import PretrainParams
+from ui.backbone_import import import_section
 from ui.jobs import job_table, job_warnings, start_job, status_block, watch, watched
 from ui.monitor_plots import control_figure, study_collapse_figure
 from ui.plots import collapse_figure, loss_figure
@@ -318,3 +319,5 @@ st.caption("Backbones pretrained here; the Classifier, Benchmark and Grad-CAM pa
            "Spread, mean cosine and effective rank are the collapse monitor's last reading of the method's head "
            "(RankMe-style); raw std and centred effective rank are the same reading in the seed study's terms.")
 backbones_table()
+with st.expander("Import a backbone", icon=":material/upload:"):
+    import_section()
