@@ -10,7 +10,7 @@ import streamlit as st
 from engine.jobs import JobSnapshot
 from engine.models import list_inits
 from engine.ssl import METHODS
-from engine.ssl.monitor import COS_MAX, ERANK_MIN, STD_MIN, collapse_status
+from engine.ssl.monitor import ERANK_MIN, RELATIVE_DROP, STD_MIN, WARMUP_READINGS, collapse_status
 from engine.ssl.pretrain import SSL_ARCHS
 from engine.tasks import PretrainParams
 from ui.backbone_import import import_section
@@ -141,7 +141,7 @@ def draw_job(snap: JobSnapshot) -> None:
     hist = snap.history or []
     losses = [h["loss"] for h in hist if "loss" in h]
     coll = [h for h in hist if "collapse_std" in h]
-    status = monitor_status(snap, coll[-1] if coll else None)
+    status = monitor_status(snap, coll)
     if not losses and not coll:
         if snap.active:
             st.caption(snap.message or "Preparing the images...")
@@ -169,6 +169,11 @@ def draw_job(snap: JobSnapshot) -> None:
             st.warning(f"Backbone **{snap.result.get('checkpoint')}** was saved and appears as an init on the "
                        "Classifier, Benchmark and Grad-CAM pages, but its last collapse-monitor reading looks "
                        "collapsed (above): expect it to do no better than random weights.", icon=":material/warning:")
+        elif status == "warmup":  # too short to judge: say so rather than "ready"
+            st.info(f"Backbone **{snap.result.get('checkpoint')}** was saved and appears as an init on the "
+                    "Classifier, Benchmark and Grad-CAM pages. The run ended within the collapse monitor's warm-up, "
+                    "so whether it collapsed was not judged; compare it with random weights on the Benchmark page.",
+                    icon=":material/info:")
         else:
             st.success(f"Backbone **{snap.result.get('checkpoint')}** is ready: it now appears as an init on the "
                        "Classifier, Benchmark and Grad-CAM pages.", icon=":material/check_circle:")
@@ -215,11 +220,13 @@ def control_panel(snap: JobSnapshot, hist: list[dict[str, Any]], last: dict[str,
         st.code("\n".join(adjustments[-8:]), language=None)
 
 
-def monitor_status(snap: JobSnapshot, last: dict[str, Any] | None) -> str:
-    """One current collapse status line for the run (the latest reading, in plain words, judged by the
-    same thresholds for every method: engine.ssl.monitor.collapse_status), the earlier readings'
-    warnings on demand in an expander, then the job's other warnings. Returns the status level."""
-    level, line, problems = collapse_status(last, last.get("step") if last else None, "collapse_")
+def monitor_status(snap: JobSnapshot, coll: list[dict[str, Any]]) -> str:
+    """One current collapse status line for the run (the latest of its monitor readings `coll`, in plain
+    words, judged against the run's own early readings after a warm-up, the same rule for every method:
+    engine.ssl.monitor.collapse_status), the earlier readings' warnings on demand in an expander, then
+    the job's other warnings. Returns the status level."""
+    last = coll[-1] if coll else None
+    level, line, problems = collapse_status(last, last.get("step") if last else None, "collapse_", history=coll)
     earlier = [w for w in job_warnings(snap) if w.startswith("collapse") and w != f"collapse: {line}"]
     others = [w for w in job_warnings(snap) if not w.startswith("collapse")]
     if level == "warning":
@@ -228,14 +235,18 @@ def monitor_status(snap: JobSnapshot, last: dict[str, Any] | None) -> str:
         st.success(f"**Collapse monitor:** {line[:1].upper() + line[1:]}"
                    + (f" {len(earlier)} earlier reading{'s' * (len(earlier) != 1)} looked collapsed (details below)."
                       if earlier else ""), icon=":material/check_circle:")
-    elif level == "baseline" or snap.active:
-        st.caption(f"Collapse monitor: {line}")
+    elif level in ("baseline", "warmup") or snap.active:
+        st.caption(f"Collapse monitor: {line[:1].upper() + line[1:]}")
     if last is not None or earlier:
         with st.expander("Collapse monitor details", icon=":material/monitor_heart:"):
-            st.markdown(f"Every method is judged by the same thresholds, on its head embedding (if it has one) "
-                        f"and on its pooled backbone features: spread at least {STD_MIN:g}, mean cosine of "
-                        f"different images at most {COS_MAX:g}, effective rank at least {ERANK_MIN:g} "
-                        f"(engine/ssl/monitor.py). The step-0 reading of the untrained network is not judged.")
+            st.markdown(f"Every method is judged by the same rule, on its head embedding (if it has one) and on "
+                        f"its pooled backbone features, against the run's own early readings: the step-0 reading "
+                        f"of the untrained network and the next {WARMUP_READINGS} are the warm-up (only outright "
+                        f"collapse is flagged then); afterwards a reading is flagged when its spread, effective "
+                        f"rank or 1 - mean cosine falls below {RELATIVE_DROP:g} x the median of the early "
+                        f"readings, or under the floors spread {STD_MIN:g} / effective rank {ERANK_MIN:g} "
+                        f"(engine/ssl/monitor.py). A mean cosine near 1 alone is no collapse: an untrained "
+                        f"network's is ~0.99 on X-rays.")
             for p in problems:
                 st.markdown(f"- latest reading: {p}")
             if earlier:

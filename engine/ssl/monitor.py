@@ -24,10 +24,14 @@ The seed study's set (so a run can be compared with the numbers the study report
   z - mean(z): the shared mean direction no longer counts as a dimension, so an embedding that is
   one common vector plus spread in k directions reads ~k here and less than that uncentred.
 
+Judging (`collapse_status`, issue 23): relative to the run's own early readings after a warm-up, not
+absolute thresholds from step 0 (an untrained network's features are nearly parallel already); see
+WARMUP_READINGS below.
+
 `CollapseMonitor` embeds a fixed seeded sample of training images every N steps (eval mode, no
 gradient), keeps the history (one flat record per reading with every key of both sets, for the
 method's head and, prefixed `backbone_`, for the pooled backbone features), and turns a low `std`, a high `cos` or a low
-`erank` (the same thresholds for every method, on its head and its backbone features) into at most one
+`erank` (the same rule for every method, on its head and its backbone features) into at most one
 plain-words warning per reading (`collapse_status`).
 """
 from __future__ import annotations
@@ -190,57 +194,117 @@ class CollapseMonitor:
     cos_max: float = COS_MAX
 
     def warnings(self, metrics: dict[str, float], step: int | None = None) -> list[str]:
-        """At most one collapse message for a reading (`collapse_status`'s line); none for the step-0
-        baseline (an untrained network on homogeneous X-rays is nearly parallel already; that is the
-        starting point, not a collapse). The same thresholds for every method."""
-        level, line, _ = collapse_status(metrics, step, std_min=self.std_min, erank_min=self.erank_min,
-                                         cos_max=self.cos_max)
+        """At most one collapse message for a reading (`collapse_status`'s line, judged against this
+        monitor's history: the run's own early readings after a warm-up); none for the step-0 baseline.
+        The same rule for every method."""
+        level, line, _ = collapse_status(metrics, step, history=self.history, std_min=self.std_min,
+                                         erank_min=self.erank_min, cos_max=self.cos_max)
         return [f"collapse: {line}"] if level == "warning" else []
 
 
-def collapse_problems(metrics: dict[str, Any], prefix: str = "", *, std_min: float = STD_MIN,
-                      erank_min: float = ERANK_MIN, cos_max: float = COS_MAX) -> list[str]:
-    """Each threshold a reading breaks, in words, for the head embedding and the pooled backbone
-    features (keys `{prefix}std` ... and `{prefix}backbone_std` ...). A method without a head (SparK)
-    records its backbone features in both, so they are judged once."""
+# Judging a reading (issue 23 item 4): relative to the run's own early readings, after a warm-up.
+# An untrained ResNet already gives nearly parallel features on X-rays (cos ~0.99), so an absolute
+# cosine limit called healthy runs "collapsed" at step 12. Now: the step-0 baseline and the next
+# WARMUP_READINGS readings are the run's reference (per metric, the best of them); during the warm-up
+# only outright collapse is flagged (spread < DEAD_STD or effective rank < DEAD_ERANK: every image on
+# one point / one line); afterwards a reading is flagged when a metric lost more than half of its best
+# early value (spread, effective rank, or 1 - mean cosine, the distinctness of different images) or
+# falls under the absolute floors std_min / erank_min. The mean cosine alone never flags a reading.
+WARMUP_READINGS = 3
+RELATIVE_DROP = 0.5
+DEAD_STD = 0.01
+DEAD_ERANK = 1.2
+
+
+def _spaces(metrics: dict[str, Any], prefix: str) -> list[tuple[str, str]]:
+    """(name, key prefix) of the head embedding and, when it differs, the pooled backbone features."""
     spaces = [("embedding", prefix)]
     bb = [metrics.get(f"{prefix}backbone_{k}") for k in ("std", "cos", "erank")]
     if any(v is not None for v in bb) and bb != [metrics.get(f"{prefix}{k}") for k in ("std", "cos", "erank")]:
         spaces.append(("backbone features", f"{prefix}backbone_"))
+    return spaces
+
+
+def reference_readings(history: list[dict[str, Any]], prefix: str = "", warmup: int = WARMUP_READINGS
+                       ) -> dict[str, float]:
+    """Per metric key, the median of the run's first 1 + `warmup` readings (the step-0 baseline and the
+    warm-up; the median, so one early spike does not set the bar): what later readings are judged
+    against. Keys as in the records (`{prefix}std`, `{prefix}backbone_cos`, ...)."""
+    early = sorted((h for h in history if h.get("step") is not None), key=lambda h: h["step"])[: 1 + warmup]
+    keys = {k for h in early for k, v in h.items() if k.startswith(prefix) and k != "step"
+            and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: float(np.median([float(h[k]) for h in early if isinstance(h.get(k), (int, float))])) for k in keys}
+
+
+def collapse_problems(metrics: dict[str, Any], prefix: str = "", *, std_min: float = STD_MIN,
+                      erank_min: float = ERANK_MIN, reference: dict[str, float] | None = None,
+                      warmup: bool = False, drop: float = RELATIVE_DROP) -> list[str]:
+    """Each collapse sign of a reading, in words, for the head embedding and the pooled backbone
+    features (keys `{prefix}std` ... and `{prefix}backbone_std` ...); a method without a head (SparK)
+    records its backbone features in both, so they are judged once. `warmup`: only outright collapse
+    (DEAD_STD, DEAD_ERANK). Otherwise the floors std_min / erank_min and, with `reference` (from
+    `reference_readings`), a drop below `drop` x the run's best early spread, rank or 1 - cosine."""
     out: list[str] = []
-    for name, p in spaces:
+    ref = reference or {}
+    for name, p in _spaces(metrics, prefix):
         std, cos, erank = (metrics.get(f"{p}{k}") for k in ("std", "cos", "erank"))
-        if std is not None and std < std_min:
-            out.append(f"{name}: spread {std:.3f} is below {std_min:g} (all images map to nearly the same point)")
-        if cos is not None and cos > cos_max:
-            out.append(f"{name}: mean cosine of different images {cos:.3f} is above {cos_max:g} (nearly parallel)")
-        if erank is not None and erank < erank_min:
-            out.append(f"{name}: effective rank {erank:.2f} is below {erank_min:g} (almost a single direction)")
+        lo_std, lo_rank = (DEAD_STD, DEAD_ERANK) if warmup else (std_min, erank_min)
+        if std is not None and std < lo_std:
+            out.append(f"{name}: spread {std:.3f} is below {lo_std:g} (all images map to nearly the same point)")
+        elif std is not None and not warmup and f"{p}std" in ref and std < drop * ref[f"{p}std"]:
+            out.append(f"{name}: spread {std:.3f} fell below {drop:g} x its early {ref[f'{p}std']:.3f}")
+        if erank is not None and erank < lo_rank:
+            out.append(f"{name}: effective rank {erank:.2f} is below {lo_rank:g} (almost a single direction)")
+        elif erank is not None and not warmup and f"{p}erank" in ref and erank < drop * ref[f"{p}erank"]:
+            out.append(f"{name}: effective rank {erank:.1f} fell below {drop:g} x its early {ref[f'{p}erank']:.1f}")
+        if cos is not None and not warmup and f"{p}cos" in ref and 1 - cos < drop * (1 - ref[f"{p}cos"]):
+            out.append(f"{name}: mean cosine of different images rose to {cos:.3f} from its early "
+                       f"{ref[f'{p}cos']:.3f} (1 - cosine fell below {drop:g} x)")
     return out
 
 
 def collapse_status(metrics: dict[str, Any] | None, step: int | None = None, prefix: str = "", *,
-                    std_min: float = STD_MIN, erank_min: float = ERANK_MIN,
+                    history: list[dict[str, Any]] | None = None, std_min: float = STD_MIN,
+                    erank_min: float = ERANK_MIN, warmup: int = WARMUP_READINGS,
                     cos_max: float = COS_MAX) -> tuple[str, str, list[str]]:
-    """(level, one plain-words line, the problems) for one reading: level "none" (no reading yet),
-    "baseline" (step 0, the untrained network), "ok" or "warning". The Pretrain page shows the line
-    of the latest reading; the job's warnings are the lines of the readings that broke a threshold."""
+    """(level, one plain-words line, the problems) for one reading, judged against the run's own
+    `history` (its monitor records, this reading included or not; keys `{prefix}std`...): level "none"
+    (no reading yet), "baseline" (step 0, the untrained network), "warmup" (one of the first `warmup`
+    readings after it: only outright collapse is a warning), "ok" or "warning". Without a history only
+    the floors std_min / erank_min judge. `cos_max` only words an "ok" line whose features are still
+    nearly parallel (as parallel as the untrained network's is no collapse). The Pretrain page shows
+    the latest reading's line; the job's warnings are the lines of the readings that were flagged."""
     if not metrics:
         return "none", "No collapse-monitor reading yet.", []
-    problems = collapse_problems(metrics, prefix, std_min=std_min, erank_min=erank_min, cos_max=cos_max)
     at = f" at step {int(step)}" if step is not None else ""
     if step == 0:
         return "baseline", ("Baseline reading of the untrained network (step 0): nearly parallel features are "
-                            "normal before training; later readings are judged."), problems
+                            "normal before training; later readings are judged against the run's own early "
+                            "readings."), []
+    hist = sorted((h for h in (history or []) if h.get("step") is not None and (step is None or h["step"] <= step)),
+                  key=lambda h: h["step"])
+    index = sum(1 for h in hist if step is None or h["step"] < step)  # readings before this one
+    in_warmup = bool(hist) and index <= warmup
+    ref = reference_readings(hist, prefix, warmup) if hist and not in_warmup else None
+    problems = collapse_problems(metrics, prefix, std_min=std_min, erank_min=erank_min, reference=ref,
+                                 warmup=in_warmup)
     if problems:
         return "warning", (f"looks collapsed{at}: the images map to nearly the same features ("
                            + "; ".join(problems) + "). Lower the learning rate, check the augmentations, "
                            "or stop and try another method."), problems
+    if in_warmup:
+        return "warmup", (f"warming up{at} (reading {index} of the first {warmup} after the baseline): no outright "
+                          "collapse; from the next readings on, the run is judged against its own early readings."), []
     cos = metrics.get(f"{prefix}backbone_cos", metrics.get(f"{prefix}cos"))
     erank = metrics.get(f"{prefix}backbone_erank", metrics.get(f"{prefix}erank"))
     detail = ", ".join(x for x in (f"mean cosine {cos:.2f}" if cos is not None else "",
                                    f"effective rank {erank:.1f}" if erank is not None else "") if x)
-    return "ok", f"healthy{at}: the images stay spread apart" + (f" ({detail})." if detail else "."), []
+    line = f"healthy{at}: the images stay spread apart" + (f" ({detail})." if detail else ".")
+    if cos is not None and cos > cos_max:
+        line = (f"no collapse{at}: no metric fell below the run's early readings, but the features are still "
+                f"nearly parallel ({detail}), as an untrained network's are; the online evaluation, where "
+                "enabled, shows whether they carry the findings.")
+    return "ok", line, []
 
 
 # ----------------------------------------------------------------------------------------------
