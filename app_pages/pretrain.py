@@ -109,7 +109,9 @@ def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, i
                                     "while the head's effective rank is below the target, halve it "
                                     "once the rank is 1.25 x the target, within 1/8 to 16 x its starting value. "
                                     f"{NO_KNOB_METHODS} have no such weight and refuse it.")
-        target = cc2.number_input("Target effective rank", 1.0, 512.0, 8.0, step=1.0, key="pt_control_target")
+        target = cc2.number_input("Target effective rank", 0.0, 512.0, 0.0, step=1.0, key="pt_control_target",
+                                  help="0 = auto: the run's own first reading (its untrained network's rank), so the "
+                                       "run keeps at least the rank it started with.")
         name = st.text_input("Name of the new backbone", value=unique_name(f"{method}-{arch}-{svc.workspace.name}", taken),
                              key="pt_name", help="Letters, digits, '-' and '_'.")
         go = st.form_submit_button("Start pretraining", type="primary", icon=":material/play_arrow:")
@@ -127,7 +129,7 @@ def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, i
     # the name is checked and reserved at submit: another run may have taken it meanwhile
     start_job("pretrain", "pretrain", lambda: PretrainParams(
         method=method, arch=arch, epochs=int(epochs), batch_size=int(batch), image_size=int(size), preset=preset,
-        out_name=name, collapse_control=f"erank:{float(target):g}" if control else None,
+        out_name=name, collapse_control=(f"erank:{float(target):g}" if target > 0 else "erank:auto") if control else None,
         data=path.strip() if image_set == "path" else None, image_ids=image_ids))
 
 
@@ -209,13 +211,20 @@ def control_panel(snap: JobSnapshot, hist: list[dict[str, Any]], last: dict[str,
         return
     knob = CONTROL_KNOB.get(snap.params.get("method", ""), "weight")
     adjustments = [line for line in snap.log if "collapse control:" in line]
-    st.markdown(f"**Adaptive collapse control** · target effective rank {last.get('collapse_control_target', 0):g}")
+    auto = str(snap.params.get("collapse_control", "")).endswith(("auto", "erank"))
+    st.markdown(f"**Adaptive collapse control** · target effective rank {last.get('collapse_control_target', 0):.1f}"
+                + (" (auto: the run's first reading)" if auto else ""))
     c1, c2 = st.columns(2)
     c1.metric(f"{knob[:1].upper() + knob[1:]} in use", f"{last['collapse_control_weight']:.4g}",
               help="Doubled at a reading below the target, halved at 1.25 x the target or more, within 1/8 to 16 x "
                    "the starting value (engine/ssl/monitor.py).")
     c2.metric("Adjustments (latest log)", len(adjustments))
     st.plotly_chart(control_figure(hist, knob), width="stretch", key=f"control:{snap.id}")
+    weights = {h.get("collapse_control_weight") for h in hist if "collapse_control_weight" in h}
+    if len(weights) <= 1:
+        st.info(f"No adjustment was needed so far: the effective rank stayed at or above the target at every reading, "
+                f"so the {knob} stayed at its starting value {last['collapse_control_weight']:.4g}.",
+                icon=":material/info:")
     if adjustments:
         st.code("\n".join(adjustments[-8:]), language=None)
 

@@ -24,6 +24,7 @@ def _collapse_control_help() -> str:
     without = ", ".join(n for n, s in METHODS.items() if s.collapse_knob is None)
     return ("adaptive collapse control: at every collapse-monitor reading, double the method's regularization weight "
             f"({knobs}) when the head's effective rank is below TARGET, halve it when the rank is >= 1.25 x TARGET, "
+            "TARGET auto (erank:auto or erank) = the run's first reading, "
             "within [w0/8, w0*16] (w0 = the configured weight, or the method's reference when 0). "
             f"Also centred_erank:TARGET. Not for {without} (no such term)")
 
@@ -78,7 +79,7 @@ def register(sub) -> None:
                         "random init in a few hundred steps at batch 32 on a CPU; long = the shipped backbones' "
                         f"recipe for thousands of steps at batch 256 on ~10,000 images ({long_ones}) "
                         "(engine/ssl/presets.py). --lr, --opt and --aug override any")
-    p.add_argument("--collapse-control", default=None, metavar="erank:TARGET", help=_collapse_control_help())
+    p.add_argument("--collapse-control", default=None, metavar="erank[:TARGET|auto]", help=_collapse_control_help())
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="method setting, repeatable, e.g. "
                         + ", ".join(f"--opt {s.opt_example} ({n})" for n, s in METHODS.items()))

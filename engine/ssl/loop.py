@@ -426,7 +426,7 @@ def monitor(run: Run) -> None:
         extra: dict[str, float] = {}
         if run.control is not None:
             rec = run.control.update(run.step, metrics)
-            extra = {"control_weight": run.control.weight, "control_target": run.control.spec.target}
+            extra = {"control_weight": run.control.weight, "control_target": run.control.target}
             run.monitor.history[-1].update(extra)  # the weight in use from here on, beside the reading
         _event(run, kind="metrics", metrics={f"collapse_{k}": v for k, v in {**metrics, **extra}.items()},
                message="collapse monitor")

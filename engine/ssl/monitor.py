@@ -335,14 +335,16 @@ class CollapseControl:
     """Settings of the adaptive collapse controller (`--collapse-control erank:TARGET`).
 
     metric: the monitored effective rank it acts on, "erank" (uncentred; RankMe, Garrido et al. 2023)
-    or "centred_erank" (the seed study's; Roy & Vetterli 2007); target: the rank to keep (> 0);
+    or "centred_erank" (the seed study's; Roy & Vetterli 2007); target: the rank to keep (> 0), or None
+    ("auto", the default): the run's first reading of the metric (its step-0 baseline), so the run is
+    held to at least the rank it started with (issue 23: a fixed 8 never acted on a run starting at 17.6);
     up / down: multiplicative factors applied when below target / healthy (up > 1 > down > 0);
     healthy_ratio: "healthy" means metric >= target * healthy_ratio (>= 1); min_frac / max_mult:
     bounds relative to the base weight b, [b * min_frac, b * max_mult].
     """
 
     metric: str = "erank"
-    target: float = 8.0
+    target: float | None = None
     up: float = 2.0
     down: float = 0.5
     healthy_ratio: float = 1.25
@@ -353,8 +355,9 @@ class CollapseControl:
         if self.metric not in CONTROL_METRICS:
             raise ValueError(f"collapse control metric {self.metric!r} is not one of {', '.join(CONTROL_METRICS)}; "
                              "write e.g. --collapse-control erank:8")
-        if not (math.isfinite(self.target) and self.target > 0):
-            raise ValueError(f"collapse control target must be a positive number (got {self.target}); e.g. erank:8")
+        if self.target is not None and not (math.isfinite(self.target) and self.target > 0):
+            raise ValueError(f"collapse control target must be a positive number or auto (got {self.target}); "
+                             "e.g. erank:8 or erank:auto")
         if not (self.up > 1.0 and 0.0 < self.down < 1.0):
             raise ValueError(f"collapse control needs up > 1 and 0 < down < 1 (got up {self.up}, down {self.down})")
         if self.healthy_ratio < 1.0:
@@ -364,12 +367,13 @@ class CollapseControl:
                              f"(got {self.min_frac}, {self.max_mult})")
 
     def spec(self) -> str:
-        """The `METRIC:TARGET` text this was parsed from (other fields at their defaults)."""
-        return f"{self.metric}:{self.target:g}"
+        """The `METRIC:TARGET` text this was parsed from (other fields at their defaults); TARGET `auto`."""
+        return f"{self.metric}:" + ("auto" if self.target is None else f"{self.target:g}")
 
 
 def parse_collapse_control(spec: str | dict | CollapseControl | None) -> CollapseControl | None:
-    """`"erank:8"` (CLI / job params), a dict of fields (JSON) or a CollapseControl -> CollapseControl.
+    """`"erank:8"`, `"erank:auto"` or `"erank"` (auto target; CLI / job params), a dict of fields (JSON) or a
+    CollapseControl -> CollapseControl.
 
     None or "" / "off" / "none" -> None (no control). Raises ValueError naming the expected form.
     """
@@ -381,13 +385,18 @@ def parse_collapse_control(spec: str | dict | CollapseControl | None) -> Collaps
     if text.lower() in ("", "off", "none"):
         return None
     metric, sep, target = text.partition(":")
+    if target.strip().lower() in ("", "auto"):
+        if metric.strip() not in CONTROL_METRICS:
+            raise ValueError(f"--collapse-control {text!r}: expected METRIC[:TARGET] with METRIC one of "
+                             f"{', '.join(CONTROL_METRICS)}, e.g. erank:auto or erank:8")
+        return CollapseControl(metric=metric.strip(), target=None)
     try:
         value = float(target)
     except ValueError:
         value = float("nan")
-    if not sep or not math.isfinite(value):
+    if not math.isfinite(value):
         raise ValueError(f"--collapse-control {text!r}: expected METRIC:TARGET with METRIC one of "
-                         f"{', '.join(CONTROL_METRICS)} and TARGET a number, e.g. erank:8")
+                         f"{', '.join(CONTROL_METRICS)} and TARGET a number or auto, e.g. erank:8")
     return CollapseControl(metric=metric.strip(), target=value)
 
 
@@ -408,23 +417,28 @@ class CollapseController:
         base = self.w0 if self.w0 > 0 else float(ref)
         self.lo, self.hi = base * spec.min_frac, base * spec.max_mult
         self.weight = self.w0
+        self.target: float | None = spec.target  # None until the first reading sets it (auto)
         self.history: list[dict[str, Any]] = []
 
     def update(self, step: int, metrics: dict[str, float]) -> dict[str, Any] | None:
-        """Apply the rule to one monitor reading (`metrics` holds `spec.metric`); None at step 0 or no change."""
+        """Apply the rule to one monitor reading (`metrics` holds `spec.metric`); None at step 0 or no change.
+        With an auto target the first reading (normally step 0) sets it and is not acted on."""
+        r, s, old = float(metrics[self.spec.metric]), self.spec, self.weight
+        if self.target is None:
+            self.target = r
+            return None
         if step == 0:
             return None
-        r, s, old = float(metrics[self.spec.metric]), self.spec, self.weight
-        if r < s.target:
+        if r < self.target:
             new, why = min(self.hi, max(self.lo, old * s.up)), "raise"
-        elif r >= s.target * s.healthy_ratio and old > self.lo:
+        elif r >= self.target * s.healthy_ratio and old > self.lo:
             new, why = max(self.lo, old * s.down), "lower"
         else:
             return None
         if new == old:  # at a bound already
             return None
         self.weight = new
-        rec = {"step": int(step), "knob": self.knob, "metric": s.metric, "value": r, "target": s.target,
+        rec = {"step": int(step), "knob": self.knob, "metric": s.metric, "value": r, "target": self.target,
                "action": why, "old": old, "new": new}
         self.history.append(rec)
         return rec
@@ -437,13 +451,16 @@ class CollapseController:
                 f"{rec['action']} {rec['knob']} {rec['old']:.4g} -> {rec['new']:.4g} (bounds {self.lo:.4g}-{self.hi:.4g})")
 
     def summary(self) -> dict[str, Any]:
-        """What the checkpoint json records: settings, bounds, final weight, every adjustment."""
+        """What the checkpoint json records: settings, the target in use (auto: the first reading's), bounds,
+        final weight, every adjustment (none: `adjustments` is empty; the weight stayed w0)."""
         return {"spec": self.spec.spec(), "settings": asdict(self.spec), "knob": self.knob, "w0": self.w0,
+                "target": self.target, "target_auto": self.spec.target is None,
                 "bounds": [self.lo, self.hi], "final_weight": self.weight, "adjustments": list(self.history)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"weight": self.weight, "history": list(self.history)}
+        return {"weight": self.weight, "history": list(self.history), "target": self.target}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.weight = float(state["weight"])
+        self.target = state.get("target", self.spec.target)
         self.history = [dict(r) for r in state["history"]]

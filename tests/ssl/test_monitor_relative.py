@@ -92,3 +92,34 @@ def test_without_history_only_the_floors_judge_and_cosine_alone_never_flags():
     level, line, _ = collapse_status(parallel, 12)
     assert "nearly parallel" in line and "collapsed" not in line
     assert collapse_status({"std": 0.001, "cos": 1.0, "erank": 1.0}, 12)[0] == "warning"
+
+
+def test_the_controller_target_defaults_to_the_runs_first_reading():
+    from engine.ssl.monitor import CollapseControl, CollapseController, parse_collapse_control
+
+    assert parse_collapse_control("erank:auto") == parse_collapse_control("erank") == CollapseControl()
+    assert CollapseControl().target is None and CollapseControl().spec() == "erank:auto"
+    c = CollapseController(CollapseControl(), "decorr_weight", w0=0.1, ref=0.1)
+    assert c.update(0, {"erank": 17.6}) is None and c.target == 17.6  # the run's own starting rank
+    assert c.update(1, {"erank": 18.0}) is None  # held: no adjustment was needed
+    rec = c.update(2, {"erank": 12.0})
+    assert rec["action"] == "raise" and rec["target"] == 17.6
+    assert c.summary()["target"] == 17.6 and c.summary()["target_auto"] is True
+    d = CollapseController(CollapseControl(), "decorr_weight", w0=0.1, ref=0.1)
+    d.load_state_dict(c.state_dict())
+    assert d.target == 17.6 and d.weight == c.weight
+
+
+def test_a_real_run_with_auto_control_records_its_first_rank_as_target(phantom, tmp_path):
+    import json
+
+    cfg = build_config("moco_v2", "quick", epochs=3, batch_size=16, image_size=64, monitor_every_steps=1,
+                       monitor_images=32, save_every_steps=100, max_steps=3, collapse_control="erank:auto")
+    events = []
+    pretrain_images(phantom, cfg, "auto-ctl", "cpu", tmp_path / "run", on_event=events.append,
+                    checkpoint_dir=tmp_path / "ck")
+    readings = [e.metrics for e in events if e.kind == "metrics" and "collapse_erank" in e.metrics]
+    first = readings[0]["collapse_erank"]
+    assert all(r["collapse_control_target"] == pytest.approx(first) for r in readings)
+    info = json.loads((tmp_path / "ck" / "auto-ctl.json").read_text())
+    assert info["collapse_control"]["target"] == pytest.approx(first) and info["collapse_control"]["target_auto"]
