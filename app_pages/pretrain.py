@@ -15,7 +15,7 @@ from engine.ssl.pretrain import SSL_ARCHS
 from engine.tasks import PretrainParams
 from ui.backbone_import import import_section
 from ui.jobs import job_table, job_warnings, start_job, status_block, watch, watched
-from ui.monitor_plots import control_figure, study_collapse_figure
+from ui.monitor_plots import control_figure, online_eval_figure, study_collapse_figure
 from ui.plots import collapse_figure, loss_figure
 from ui.services import services
 from ui.widgets import empty_state, init_label, is_ssl, method_label, page_header
@@ -112,6 +112,12 @@ def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, i
         target = cc2.number_input("Target effective rank", 0.0, 512.0, 0.0, step=1.0, key="pt_control_target",
                                   help="0 = auto: the run's own first reading (its untrained network's rank), so the "
                                        "run keeps at least the rank it started with.")
+        usable = [f for f in findings if min(counts[f]["positive"], counts[f]["negative"]) >= 2]
+        online = st.selectbox("Online evaluation", [""] + usable, key="pt_online_eval",
+                              format_func=lambda f: f"kNN AUC on the images labeled for {f}" if f else "Off",
+                              help="At collapse-monitor readings, a kNN classifier on the backbone's features scores "
+                                   "half of the images labeled for this finding from the other half (at most 400): "
+                                   "whether the features improve for it, beside the loss. Labels are used only for this.")
         name = st.text_input("Name of the new backbone", value=unique_name(f"{method}-{arch}-{svc.workspace.name}", taken),
                              key="pt_name", help="Letters, digits, '-' and '_'.")
         go = st.form_submit_button("Start pretraining", type="primary", icon=":material/play_arrow:")
@@ -130,7 +136,7 @@ def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, i
     start_job("pretrain", "pretrain", lambda: PretrainParams(
         method=method, arch=arch, epochs=int(epochs), batch_size=int(batch), image_size=int(size), preset=preset,
         out_name=name, collapse_control=(f"erank:{float(target):g}" if target > 0 else "erank:auto") if control else None,
-        data=path.strip() if image_set == "path" else None, image_ids=image_ids))
+        data=path.strip() if image_set == "path" else None, image_ids=image_ids, online_eval_finding=online or None))
 
 
 def draw_job(snap: JobSnapshot) -> None:
@@ -159,6 +165,7 @@ def draw_job(snap: JobSnapshot) -> None:
         m4.metric("Effective rank", f"{last.get('collapse_erank', float('nan')):.1f}", help="Collapse monitor: higher is healthier.")
     c1, c2 = st.columns([2, 3])
     c1.plotly_chart(loss_figure(hist), width="stretch", key=f"loss:{snap.id}")
+    online_panel(snap, hist, c1)
     if coll:
         c2.plotly_chart(collapse_figure(hist, STD_MIN, ERANK_MIN), width="stretch", key=f"collapse:{snap.id}")
         st.caption("Collapse monitor: a fixed sample of the training images is embedded every few steps. A healthy run "
@@ -179,6 +186,23 @@ def draw_job(snap: JobSnapshot) -> None:
         else:
             st.success(f"Backbone **{snap.result.get('checkpoint')}** is ready: it now appears as an init on the "
                        "Classifier, Benchmark and Grad-CAM pages.", icon=":material/check_circle:")
+
+
+def online_panel(snap: JobSnapshot, hist: list[dict[str, Any]], where: Any) -> None:
+    """The online evaluation beside the loss (engine.ssl.online_eval): kNN AUC with its interval, and what it means."""
+    rows = [h for h in hist if "online_auc" in h]
+    if not rows:
+        return
+    finding = snap.params.get("online_eval_finding") or ""
+    where.plotly_chart(online_eval_figure(hist, finding), width="stretch", key=f"online:{snap.id}")
+    first, last = rows[0], rows[-1]
+    d, se = last["online_auc"] - first["online_auc"], (last["online_auc_se"] ** 2 + first["online_auc_se"] ** 2) ** 0.5
+    verdict = ("better than at its first reading" if d > 2 * se else "worse than at its first reading" if d < -2 * se
+               else "not distinguishable from its first reading")
+    where.caption(f"kNN on {int(last['online_n_memory'])} labeled images, scoring {int(last['online_n_query'])} others: "
+                  f"AUC {last['online_auc']:.3f} ± {1.96 * last['online_auc_se']:.3f} (95%) at step {last['step']}, "
+                  f"{d:+.3f} vs the first reading ({first['online_auc']:.3f}, step {first['step']}): {verdict} "
+                  "(2 SE, readings treated as independent). Chance is 0.5.")
 
 
 def study_metrics(snap: JobSnapshot, hist: list[dict[str, Any]], last: dict[str, float]) -> None:

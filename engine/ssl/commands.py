@@ -80,6 +80,11 @@ def register(sub) -> None:
                         f"recipe for thousands of steps at batch 256 on ~10,000 images ({long_ones}) "
                         "(engine/ssl/presets.py). --lr, --opt and --aug override any")
     p.add_argument("--collapse-control", default=None, metavar="erank[:TARGET|auto]", help=_collapse_control_help())
+    p.add_argument("--online-eval", default=None, metavar="MANIFEST:FINDING",
+                   help="online evaluation: kNN AUC of the backbone's features on this labeled set (at most 400 "
+                        "images, half memory, half scored) at collapse-monitor readings (engine/ssl/online_eval.py)")
+    p.add_argument("--online-eval-every", type=int, default=None, metavar="N",
+                   help="run the online evaluation every N monitor readings (default 1)")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="method setting, repeatable, e.g. "
                         + ", ".join(f"--opt {s.opt_example} ({n})" for n, s in METHODS.items()))
@@ -185,7 +190,7 @@ def _config(args: argparse.Namespace) -> Any:
         monitor_every_steps=args.monitor_every, amp={"auto": None, "on": True, "off": False}[args.amp],
         init=args.init, collapse_control=args.collapse_control,
         data_on_device={"auto": None, "on": True, "off": False}[args.data_on_device],
-        sync_every_steps=args.sync_every,
+        sync_every_steps=args.sync_every, online_eval=args.online_eval, online_eval_every=args.online_eval_every,
     )
 
 
@@ -199,7 +204,9 @@ def _metrics_line(step: int | None, m: dict[str, float]) -> str:
             f"{m.get('collapse_centred_erank', nan):.1f} (backbone raw std "
             f"{m.get('collapse_backbone_raw_std', nan):.3g} centred erank "
             f"{m.get('collapse_backbone_centred_erank', nan):.1f})"
-            + (f" | control weight {m['collapse_control_weight']:.4g}" if "collapse_control_weight" in m else ""))
+            + (f" | control weight {m['collapse_control_weight']:.4g}" if "collapse_control_weight" in m else "")
+            + (f" | online kNN AUC {m['online_auc']:.3f} +/- {m['online_auc_se']:.3f} acc {m['online_acc']:.3f} "
+               f"(majority {m['online_majority_acc']:.3f})" if "online_auc" in m else ""))
 
 
 class _Console:

@@ -162,6 +162,7 @@ class CollapseMonitor:
     erank_min: float = ERANK_MIN
     batch: int = 64
     history: list[dict[str, Any]] = field(default_factory=list)
+    online: Any = None  # engine.ssl.online_eval.OnlineEval: kNN on a labeled set every `online.every` readings
 
     def due(self, step: int, total: int) -> bool:
         return self.every > 0 and (step % self.every == 0 or step == total)
@@ -169,27 +170,36 @@ class CollapseMonitor:
     @torch.no_grad()
     def measure(self, method: torch.nn.Module, device: torch.device, size: int, step: int,
                 amp: torch.dtype | None = None) -> dict[str, float]:
-        """Embed the sample with `method` (an SSLMethod) in eval mode; append to history; return metrics."""
+        """Embed the sample with `method` (an SSLMethod) in eval mode; append to history; return metrics
+        (with the online evaluation's `online_*` keys on the readings it is due)."""
         was_training = method.training
         method.eval()
-        feats, heads = [], []
         try:
-            for i in range(0, len(self.images), self.batch):
-                x = torch.from_numpy(np.ascontiguousarray(self.images[i : i + self.batch])).to(device)
-                x = x[:, None].float().div_(255.0)  # (b, 1, S, S)
-                if x.shape[-1] != size:
-                    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                    f = method.backbone(method.normalize(x))  # (b, D)
-                    h = method.head_embedding(f)
-                feats.append(f.float())
-                heads.append((h if h is not None else f).float())
+            feats, heads = self._embed(method, self.images, device, size, amp)
+            head, bb = collapse_metrics(heads), collapse_metrics(feats)
+            metrics = {**head, **{f"backbone_{k}": v for k, v in bb.items()}}
+            if self.online is not None and self.online.due(len(self.history)):
+                metrics.update(self.online.evaluate(self._embed(method, self.online.images, device, size, amp)[0]))
         finally:
             method.train(was_training)
-        head, bb = collapse_metrics(torch.cat(heads)), collapse_metrics(torch.cat(feats))
-        metrics = {**head, **{f"backbone_{k}": v for k, v in bb.items()}}
         self.history.append({"step": step, **metrics})
         return metrics
+
+    def _embed(self, method: torch.nn.Module, images: np.ndarray, device: torch.device, size: int,
+               amp: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled backbone features (M, D), head embedding (M, D') or the features again) of uint8 (M, S, S)."""
+        feats, heads = [], []
+        for i in range(0, len(images), self.batch):
+            x = torch.from_numpy(np.ascontiguousarray(images[i : i + self.batch])).to(device)
+            x = x[:, None].float().div_(255.0)  # (b, 1, S, S)
+            if x.shape[-1] != size:
+                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                f = method.backbone(method.normalize(x))  # (b, D)
+                h = method.head_embedding(f)
+            feats.append(f.float())
+            heads.append((h if h is not None else f).float())
+        return torch.cat(feats), torch.cat(heads)
 
     cos_max: float = COS_MAX
 
