@@ -117,7 +117,8 @@ def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, i
                               format_func=lambda f: f"kNN AUC on the images labeled for {f}" if f else "Off",
                               help="At collapse-monitor readings, a kNN classifier on the backbone's features scores "
                                    "half of the images labeled for this finding from the other half (at most 400): "
-                                   "whether the features improve for it, beside the loss. Labels are used only for this.")
+                                   "whether the features improve for it, beside the loss. Labels are used only "
+                                   "for this.")
         name = st.text_input("Name of the new backbone", value=unique_name(f"{method}-{arch}-{svc.workspace.name}", taken),
                              key="pt_name", help="Letters, digits, '-' and '_'.")
         go = st.form_submit_button("Start pretraining", type="primary", icon=":material/play_arrow:")
@@ -135,7 +136,8 @@ def start_form(n_images: int, findings: list[str], counts: dict[str, dict[str, i
     # the name is checked and reserved at submit: another run may have taken it meanwhile
     start_job("pretrain", "pretrain", lambda: PretrainParams(
         method=method, arch=arch, epochs=int(epochs), batch_size=int(batch), image_size=int(size), preset=preset,
-        out_name=name, collapse_control=(f"erank:{float(target):g}" if target > 0 else "erank:auto") if control else None,
+        out_name=name,
+        collapse_control=(f"erank:{float(target):g}" if target > 0 else "erank:auto") if control else None,
         data=path.strip() if image_set == "path" else None, image_ids=image_ids, online_eval_finding=online or None))
 
 
@@ -199,7 +201,8 @@ def online_panel(snap: JobSnapshot, hist: list[dict[str, Any]], where: Any) -> N
     d, se = last["online_auc"] - first["online_auc"], (last["online_auc_se"] ** 2 + first["online_auc_se"] ** 2) ** 0.5
     verdict = ("better than at its first reading" if d > 2 * se else "worse than at its first reading" if d < -2 * se
                else "not distinguishable from its first reading")
-    where.caption(f"kNN on {int(last['online_n_memory'])} labeled images, scoring {int(last['online_n_query'])} others: "
+    n_mem, n_query = int(last["online_n_memory"]), int(last["online_n_query"])
+    where.caption(f"kNN on {n_mem} labeled images, scoring {n_query} others: "
                   f"AUC {last['online_auc']:.3f} ± {1.96 * last['online_auc_se']:.3f} (95%) at step {last['step']}, "
                   f"{d:+.3f} vs the first reading ({first['online_auc']:.3f}, step {first['step']}): {verdict} "
                   "(2 SE, readings treated as independent). Chance is 0.5.")

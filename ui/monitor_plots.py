@@ -90,12 +90,14 @@ def online_eval_figure(history: list[dict[str, Any]], finding: str = "") -> go.F
                       row=1, col=1)
         fig.add_hline(y=0.5, line_dash="dot", line_color="#57606a", annotation_text="chance", row=1, col=1)
         fig.add_hline(y=rows[0]["online_auc"], line_dash="dash", line_color="#bf8700",
-                      annotation_text=f"first reading (step {steps[0]})", annotation_position="bottom right", row=1, col=1)
+                      annotation_text=f"first reading (step {steps[0]})", annotation_position="bottom right",
+                      row=1, col=1)
         fig.add_trace(go.Scatter(x=steps, y=[h["online_acc"] for h in rows], mode="lines+markers", name="kNN accuracy",
                                  error_y={"type": "data", "array": [1.96 * h.get("online_acc_se", 0) for h in rows]},
                                  line={"color": "#0969da"}), row=1, col=2)
         fig.add_trace(go.Scatter(x=steps, y=[h.get("online_majority_acc") for h in rows], mode="lines",
-                                 name="always the commoner class", line={"color": "#57606a", "dash": "dot"}), row=1, col=2)
+                                 name="always the commoner class", line={"color": "#57606a", "dash": "dot"}),
+                      row=1, col=2)
     fig.update_yaxes(range=[0, 1.02])
     fig.update_xaxes(title_text="step", rangemode="tozero")
     fig.update_layout(title="Online evaluation: does the backbone carry the finding?", template="plotly_white",

@@ -13,8 +13,8 @@ def register(sub) -> None:
     p = sub.add_parser("fetch-imagenet", help="download torchvision ImageNet weights for offline use")
     p.add_argument("--arch", default="resnet18")
     p.set_defaults(func=_fetch)
-    p = sub.add_parser("import-backbone", help="import a backbone trained elsewhere (torchvision/timm, MoCo v2/v3, DINO, "
-                                               "BarlowTwins, lightly, torchxrayvision) as a checkpoint")
+    p = sub.add_parser("import-backbone", help="import a backbone trained elsewhere (torchvision/timm, MoCo v2/v3, "
+                                               "DINO, BarlowTwins, lightly, torchxrayvision) as a checkpoint")
     p.add_argument("file", help=".safetensors or .pth/.pt (read with torch.load(weights_only=True))")
     p.add_argument("--arch", required=True, choices=["resnet18", "resnet50", "densenet121"])
     p.add_argument("--name", required=True, help="checkpoint name (a new one)")
@@ -23,7 +23,8 @@ def register(sub) -> None:
     p.add_argument("--mean", type=float, nargs="+", default=None,
                    help="input mean the network was trained with, 1 or 3 numbers (default ImageNet's)")
     p.add_argument("--std", type=float, nargs="+", default=None,
-                   help="input std, 1 or 3 numbers (default ImageNet's; torchxrayvision: --mean 0.5 --std 0.00048828125)")
+                   help="input std, 1 or 3 numbers (default ImageNet's; torchxrayvision: --mean 0.5 "
+                        "--std 0.00048828125)")
     p.set_defaults(func=_import)
 
 

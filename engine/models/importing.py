@@ -77,7 +77,8 @@ LAYOUTS: tuple[tuple[tuple[str, ...], str, str], ...] = (
 )
 # torchvision's classifier (MoCo's projection MLP is `fc.0` / `fc.2`); torchxrayvision's calibration thresholds
 HEADS = ("fc.", "classifier.", "op_threshs")
-_OLD_DENSENET = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+_OLD_DENSENET = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+                           r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 class BackboneImportError(ValueError):

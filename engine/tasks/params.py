@@ -51,7 +51,7 @@ class PretrainParams(JobParams):
     seed: int = 0
     preset: str = "paper"                # engine/ssl/presets.py
     collapse_control: str | None = None  # "erank:TARGET" (engine.ssl.monitor.CollapseControl)
-    online_eval_finding: str | None = None  # kNN evaluation on the workspace's images labeled for it (engine.ssl.online_eval)
+    online_eval_finding: str | None = None  # kNN evaluation on the workspace images labeled for it (ssl.online_eval)
     image_ids: tuple[int, ...] | None = None  # workspace images to use (None: all but the test split)
     data: str | None = None              # a manifest CSV / folder on disk instead of the workspace
     replace: bool = False                # take the name even when a backbone of that name exists

@@ -21,8 +21,9 @@ def test_a_controlled_run_that_needed_no_adjustment_says_so():
                                         "image_size": 64, "out_name": "ctl", "collapse_control": "erank:auto"},
                            state="done")
     t = time.time()
-    store.add_events(jid, [Event(step=s, total=20, kind="metrics", metrics={"loss": 1.0 - s / 40, **_reading(s, 18 + s / 10, 0.1)},
-                                 time=t + s) for s in range(0, 21, 5)], step=20, total=20, result={"checkpoint": "ctl"})
+    events = [Event(step=s, total=20, kind="metrics", metrics={"loss": 1.0 - s / 40, **_reading(s, 18 + s / 10, 0.1)},
+                    time=t + s) for s in range(0, 21, 5)]
+    store.add_events(jid, events, step=20, total=20, result={"checkpoint": "ctl"})
     at = start("app_pages/pretrain.py")
     at.button(key=f"show:pretrain:{jid}").click().run()
     assert not at.exception, [e.value for e in at.exception]

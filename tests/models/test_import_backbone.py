@@ -1,4 +1,5 @@
-"""`import-backbone`: every supported layout round-trips (same outputs as the original network), bad files are refused."""
+"""`import-backbone`: every supported layout round-trips (same outputs as the original network); bad files
+are refused."""
 from __future__ import annotations
 
 import json
@@ -44,7 +45,8 @@ def _features(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _moco_v2(sd):
     out = {f"module.encoder_q.{k}": v for k, v in sd.items() if not k.startswith("fc.")}
-    out.update({"module.encoder_q.fc.0.weight": torch.randn(512, 512), "module.encoder_q.fc.2.weight": torch.randn(128, 512)})
+    out.update({"module.encoder_q.fc.0.weight": torch.randn(512, 512),
+                "module.encoder_q.fc.2.weight": torch.randn(128, 512)})
     out.update({f"module.encoder_k.{k}": v.clone() for k, v in sd.items()})
     out["module.queue"] = torch.randn(128, 64)
     return {"epoch": 200, "arch": "resnet18", "state_dict": out}
@@ -52,7 +54,8 @@ def _moco_v2(sd):
 
 def _moco_v3(sd):
     out = {f"module.base_encoder.{k}": v for k, v in sd.items() if not k.startswith("fc.")}
-    out.update({"module.base_encoder.fc.0.weight": torch.randn(64, 512), "module.predictor.0.weight": torch.randn(8, 8)})
+    out.update({"module.base_encoder.fc.0.weight": torch.randn(64, 512),
+                "module.predictor.0.weight": torch.randn(8, 8)})
     out.update({f"module.momentum_encoder.{k}": v.clone() for k, v in sd.items()})
     return {"epoch": 300, "state_dict": out}
 
@@ -71,7 +74,8 @@ def _barlow_full(sd):
 
 def _lightly(sd):
     idx = {"conv1": 0, "bn1": 1, "layer1": 4, "layer2": 5, "layer3": 6, "layer4": 7}
-    return {f"backbone.{idx[k.split('.', 1)[0]]}.{k.split('.', 1)[1]}": v for k, v in sd.items() if not k.startswith("fc.")}
+    return {f"backbone.{idx[k.split('.', 1)[0]]}.{k.split('.', 1)[1]}": v
+            for k, v in sd.items() if not k.startswith("fc.")}
 
 
 LAYOUTS = {

@@ -18,7 +18,8 @@ from engine.ssl.online_eval import OnlineEval, knn_metrics, load_online_eval, pa
 from engine.ssl.presets import build_config
 
 
-def _sklearn(feats: np.ndarray, labels: np.ndarray, memory: np.ndarray, query: np.ndarray, k: int) -> tuple[float, float]:
+def _sklearn(feats: np.ndarray, labels: np.ndarray, memory: np.ndarray, query: np.ndarray,
+             k: int) -> tuple[float, float]:
     knn = KNeighborsClassifier(n_neighbors=k, metric="cosine", algorithm="brute").fit(feats[memory], labels[memory])
     proba = knn.predict_proba(feats[query])[:, 1]
     return roc_auc_score(labels[query], proba), accuracy_score(labels[query], knn.predict(feats[query]))
@@ -61,7 +62,8 @@ def test_a_real_run_records_online_knn_that_matches_scikit_learn(phantom_csv, tm
     from engine.ssl.monitor import CollapseMonitor
 
     df = pd.read_csv(phantom_csv)
-    images = np.stack([np.asarray(Image.open(phantom_csv.parent / p).convert("L").resize((64, 64))) for p in df["path"]])
+    images = np.stack([np.asarray(Image.open(phantom_csv.parent / p).convert("L").resize((64, 64)))
+                       for p in df["path"]])
     spec = f"{phantom_csv}:pneumothorax"
     cfg = build_config("moco_v2", "quick", epochs=3, batch_size=16, image_size=64, monitor_every_steps=2,
                        monitor_images=16, save_every_steps=100, max_steps=4, online_eval=spec, online_eval_every=1)
