@@ -218,11 +218,12 @@ class CollapseMonitor:
 # Judging a reading (issue 23 item 4): relative to the run's own early readings, after a warm-up.
 # An untrained ResNet already gives nearly parallel features on X-rays (cos ~0.99), so an absolute
 # cosine limit called healthy runs "collapsed" at step 12. Now: the step-0 baseline and the next
-# WARMUP_READINGS readings are the run's reference (per metric, the best of them); during the warm-up
+# WARMUP_READINGS readings are the run's reference (per metric, their median); during the warm-up
 # only outright collapse is flagged (spread < DEAD_STD or effective rank < DEAD_ERANK: every image on
-# one point / one line); afterwards a reading is flagged when a metric lost more than half of its best
-# early value (spread, effective rank, or 1 - mean cosine, the distinctness of different images) or
-# falls under the absolute floors std_min / erank_min. The mean cosine alone never flags a reading.
+# one point / one line); afterwards a reading is flagged when spread or effective rank fell below
+# RELATIVE_DROP x its early value, or 1 - mean cosine did (only when the early cosine was <= COS_MAX:
+# from ~0.99, 1 - cosine is too small to measure a fall), or under the absolute floors std_min /
+# erank_min. A mean cosine near 1 alone never flags a reading.
 WARMUP_READINGS = 3
 RELATIVE_DROP = 0.5
 DEAD_STD = 0.01
@@ -251,12 +252,14 @@ def reference_readings(history: list[dict[str, Any]], prefix: str = "", warmup: 
 
 def collapse_problems(metrics: dict[str, Any], prefix: str = "", *, std_min: float = STD_MIN,
                       erank_min: float = ERANK_MIN, reference: dict[str, float] | None = None,
-                      warmup: bool = False, drop: float = RELATIVE_DROP) -> list[str]:
+                      warmup: bool = False, drop: float = RELATIVE_DROP, cos_max: float = COS_MAX) -> list[str]:
     """Each collapse sign of a reading, in words, for the head embedding and the pooled backbone
     features (keys `{prefix}std` ... and `{prefix}backbone_std` ...); a method without a head (SparK)
     records its backbone features in both, so they are judged once. `warmup`: only outright collapse
     (DEAD_STD, DEAD_ERANK). Otherwise the floors std_min / erank_min and, with `reference` (from
-    `reference_readings`), a drop below `drop` x the run's best early spread, rank or 1 - cosine."""
+    `reference_readings`), a drop below `drop` x the run's early spread, rank or 1 - cosine (the last
+    only when the early cosine was at most `cos_max`: from an untrained ~0.99, 1 - cosine is too small to
+    measure a fall)."""
     out: list[str] = []
     ref = reference or {}
     for name, p in _spaces(metrics, prefix):
@@ -270,7 +273,8 @@ def collapse_problems(metrics: dict[str, Any], prefix: str = "", *, std_min: flo
             out.append(f"{name}: effective rank {erank:.2f} is below {lo_rank:g} (almost a single direction)")
         elif erank is not None and not warmup and f"{p}erank" in ref and erank < drop * ref[f"{p}erank"]:
             out.append(f"{name}: effective rank {erank:.1f} fell below {drop:g} x its early {ref[f'{p}erank']:.1f}")
-        if cos is not None and not warmup and f"{p}cos" in ref and 1 - cos < drop * (1 - ref[f"{p}cos"]):
+        if (cos is not None and not warmup and ref.get(f"{p}cos", 1.0) <= cos_max
+                and 1 - cos < drop * (1 - ref[f"{p}cos"])):
             out.append(f"{name}: mean cosine of different images rose to {cos:.3f} from its early "
                        f"{ref[f'{p}cos']:.3f} (1 - cosine fell below {drop:g} x)")
     return out
@@ -300,7 +304,7 @@ def collapse_status(metrics: dict[str, Any] | None, step: int | None = None, pre
     in_warmup = bool(hist) and index <= warmup
     ref = reference_readings(hist, prefix, warmup) if hist and not in_warmup else None
     problems = collapse_problems(metrics, prefix, std_min=std_min, erank_min=erank_min, reference=ref,
-                                 warmup=in_warmup)
+                                 warmup=in_warmup, cos_max=cos_max)
     if problems:
         return "warning", (f"looks collapsed{at}: the images map to nearly the same features ("
                            + "; ".join(problems) + "). Lower the learning rate, check the augmentations, "
