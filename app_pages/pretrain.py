@@ -203,8 +203,9 @@ def online_panel(snap: JobSnapshot, hist: list[dict[str, Any]], where: Any) -> N
                else "not distinguishable from its first reading")
     n_mem, n_query = int(last["online_n_memory"]), int(last["online_n_query"])
     where.caption(f"kNN on {n_mem} labeled images, scoring {n_query} others: "
-                  f"AUC {last['online_auc']:.3f} ± {1.96 * last['online_auc_se']:.3f} (95%) at step {last['step']}, "
-                  f"{d:+.3f} vs the first reading ({first['online_auc']:.3f}, step {first['step']}): {verdict} "
+                  f"AUC {last['online_auc']:.3f} ± {1.96 * last['online_auc_se']:.3f} (95%) at step {int(last['step'])}, "
+                  f"{d:+.3f} vs the first reading ({first['online_auc']:.3f}, step {int(first['step'])}, dashed): "
+                  f"{verdict} "
                   "(2 SE, readings treated as independent). Chance is 0.5.")
 
 
