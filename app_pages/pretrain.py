@@ -10,12 +10,13 @@ import streamlit as st
 from engine.jobs import JobSnapshot
 from engine.models import UnknownInitError, init_info, list_inits
 from engine.ssl import METHODS
-from engine.ssl.monitor import COS_MAX, ERANK_MIN, STD_MIN, collapse_status
+from engine.ssl.monitor import ERANK_MIN, RELATIVE_DROP, STD_MIN, WARMUP_READINGS, collapse_status
 from engine.ssl.pretrain import SSL_ARCHS
 from engine.tasks import PretrainParams
 from engine.tasks.pretrain import pretrain_rows
+from ui.backbone_import import import_section
 from ui.jobs import job_table, job_warnings, start_job, status_block, watch, watched
-from ui.monitor_plots import control_figure, study_collapse_figure
+from ui.monitor_plots import control_figure, online_eval_figure, study_collapse_figure
 from ui.plots import collapse_figure, loss_figure
 from ui.services import services
 from ui.widgets import default_image_size, empty_state, init_label, is_ssl, method_label, page_header
@@ -97,6 +98,7 @@ def refusal(name: str, taken: set[str], method: str, preset: str, control: bool,
 def start_form(images: pd.DataFrame, findings: list[str]) -> None:
     svc = services()
     sizes = image_set_sizes(images, findings)
+    counts = svc.store.counts()  # labels per finding: the online evaluation needs both classes
     from engine.paths import checkpoints_dir
     from engine.reservations import reserved_checkpoints
 
@@ -143,7 +145,16 @@ def start_form(images: pd.DataFrame, findings: list[str]) -> None:
                                     "while the head's effective rank is below the target, halve it "
                                     "once the rank is 1.25 x the target, within 1/8 to 16 x its starting value. "
                                     f"{NO_KNOB_METHODS} have no such weight and refuse it.")
-        target = cc2.number_input("Target effective rank", 1.0, 512.0, 8.0, step=1.0, key="pt_control_target")
+        target = cc2.number_input("Target effective rank", 0.0, 512.0, 0.0, step=1.0, key="pt_control_target",
+                                  help="0 = auto: the run's own first reading (its untrained network's rank), so the "
+                                       "run keeps at least the rank it started with.")
+        usable = [f for f in findings if min(counts[f]["positive"], counts[f]["negative"]) >= 2]
+        online = st.selectbox("Online evaluation", [""] + usable, key="pt_online_eval",
+                              format_func=lambda f: f"kNN AUC on the images labeled for {f}" if f else "Off",
+                              help="At collapse-monitor readings, a kNN classifier on the backbone's features scores "
+                                   "half of the images labeled for this finding from the other half (at most 400): "
+                                   "whether the features improve for it, beside the loss. Labels are used only "
+                                   "for this.")
         name = st.text_input("Name of the new backbone", value=unique_name(f"{method}-{arch}-{svc.workspace.name}", taken),
                              key="pt_name", help="Letters, digits, '-' and '_'.")
         go = st.form_submit_button("Start pretraining", type="primary", icon=":material/play_arrow:")
@@ -161,8 +172,9 @@ def start_form(images: pd.DataFrame, findings: list[str]) -> None:
     # the name is checked and reserved at submit: another run may have taken it meanwhile
     start_job("pretrain", "pretrain", lambda: PretrainParams(
         method=method, arch=arch, epochs=int(epochs), batch_size=int(batch), image_size=int(size), preset=preset,
-        out_name=name, collapse_control=f"erank:{float(target):g}" if control else None, init=start,
-        data=path.strip() if image_set == "path" else None, image_ids=image_ids))
+        out_name=name, init=start,
+        collapse_control=(f"erank:{float(target):g}" if target > 0 else "erank:auto") if control else None,
+        data=path.strip() if image_set == "path" else None, image_ids=image_ids, online_eval_finding=online or None))
 
 
 def draw_job(snap: JobSnapshot) -> None:
@@ -176,7 +188,7 @@ def draw_job(snap: JobSnapshot) -> None:
     hist = snap.history or []
     losses = [h["loss"] for h in hist if "loss" in h]
     coll = [h for h in hist if "collapse_std" in h]
-    status = monitor_status(snap, coll[-1] if coll else None)
+    status = monitor_status(snap, coll)
     if not losses and not coll:
         if snap.active:
             st.caption(snap.message or "Preparing the images...")
@@ -192,6 +204,7 @@ def draw_job(snap: JobSnapshot) -> None:
         m4.metric("Effective rank", f"{last.get('collapse_erank', float('nan')):.1f}", help="Collapse monitor: higher is healthier.")
     c1, c2 = st.columns([2, 3])
     c1.plotly_chart(loss_figure(hist), width="stretch", key=f"loss:{snap.id}")
+    online_panel(snap, hist, c1)
     if coll:
         c2.plotly_chart(collapse_figure(hist, STD_MIN, ERANK_MIN), width="stretch", key=f"collapse:{snap.id}")
         st.caption("Collapse monitor: a fixed sample of the training images is embedded every few steps. A healthy run "
@@ -204,9 +217,33 @@ def draw_job(snap: JobSnapshot) -> None:
             st.warning(f"Backbone **{snap.result.get('checkpoint')}** was saved and appears as an init on the "
                        "Classifier, Benchmark and Grad-CAM pages, but its last collapse-monitor reading looks "
                        "collapsed (above): expect it to do no better than random weights.", icon=":material/warning:")
+        elif status == "warmup":  # too short to judge: say so rather than "ready"
+            st.info(f"Backbone **{snap.result.get('checkpoint')}** was saved and appears as an init on the "
+                    "Classifier, Benchmark and Grad-CAM pages. The run ended within the collapse monitor's warm-up, "
+                    "so whether it collapsed was not judged; compare it with random weights on the Benchmark page.",
+                    icon=":material/info:")
         else:
             st.success(f"Backbone **{snap.result.get('checkpoint')}** is ready: it now appears as an init on the "
                        "Classifier, Benchmark and Grad-CAM pages.", icon=":material/check_circle:")
+
+
+def online_panel(snap: JobSnapshot, hist: list[dict[str, Any]], where: Any) -> None:
+    """The online evaluation beside the loss (engine.ssl.online_eval): kNN AUC with its interval, and what it means."""
+    rows = [h for h in hist if "online_auc" in h]
+    if not rows:
+        return
+    finding = snap.params.get("online_eval_finding") or ""
+    where.plotly_chart(online_eval_figure(hist, finding), width="stretch", key=f"online:{snap.id}")
+    first, last = rows[0], rows[-1]
+    d, se = last["online_auc"] - first["online_auc"], (last["online_auc_se"] ** 2 + first["online_auc_se"] ** 2) ** 0.5
+    verdict = ("better than at its first reading" if d > 2 * se else "worse than at its first reading" if d < -2 * se
+               else "not distinguishable from its first reading")
+    n_mem, n_query = int(last["online_n_memory"]), int(last["online_n_query"])
+    where.caption(f"kNN on {n_mem} labeled images, scoring {n_query} others: "
+                  f"AUC {last['online_auc']:.3f} ± {1.96 * last['online_auc_se']:.3f} (95%) at step {int(last['step'])}, "
+                  f"{d:+.3f} vs the first reading ({first['online_auc']:.3f}, step {int(first['step'])}, dashed): "
+                  f"{verdict} "
+                  "(2 SE, readings treated as independent). Chance is 0.5.")
 
 
 def study_metrics(snap: JobSnapshot, hist: list[dict[str, Any]], last: dict[str, float]) -> None:
@@ -239,22 +276,31 @@ def control_panel(snap: JobSnapshot, hist: list[dict[str, Any]], last: dict[str,
         return
     knob = CONTROL_KNOB.get(snap.params.get("method", ""), "weight")
     adjustments = [line for line in snap.log if "collapse control:" in line]
-    st.markdown(f"**Adaptive collapse control** · target effective rank {last.get('collapse_control_target', 0):g}")
+    auto = str(snap.params.get("collapse_control", "")).endswith(("auto", "erank"))
+    st.markdown(f"**Adaptive collapse control** · target effective rank {last.get('collapse_control_target', 0):.1f}"
+                + (" (auto: the run's first reading)" if auto else ""))
     c1, c2 = st.columns(2)
     c1.metric(f"{knob[:1].upper() + knob[1:]} in use", f"{last['collapse_control_weight']:.4g}",
               help="Doubled at a reading below the target, halved at 1.25 x the target or more, within 1/8 to 16 x "
                    "the starting value (engine/ssl/monitor.py).")
     c2.metric("Adjustments (latest log)", len(adjustments))
     st.plotly_chart(control_figure(hist, knob), width="stretch", key=f"control:{snap.id}")
+    weights = {h.get("collapse_control_weight") for h in hist if "collapse_control_weight" in h}
+    if len(weights) <= 1:
+        st.info(f"No adjustment was needed so far: the effective rank stayed at or above the target at every reading, "
+                f"so the {knob} stayed at its starting value {last['collapse_control_weight']:.4g}.",
+                icon=":material/info:")
     if adjustments:
         st.code("\n".join(adjustments[-8:]), language=None)
 
 
-def monitor_status(snap: JobSnapshot, last: dict[str, Any] | None) -> str:
-    """One current collapse status line for the run (the latest reading, in plain words, judged by the
-    same thresholds for every method: engine.ssl.monitor.collapse_status), the earlier readings'
-    warnings on demand in an expander, then the job's other warnings. Returns the status level."""
-    level, line, problems = collapse_status(last, last.get("step") if last else None, "collapse_")
+def monitor_status(snap: JobSnapshot, coll: list[dict[str, Any]]) -> str:
+    """One current collapse status line for the run (the latest of its monitor readings `coll`, in plain
+    words, judged against the run's own early readings after a warm-up, the same rule for every method:
+    engine.ssl.monitor.collapse_status), the earlier readings' warnings on demand in an expander, then
+    the job's other warnings. Returns the status level."""
+    last = coll[-1] if coll else None
+    level, line, problems = collapse_status(last, last.get("step") if last else None, "collapse_", history=coll)
     earlier = [w for w in job_warnings(snap) if w.startswith("collapse") and w != f"collapse: {line}"]
     others = [w for w in job_warnings(snap) if not w.startswith("collapse")]
     if level == "warning":
@@ -263,14 +309,18 @@ def monitor_status(snap: JobSnapshot, last: dict[str, Any] | None) -> str:
         st.success(f"**Collapse monitor:** {line[:1].upper() + line[1:]}"
                    + (f" {len(earlier)} earlier reading{'s' * (len(earlier) != 1)} looked collapsed (details below)."
                       if earlier else ""), icon=":material/check_circle:")
-    elif level == "baseline" or snap.active:
-        st.caption(f"Collapse monitor: {line}")
+    elif level in ("baseline", "warmup") or snap.active:
+        st.caption(f"Collapse monitor: {line[:1].upper() + line[1:]}")
     if last is not None or earlier:
         with st.expander("Collapse monitor details", icon=":material/monitor_heart:"):
-            st.markdown(f"Every method is judged by the same thresholds, on its head embedding (if it has one) "
-                        f"and on its pooled backbone features: spread at least {STD_MIN:g}, mean cosine of "
-                        f"different images at most {COS_MAX:g}, effective rank at least {ERANK_MIN:g} "
-                        f"(engine/ssl/monitor.py). The step-0 reading of the untrained network is not judged.")
+            st.markdown(f"Every method is judged by the same rule, on its head embedding (if it has one) and on "
+                        f"its pooled backbone features, against the run's own early readings: the step-0 reading "
+                        f"of the untrained network and the next {WARMUP_READINGS} are the warm-up (only outright "
+                        f"collapse is flagged then); afterwards a reading is flagged when its spread, effective "
+                        f"rank or 1 - mean cosine falls below {RELATIVE_DROP:g} x the median of the early "
+                        f"readings, or under the floors spread {STD_MIN:g} / effective rank {ERANK_MIN:g} "
+                        f"(engine/ssl/monitor.py). A mean cosine near 1 alone is no collapse: an untrained "
+                        f"network's is ~0.99 on X-rays.")
             for p in problems:
                 st.markdown(f"- latest reading: {p}")
             if earlier:
@@ -354,3 +404,5 @@ st.caption("Backbones pretrained here; the Classifier, Benchmark and Grad-CAM pa
            "Spread, mean cosine and effective rank are the collapse monitor's last reading of the method's head "
            "(RankMe-style); raw std and centred effective rank are the same reading in the seed study's terms.")
 backbones_table()
+with st.expander("Import a backbone", icon=":material/upload:"):
+    import_section()

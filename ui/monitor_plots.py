@@ -72,3 +72,35 @@ def control_figure(history: list[dict[str, Any]], knob: str = "weight") -> go.Fi
     fig.update_layout(title="Collapse control", template="plotly_white", height=320, showlegend=False,
                       margin={"l": 10, "r": 10, "t": 60, "b": 10})
     return fig
+
+
+def online_eval_figure(history: list[dict[str, Any]], finding: str = "") -> go.Figure:
+    """The online evaluation over steps (engine.ssl.online_eval): kNN AUC with 95% intervals (1.96 x the
+    Hanley-McNeil SE), chance (0.5) and the untrained network's own first reading as baselines; kNN accuracy
+    beside the always-the-commoner-class accuracy. `history`: records with `step` and `online_*` keys."""
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
+                        subplot_titles=[f"kNN AUC{' (' + finding + ')' if finding else ''}", "kNN accuracy"])
+    rows = [h for h in history if "online_auc" in h]
+    if rows:
+        rows = sorted(rows, key=lambda h: h.get("step", 0))
+        steps = [int(h.get("step", 0)) for h in rows]
+        fig.add_trace(go.Scatter(x=steps, y=[h["online_auc"] for h in rows], mode="lines+markers", name="kNN AUC",
+                                 error_y={"type": "data", "array": [1.96 * h.get("online_auc_se", 0) for h in rows]},
+                                 line={"color": "#1a7f37"}, hovertemplate="step %{x}: AUC %{y:.3f}<extra></extra>"),
+                      row=1, col=1)
+        fig.add_hline(y=0.5, line_dash="dot", line_color="#57606a", annotation_text="chance",
+                      annotation_font_size=10, annotation_position="bottom right", row=1, col=1)
+        fig.add_hline(y=rows[0]["online_auc"], line_dash="dash", line_color="#bf8700",
+                      annotation_text=f"step {steps[0]}", annotation_font_size=10, annotation_position="top left",
+                      row=1, col=1)
+        fig.add_trace(go.Scatter(x=steps, y=[h["online_acc"] for h in rows], mode="lines+markers", name="kNN accuracy",
+                                 error_y={"type": "data", "array": [1.96 * h.get("online_acc_se", 0) for h in rows]},
+                                 line={"color": "#0969da"}), row=1, col=2)
+        fig.add_trace(go.Scatter(x=steps, y=[h.get("online_majority_acc") for h in rows], mode="lines",
+                                 name="always the commoner class", line={"color": "#57606a", "dash": "dot"}),
+                      row=1, col=2)
+    fig.update_yaxes(range=[0, 1.02])
+    fig.update_xaxes(title_text="step", rangemode="tozero")
+    fig.update_layout(title="Online evaluation (kNN, 95% intervals)", template="plotly_white",
+                      height=320, showlegend=False, margin={"l": 10, "r": 10, "t": 60, "b": 10})
+    return fig

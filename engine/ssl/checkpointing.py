@@ -165,6 +165,16 @@ def _totals(run: Run) -> dict[str, Any]:
             "train_seconds_total": round(w["train_seconds_before"] + run.train_seconds, 1)}
 
 
+def _online_summary(run: Run) -> dict[str, Any] | None:
+    """The online evaluation's set and readings ([step, auc, auc_se, acc]), or None when it was off."""
+    online = run.monitor.online
+    if online is None:
+        return None
+    rows = [[h["step"], h["online_auc"], h["online_auc_se"], h["online_acc"]]
+            for h in run.monitor.history if "online_auc" in h]
+    return {**online.describe(), "readings": rows, "final": rows[-1] if rows else None}
+
+
 def backbone_info(run: Run, h: str, extra: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint json's training record (docs/design.md, "SSL pretraining"); `h` = param_hash."""
     cfg, losses = run.cfg, [r["loss"] for r in run.history]
@@ -180,6 +190,7 @@ def backbone_info(run: Run, h: str, extra: dict[str, Any]) -> dict[str, Any]:
         "collapse": {"final": ({k: v for k, v in collapse[-1].items() if k != "step"} if collapse else {}),
                      "history": collapse, **metric_definitions()},  # sets + labels of both metric sets
         "collapse_control": run.control.summary() if run.control is not None else None,
+        "online_eval": _online_summary(run),
         **_totals(run),
         "loss": ({"first": losses[0], "last": losses[-1], "min": min(losses),
                   "last_mean": float(np.mean(losses[-max(1, len(losses) // 10):])),

@@ -24,6 +24,7 @@ def _collapse_control_help() -> str:
     without = ", ".join(n for n, s in METHODS.items() if s.collapse_knob is None)
     return ("adaptive collapse control: at every collapse-monitor reading, double the method's regularization weight "
             f"({knobs}) when the head's effective rank is below TARGET, halve it when the rank is >= 1.25 x TARGET, "
+            "TARGET auto (erank:auto or erank) = the run's first reading, "
             "within [w0/8, w0*16] (w0 = the configured weight, or the method's reference when 0). "
             f"Also centred_erank:TARGET. Not for {without} (no such term)")
 
@@ -80,7 +81,12 @@ def register(sub) -> None:
                         + f" (long for {', '.join(n for n, s in METHODS.items() if 'long' in s.presets)}). "
                         "Runs stored before `study` existed under --preset paper resume with their recorded "
                         "settings (engine/ssl/presets.py). --epochs, --lr, --opt and --aug override any")
-    p.add_argument("--collapse-control", default=None, metavar="erank:TARGET", help=_collapse_control_help())
+    p.add_argument("--collapse-control", default=None, metavar="erank[:TARGET|auto]", help=_collapse_control_help())
+    p.add_argument("--online-eval", default=None, metavar="MANIFEST:FINDING",
+                   help="online evaluation: kNN AUC of the backbone's features on this labeled set (at most 400 "
+                        "images, half memory, half scored) at collapse-monitor readings (engine/ssl/online_eval.py)")
+    p.add_argument("--online-eval-every", type=int, default=None, metavar="N",
+                   help="run the online evaluation every N monitor readings (default 1)")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="method setting, repeatable, e.g. "
                         + ", ".join(f"--opt {s.opt_example} ({n})" for n, s in METHODS.items()))
@@ -186,7 +192,7 @@ def _config(args: argparse.Namespace) -> Any:
         monitor_every_steps=args.monitor_every, amp={"auto": None, "on": True, "off": False}[args.amp],
         init=args.init, collapse_control=args.collapse_control,
         data_on_device={"auto": None, "on": True, "off": False}[args.data_on_device],
-        sync_every_steps=args.sync_every,
+        sync_every_steps=args.sync_every, online_eval=args.online_eval, online_eval_every=args.online_eval_every,
     )
 
 
@@ -224,7 +230,9 @@ def _metrics_line(step: int | None, m: dict[str, float]) -> str:
             f"{m.get('collapse_centred_erank', nan):.1f} (backbone raw std "
             f"{m.get('collapse_backbone_raw_std', nan):.3g} centred erank "
             f"{m.get('collapse_backbone_centred_erank', nan):.1f})"
-            + (f" | control weight {m['collapse_control_weight']:.4g}" if "collapse_control_weight" in m else ""))
+            + (f" | control weight {m['collapse_control_weight']:.4g}" if "collapse_control_weight" in m else "")
+            + (f" | online kNN AUC {m['online_auc']:.3f} +/- {m['online_auc_se']:.3f} acc {m['online_acc']:.3f} "
+               f"(majority {m['online_majority_acc']:.3f})" if "online_auc" in m else ""))
 
 
 class _Console:

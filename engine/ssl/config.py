@@ -16,7 +16,8 @@ from engine.ssl.registry import MethodSpec, get_method
 SSL_ARCHS = ("resnet18", "resnet50")
 # Config fields a resume may change (they do not alter the trajectory).
 RESUME_FREE = frozenset({"save_every_steps", "save_every_seconds", "monitor_every_steps", "monitor_images",
-                         "collapse_std_min", "collapse_erank_min", "data_on_device", "sync_every_steps"})
+                         "collapse_std_min", "collapse_erank_min", "data_on_device", "sync_every_steps",
+                         "online_eval", "online_eval_every"})
 BUILTIN_INITS = ("random", "imagenet")
 
 
@@ -65,6 +66,10 @@ class PretrainConfig:
     # one per step); None = 1 on CPU, 20 on CUDA. With N > 1 a non-finite loss is caught up to N-1 steps late:
     # the run still stops with NonFiniteLossError and the last state saved (always after a check) is kept.
     sync_every_steps: int | None = None
+    # Online evaluation (engine.ssl.online_eval): "MANIFEST:FINDING", kNN AUC of the backbone features on that
+    # labeled set every `online_eval_every` collapse-monitor readings; None = off. Neither changes training.
+    online_eval: str | None = None
+    online_eval_every: int = 1
 
     def __post_init__(self) -> None:
         spec = get_method(self.method)
@@ -104,6 +109,13 @@ class PretrainConfig:
             if self.monitor_every_steps < 1:
                 raise ValueError("--collapse-control acts on the collapse monitor's readings, but the monitor is off "
                                  "(monitor_every_steps 0); set --monitor-every N (e.g. 25)")
+        if self.online_eval:
+            from engine.ssl.online_eval import parse_online_eval
+
+            parse_online_eval(self.online_eval)
+            if self.monitor_every_steps < 1 or self.online_eval_every < 1:
+                raise ValueError("--online-eval runs at collapse-monitor readings: set --monitor-every N >= 1 and "
+                                 "--online-eval-every >= 1")
 
     def _set_method_config(self, spec: MethodSpec) -> None:
         """None -> the method's defaults, a dict -> its config class; another method's config is refused."""

@@ -207,8 +207,13 @@ def device_images(images: np.ndarray, cfg: PretrainConfig, device: torch.device)
 
 def _collapse_monitor(images: np.ndarray, cfg: PretrainConfig) -> CollapseMonitor:
     idx = sample_indices(len(images), cfg.monitor_images, cfg.seed)
+    online = None
+    if cfg.online_eval:
+        from engine.ssl.online_eval import load_online_eval
+
+        online = load_online_eval(cfg.online_eval, cfg.image_size, cfg.seed, every=cfg.online_eval_every)
     return CollapseMonitor(np.asarray(images[idx]), cfg.monitor_every_steps,
-                           std_min=cfg.collapse_std_min, erank_min=cfg.collapse_erank_min)
+                           std_min=cfg.collapse_std_min, erank_min=cfg.collapse_erank_min, online=online)
 
 
 def _collapse_controller(cfg: PretrainConfig) -> CollapseController | None:
@@ -426,9 +431,10 @@ def monitor(run: Run) -> None:
         extra: dict[str, float] = {}
         if run.control is not None:
             rec = run.control.update(run.step, metrics)
-            extra = {"control_weight": run.control.weight, "control_target": run.control.spec.target}
+            extra = {"control_weight": run.control.weight, "control_target": run.control.target}
             run.monitor.history[-1].update(extra)  # the weight in use from here on, beside the reading
-        _event(run, kind="metrics", metrics={f"collapse_{k}": v for k, v in {**metrics, **extra}.items()},
+        _event(run, kind="metrics", metrics={k if k.startswith("online_") else f"collapse_{k}": v
+                                             for k, v in {**metrics, **extra}.items()},
                message="collapse monitor")
         for w in run.monitor.warnings(metrics, run.step):
             _event(run, kind="warning", level="warning", message=w)

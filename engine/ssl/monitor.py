@@ -24,21 +24,28 @@ The seed study's set (so a run can be compared with the numbers the study report
   z - mean(z): the shared mean direction no longer counts as a dimension, so an embedding that is
   one common vector plus spread in k directions reads ~k here and less than that uncentred.
 
+Judging (`collapse_status`, issue 23): relative to the run's own early readings after a warm-up, not
+absolute thresholds from step 0 (an untrained network's features are nearly parallel already); see
+WARMUP_READINGS below.
+
 `CollapseMonitor` embeds a fixed seeded sample of training images every N steps (eval mode, no
 gradient), keeps the history (one flat record per reading with every key of both sets, for the
 method's head and, prefixed `backbone_`, for the pooled backbone features), and turns a low `std`, a high `cos` or a low
-`erank` (the same thresholds for every method, on its head and its backbone features) into at most one
+`erank` (the same rule for every method, on its head and its backbone features) into at most one
 plain-words warning per reading (`collapse_status`).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from engine.ssl.collapse_control import (CONTROL_METRICS, CollapseControl, CollapseController,  # noqa: F401
+                                         parse_collapse_control)
 
 # Warning thresholds, from 64 px phantom runs (256 monitor images): a random-init ResNet-18 already
 # gives nearly parallel embeddings on homogeneous radiographs (std ~0.09, cos ~0.99, head erank
@@ -158,6 +165,7 @@ class CollapseMonitor:
     erank_min: float = ERANK_MIN
     batch: int = 64
     history: list[dict[str, Any]] = field(default_factory=list)
+    online: Any = None  # engine.ssl.online_eval.OnlineEval: kNN on a labeled set every `online.every` readings
 
     def due(self, step: int, total: int) -> bool:
         return self.every > 0 and (step % self.every == 0 or step == total)
@@ -165,221 +173,152 @@ class CollapseMonitor:
     @torch.no_grad()
     def measure(self, method: torch.nn.Module, device: torch.device, size: int, step: int,
                 amp: torch.dtype | None = None) -> dict[str, float]:
-        """Embed the sample with `method` (an SSLMethod) in eval mode; append to history; return metrics."""
+        """Embed the sample with `method` (an SSLMethod) in eval mode; append to history; return metrics
+        (with the online evaluation's `online_*` keys on the readings it is due)."""
         was_training = method.training
         method.eval()
-        feats, heads = [], []
         try:
-            for i in range(0, len(self.images), self.batch):
-                x = torch.from_numpy(np.ascontiguousarray(self.images[i : i + self.batch])).to(device)
-                x = x[:, None].float().div_(255.0)  # (b, 1, S, S)
-                if x.shape[-1] != size:
-                    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                    f = method.backbone(method.normalize(x))  # (b, D)
-                    h = method.head_embedding(f)
-                feats.append(f.float())
-                heads.append((h if h is not None else f).float())
+            feats, heads = self._embed(method, self.images, device, size, amp)
+            head, bb = collapse_metrics(heads), collapse_metrics(feats)
+            metrics = {**head, **{f"backbone_{k}": v for k, v in bb.items()}}
+            if self.online is not None and self.online.due(len(self.history)):
+                metrics.update(self.online.evaluate(self._embed(method, self.online.images, device, size, amp)[0]))
         finally:
             method.train(was_training)
-        head, bb = collapse_metrics(torch.cat(heads)), collapse_metrics(torch.cat(feats))
-        metrics = {**head, **{f"backbone_{k}": v for k, v in bb.items()}}
         self.history.append({"step": step, **metrics})
         return metrics
+
+    def _embed(self, method: torch.nn.Module, images: np.ndarray, device: torch.device, size: int,
+               amp: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled backbone features (M, D), head embedding (M, D') or the features again) of uint8 (M, S, S)."""
+        feats, heads = [], []
+        for i in range(0, len(images), self.batch):
+            x = torch.from_numpy(np.ascontiguousarray(images[i : i + self.batch])).to(device)
+            x = x[:, None].float().div_(255.0)  # (b, 1, S, S)
+            if x.shape[-1] != size:
+                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                f = method.backbone(method.normalize(x))  # (b, D)
+                h = method.head_embedding(f)
+            feats.append(f.float())
+            heads.append((h if h is not None else f).float())
+        return torch.cat(feats), torch.cat(heads)
 
     cos_max: float = COS_MAX
 
     def warnings(self, metrics: dict[str, float], step: int | None = None) -> list[str]:
-        """At most one collapse message for a reading (`collapse_status`'s line); none for the step-0
-        baseline (an untrained network on homogeneous X-rays is nearly parallel already; that is the
-        starting point, not a collapse). The same thresholds for every method."""
-        level, line, _ = collapse_status(metrics, step, std_min=self.std_min, erank_min=self.erank_min,
-                                         cos_max=self.cos_max)
+        """At most one collapse message for a reading (`collapse_status`'s line, judged against this
+        monitor's history: the run's own early readings after a warm-up); none for the step-0 baseline.
+        The same rule for every method."""
+        level, line, _ = collapse_status(metrics, step, history=self.history, std_min=self.std_min,
+                                         erank_min=self.erank_min, cos_max=self.cos_max)
         return [f"collapse: {line}"] if level == "warning" else []
 
 
-def collapse_problems(metrics: dict[str, Any], prefix: str = "", *, std_min: float = STD_MIN,
-                      erank_min: float = ERANK_MIN, cos_max: float = COS_MAX) -> list[str]:
-    """Each threshold a reading breaks, in words, for the head embedding and the pooled backbone
-    features (keys `{prefix}std` ... and `{prefix}backbone_std` ...). A method without a head (SparK)
-    records its backbone features in both, so they are judged once."""
+# Judging a reading (issue 23 item 4): relative to the run's own early readings, after a warm-up.
+# An untrained ResNet already gives nearly parallel features on X-rays (cos ~0.99), so an absolute
+# cosine limit called healthy runs "collapsed" at step 12. Now: the step-0 baseline and the next
+# WARMUP_READINGS readings are the run's reference (per metric, their median); during the warm-up
+# only outright collapse is flagged (spread < DEAD_STD or effective rank < DEAD_ERANK: every image on
+# one point / one line); afterwards a reading is flagged when spread or effective rank fell below
+# RELATIVE_DROP x its early value, or 1 - mean cosine did (only when the early cosine was <= COS_MAX:
+# from ~0.99, 1 - cosine is too small to measure a fall), or under the absolute floors std_min /
+# erank_min. A mean cosine near 1 alone never flags a reading.
+WARMUP_READINGS = 3
+RELATIVE_DROP = 0.5
+DEAD_STD = 0.01
+DEAD_ERANK = 1.2
+
+
+def _spaces(metrics: dict[str, Any], prefix: str) -> list[tuple[str, str]]:
+    """(name, key prefix) of the head embedding and, when it differs, the pooled backbone features."""
     spaces = [("embedding", prefix)]
     bb = [metrics.get(f"{prefix}backbone_{k}") for k in ("std", "cos", "erank")]
     if any(v is not None for v in bb) and bb != [metrics.get(f"{prefix}{k}") for k in ("std", "cos", "erank")]:
         spaces.append(("backbone features", f"{prefix}backbone_"))
+    return spaces
+
+
+def reference_readings(history: list[dict[str, Any]], prefix: str = "", warmup: int = WARMUP_READINGS
+                       ) -> dict[str, float]:
+    """Per metric key, the median of the run's first 1 + `warmup` readings (the step-0 baseline and the
+    warm-up; the median, so one early spike does not set the bar): what later readings are judged
+    against. Keys as in the records (`{prefix}std`, `{prefix}backbone_cos`, ...)."""
+    early = sorted((h for h in history if h.get("step") is not None), key=lambda h: h["step"])[: 1 + warmup]
+    keys = {k for h in early for k, v in h.items() if k.startswith(prefix) and k != "step"
+            and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: float(np.median([float(h[k]) for h in early if isinstance(h.get(k), (int, float))])) for k in keys}
+
+
+def collapse_problems(metrics: dict[str, Any], prefix: str = "", *, std_min: float = STD_MIN,
+                      erank_min: float = ERANK_MIN, reference: dict[str, float] | None = None,
+                      warmup: bool = False, drop: float = RELATIVE_DROP, cos_max: float = COS_MAX) -> list[str]:
+    """Each collapse sign of a reading, in words, for the head embedding and the pooled backbone
+    features (keys `{prefix}std` ... and `{prefix}backbone_std` ...); a method without a head (SparK)
+    records its backbone features in both, so they are judged once. `warmup`: only outright collapse
+    (DEAD_STD, DEAD_ERANK). Otherwise the floors std_min / erank_min and, with `reference` (from
+    `reference_readings`), a drop below `drop` x the run's early spread, rank or 1 - cosine (the last
+    only when the early cosine was at most `cos_max`: from an untrained ~0.99, 1 - cosine is too small to
+    measure a fall)."""
     out: list[str] = []
-    for name, p in spaces:
+    ref = reference or {}
+    for name, p in _spaces(metrics, prefix):
         std, cos, erank = (metrics.get(f"{p}{k}") for k in ("std", "cos", "erank"))
-        if std is not None and std < std_min:
-            out.append(f"{name}: spread {std:.3f} is below {std_min:g} (all images map to nearly the same point)")
-        if cos is not None and cos > cos_max:
-            out.append(f"{name}: mean cosine of different images {cos:.3f} is above {cos_max:g} (nearly parallel)")
-        if erank is not None and erank < erank_min:
-            out.append(f"{name}: effective rank {erank:.2f} is below {erank_min:g} (almost a single direction)")
+        lo_std, lo_rank = (DEAD_STD, DEAD_ERANK) if warmup else (std_min, erank_min)
+        if std is not None and std < lo_std:
+            out.append(f"{name}: spread {std:.3f} is below {lo_std:g} (all images map to nearly the same point)")
+        elif std is not None and not warmup and f"{p}std" in ref and std < drop * ref[f"{p}std"]:
+            out.append(f"{name}: spread {std:.3f} fell below {drop:g} x its early {ref[f'{p}std']:.3f}")
+        if erank is not None and erank < lo_rank:
+            out.append(f"{name}: effective rank {erank:.2f} is below {lo_rank:g} (almost a single direction)")
+        elif erank is not None and not warmup and f"{p}erank" in ref and erank < drop * ref[f"{p}erank"]:
+            out.append(f"{name}: effective rank {erank:.1f} fell below {drop:g} x its early {ref[f'{p}erank']:.1f}")
+        if (cos is not None and not warmup and ref.get(f"{p}cos", 1.0) <= cos_max
+                and 1 - cos < drop * (1 - ref[f"{p}cos"])):
+            out.append(f"{name}: mean cosine of different images rose to {cos:.3f} from its early "
+                       f"{ref[f'{p}cos']:.3f} (1 - cosine fell below {drop:g} x)")
     return out
 
 
 def collapse_status(metrics: dict[str, Any] | None, step: int | None = None, prefix: str = "", *,
-                    std_min: float = STD_MIN, erank_min: float = ERANK_MIN,
+                    history: list[dict[str, Any]] | None = None, std_min: float = STD_MIN,
+                    erank_min: float = ERANK_MIN, warmup: int = WARMUP_READINGS,
                     cos_max: float = COS_MAX) -> tuple[str, str, list[str]]:
-    """(level, one plain-words line, the problems) for one reading: level "none" (no reading yet),
-    "baseline" (step 0, the untrained network), "ok" or "warning". The Pretrain page shows the line
-    of the latest reading; the job's warnings are the lines of the readings that broke a threshold."""
+    """(level, one plain-words line, the problems) for one reading, judged against the run's own
+    `history` (its monitor records, this reading included or not; keys `{prefix}std`...): level "none"
+    (no reading yet), "baseline" (step 0, the untrained network), "warmup" (one of the first `warmup`
+    readings after it: only outright collapse is a warning), "ok" or "warning". Without a history only
+    the floors std_min / erank_min judge. `cos_max` only words an "ok" line whose features are still
+    nearly parallel (as parallel as the untrained network's is no collapse). The Pretrain page shows
+    the latest reading's line; the job's warnings are the lines of the readings that were flagged."""
     if not metrics:
         return "none", "No collapse-monitor reading yet.", []
-    problems = collapse_problems(metrics, prefix, std_min=std_min, erank_min=erank_min, cos_max=cos_max)
     at = f" at step {int(step)}" if step is not None else ""
     if step == 0:
         return "baseline", ("Baseline reading of the untrained network (step 0): nearly parallel features are "
-                            "normal before training; later readings are judged."), problems
+                            "normal before training; later readings are judged against the run's own early "
+                            "readings."), []
+    hist = sorted((h for h in (history or []) if h.get("step") is not None and (step is None or h["step"] <= step)),
+                  key=lambda h: h["step"])
+    index = sum(1 for h in hist if step is None or h["step"] < step)  # readings before this one
+    in_warmup = bool(hist) and index <= warmup
+    ref = reference_readings(hist, prefix, warmup) if hist and not in_warmup else None
+    problems = collapse_problems(metrics, prefix, std_min=std_min, erank_min=erank_min, reference=ref,
+                                 warmup=in_warmup, cos_max=cos_max)
     if problems:
         return "warning", (f"looks collapsed{at}: the images map to nearly the same features ("
                            + "; ".join(problems) + "). Lower the learning rate, check the augmentations, "
                            "or stop and try another method."), problems
+    if in_warmup:
+        return "warmup", (f"warming up{at} (reading {index} of the first {warmup} after the baseline): no outright "
+                          "collapse; from the next readings on, the run is judged against its own early readings."), []
     cos = metrics.get(f"{prefix}backbone_cos", metrics.get(f"{prefix}cos"))
     erank = metrics.get(f"{prefix}backbone_erank", metrics.get(f"{prefix}erank"))
     detail = ", ".join(x for x in (f"mean cosine {cos:.2f}" if cos is not None else "",
                                    f"effective rank {erank:.1f}" if erank is not None else "") if x)
-    return "ok", f"healthy{at}: the images stay spread apart" + (f" ({detail})." if detail else "."), []
-
-
-# ----------------------------------------------------------------------------------------------
-# Adaptive collapse control (issue 16 item 1)
-#
-# The seed study's proposal: watch the effective rank during pretraining and adjust the
-# regularization that keeps dimensions alive. Each method that has such a weight names it in its
-# registry entry (`MethodSpec.collapse_knob`, engine/ssl/registry.py; MoCo v2 and masked-contrastive:
-# the feature-decorrelation weight `decorr_weight`, Hua et al. 2021 -- VICReg's covariance term on
-# standardized projections; Barlow Twins: the off-diagonal weight `lambd`, Zbontar et
-# al. 2021) with a reference value (`ref`). SparK and DINO have no such term and refuse the option.
-#
-# Rule, applied at every collapse-monitor reading after the step-0 baseline (the untrained network's
-# reading describes the init, not the training), on the monitored effective rank r of the head
-# embedding (the backbone's for methods without a head):
-#   r < target                    -> w <- min(hi, max(lo, w * up))     (raise; from 0 straight to lo)
-#   r >= target * healthy_ratio   -> w <- max(lo, w * down)            (lower; never back to 0)
-#   otherwise                     -> hold (hysteresis band: no flip-flop around the target)
-# with b = the configured weight w0 if w0 > 0 else the method's reference weight, lo = b * min_frac,
-# hi = b * max_mult (defaults x2 / x0.5 within [b/8, b*16]). A weight that starts at 0 stays 0 while
-# the run is healthy. Every change is one record in `CollapseController.history`.
-
-CONTROL_METRICS = ("erank", "centred_erank")
-
-
-@dataclass(frozen=True)
-class CollapseControl:
-    """Settings of the adaptive collapse controller (`--collapse-control erank:TARGET`).
-
-    metric: the monitored effective rank it acts on, "erank" (uncentred; RankMe, Garrido et al. 2023)
-    or "centred_erank" (the seed study's; Roy & Vetterli 2007); target: the rank to keep (> 0);
-    up / down: multiplicative factors applied when below target / healthy (up > 1 > down > 0);
-    healthy_ratio: "healthy" means metric >= target * healthy_ratio (>= 1); min_frac / max_mult:
-    bounds relative to the base weight b, [b * min_frac, b * max_mult].
-    """
-
-    metric: str = "erank"
-    target: float = 8.0
-    up: float = 2.0
-    down: float = 0.5
-    healthy_ratio: float = 1.25
-    min_frac: float = 1 / 8
-    max_mult: float = 16.0
-
-    def __post_init__(self) -> None:
-        if self.metric not in CONTROL_METRICS:
-            raise ValueError(f"collapse control metric {self.metric!r} is not one of {', '.join(CONTROL_METRICS)}; "
-                             "write e.g. --collapse-control erank:8")
-        if not (math.isfinite(self.target) and self.target > 0):
-            raise ValueError(f"collapse control target must be a positive number (got {self.target}); e.g. erank:8")
-        if not (self.up > 1.0 and 0.0 < self.down < 1.0):
-            raise ValueError(f"collapse control needs up > 1 and 0 < down < 1 (got up {self.up}, down {self.down})")
-        if self.healthy_ratio < 1.0:
-            raise ValueError(f"collapse control healthy_ratio must be >= 1 (got {self.healthy_ratio})")
-        if not (0.0 < self.min_frac <= 1.0 <= self.max_mult):
-            raise ValueError(f"collapse control bounds need 0 < min_frac <= 1 <= max_mult "
-                             f"(got {self.min_frac}, {self.max_mult})")
-
-    def spec(self) -> str:
-        """The `METRIC:TARGET` text this was parsed from (other fields at their defaults)."""
-        return f"{self.metric}:{self.target:g}"
-
-
-def parse_collapse_control(spec: str | dict | CollapseControl | None) -> CollapseControl | None:
-    """`"erank:8"` (CLI / job params), a dict of fields (JSON) or a CollapseControl -> CollapseControl.
-
-    None or "" / "off" / "none" -> None (no control). Raises ValueError naming the expected form.
-    """
-    if spec is None or isinstance(spec, CollapseControl):
-        return spec
-    if isinstance(spec, dict):
-        return CollapseControl(**spec)
-    text = str(spec).strip()
-    if text.lower() in ("", "off", "none"):
-        return None
-    metric, sep, target = text.partition(":")
-    try:
-        value = float(target)
-    except ValueError:
-        value = float("nan")
-    if not sep or not math.isfinite(value):
-        raise ValueError(f"--collapse-control {text!r}: expected METRIC:TARGET with METRIC one of "
-                         f"{', '.join(CONTROL_METRICS)} and TARGET a number, e.g. erank:8")
-    return CollapseControl(metric=metric.strip(), target=value)
-
-
-class CollapseController:
-    """State of the adaptive controller for one run: the current weight and every adjustment.
-
-    `knob` names the method's weight (e.g. "decorr_weight"), `w0` is its configured value and `ref` the
-    method's reference value used for the bounds when w0 is 0 (see the rule above this class).
-    `update(step, metrics)` returns the adjustment record when the weight changed, else None.
-    `state_dict()` / `load_state_dict()` carry weight and history through state.pt, so a resumed run
-    continues exactly.
-    """
-
-    def __init__(self, spec: CollapseControl, knob: str, w0: float, ref: float) -> None:
-        if w0 < 0 or ref <= 0:
-            raise ValueError(f"collapse control needs a weight >= 0 and a positive reference (got {w0}, {ref})")
-        self.spec, self.knob, self.w0 = spec, knob, float(w0)
-        base = self.w0 if self.w0 > 0 else float(ref)
-        self.lo, self.hi = base * spec.min_frac, base * spec.max_mult
-        self.weight = self.w0
-        self.history: list[dict[str, Any]] = []
-
-    def update(self, step: int, metrics: dict[str, float]) -> dict[str, Any] | None:
-        """Apply the rule to one monitor reading (`metrics` holds `spec.metric`); None at step 0 or no change."""
-        if step == 0:
-            return None
-        r, s, old = float(metrics[self.spec.metric]), self.spec, self.weight
-        if r < s.target:
-            new, why = min(self.hi, max(self.lo, old * s.up)), "raise"
-        elif r >= s.target * s.healthy_ratio and old > self.lo:
-            new, why = max(self.lo, old * s.down), "lower"
-        else:
-            return None
-        if new == old:  # at a bound already
-            return None
-        self.weight = new
-        rec = {"step": int(step), "knob": self.knob, "metric": s.metric, "value": r, "target": s.target,
-               "action": why, "old": old, "new": new}
-        self.history.append(rec)
-        return rec
-
-    def message(self, rec: dict[str, Any]) -> str:
-        """One log line for an adjustment record."""
-        cmp = "<" if rec["action"] == "raise" else ">="
-        thr = rec["target"] if rec["action"] == "raise" else rec["target"] * self.spec.healthy_ratio
-        return (f"collapse control: {rec['metric']} {rec['value']:.2f} {cmp} {thr:g} at step {rec['step']}: "
-                f"{rec['action']} {rec['knob']} {rec['old']:.4g} -> {rec['new']:.4g} (bounds {self.lo:.4g}-{self.hi:.4g})")
-
-    def summary(self) -> dict[str, Any]:
-        """What the checkpoint json records: settings, bounds, final weight, every adjustment."""
-        return {"spec": self.spec.spec(), "settings": asdict(self.spec), "knob": self.knob, "w0": self.w0,
-                "bounds": [self.lo, self.hi], "final_weight": self.weight, "adjustments": list(self.history)}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"weight": self.weight, "history": list(self.history)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.weight = float(state["weight"])
-        self.history = [dict(r) for r in state["history"]]
+    line = f"healthy{at}: the images stay spread apart" + (f" ({detail})." if detail else ".")
+    if cos is not None and cos > cos_max:
+        line = (f"no collapse{at}: no metric fell below the run's early readings, but the features are still "
+                f"nearly parallel ({detail}), as an untrained network's are; the online evaluation, where "
+                "enabled, shows whether they carry the findings.")
+    return "ok", line, []

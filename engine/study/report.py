@@ -79,29 +79,33 @@ def pretrain_table(records: dict[str, dict[str, Any]]) -> pd.DataFrame:
         final = ((r.get("collapse") or {}).get("final")) or {}
         loss = r.get("loss") or {}
         rows.append({"method": method, "checkpoint": r.get("name", "") + (" (reused)" if r.get("reused") else ""),
-                     "collapsed?": _collapse_verdict(final), "steps": r.get("steps", ""),
+                     "collapsed?": _collapse_verdict(final, (r.get("collapse") or {}).get("history")),
+                     "steps": r.get("steps", ""),
                      "epochs": _fmt(r.get("epochs")), "images": r.get("n_images", ""),
                      "seconds": _fmt(r.get("train_seconds"), 0), "last loss": _fmt(loss.get("last_mean")),
                      **{k: _fmt(final.get(k)) for k in COLLAPSE_KEYS}})
     return pd.DataFrame(rows)
 
 
-def _collapse_verdict(final: dict[str, Any]) -> str:
-    """The monitor's verdict on the last reading, by its limits (engine.ssl.monitor: std < STD_MIN, mean
-    cosine > COS_MAX or effective rank < ERANK_MIN): "yes: <why>", "no", or "" without a reading."""
-    from engine.ssl.monitor import COS_MAX, ERANK_MIN, STD_MIN
+def _collapse_verdict(final: dict[str, Any], history: list[dict[str, Any]] | None = None) -> str:
+    """The monitor's verdict on the last reading (engine.ssl.monitor.collapse_status: against the run's own
+    early readings in `history` after a warm-up; without a history, the floors std < STD_MIN, erank <
+    ERANK_MIN): "yes: <why>", "no", "not judged (warm-up only)", or "" without a reading."""
+    from engine.ssl.monitor import collapse_status
 
     if not final:
         return ""
-    why = [w for w, bad in ((f"std < {STD_MIN:g}", final.get("std", 1.0) < STD_MIN),
-                            (f"cos > {COS_MAX:g}", final.get("cos", 0.0) > COS_MAX),
-                            (f"erank < {ERANK_MIN:g}", final.get("erank", ERANK_MIN) < ERANK_MIN)) if bad]
-    return "yes: " + ", ".join(why) if why else "no"
+    step = history[-1].get("step") if history else None
+    level, _, problems = collapse_status(final, step, history=history)
+    if level == "warmup":
+        return "not judged (warm-up only)"
+    return "yes: " + "; ".join(problems) if level == "warning" else "no"
 
 
 PRETRAIN_LEGEND = ("Collapse monitor's last reading on the head embedding: erank = effective rank (RankMe, uncentred), "
                    "std = spread of the L2-normalized embeddings, cos = mean cosine of random pairs (1 = all the same), "
-                   "centred_erank and raw_std = the seed study's versions. 'collapsed?' applies the monitor's limits.")
+                   "centred_erank and raw_std = the seed study's versions. 'collapsed?' is the monitor's verdict "
+                   "(against the run's own early readings after a warm-up).")
 
 
 def _fmt(v: Any, digits: int = 3) -> str:

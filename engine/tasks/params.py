@@ -52,6 +52,7 @@ class PretrainParams(JobParams):
     preset: str = "paper"                # engine/ssl/presets.py
     init: str = "random"                 # random | imagenet | a checkpoint of the same arch (a warm start)
     collapse_control: str | None = None  # "erank:TARGET" (engine.ssl.monitor.CollapseControl)
+    online_eval_finding: str | None = None  # kNN evaluation on the workspace images labeled for it (ssl.online_eval)
     image_ids: tuple[int, ...] | None = None  # workspace images to use (None: all but the test split)
     data: str | None = None              # a manifest CSV / folder on disk instead of the workspace
     replace: bool = False                # take the name even when a backbone of that name exists

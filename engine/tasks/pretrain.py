@@ -63,6 +63,20 @@ def _pretrain_paths(store: Store, ctx: JobContext, image_ids: tuple[int, ...] | 
     return files
 
 
+def _online_eval_manifest(store: Store, ctx: JobContext, finding: str) -> str:
+    """`MANIFEST:FINDING` of a manifest (in the job's folder) of the workspace images labeled for `finding`
+    (any split: they are only evaluated on, never trained with their labels). ValueError when it is unknown."""
+    import pandas as pd
+
+    if finding not in store.findings():
+        raise ValueError(f"online evaluation: the workspace has no finding {finding!r}; label it on the Data page")
+    df = store.images(finding)
+    df = df[df[finding].notna()]
+    csv = ctx.workdir / "online_eval.csv"
+    atomic_write_text(csv, pd.DataFrame({"path": df["file"], finding: df[finding].astype(int)}).to_csv(index=False))
+    return f"{csv}:{finding}"
+
+
 def reserve_pretrain_name(params: PretrainParams | dict[str, Any], job_id: int, runner: JobRunner) -> None:
     """`on_submit` of pretrain jobs: reserve `out_name` in the checkpoints folder for this job, so a
     second run with the same name is refused at once (engine.reservations). `replace: true` in the
@@ -110,6 +124,10 @@ def run_pretrain(params: PretrainParams | dict[str, Any], ctx: JobContext) -> di
     reserve_checkpoint(out_name, owner, ckpts, replace=p.replace)
     files = resolve_image_paths(p.data) if p.data else _pretrain_paths(store, ctx, p.image_ids)
     cfg = pretrain_config(p, len(files))
+    if p.online_eval_finding:  # the workspace's labeled images of that finding, as a manifest the run reads
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, online_eval=_online_eval_manifest(store, ctx, p.online_eval_finding))
     if ctx.resume:  # the state's recorded settings: a preset renamed since (engine.ssl.presets.RENAMED) keeps them
         from engine.ssl.presets import resume_settings
 

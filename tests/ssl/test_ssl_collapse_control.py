@@ -63,7 +63,7 @@ def test_spec_parsing_and_clear_errors():
     assert parse_collapse_control("erank:12") == CollapseControl(metric="erank", target=12.0)
     assert parse_collapse_control({"metric": "erank", "target": 3}) == CollapseControl(target=3)
     assert parse_collapse_control("off") is None and parse_collapse_control(None) is None
-    for bad, msg in (("erank", "METRIC:TARGET"), ("erank:abc", "METRIC:TARGET"), ("std:3", "not one of"),
+    for bad, msg in (("rank", "METRIC"), ("erank:abc", "METRIC:TARGET"), ("std:3", "not one of"),
                      ("erank:-1", "positive")):
         with pytest.raises(ValueError, match=msg):
             parse_collapse_control(bad)
@@ -100,7 +100,7 @@ def test_a_collapsing_moco_run_triggers_adjustments_within_bounds_recorded_every
     hist = json.loads((tmp_path / "run" / "history.json").read_text())
     assert hist["collapse_control"]["adjustments"] == ctl["adjustments"]
     state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
-    assert state["collapse_control"] == {"weight": 0.4, "history": ctl["adjustments"]}
+    assert state["collapse_control"] == {"weight": 0.4, "history": ctl["adjustments"], "target": 64.0}
     # a fresh method starts from the configured weight; the controller's weight is set by the loop
     from engine.ssl.pretrain import build_method
 
