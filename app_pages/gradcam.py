@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.explain.gradcam import METHODS
+from engine.explain.yardstick import YARDSTICK_LEGEND, yardstick_table
 from engine.jobs import JobSnapshot
 from engine.models import list_inits
 from engine.tasks import GradcamImageParams, GradcamStudyParams
@@ -146,13 +147,22 @@ def show_study(res: dict[str, Any]) -> None:
                     "topq_iou_mean": "Top-15% IoU"}
             table = summ[[c for c in cols if c in summ.columns]].rename(columns=cols)
             table["Init"] = [names.get(i, i) for i in table["Init"]]
-            st.markdown("**Localization, averaged over the images**")
+            st.markdown("**Localization, averaged over the images of every training episode** (Images = images x "
+                        "episodes)")
             st.dataframe(table, hide_index=True, width="stretch", column_config={
                 "Energy in region": st.column_config.NumberColumn(format="percent"),
                 "Energy ratio": st.column_config.NumberColumn(format="%.2f"),
                 "Pointing hits": st.column_config.NumberColumn(format="percent"),
                 "Top-15% IoU": st.column_config.NumberColumn(format="%.3f")})
             st.caption(SCORE_HELP)
+            yard = yardstick_table(summ, names)
+            if len(yard):
+                st.markdown("**Against chance, content-free maps and randomized models**")
+                st.dataframe(yard.set_index("init").T, width="stretch")
+                st.caption(YARDSTICK_LEGEND)
+            else:
+                st.caption("This study predates the chance levels, baselines and sanity checks: run it again to "
+                           "see them.")
     for g in s.get("grids", []):
         gp = Path(g)
         if not gp.exists():
