@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.explain.gradcam import METHODS
-from engine.explain.yardstick import YARDSTICK_LEGEND, yardstick_table
+from engine.explain.yardstick import YARDSTICK_LEGEND, yardstick_tables
 from engine.jobs import JobSnapshot
 from engine.models import list_inits
 from engine.tasks import GradcamImageParams, GradcamStudyParams
@@ -155,10 +155,12 @@ def show_study(res: dict[str, Any]) -> None:
                 "Pointing hits": st.column_config.NumberColumn(format="percent"),
                 "Top-15% IoU": st.column_config.NumberColumn(format="%.3f")})
             st.caption(SCORE_HELP)
-            yard = yardstick_table(summ, names)
-            if len(yard):
-                st.markdown("**Against chance, content-free maps and randomized models**")
-                st.dataframe(yard.set_index("init").T, width="stretch")
+            tables = yardstick_tables(summ)
+            for title, yard in tables.items():
+                st.markdown(f"**{title}**" + ("" if title.startswith("Sanity") else
+                                              ": against chance, content-free maps and randomized models"))
+                st.dataframe(yard, hide_index=True, width="stretch")
+            if tables:
                 st.caption(YARDSTICK_LEGEND)
             else:
                 st.caption("This study predates the chance levels, baselines and sanity checks: run it again to "
@@ -170,7 +172,7 @@ def show_study(res: dict[str, Any]) -> None:
         st.image(str(gp), width="stretch")
         if len(loc):
             name = gp.stem.removeprefix("grid_")
-            sub = loc[loc["image"].astype(str) == name]
+            sub = loc[(loc["image"].astype(str) == name) & (loc["episode"] == 0 if "episode" in loc else True)]
             if len(sub):
                 recs = sub.to_dict("records")
                 st.caption("  |  ".join(f"**{names.get(r['init'], r['init'])}**: {fmt_scores(r)}" for r in recs))

@@ -67,7 +67,7 @@ def format_summary(summary) -> str:
     import textwrap
 
     from engine.explain.localization import METRICS
-    from engine.explain.yardstick import YARDSTICK_LEGEND, yardstick_table
+    from engine.explain.yardstick import YARDSTICK_LEGEND, yardstick_tables
 
     if not len(summary):
         return "(no scored images)"
@@ -75,8 +75,9 @@ def format_summary(summary) -> str:
     for r in summary.to_dict("records"):
         cells = [f"{r[m + '_mean']:.3f} [{r[m + '_lo']:.3f}, {r[m + '_hi']:.3f}]" for m in METRICS]
         lines.append(f"{r['finding']:24s} {r['init']:24s} {r['n']:3d}  " + "  ".join(f"{c:>22s}" for c in cells))
-    table = yardstick_table(summary)
-    if len(table):
-        lines += ["", "Against chance and content-free baselines (one column per init):",
-                  table.set_index("init").T.to_string(), *textwrap.wrap(YARDSTICK_LEGEND, 110)]
+    tables = yardstick_tables(summary)
+    for title, table in tables.items():
+        lines += ["", f"{title}:", table.to_string(index=False)]
+    if tables:
+        lines += ["", *textwrap.wrap(YARDSTICK_LEGEND, 110)]
     return "\n".join(lines)

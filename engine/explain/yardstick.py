@@ -23,7 +23,7 @@ cardiomegaly without looking at the image. Each score of a real heatmap is there
 
 Rows (one per episode x image x init) carry the scores, `chance_<m>`, `trainmean_<m>`, `gauss_<m>`, and
 the sanity-check correlations `rho_head` / `rho_backbone` (engine.explain.sanity); `across_episodes`
-summarizes them and `yardstick_table` formats the summary for the CLI, the report and the app.
+summarizes them and `yardstick_tables` formats the summary for the CLI, the report and the app.
 """
 from __future__ import annotations
 
@@ -146,26 +146,31 @@ def _ci(r: dict, key: str, digits: int = 2, sign: bool = False) -> str:
     return f.format(m) + (f" [{f.format(lo)}, {f.format(hi)}]" if np.isfinite(lo) else " (1 episode: no interval)")
 
 
-def yardstick_table(summary: pd.DataFrame, names: dict[str, str] | None = None) -> pd.DataFrame:
-    """A summary (study summary.csv, with `across_episodes`' columns) -> one row per init of strings:
-    pointing game and energy ratio as mean [95% t-interval over episodes], their chance level, both
-    baselines, the gains over them, and the sanity-check correlations. Empty for an empty summary."""
+def yardstick_tables(summary: pd.DataFrame, names: dict[str, str] | None = None) -> dict[str, pd.DataFrame]:
+    """A summary (study summary.csv, with `across_episodes`' columns) -> {title: table of strings, one row per
+    init}: "Pointing game" and "Energy ratio" (mean [95% t-interval over episodes], chance level, both
+    baselines, the gains over them) and "Sanity check" (the two rank correlations). {} for a summary without
+    those columns (empty, or written before them). `names` maps init names to the labels shown."""
     if summary.empty or "pointing_hit_ep_mean" not in summary:
-        return pd.DataFrame()
+        return {}
     names = names or {}
-    rows = []
-    for r in summary.to_dict("records"):
-        rec = {"init": names.get(r["init"], r["init"]), "images x episodes": f"{r['n_images']} x {r['n_episodes']}"}
-        for m, label, d in (("pointing_hit", "pointing game", 3), ("energy_ratio", "energy ratio", 2)):
-            rec[label] = _ci(r, f"{m}_ep", d)
-            rec[f"{label}: chance"] = f"{r.get(f'chance_{m}', np.nan):.{d}f}"
-            for b, bl in (("trainmean", "train-mean"), ("gauss", "Gaussian")):
-                rec[f"{label}: {bl}"] = f"{r.get(f'{b}_{m}', np.nan):.{d}f}"
-                rec[f"{label}: gain over {bl}"] = _ci(r, f"gain_{b}_{m}", d, sign=True)
-        rec["rank corr., head randomized"] = _ci(r, "rho_head")
-        rec["rank corr., backbone randomized"] = _ci(r, "rho_backbone")
-        rows.append(rec)
-    return pd.DataFrame(rows)
+    recs = summary.to_dict("records")
+    out: dict[str, pd.DataFrame] = {}
+    for m, title, d in (("pointing_hit", "Pointing game", 3), ("energy_ratio", "Energy ratio", 2)):
+        rows = []
+        for r in recs:
+            rows.append({"init": names.get(r["init"], r["init"]), "images x episodes":
+                         f"{r['n_images']} x {r['n_episodes']}", "score [95% CI]": _ci(r, f"{m}_ep", d),
+                         "chance": f"{r.get(f'chance_{m}', np.nan):.{d}f}",
+                         "train-mean map": f"{r.get(f'trainmean_{m}', np.nan):.{d}f}",
+                         "gain over train-mean": _ci(r, f"gain_trainmean_{m}", d, sign=True),
+                         "Gaussian": f"{r.get(f'gauss_{m}', np.nan):.{d}f}",
+                         "gain over Gaussian": _ci(r, f"gain_gauss_{m}", d, sign=True)})
+        out[title] = pd.DataFrame(rows)
+    out["Sanity check (rank correlation with the randomized model's map)"] = pd.DataFrame(
+        [{"init": names.get(r["init"], r["init"]), "head randomized": _ci(r, "rho_head"),
+          "head + backbone randomized": _ci(r, "rho_backbone")} for r in recs])
+    return out
 
 
 YARDSTICK_LEGEND = (

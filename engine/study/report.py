@@ -160,7 +160,7 @@ def report_sections(out: Path) -> list[tuple[str, str, Any]]:
 def _gradcam_sections(out: Path, state: dict[str, Any]) -> list[tuple[str, str, Any]]:
     """Each Grad-CAM study: its scores (bootstrap), their yardsticks and sanity checks (across episodes), its
     warnings and grids; then why Grad-CAM was skipped where it was (study.json's gradcam_skipped)."""
-    from engine.explain.yardstick import YARDSTICK_LEGEND, yardstick_table
+    from engine.explain.yardstick import YARDSTICK_LEGEND, yardstick_tables
 
     parts: list[tuple[str, str, Any]] = []
     for cam in sorted((out / "gradcam").glob("*/*")) if (out / "gradcam").exists() else []:
@@ -169,11 +169,13 @@ def _gradcam_sections(out: Path, state: dict[str, Any]) -> list[tuple[str, str, 
         parts += [("h2", f"Grad-CAM localization: {cam.parent.name} / {cam.name}", None),
                   ("text", "", "energy ratio, pointing game and top-q IoU against the lesion, mean [95% bootstrap "
                                "CI over images x episodes]"),
-                  ("table", "", gradcam_table(summary)),
-                  ("h3", "Against chance, content-free maps and randomized models", None),
-                  ("table", "", yardstick_table(summary).set_index("init").T.reset_index(names="")
-                   if "pointing_hit_ep_mean" in summary else pd.DataFrame()),
-                  ("text", "", YARDSTICK_LEGEND)]
+                  ("table", "", gradcam_table(summary))]
+        tables = yardstick_tables(summary)
+        for title, table in tables.items():
+            parts += [("h3", f"{title}: against chance, content-free maps and randomized models"
+                       if not title.startswith("Sanity") else title, None), ("table", "", table)]
+        parts.append(("text", "", YARDSTICK_LEGEND if tables else "This Grad-CAM study predates the chance levels, "
+                      "baselines and sanity checks: run it again to see them."))
         parts += [("text", "", f"Warning: {w}") for w in meta.get("warnings", [])]
         parts += [("img", p.stem, p.relative_to(out)) for p in sorted(cam.glob("grid_*.png"))]
     skipped = state.get("gradcam_skipped") or {}

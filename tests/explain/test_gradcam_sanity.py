@@ -50,7 +50,7 @@ def test_randomized_maps_differ_from_the_real_ones_and_the_model_is_untouched():
 def test_study_reports_the_sanity_correlations_beside_each_init(tmp_path):
     from engine.data.phantom import generate
     from engine.explain.study import run_gradcam_study
-    from engine.explain.yardstick import yardstick_table
+    from engine.explain.yardstick import yardstick_tables
 
     ph = generate(tmp_path / "ph", n=30, size=S, seed=1, findings=("mass",), prevalence=0.5)
     loc, summary, _ = run_gradcam_study(ph, "mass", ["random"], tmp_path / "o", shots=3, n_images=2, image_size=S,
@@ -60,6 +60,6 @@ def test_study_reports_the_sanity_correlations_beside_each_init(tmp_path):
     assert (loc[["rho_head", "rho_backbone"]].to_numpy() < 1.0).all()
     r = summary.iloc[0]
     assert r["rho_backbone_mean"] == pytest.approx(loc["rho_backbone"].mean()) and np.isnan(r["rho_backbone_lo"])
-    t = yardstick_table(summary)
-    assert "1 episode: no interval" in t.loc[0, "rank corr., backbone randomized"]
+    t = yardstick_tables(summary)["Sanity check (rank correlation with the randomized model's map)"]
+    assert "1 episode: no interval" in t.loc[0, "head + backbone randomized"]
     assert Path(tmp_path / "o" / "localization.csv").exists()

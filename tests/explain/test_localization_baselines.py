@@ -12,7 +12,7 @@ import pytest
 
 from engine.explain.localization import METRICS, TOPQ, box_mask, scores
 from engine.explain.yardstick import (chance_levels, gaussian_prior, mean_map, t_interval, yardstick_fields,
-                                      yardstick_table)
+                                      yardstick_tables)
 
 S = 64
 
@@ -100,8 +100,9 @@ def test_episodes_give_an_interval_across_episodes(study):
     assert r["energy_in_region_ep_mean"] == pytest.approx(per_ep.mean())
     gain = (loc["energy_ratio"] - loc["gauss_energy_ratio"]).groupby(loc["episode"]).mean().mean()
     assert r["gain_gauss_energy_ratio_mean"] == pytest.approx(gain)
-    table = yardstick_table(summary)
-    assert "[" in table.loc[0, "energy ratio"] and table.loc[0, "pointing game: chance"] != "nan"
+    tables = yardstick_tables(summary)
+    assert "[" in tables["Energy ratio"].loc[0, "score [95% CI]"] and tables["Energy ratio"].loc[0, "chance"] == "1.00"
+    assert float(tables["Pointing game"].loc[0, "chance"]) == pytest.approx(r["chance_pointing_hit"], abs=5e-4)
 
 
 def test_cli_prints_the_yardstick_table(phantom, tmp_path, capsys):
@@ -111,7 +112,7 @@ def test_cli_prints_the_yardstick_table(phantom, tmp_path, capsys):
                  "--n-images", "2", "--image-size", str(S), "--episodes", "2", "--no-sanity", "--out",
                  str(tmp_path / "o"), "--device", "cpu"]) == 0
     text = capsys.readouterr().out
-    assert "pointing game: chance" in text and "gain over Gaussian" in text and "sigma = 0.25" in text
+    assert "Pointing game:" in text and "gain over Gaussian" in text and "sigma = 0.25" in text
 
 
 def test_report_names_its_data_and_lists_why_gradcam_was_skipped(phantom, tmp_path):
@@ -134,3 +135,43 @@ def test_report_names_its_data_and_lists_why_gradcam_was_skipped(phantom, tmp_pa
     assert any(t.startswith(f"{list(skips)[0]}: Grad-CAM is off") for t in texts)
     md, _ = write_report(tmp_path)
     assert "Grad-CAM not run" in md.read_text()
+
+
+def _nih_folder(phantom: Path, root: Path) -> Path:
+    """A folder laid out as NIH ChestX-ray14 ships (Data_Entry_2017.csv, BBox_List_2017.csv on the 1024-px grid,
+    images/) holding the phantom's images: mass -> "Mass" with its boxes, plus "Effusion" labels without boxes."""
+    import shutil
+
+    man = pd.read_csv(phantom)
+    boxes = pd.read_csv(phantom.parent / "boxes.csv")
+    (root / "images").mkdir(parents=True)
+    names = {p: f"{i:08d}_000.png" for i, p in enumerate(man["path"])}
+    for p, n in names.items():
+        shutil.copy(phantom.parent / p, root / "images" / n)
+    labels = ["|".join([*(["Mass"] if r.mass == 1 else []), *(["Effusion"] if k % 5 == 0 else [])]) or "No Finding"
+              for k, r in enumerate(man.itertuples())]
+    pd.DataFrame({"Image Index": list(names.values()), "Finding Labels": labels,
+                  "Patient ID": range(len(names))}).to_csv(root / "Data_Entry_2017.csv", index=False)
+    b = boxes[boxes["finding"] == "mass"]
+    scale = 1024 / S
+    pd.DataFrame({"Image Index": b["path"].map(names), "Finding Label": "Mass", "Bbox [x": b["x"] * scale,
+                  "y": b["y"] * scale, "w": b["w"] * scale, "h]": b["h"] * scale}).to_csv(
+        root / "BBox_List_2017.csv", index=False)
+    return root
+
+
+def test_a_study_on_an_nih_adapter_manifest_runs_gradcam_on_its_boxes_and_says_why_not_elsewhere(phantom, tmp_path):
+    from engine.data.adapters.nih import from_nih
+    from engine.explain.study import run_gradcam_study
+    from engine.study.config import StudyConfig
+    from engine.study.runner import gradcam_skips, plan_stages
+
+    csv = from_nih(_nih_folder(phantom, tmp_path / "nih"), tmp_path / "nih_manifest" / "manifest.csv")
+    cfg = StudyConfig(pretrain_data="", eval_manifests=(str(csv),), methods=(), reuse=(("moco_v2", "x"),))
+    assert "gradcam:nih_manifest:mass" in [s.name for s in plan_stages(cfg)]
+    skips = gradcam_skips(cfg)
+    assert list(skips) == ["nih_manifest / effusion"] and "no effusion image" in skips["nih_manifest / effusion"]
+    loc, summary, _ = run_gradcam_study(csv, "mass", ["random"], tmp_path / "cam", shots=2, n_images=2,
+                                        image_size=S, episodes=1, sanity=False)
+    assert (loc["region"] == "box").all() and len(loc) == 2  # the NIH boxes, rescaled to the image
+    assert (loc["chance_pointing_hit"] > 0).all() and summary["n_episodes"].iloc[0] == 1
