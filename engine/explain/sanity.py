@@ -35,17 +35,19 @@ def _reset_all(module: nn.Module) -> None:
 
 def randomized(model: nn.Module, part: str, seed: int) -> nn.Module:
     """A deep copy of `model` (with `.head` and `.backbone`) whose `part` ("head": the head only;
-    "backbone": head and backbone) is re-initialized with torch seed `seed`. `model` is not changed.
+    "backbone": head and backbone) is re-initialized with torch seed `seed` (on the CPU, then moved to `model`'s
+    device, so the weights do not depend on the device). `model` is not changed.
     ValueError for another part."""
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}; got {part!r}")
-    out = copy.deepcopy(model)
+    device = next(model.parameters()).device
+    out = copy.deepcopy(model).cpu()  # re-initialized on the CPU: the same weights on every device
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         _reset_all(out.head)
         if part == "backbone":
             _reset_all(out.backbone)
-    return out.eval()
+    return out.to(device).eval()
 
 
 def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
