@@ -136,6 +136,12 @@ def test_report_names_its_data_and_lists_why_gradcam_was_skipped(phantom, tmp_pa
     md, _ = write_report(tmp_path)
     assert "Grad-CAM not run" in md.read_text()
 
+    from engine.study.report import data_in_words
+
+    assert data_in_words("/ws/runs/job-3/workspace-pretrain.csv") == "this workspace's images"
+    assert data_in_words("/ws/runs/job-3/workspace.csv") == "this workspace's images labeled for the findings"
+    assert data_in_words("/data/cxr_pool") == "the image folder cxr_pool"
+
 
 def _nih_folder(phantom: Path, root: Path) -> Path:
     """A folder laid out as NIH ChestX-ray14 ships (Data_Entry_2017.csv, BBox_List_2017.csv on the 1024-px grid,
