@@ -9,7 +9,7 @@ writes to `out_dir`:
     localization.csv   image, path, finding, init, episode, method, layer, region, logit, prob, empty_map,
                        the scores energy_in_region, energy_ratio, pointing_hit, topq_iou (see localization),
                        their yardsticks chance_<score>, trainmean_<score>, gauss_<score> (engine.explain.
-                       yardstick) and the sanity-check rank correlations rho_head, rho_backbone (sanity)
+                       yardstick) and the sanity-check rank correlations rho_head, rho_top, rho_backbone (sanity)
     summary.csv        per finding x init: n (images x episodes), mean and 95% bootstrap interval of each
                        score over those, paired differences against `random` when it is among the inits
                        (d_<score>_*), and `yardstick.across_episodes`' columns: each score's mean and

@@ -2,7 +2,7 @@
 
 Per episode and init: the init's mean heatmap over the episode's training images (the train-mean baseline,
 engine.explain.yardstick; kept in `out/.state/mean-<key>.npy`), then, chunk by chunk of the held-out images,
-the real heatmaps, the maps of the head- and backbone-randomized models (engine.explain.sanity) and one
+the real heatmaps, the maps of the head-, top-stage- and backbone-randomized models (engine.explain.sanity) and one
 localization row per image x init with the scores, their chance levels, both content-free baselines'
 scores and the two rank correlations. Grids are drawn for episode 0 only (one grid per image). Finished
 images' rows are kept in `out/.state/rows-<key>.csv`, so a restarted run skips them.
@@ -26,7 +26,7 @@ from engine.explain.gradcam import CAMExplainer, ExplainModel, explain_images
 from engine.explain.localization import METRICS, is_empty, scores
 from engine.explain.overlay import grid
 from engine.explain.regions import region_for
-from engine.explain.sanity import rank_correlation, randomized
+from engine.explain.sanity import PARTS, rank_correlation, randomized
 from engine.explain.yardstick import BASELINES, SANITY, mean_map, yardstick_fields
 
 if TYPE_CHECKING:
@@ -141,15 +141,15 @@ def _maps(cfg: "GradCAMStudyConfig", em: ExplainModel, meta: Any, imgs: list[np.
 def _explain_chunk(cfg: "GradCAMStudyConfig", models: Models, imgs: list[np.ndarray], device: torch.device
                    ) -> tuple[dict[str, list[np.ndarray]], dict[str, np.ndarray], dict[str, dict[str, list[float]]]]:
     """Heatmaps at original size ({init: [HxW]}), logits ({init: (b,) float64}) and, with cfg.sanity, the
-    rank correlations of each map with the head- and backbone-randomized model's ({init: {rho_*: [b]}})."""
+    rank correlations of each map with the head-, top-stage- and backbone-randomized model's ({init: {rho_*: [b]}})."""
     maps: dict[str, list[np.ndarray]] = {}
     logits: dict[str, np.ndarray] = {}
     rhos: dict[str, dict[str, list[float]]] = {}
     for name, (em, meta) in models.items():
         maps[name], logits[name] = _maps(cfg, em, meta, imgs, device)
         rhos[name] = {}
-        for s, part in zip(SANITY, ("head", "backbone")) if cfg.sanity else ():
-            rand, _ = _maps(cfg, randomized(em, part, cfg.seed), meta, imgs, device)
+        for s, part in zip(SANITY, PARTS) if cfg.sanity else ():
+            rand, _ = _maps(cfg, randomized(em, part, cfg.seed, cfg.layer_of(meta)), meta, imgs, device)
             rhos[name][s] = [rank_correlation(a, b) for a, b in zip(maps[name], rand)]
     return maps, logits, rhos
 

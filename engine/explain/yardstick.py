@@ -22,7 +22,7 @@ cardiomegaly without looking at the image. Each score of a real heatmap is there
   ignores the variation between training sets, which on real data dominates.
 
 Rows (one per episode x image x init) carry the scores, `chance_<m>`, `trainmean_<m>`, `gauss_<m>`, and
-the sanity-check correlations `rho_head` / `rho_backbone` (engine.explain.sanity); `across_episodes`
+the sanity-check correlations `rho_head` / `rho_top` / `rho_backbone` (engine.explain.sanity); `across_episodes`
 summarizes them and `yardstick_tables` formats the summary for the CLI, the report and the app.
 """
 from __future__ import annotations
@@ -38,10 +38,10 @@ GAUSS_SIGMA = 0.25  # in units of the image's width (x) and height (y)
 MEAN_GRID = 64  # the common grid of the train-mean map (normalized image coordinates)
 BASELINES = ("trainmean", "gauss")
 BASELINE_LABEL = {"trainmean": "train-mean map", "gauss": f"centred Gaussian (sigma {GAUSS_SIGMA:g})"}
-SANITY = ("rho_head", "rho_backbone")
+SANITY = ("rho_head", "rho_top", "rho_backbone")  # engine.explain.sanity.PARTS, in cascade order
 # a t-interval of a bounded quantity is clipped to its range (the mean itself always lies inside)
 RANGE = {"energy_in_region": (0.0, 1.0), "energy_ratio": (0.0, np.inf), "pointing_hit": (0.0, 1.0),
-         "topq_iou": (0.0, 1.0), "rho_head": (-1.0, 1.0), "rho_backbone": (-1.0, 1.0)}
+         "topq_iou": (0.0, 1.0), "rho_head": (-1.0, 1.0), "rho_top": (-1.0, 1.0), "rho_backbone": (-1.0, 1.0)}
 
 
 def resample(m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -169,7 +169,8 @@ def yardstick_tables(summary: pd.DataFrame, names: dict[str, str] | None = None)
         out[title] = pd.DataFrame(rows)
     out["Sanity check (rank correlation with the randomized model's map)"] = pd.DataFrame(
         [{"init": names.get(r["init"], r["init"]), "head randomized": _ci(r, "rho_head"),
-          "head + backbone randomized": _ci(r, "rho_backbone")} for r in recs])
+          "head + top stage randomized": _ci(r, "rho_top"), "head + backbone randomized": _ci(r, "rho_backbone")}
+         for r in recs])
     return out
 
 
@@ -179,6 +180,7 @@ YARDSTICK_LEGEND = (
     "regions: the init's mean heatmap over the episode's training images (one fixed map for every test image), and "
     f"a centred Gaussian (sigma = {GAUSS_SIGMA:g} of the image's width and height). A gain interval that includes 0 "
     "means the maps do no better than where findings usually are. Sanity check (Adebayo et al. 2018): Spearman "
-    "rank correlation of the map with the map after randomizing the head's or the whole backbone's weights (mean "
+    "rank correlation of the map with the map after randomizing the head's weights, then also the top stage's (the "
+    "CAM's layer), then the whole backbone's (a cascade from the top; mean "
     "over images); near 1 = the map survives the randomization, so it does not show what was learned; near 0 or "
     "below = it depends on the learned weights, as it should. Intervals of bounded scores are clipped to their range.")

@@ -22,6 +22,8 @@ def test_rank_correlation_by_hand():
     assert rank_correlation(a, np.zeros_like(a)) == 0.0  # a flat map has no ranking: finite, 0
     with pytest.raises(ValueError):
         rank_correlation(a, a[:2])
+    with pytest.raises(ValueError, match="needs the target layer"):
+        randomized(ExplainModel(nn.Conv2d(3, 4, 3), nn.Linear(4, 1)), "top", seed=0)
 
 
 def test_randomized_maps_differ_from_the_real_ones_and_the_model_is_untouched():
@@ -34,11 +36,12 @@ def test_randomized_maps_differ_from_the_real_ones_and_the_model_is_untouched():
     with CAMExplainer(model, "layer3", "gradcam") as ex:
         real = ex(x)
     rhos = {}
-    for part in ("head", "backbone"):
-        rnd = randomized(model, part, seed=1)
-        changed = [k for k, v in rnd.state_dict().items() if not torch.equal(v, before[k])]
-        assert any(k.startswith("head.") for k in changed)
-        assert any(k.startswith("backbone.") for k in changed) == (part == "backbone")
+    for part in ("head", "top", "backbone"):
+        rnd = randomized(model, part, seed=1, layer="layer3")
+        changed = {k.split(".")[1] if k.startswith("backbone.") else "head"
+                   for k, v in rnd.state_dict().items() if not torch.equal(v, before[k])}
+        assert changed == {"head": {"head"}, "top": {"head", "layer3"}}.get(part, changed)
+        assert part != "backbone" or {"head", "conv1", "layer1", "layer4"} <= changed
         with CAMExplainer(rnd, "layer3", "gradcam") as ex:
             maps = ex(x)
         rhos[part] = [rank_correlation(a, b) for a, b in zip(real, maps)]
@@ -55,9 +58,8 @@ def test_study_reports_the_sanity_correlations_beside_each_init(tmp_path):
     ph = generate(tmp_path / "ph", n=30, size=S, seed=1, findings=("mass",), prevalence=0.5)
     loc, summary, _ = run_gradcam_study(ph, "mass", ["random"], tmp_path / "o", shots=3, n_images=2, image_size=S,
                                         layer="layer3", episodes=1)
-    assert {"rho_head", "rho_backbone"} <= set(loc.columns)
-    assert np.isfinite(loc[["rho_head", "rho_backbone"]].to_numpy()).all()
-    assert (loc[["rho_head", "rho_backbone"]].to_numpy() < 1.0).all()
+    rho = loc[["rho_head", "rho_top", "rho_backbone"]].to_numpy()
+    assert np.isfinite(rho).all() and (rho < 1.0).all()
     r = summary.iloc[0]
     assert r["rho_backbone_mean"] == pytest.approx(loc["rho_backbone"].mean()) and np.isnan(r["rho_backbone_lo"])
     t = yardstick_tables(summary)["Sanity check (rank correlation with the randomized model's map)"]
