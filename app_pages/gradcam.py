@@ -9,6 +9,7 @@ import streamlit as st
 
 from engine.escaping import escape_markdown as md
 from engine.explain.gradcam import METHODS
+from engine.explain.yardstick import YARDSTICK_LEGEND, yardstick_tables
 from engine.jobs import JobSnapshot
 from engine.models import list_inits
 from engine.tasks import GradcamImageParams, GradcamStudyParams
@@ -144,13 +145,24 @@ def show_study(res: dict[str, Any]) -> None:
                     "topq_iou_mean": "Top-15% IoU"}
             table = summ[[c for c in cols if c in summ.columns]].rename(columns=cols)
             table["Init"] = [names.get(i, i) for i in table["Init"]]
-            st.markdown("**Localization, averaged over the images**")
+            st.markdown("**Localization, averaged over the images of every training episode** (Images = images x "
+                        "episodes)")
             st.dataframe(table, hide_index=True, width="stretch", column_config={
                 "Energy in region": st.column_config.NumberColumn(format="percent"),
                 "Energy ratio": st.column_config.NumberColumn(format="%.2f"),
                 "Pointing hits": st.column_config.NumberColumn(format="percent"),
                 "Top-15% IoU": st.column_config.NumberColumn(format="%.3f")})
             st.caption(SCORE_HELP)
+            tables = yardstick_tables(summ)
+            for title, yard in tables.items():
+                st.markdown(f"**{title}**" + ("" if title.startswith("Sanity") else
+                                              ": against chance, content-free maps and randomized models"))
+                st.dataframe(yard, hide_index=True, width="stretch")
+            if tables:
+                st.caption(YARDSTICK_LEGEND)
+            else:
+                st.caption("This study predates the chance levels, baselines and sanity checks: run it again to "
+                           "see them.")
     for g in s.get("grids", []):
         gp = Path(g)
         if not gp.exists():
@@ -158,7 +170,7 @@ def show_study(res: dict[str, Any]) -> None:
         st.image(str(gp), width="stretch")
         if len(loc):
             name = gp.stem.removeprefix("grid_")
-            sub = loc[loc["image"].astype(str) == name]
+            sub = loc[(loc["image"].astype(str) == name) & (loc["episode"] == 0 if "episode" in loc else True)]
             if len(sub):
                 recs = sub.to_dict("records")
                 st.caption("  |  ".join(f"**{names.get(r['init'], r['init'])}**: {fmt_scores(r)}" for r in recs))

@@ -56,25 +56,43 @@ def study_form(svc: Services, shots_default: list[int]) -> None:
                              help="Capped at the number of images. 32 suits a CPU; the recipes' own is 256.")
         name = c4.text_input("Checkpoint prefix", value=f"study-{time.strftime('%m%d-%H%M')}", key="st_name",
                              help="Each method's backbone is saved as PREFIX-METHOD and appears in every init list.")
+        reusable = _reusable_backbones()
+        reuse = st.multiselect(
+            "Existing backbones to evaluate (instead of pretraining their method)", list(reusable),
+            format_func=lambda n: f"{n} ({method_label(reusable[n])})", key="st_reuse",
+            help="E.g. the shipped backbone: it is compared with the others as it is; its method is then not "
+                 "pretrained again in this study. One backbone per method.")
         pool = st.text_input("Pretraining images (optional): a manifest CSV or an image folder on this computer; "
                              "empty = this workspace's images", key="st_pool")
         go = st.form_submit_button("Run the study", type="primary", icon=":material/science:")
     if go:
         _submit(svc, methods, findings, shots, modes, name, pool, int(steps), int(size), int(trials), int(cams),
-                int(batch))
+                int(batch), [(reusable[n], n) for n in reuse])
 
 
-def _submit(svc: Services, methods, findings, shots, modes, name, pool, steps, size, trials, cams, batch) -> None:
-    missing = [n for n, v in (("a method", methods), ("a finding", findings), ("a shot count", shots),
-                              ("a mode", modes)) if not v]
-    if missing:
-        st.error("Choose at least " + ", ".join(missing) + ".", icon=":material/error:")
+def _reusable_backbones() -> dict[str, str]:
+    """{checkpoint name: its SSL method} of the available checkpoints a study can evaluate (--reuse)."""
+    from engine.models import list_inits
+
+    return {i.name: i.method for i in list_inits() if i.available and i.method in METHODS}
+
+
+def _submit(svc: Services, methods, findings, shots, modes, name, pool, steps, size, trials, cams, batch,
+            reuse: list[tuple[str, str]] = ()) -> None:
+    missing = [n for n, v in (("a method or an existing backbone", list(methods) + list(reuse)),
+                              ("a finding", findings), ("a shot count", shots), ("a mode", modes)) if not v]
+    twice = sorted({m for m, _ in reuse if sum(m == k for k, _ in reuse) > 1})
+    if missing or twice:
+        st.error(("Choose at least " + ", ".join(missing) + ". " if missing else "")
+                 + (f"Choose one existing backbone per method ({', '.join(twice)} twice)." if twice else ""),
+                 icon=":material/error:")
         return
+    labels = [method_label(m) for m in methods if m not in dict(reuse)] + [n for _, n in reuse]
     start_job("study", "study", lambda: StudyParams(
         methods=tuple(methods), findings=tuple(findings), name=name.strip(), steps=steps, batch_size=batch,
         image_size=size, shots=tuple(sorted(int(k) for k in shots)), trials=trials, modes=tuple(modes),
-        gradcam_images=cams, pretrain_path=pool.strip() or None,
-        title=f"{', '.join(method_label(m) for m in methods)} · {', '.join(findings)}"))
+        gradcam_images=cams, pretrain_path=pool.strip() or None, reuse=tuple(f"{m}={n}" for m, n in reuse),
+        title=f"{', '.join(labels)} · {', '.join(findings)}"))
 
 
 def draw_study_job(snap: JobSnapshot) -> None:

@@ -32,6 +32,10 @@ def register(sub) -> None:
     p.add_argument("--finetune-steps", type=int, default=None)
     p.add_argument("--arch", default=None, help="arch of random/imagenet inits (default resnet18)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--episodes", type=int, default=3, help="training episodes per init; scores get a 95%% "
+                   "t-interval across episodes (needs 2 or more)")
+    p.add_argument("--no-sanity", action="store_true", help="skip the randomization sanity check (Adebayo et al. "
+                   "2018: maps of the head- and backbone-randomized model, rank-correlated with the real map)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.set_defaults(func=_gradcam)
 
@@ -50,6 +54,7 @@ def _gradcam(args) -> int:
         shots=args.shots, method=args.method, mode=args.mode, layer=args.layer, n_images=args.n_images,
         image_size=args.image_size, fit_mode=args.fit, boxes_csv=args.boxes, masks_csv=args.masks,
         seed=args.seed, finetune_steps=args.finetune_steps, arch=args.arch, batch_size=args.batch_size,
+        episodes=args.episodes, sanity=not args.no_sanity,
     )
     loc, summary, grids = run_gradcam_study_from_config(cfg, resolve_device(args.device), on_event=on_event)
     print(format_summary(summary))
@@ -58,8 +63,13 @@ def _gradcam(args) -> int:
 
 
 def format_summary(summary) -> str:
-    """One line per finding x init: each score as `mean [lo, hi]` (95% bootstrap interval)."""
+    """One line per finding x init: each score as `mean [lo, hi]` (95% bootstrap interval over images x
+    episodes), then the yardstick table (engine.explain.yardstick: chance, content-free baselines, gains and
+    sanity checks with t-intervals across episodes) and its legend."""
+    import textwrap
+
     from engine.explain.localization import METRICS
+    from engine.explain.yardstick import YARDSTICK_LEGEND, yardstick_tables
 
     if not len(summary):
         return "(no scored images)"
@@ -67,4 +77,9 @@ def format_summary(summary) -> str:
     for r in summary.to_dict("records"):
         cells = [f"{r[m + '_mean']:.3f} [{r[m + '_lo']:.3f}, {r[m + '_hi']:.3f}]" for m in METRICS]
         lines.append(f"{r['finding']:24s} {r['init']:24s} {r['n']:3d}  " + "  ".join(f"{c:>22s}" for c in cells))
+    tables = yardstick_tables(summary)
+    for title, table in tables.items():
+        lines += ["", f"{title}:", table.to_string(index=False)]
+    if tables:
+        lines += ["", *textwrap.wrap(YARDSTICK_LEGEND, 110)]
     return "\n".join(lines)

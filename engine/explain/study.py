@@ -1,15 +1,20 @@
 """The Grad-CAM study: one finding, several inits, one k-shot classifier each, localization scored.
 
-`run_gradcam_study` trains one classifier per init on the *same* k-shot episode (the few-shot
-sampler's trial-0 draw, so inits are compared on identical training images), explains the first N
-held-out positives that have a region (box or mask), and writes to `out_dir`:
+`run_gradcam_study` trains one classifier per init on each of `episodes` k-shot episodes (the few-shot
+sampler's trial 0, 1, ... draws; within an episode every init trains on identical images), explains the
+first N held-out positives that have a region (box or mask; the same images in every episode), and
+writes to `out_dir`:
 
-    grid_<image>.png   original at left (region outlined), one overlay column per init
-    localization.csv   image, path, finding, init, method, layer, region, logit, prob, empty_map, and the
-                       scores energy_in_region, energy_ratio, pointing_hit, topq_iou (see localization)
-    summary.csv        per finding x init: n, mean and 95% bootstrap interval of each score, plus paired
-                       differences against `random` when it is among the inits (d_<score>_*)
-    study.json         parameters, inits used / skipped, warnings
+    grid_<image>.png   original at left (region outlined), one overlay column per init (episode 0)
+    localization.csv   image, path, finding, init, episode, method, layer, region, logit, prob, empty_map,
+                       the scores energy_in_region, energy_ratio, pointing_hit, topq_iou (see localization),
+                       their yardsticks chance_<score>, trainmean_<score>, gauss_<score> (engine.explain.
+                       yardstick) and the sanity-check rank correlations rho_head, rho_top, rho_backbone (sanity)
+    summary.csv        per finding x init: n (images x episodes), mean and 95% bootstrap interval of each
+                       score over those, paired differences against `random` when it is among the inits
+                       (d_<score>_*), and `yardstick.across_episodes`' columns: each score's mean and
+                       t-interval across episodes, chance level, baselines, gains over them, rho_*
+    study.json         parameters, inits used / skipped, episodes' seeds and training images, warnings
 
 Resumable: trained heads (probe) or backbone + head (finetune) are saved under `out_dir/.state/`
 keyed by everything that determines them, and finished images' rows are kept there too, so a run
@@ -23,7 +28,7 @@ the settings as keywords (the CLI's and the job runner's call).
 """
 from __future__ import annotations
 
-import hashlib
+import copy
 import json
 import threading
 from dataclasses import dataclass, field, replace
@@ -37,16 +42,18 @@ import torch.nn as nn
 
 from engine.atomic import atomic_write
 from engine.events import OnEvent, as_log, check_stop, emit
-from engine.explain.gradcam import METHODS, CAMExplainer, explain_images, resolve_layer
-from engine.models.classifier_net import ExplainModel
-from engine.explain.localization import METRICS, TOPQ, aggregate, is_empty, scores
-from engine.explain.overlay import grid
 from engine.explain.classifiers import train_or_reuse_classifier
-from engine.explain.regions import load_regions, region_for  # noqa: F401  (load_regions: public here too)
+from engine.explain.gradcam import METHODS, resolve_layer
+from engine.explain.localization import TOPQ, aggregate
+from engine.explain.regions import load_regions, region_for  # noqa: F401  (public here too)
+from engine.explain.study_explain import _image_names, _key, _safe, _write_csv, explain_episode, train_mean_maps
+from engine.explain.yardstick import across_episodes
 from engine.fewshot.sizes import init_sizes, shared_size
+from engine.models.classifier_net import ExplainModel
 
 DEFAULT_SHOTS = 20  # the issue's example; the seed study's largest common k
 DEFAULT_N_IMAGES = 8
+DEFAULT_EPISODES = 3  # training episodes per init: the across-episode interval needs at least 2
 STATE_VERSION = 1
 Backbone = tuple[nn.Module, Any]
 
@@ -78,14 +85,16 @@ class GradCAMStudyConfig:
     alpha: float = 0.4  # overlay opacity
     colormap: str = "jet"
     image_names: tuple[tuple[str, str], ...] = ()  # (manifest path, name shown in grids and rows); else the file stem
+    episodes: int = DEFAULT_EPISODES  # training episodes per init (trial 0 .. episodes-1 of the sampler)
+    sanity: bool = True  # Adebayo et al.'s randomization check: head and backbone randomized
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown CAM method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.mode not in ("probe", "finetune"):
             raise ValueError(f"mode must be 'probe' or 'finetune'; got {self.mode!r}")
-        if self.n_images < 1 or self.shots < 1:
-            raise ValueError("n_images and shots must be at least 1")
+        if self.n_images < 1 or self.shots < 1 or self.episodes < 1:
+            raise ValueError("n_images, shots and episodes must be at least 1")
         inits = tuple(s.strip() for s in self.inits if s.strip())
         if not inits:
             raise ValueError("name at least one init (e.g. --inits random,imagenet)")
@@ -96,31 +105,6 @@ class GradCAMStudyConfig:
         from engine.models import DEFAULT_LAYER
 
         return self.layer or DEFAULT_LAYER[meta.arch]
-
-
-# ------------------------------------------------------------------------------------------- io
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    """`df` (no index) to `path`, atomically; text cells spreadsheet-safe (engine.escaping.csv_safe)."""
-    from engine.escaping import csv_safe
-
-    atomic_write(path, lambda tmp: csv_safe(df).to_csv(tmp, index=False))
-
-
-def _write_png(rgb: np.ndarray, path: Path) -> None:
-    """uint8 RGB image to `path` as PNG, atomically."""
-    from PIL import Image
-
-    atomic_write(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
-
-
-def _key(obj: Any) -> str:
-    """16 hex digits of the sha256 of `obj`'s JSON (sorted keys): the state files' names."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _safe(name: str) -> str:
-    """`name` with every character outside [A-Za-z0-9-_.] replaced by `_` (safe in a file name)."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 # ------------------------------------------------------------------------------------------ study
@@ -141,7 +125,7 @@ def run_gradcam_study(
 
     `settings` are the other fields of `GradCAMStudyConfig` as keywords (shots, method, mode, layer,
     n_images, image_size, fit_mode, boxes_csv, masks_csv, seed, test_fraction, q, finetune_steps, arch,
-    batch_size, alpha, colormap); an unknown keyword raises TypeError. Errors as
+    batch_size, alpha, colormap, episodes, sanity); an unknown keyword raises TypeError. Errors as
     `run_gradcam_study_from_config`."""
     cfg = GradCAMStudyConfig(manifest_csv, finding, tuple(inits), out_dir, **settings)
     return run_gradcam_study_from_config(cfg, device, on_event, stop, checkpoint_dir, cache_dir)
@@ -177,16 +161,22 @@ def run_gradcam_study_from_config(
     init_sizes(cfg.inits, cfg.image_size, device, cfg.arch, checkpoint_dir, warnings, on_event, why)  # off-size: warned
     sel = _select(cfg, warn)
     backbones, skipped = _load_inits(cfg, warn, checkpoint_dir)
-    cache = ImageCache.build([sel.path(i) for i in sel.train_idx], cfg.image_size, cache_dir=caches / "cache",
-                             mode=cfg.fit_mode, on_event=as_log(on_event), stop=stop)  # its image counts only as messages
-    bar = _Bar(len(backbones) + len(sel.chosen), on_event)
-    base_key = {"v": STATE_VERSION, "manifest": str(sel.manifest.csv_path), "train": sorted(cache.keys),
-                "y": sel.y_train.tolist(), "size": cfg.image_size, "fit": cfg.fit_mode, "mode": cfg.mode,
-                "finetune_steps": cfg.finetune_steps, "seed": sel.tseed}
-    models = _train_models(cfg, sel, backbones, cache, base_key, out / ".state", device, bar, on_event, stop,
-                           caches / "features")
-    rows = _explain_all(cfg, sel, models, base_key, out, device, bar, stop)
-    return _write_outputs(cfg, sel, models, skipped, rows, warnings, out, bar)
+    episodes = [_episode(cfg, sel, e, warn) for e in range(cfg.episodes)]
+    episodes = [ep for ep in episodes if ep is not None]
+    bar = _Bar(len(episodes) * (len(backbones) + len(sel.chosen)), on_event)
+    rows: list[dict[str, Any]] = []
+    for e, ep in enumerate(episodes):
+        cache = ImageCache.build([ep.path(i) for i in ep.train_idx], cfg.image_size, cache_dir=caches / "cache",
+                                 mode=cfg.fit_mode, on_event=as_log(on_event), stop=stop)  # its image counts only as messages
+        base_key = {"v": STATE_VERSION, "manifest": str(ep.manifest.csv_path), "train": sorted(cache.keys),
+                    "y": ep.y_train.tolist(), "size": cfg.image_size, "fit": cfg.fit_mode, "mode": cfg.mode,
+                    "finetune_steps": cfg.finetune_steps, "seed": ep.tseed}
+        models = _train_models(cfg, ep, backbones, cache, base_key, out / ".state", device, bar, on_event, stop,
+                               caches / "features")
+        means = train_mean_maps(cfg, ep, models, base_key, out, device) if sel.kind != "none" else {}
+        rows += explain_episode(cfg, ep, models, means, base_key, out, device, bar, stop, e)
+        del models
+    return _write_outputs(cfg, episodes, list(backbones), skipped, rows, warnings, out, bar)
 
 
 @dataclass
@@ -212,9 +202,10 @@ class _Selection:
     manifest: Any
     kind: str  # "mask" | "box" | "none"
     region_rows: pd.DataFrame | None
-    tseed: int  # the episode's seed: trial_seed(seed, finding, shots, 0)
+    tseed: int  # the episode's seed: trial_seed(seed, finding, shots, episode)
     train_idx: np.ndarray  # (2k,) manifest rows
     y_train: np.ndarray  # (2k,) float64 0/1
+    pool: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # manifest rows episodes are drawn from
     chosen: list[int] = field(default_factory=list)  # manifest rows of the images to explain
     with_region: set[str] = field(default_factory=set)  # paths that have a region
 
@@ -236,7 +227,7 @@ def _select(cfg: GradCAMStudyConfig, warn) -> _Selection:
     pool, test = test_split(df, cfg.finding, seed=cfg.seed, test_fraction=cfg.test_fraction)
     tseed = trial_seed(cfg.seed, cfg.finding, cfg.shots, 0)
     train_idx = sample_episode(labels, pids, pool, cfg.shots, tseed)
-    sel = _Selection(m, kind, region_rows, tseed, train_idx, labels[train_idx].astype(np.float64))
+    sel = _Selection(m, kind, region_rows, tseed, train_idx, labels[train_idx].astype(np.float64), pool=pool)
     positives = [int(i) for i in test if labels[i] == 1]
     sel.with_region = set(region_rows["path"]) if region_rows is not None else set()
     sel.chosen = [i for i in positives if df["path"].iat[i] in sel.with_region][:cfg.n_images]
@@ -248,6 +239,26 @@ def _select(cfg: GradCAMStudyConfig, warn) -> _Selection:
     elif len(sel.chosen) < cfg.n_images:
         warn(f"only {len(sel.chosen)} held-out {cfg.finding} positives have a region (asked for {cfg.n_images})")
     return sel
+
+
+def _episode(cfg: GradCAMStudyConfig, sel: _Selection, e: int, warn) -> _Selection | None:
+    """The selection with episode `e`'s training images (trial `e` of the few-shot sampler); episode 0 is
+    `sel` itself. None, with a warning, when the pool cannot give a further distinct episode."""
+    from dataclasses import replace
+
+    from engine.fewshot.episodes import sample_episode, trial_seed
+
+    if e == 0:
+        return sel
+    m = sel.manifest
+    labels = m.labels(cfg.finding)
+    tseed = trial_seed(cfg.seed, cfg.finding, cfg.shots, e)
+    idx = sample_episode(labels, m.df["patient_id"].astype(str).to_numpy(), sel.pool, cfg.shots, tseed)
+    if sorted(idx.tolist()) == sorted(sel.train_idx.tolist()):
+        warn(f"episode {e + 1} drew the same {len(idx)} training images as episode 1 (the pool holds no others); "
+             "it is left out")
+        return None
+    return replace(sel, tseed=tseed, train_idx=idx, y_train=labels[idx].astype(np.float64))
 
 
 def _load_inits(cfg: GradCAMStudyConfig, warn, checkpoint_dir: Path | None
@@ -282,108 +293,53 @@ def _train_models(cfg: GradCAMStudyConfig, sel: _Selection, backbones: dict[str,
         bar.show(f"training the {cfg.mode} classifier for {name} ({2 * cfg.shots} images)")
         fp = meta.fingerprint or _weights_key(model)
         state = state_dir / f"clf-{_safe(name)}-{_key({**base_key, 'init': name, 'fp': fp})}.safetensors"
-        bb, head = train_or_reuse_classifier(name, (model.to(device), meta), cache, sel.y_train, cfg.mode, device,
-                                     sel.tseed, cfg.finetune_steps, state, on_event, stop,
-                                     feature_dir=feature_dir)
+        own = copy.deepcopy(model).to(device)  # each episode trains (or loads) its own copy of the backbone
+        bb, head = train_or_reuse_classifier(name, (own, meta), cache, sel.y_train, cfg.mode, device,
+                                             sel.tseed, cfg.finetune_steps, state, on_event, stop,
+                                             feature_dir=feature_dir)
         models[name] = (ExplainModel(bb, head).to(device).eval(), meta)
         bar.advance(f"{name}: classifier ready")
     return models
 
 
-def _explain_all(cfg: GradCAMStudyConfig, sel: _Selection, models: dict[str, tuple[ExplainModel, Any]],
-                 base_key: dict[str, Any], out: Path, device: torch.device, bar: _Bar,
-                 stop: threading.Event | None) -> list[dict[str, Any]]:
-    """Explain, score and draw the chosen images chunk by chunk (memory: one chunk of maps); finished images'
-    rows are kept in `out/.state/rows-<key>.csv` so a restarted run skips them. Returns every row."""
-    from engine.data.io import read_image
-
-    paths = [sel.path(i) for i in sel.chosen]
-    run_key = _key({**base_key, "inits": list(models), "fps": [mt.fingerprint for _, mt in models.values()],
-                    "method": cfg.method, "layer": cfg.layer, "q": cfg.q, "region": sel.kind, "images": paths})
-    rows_state = out / ".state" / f"rows-{run_key}.csv"
-    done = pd.read_csv(rows_state) if rows_state.exists() else pd.DataFrame()
-    rows: list[dict[str, Any]] = done.to_dict("records")
-    done_images = set(done["path"]) if len(done) else set()
-    names = _image_names(paths, dict(cfg.image_names))
-    todo = [p for p in paths if p not in done_images or not (out / f"grid_{names[p]}.png").exists()]
-    bar.step += len(paths) - len(todo)
-    for c0 in range(0, len(todo), cfg.batch_size):
-        check_stop(stop)
-        chunk = todo[c0 : c0 + cfg.batch_size]
-        imgs = [read_image(Path(p))[0] for p in chunk]
-        maps, logits = _explain_chunk(cfg, models, imgs, device)
-        for j, path in enumerate(chunk):
-            new_rows = _score_and_draw(cfg, sel, models, path, names[path], imgs[j],
-                                       {n: maps[n][j] for n in models}, {n: float(logits[n][j]) for n in models}, out)
-            rows = [r for r in rows if r["path"] != path] + new_rows
-            _write_csv(pd.DataFrame(rows), rows_state)  # resumable: finished images are kept
-            bar.advance(f"explained {names[path]}")
-        del maps
-    return rows
-
-
-def _explain_chunk(cfg: GradCAMStudyConfig, models: dict[str, tuple[ExplainModel, Any]], imgs: list[np.ndarray],
-                   device: torch.device) -> tuple[dict[str, list[np.ndarray]], dict[str, np.ndarray]]:
-    """Heatmaps at original size ({init: [HxW]}) and logits ({init: (b,) float64}) of a chunk of images."""
-    maps: dict[str, list[np.ndarray]] = {}
-    logits: dict[str, np.ndarray] = {}
-    for name, (em, meta) in models.items():
-        with CAMExplainer(em, cfg.layer_of(meta), cfg.method, device, cfg.batch_size, meta.mean, meta.std) as ex:
-            maps[name] = explain_images(ex, imgs, cfg.image_size, cfg.fit_mode)
-            logits[name] = ex.last_logits.astype(np.float64)  # (b,)
-    return maps, logits
-
-
-def _score_and_draw(cfg: GradCAMStudyConfig, sel: _Selection, models: dict[str, tuple[ExplainModel, Any]],
-                    path: str, image_name: str, img: np.ndarray, heats: dict[str, np.ndarray],
-                    logits: dict[str, float], out: Path) -> list[dict[str, Any]]:
-    """One image: a localization row per init (scored when it has a region) and its grid PNG."""
-    region = None
-    if sel.region_rows is not None and path in sel.with_region:
-        region = region_for(sel.kind, sel.region_rows[sel.region_rows["path"] == path], img.shape)
-    labels_txt: dict[str, str] = {}
-    new_rows = []
-    for name, (_, meta) in models.items():
-        heat, z = heats[name], logits[name]
-        p = float(1.0 / (1.0 + np.exp(-z)))
-        s = scores(heat, region, cfg.q) if region is not None else {k: float("nan") for k in METRICS}
-        new_rows.append({"image": image_name, "path": path, "finding": cfg.finding, "init": name,
-                         "method": cfg.method, "layer": cfg.layer_of(meta),
-                         "region": sel.kind if region is not None else "none", "logit": z, "prob": p,
-                         "empty_map": is_empty(heat), **s})
-        labels_txt[name] = (f"p={p:.2f} ER={s['energy_ratio']:.1f} {'hit' if s['pointing_hit'] == 1 else 'miss'}"
-                            if region is not None else f"p={p:.2f}")
-    _write_png(grid(img, heats, region, labels_txt, cfg.alpha, cfg.colormap, title=f"{image_name} ({cfg.finding})"),
-               out / f"grid_{image_name}.png")
-    return new_rows
-
-
-def _write_outputs(cfg: GradCAMStudyConfig, sel: _Selection, models: dict[str, Any], skipped: dict[str, str],
+def _write_outputs(cfg: GradCAMStudyConfig, episodes: list[_Selection], inits: list[str], skipped: dict[str, str],
                    rows: list[dict[str, Any]], warnings: list[str], out: Path, bar: _Bar
                    ) -> tuple[pd.DataFrame, pd.DataFrame, list[Path]]:
-    """localization.csv (image order, then init order), summary.csv and study.json; the result event."""
+    """localization.csv (episode, image, init order), summary.csv and study.json; the result event."""
+    sel = episodes[0]
     paths = [sel.path(i) for i in sel.chosen]
     names = _image_names(paths, dict(cfg.image_names))
     grid_paths = [out / f"grid_{names[p]}.png" for p in paths]
     loc = pd.DataFrame(rows)
     if len(loc):
         loc["_order"] = loc["path"].map({p: k for k, p in enumerate(paths)})
-        loc["_init"] = loc["init"].map({n: k for k, n in enumerate(models)})
-        loc = loc.sort_values(["_order", "_init"]).drop(columns=["_order", "_init"]).reset_index(drop=True)
+        loc["_init"] = loc["init"].map({n: k for k, n in enumerate(inits)})
+        loc = loc.sort_values(["episode", "_order", "_init"]).drop(columns=["_order", "_init"]).reset_index(drop=True)
     scored = loc[loc["region"] != "none"] if len(loc) else loc
-    summary = (aggregate(scored, reference="random" if "random" in models else None, seed=cfg.seed)
-               if len(scored) else pd.DataFrame(columns=["finding", "init", "n"]))
+    summary = _summary(scored, "random" if "random" in inits else None, cfg.seed)
     _write_csv(loc, out / "localization.csv")
     _write_csv(summary, out / "summary.csv")
-    meta_out = {"manifest": str(sel.manifest.csv_path), "finding": cfg.finding, "inits": list(models),
+    meta_out = {"manifest": str(sel.manifest.csv_path), "finding": cfg.finding, "inits": inits,
                 "skipped": skipped, "shots": cfg.shots, "method": cfg.method, "mode": cfg.mode, "layer": cfg.layer,
                 "n_images": len(sel.chosen), "image_size": cfg.image_size, "fit_mode": cfg.fit_mode,
-                "region": sel.kind, "seed": cfg.seed, "trial_seed": sel.tseed,
-                "train_images": [sel.path(i) for i in sel.train_idx], "q": cfg.q, "warnings": warnings}
+                "region": sel.kind, "seed": cfg.seed, "episodes": len(episodes), "sanity": cfg.sanity,
+                "trial_seeds": [ep.tseed for ep in episodes],
+                "train_images": [[ep.path(i) for i in ep.train_idx] for ep in episodes], "q": cfg.q,
+                "warnings": warnings}
     atomic_write(out / "study.json", lambda tmp: Path(tmp).write_text(json.dumps(meta_out, indent=2)))
     emit(bar.on_event, step=bar.total, total=bar.total, kind="result", message=f"wrote {len(grid_paths)} grids and "
          f"{len(loc)} localization rows to {out}", metrics=_headline(summary))
     return loc, summary, grid_paths
+
+
+def _summary(scored: pd.DataFrame, reference: str | None, seed: int) -> pd.DataFrame:
+    """The bootstrap summary over (episode, image) units, paired within an episode and image, joined with the
+    across-episode yardsticks (engine.explain.yardstick.across_episodes)."""
+    if not len(scored):
+        return pd.DataFrame(columns=["finding", "init", "n"])
+    units = scored.assign(image=scored["episode"].astype(str) + "/" + scored["image"].astype(str))
+    boot = aggregate(units, reference=reference, seed=seed)
+    return boot.merge(across_episodes(scored), on=["finding", "init"], how="left")
 
 
 def _headline(summary: pd.DataFrame) -> dict[str, float]:
@@ -396,19 +352,3 @@ def _weights_key(model: nn.Module) -> str:
     from engine.fewshot.features import weights_fingerprint
 
     return weights_fingerprint(model)
-
-
-def _image_names(paths: Sequence[str], given: dict[str, str] | None = None) -> dict[str, str]:
-    """The names `given` for the paths (e.g. the store's `image-000042`), else file stems; made unique
-    (stem, stem-2, ...) and safe for file names."""
-    out: dict[str, str] = {}
-    used: set[str] = set()
-    given = given or {}
-    for p in paths:
-        stem = _safe(given.get(p) or given.get(str(Path(p).resolve())) or Path(p).stem) or "image"
-        name, k = stem, 2
-        while name in used:
-            name, k = f"{stem}-{k}", k + 1
-        used.add(name)
-        out[p] = name
-    return out

@@ -61,7 +61,8 @@ def uncertainty_line(trials: pd.DataFrame) -> str:
 
 
 def gradcam_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Grad-CAM summary.csv -> per init: n and each localization score as "mean [lo, hi]"."""
+    """Grad-CAM summary.csv -> per init: n (images x episodes) and each localization score as "mean [lo, hi]"
+    (bootstrap over those)."""
     from engine.explain.localization import METRICS
 
     if summary.empty:
@@ -167,11 +168,35 @@ def report_sections(out: Path) -> list[tuple[str, str, Any]]:
 
             for finding in sorted(set(summary["finding"])):
                 parts.append(("fig", f"{sweep.name}-{finding}", auc_vs_shots_figure(summary, finding)))
+    parts += _gradcam_sections(out, state)
+    return parts
+
+
+def _gradcam_sections(out: Path, state: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """Each Grad-CAM study: its scores (bootstrap), their yardsticks and sanity checks (across episodes), its
+    warnings and grids; then why Grad-CAM was skipped where it was (study.json's gradcam_skipped)."""
+    from engine.explain.yardstick import YARDSTICK_LEGEND, yardstick_tables
+
+    parts: list[tuple[str, str, Any]] = []
     for cam in sorted((out / "gradcam").glob("*/*")) if (out / "gradcam").exists() else []:
+        summary = _read_csv(cam / "summary.csv")
+        meta = json.loads((cam / "study.json").read_text()) if (cam / "study.json").exists() else {}
         parts += [("h2", f"Grad-CAM localization: {cam.parent.name} / {cam.name}", None),
-                  ("text", "", "energy ratio, pointing game and top-q IoU against the lesion, mean [95% CI]"),
-                  ("table", "", gradcam_table(_read_csv(cam / "summary.csv")))]
+                  ("text", "", "energy ratio, pointing game and top-q IoU against the lesion, mean [95% bootstrap "
+                               "CI over images x episodes]"),
+                  ("table", "", gradcam_table(summary))]
+        tables = yardstick_tables(summary)
+        for title, table in tables.items():
+            parts += [("h3", f"{title}: against chance, content-free maps and randomized models"
+                       if not title.startswith("Sanity") else title, None), ("table", "", table)]
+        parts.append(("text", "", YARDSTICK_LEGEND if tables else "This Grad-CAM study predates the chance levels, "
+                      "baselines and sanity checks: run it again to see them."))
+        parts += [("text", "", f"Warning: {w}") for w in meta.get("warnings", [])]
         parts += [("img", p.stem, p.relative_to(out)) for p in sorted(cam.glob("grid_*.png"))]
+    skipped = state.get("gradcam_skipped") or {}
+    if skipped:
+        parts.append(("h3", "Grad-CAM not run", None))
+        parts += [("text", "", f"{where}: {why}.") for where, why in skipped.items()]
     return parts
 
 
@@ -202,12 +227,24 @@ def _settings_line(cfg: dict[str, Any], state: dict[str, Any]) -> str:
     secs = sum(float(s.get("seconds", 0)) for s in state.get("stages", {}).values())
     reused = dict(cfg["reuse"])
     trained = [m for m in cfg["methods"] if m not in reused]
-    return ((f"Pretrained {', '.join(trained)} on `{cfg['pretrain_data']}` (recipe {cfg['preset']}"
+    return ((f"Pretrained {', '.join(trained)} on {data_in_words(cfg['pretrain_data'])} (recipe {cfg['preset']}"
              + (f", {cfg['steps']} steps" if cfg["steps"] else "") + ")" if trained else "Nothing pretrained")
             + (f"; reused {', '.join(f'{m}={n}' for m, n in reused.items())}" if reused else "")
+            + f"; evaluated on {', '.join(data_in_words(p) for p in cfg.get('eval_manifests', []))}"
             + f"; {cfg['image_size']} px; shots {', '.join(map(str, cfg['shots']))} x {cfg['trials']} trials; "
             f"modes {', '.join(cfg['modes'])}; baselines {', '.join(cfg['baselines'])}; seed {cfg['seed']}. "
             f"Stages took {secs / 60:.1f} min in all.")
+
+
+def data_in_words(path: str) -> str:
+    """A data source in words for the report's first line: the app's exports are "this workspace's images",
+    a manifest "the manifest NAME.csv (in FOLDER)", a folder "the image folder NAME"; never a full run path."""
+    p = Path(path)
+    if p.name in ("workspace-pretrain.csv", "workspace.csv"):
+        return "this workspace's images" + (" labeled for the findings" if p.name == "workspace.csv" else "")
+    if p.suffix.lower() == ".csv":
+        return f"the manifest {p.name}" + (f" (folder {p.parent.name})" if p.parent.name else "")
+    return f"the image folder {p.name or path}"
 
 
 def write_report(out_dir: str | Path) -> tuple[Path, Path]:

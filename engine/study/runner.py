@@ -4,7 +4,9 @@ Stages, in order (one unit each on the job's bar):
 
     pretrain:<method>           pretrain_from_data -> checkpoint `<name>-<method>` (skipped for reused ones)
     sweep:<tag>                 run_sweep on one eval manifest: baselines + every method's checkpoint
-    gradcam:<tag>:<finding>     run_gradcam_study, where the manifest has lesion boxes or masks
+    gradcam:<tag>:<finding>     run_gradcam_study, where the manifest has lesion boxes or masks for the
+                                finding (e.g. an NIH manifest's boxes.csv from BBox_List_2017); where it
+                                has none, the reason is kept in study.json's `gradcam_skipped` and reported
     report                      write_report -> report.md, report.html
 
 `<out>/study.json` holds the settings and each finished stage. Started again with `resume=True` and
@@ -75,6 +77,36 @@ def _has_regions(manifest: Any, finding: str) -> bool:
     return any(t is not None and len(t) and (t["finding"] == finding).any() for t in (manifest.boxes, manifest.masks))
 
 
+def gradcam_skip_reason(cfg: StudyConfig, manifest: Any, finding: str) -> str | None:
+    """Why the study runs no Grad-CAM for `finding` on `manifest` (None: it runs it)."""
+    if not cfg.gradcam_images:
+        return "Grad-CAM is off (--gradcam-images 0)"
+    if _has_regions(manifest, finding):
+        return None
+    have = sorted({f for t in (manifest.boxes, manifest.masks) if t is not None for f in t["finding"]})
+    if have:
+        return (f"its boxes/masks cover {', '.join(have)} but no {finding} image, so Grad-CAM's localization "
+                "could not be scored")
+    return ("its manifest has no boxes.csv or masks.csv beside it, so Grad-CAM's localization could not be scored "
+            "(NIH ChestX-ray14: `python -m engine data nih` writes boxes.csv when BBox_List_2017.csv is in the folder)")
+
+
+def gradcam_skips(cfg: StudyConfig) -> dict[str, str]:
+    """{"<tag> / <finding>": reason} for every evaluated finding the study runs no Grad-CAM for."""
+    from engine.data.manifest import load_manifest
+
+    manifests = {p: load_manifest(p) for p in cfg.eval_manifests}
+    findings, out, tags = _findings_of(cfg, manifests), {}, set()
+    for p in cfg.eval_manifests:
+        tag = eval_tag(p, tags)
+        tags.add(tag)
+        for f in findings[p]:
+            why = gradcam_skip_reason(cfg, manifests[p], f)
+            if why:
+                out[f"{tag} / {f}"] = why
+    return out
+
+
 def plan_stages(cfg: StudyConfig) -> list[Stage]:
     """Every stage of `cfg` in run order (loads each eval manifest; raises ManifestError / ValueError)."""
     from engine.data.manifest import load_manifest
@@ -140,6 +172,9 @@ def run_study(
     reused = _reused_infos(cfg, ckpts)
     out.mkdir(parents=True, exist_ok=True)
     state = _load_state(out, cfg, resume)
+    state["gradcam_skipped"] = gradcam_skips(cfg)
+    for where, why in state["gradcam_skipped"].items():
+        emit(on_event, kind="warning", level="warning", message=f"no Grad-CAM for {where}: {why}")
     _save_state(out, state)
     for method, name in cfg.reuse:  # pretrain/<method>.json from the checkpoint's json, for the report
         _write_record(out, method, {**reused[name], "name": name, "reused": True})

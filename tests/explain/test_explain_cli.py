@@ -41,13 +41,13 @@ def test_cli_writes_grids_localization_and_summary(phantom, tmp_path):
     loc = pd.read_csv(out / "localization.csv")
     assert list(loc.columns[:4]) == ["image", "path", "finding", "init"]
     assert set(METRICS) <= set(loc.columns)
-    assert len(loc) == 2 and (loc["init"] == "random").all() and (loc["region"] == "box").all()
+    assert len(loc) == 2 * 3 and (loc["init"] == "random").all() and (loc["region"] == "box").all()  # 3 episodes
     assert loc["energy_in_region"].between(0, 1).all() and loc["pointing_hit"].isin([0, 1]).all()
     summary = pd.read_csv(out / "summary.csv")
-    assert list(summary["init"]) == ["random"] and summary["n"].iloc[0] == 2
+    assert list(summary["init"]) == ["random"] and summary["n"].iloc[0] == 6 and summary["n_episodes"].iloc[0] == 3
     assert {"energy_ratio_mean", "energy_ratio_lo", "energy_ratio_hi"} <= set(summary.columns)
     grids = sorted(out.glob("grid_*.png"))
-    assert [g.name for g in grids] == sorted(f"grid_{i}.png" for i in loc["image"])
+    assert [g.name for g in grids] == sorted(f"grid_{i}.png" for i in set(loc["image"]))
     from PIL import Image
 
     w, h = Image.open(grids[0]).size
@@ -73,7 +73,8 @@ def test_study_cancel_resume_and_finetune(phantom, tmp_path):
 
     torch.manual_seed(7)
     save_backbone(build_backbone("resnet18"), "other", {"method": "test", "arch": "resnet18"})
-    kw = dict(shots=2, n_images=3, image_size=S, mode="finetune", finetune_steps=2, batch_size=1, device="cpu")
+    kw = dict(shots=2, n_images=3, image_size=S, mode="finetune", finetune_steps=2, batch_size=1, device="cpu",
+              episodes=1)
     out = tmp_path / "study"
     stop = threading.Event()
     events = []

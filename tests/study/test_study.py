@@ -86,6 +86,9 @@ def test_study_end_to_end_then_resume_skips_finished_stages(data, tmp_path):
     n_test = int(trials["n_test"].median())  # each trial has its own resample of the test pool
     assert f"Test set: nodule {n_test} images." in md
     assert "st-spark" in md and "pointing_hit" in md
+    assert "Energy ratio: against chance, content-free maps and randomized models" in md
+    assert "| init | head randomized | head + top stage randomized | head + backbone randomized |" in md
+    assert md.splitlines()[2].startswith("Pretrained moco_v2, spark on the manifest manifest.csv (folder ph)")
     pre = md.split("## Pretraining")[1].split("##")[0]
     assert "| method | checkpoint | collapsed? |" in pre and "centred_erank" in pre and "mean cosine of random" in pre
     rows = [r.split("|") for r in pre.splitlines() if r.startswith("| moco_v2") or r.startswith("| spark")]
