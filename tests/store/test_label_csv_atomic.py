@@ -90,10 +90,8 @@ def test_set_labels_many_with_the_database_locked_by_another_writer_changes_noth
 
     real = db.connect
 
-    def quick(path):  # the same connection, with a short busy timeout so the test does not wait 30 s
-        c = real(path)
-        c.execute("PRAGMA busy_timeout = 200")
-        return c
+    def quick(path, timeout=None):  # the store's connect(path, timeout=...), waiting 0.2 s for the lock, not 30 s
+        return real(path, timeout=0.2)
 
     monkeypatch.setattr(db, "connect", quick)
     store.close()
