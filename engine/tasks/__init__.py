@@ -12,6 +12,8 @@ builds and the runner validates, stores as JSON and hands back to the function:
     gradcam_image  GradcamImageParams  explain.run_gradcam_image_job
     similarity     SimilarityParams    engine.analysis.tasks.run_similarity_job (SVCCA)
     study          StudyParams         engine.study.tasks.run_study_job (the seed study end to end)
+    score_images   ScoreImagesParams   scoring.run_score_images (batch scoring CSV; validation when labeled)
+    label_advice   LabelAdviceParams   scoring.run_label_advice (learning curve + "label these next")
 
 Each adapter exports what it needs from the store as a manifest (the one format the engine reads),
 calls the engine with `ctx.device`, `ctx.on_event`, `ctx.stop`, `ctx.resume`, records what it made
@@ -43,12 +45,13 @@ from engine.tasks.model_card import model_card
 from engine.tasks.params import (ClassifyParams, GradcamImageParams, GradcamStudyParams, ImportParams, PretrainParams,
                                  SimilarityParams, SweepParams)
 from engine.tasks.pretrain import pretrain_config, reserve_pretrain_name, run_pretrain
+from engine.tasks.scoring import LabelAdviceParams, ScoreImagesParams, run_label_advice, run_score_images
 
 if TYPE_CHECKING:
     from engine.jobs.runner import JobRunner
 
 __all__ = ["AUTOPRETRAIN_OFF_ENV", "DEMO", "DEMO_ENV", "DEMO_PRETRAIN_ENV", "KINDS", "ClassifyParams", "DemoSettings",
-           "GradcamImageParams", "GradcamStudyParams", "ImportParams", "PretrainParams", "SimilarityParams",
+           "GradcamImageParams", "GradcamStudyParams", "ImportParams", "LabelAdviceParams", "ScoreImagesParams", "PretrainParams", "SimilarityParams",
            "StudyParams", "SweepParams", "TaskKind", "autopretrain_enabled", "available_inits", "default_classifier_name",
            "device_label", "is_demo_workspace", "model_card", "prepare_workspace", "pretrain_config", "register_all",
            "reserve_pretrain_name", "run_classify", "run_gradcam_image_job", "run_gradcam_study_job", "run_import",
@@ -82,6 +85,8 @@ KINDS: tuple[TaskKind, ...] = (
     TaskKind(GradcamImageParams, run_gradcam_image_job, "cuda"),
     TaskKind(SimilarityParams, run_similarity_job, "cuda"),  # SVCCA dataset similarity (engine.analysis)
     TaskKind(StudyParams, run_study_job, "always", on_submit=reserve_study_names),  # pretrains: the GPU slot
+    TaskKind(ScoreImagesParams, run_score_images, "cuda"),  # batch scoring / external validation
+    TaskKind(LabelAdviceParams, run_label_advice, "cuda"),  # learning curve + label-next list
 )
 
 

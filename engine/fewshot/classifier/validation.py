@@ -206,6 +206,13 @@ def validate_classifier(clf: Any, items: Sequence[tuple[str, Any]], labels: Sequ
     if len(items) != len(labels):
         raise ValueError(f"{len(items)} test images but {len(labels)} labels")
     rows = score_items(clf, items, threshold, total=len(items), on_event=on_event, stop=stop)
+    return report_from_rows(clf, rows, labels, threshold, n_boot, seed), rows
+
+
+def report_from_rows(clf: Any, rows: Sequence[Any], labels: Sequence[float], threshold: float | None = None,
+                     n_boot: int = VALIDATION_BOOTSTRAP, seed: int = 0) -> ValidationReport:
+    """The ValidationReport of scored rows (engine.fewshot.classifier.scoring.ScoreRow) with 0/1 `labels` (one
+    per row): training images and unreadable images left out. Raises ValueError when a class is then missing."""
     t = clf.threshold if threshold is None else float(threshold)
     use = [i for i, r in enumerate(rows) if r.error is None and not r.training_image]
     n_train = sum(r.training_image for r in rows)
@@ -215,6 +222,5 @@ def validate_classifier(clf: Any, items: Sequence[tuple[str, Any]], labels: Sequ
                          "unreadable one(s), the test set lacks images with or without the finding; add some")
     p = np.array([rows[i].probability for i in use])
     cv = clf.estimate.auc if getattr(clf, "estimate", None) is not None else None
-    rep = validate_scores(y, p, t, clf.finding, cv, n_train, sum(bool(rows[i].unfamiliar) for i in use), n_boot,
-                          seed)
-    return rep, rows
+    return validate_scores(y, p, t, clf.finding, cv, n_train, sum(bool(rows[i].unfamiliar) for i in use), n_boot,
+                           seed)
