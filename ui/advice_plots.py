@@ -17,6 +17,8 @@ def reliability_figure(bins: list[dict[str, Any]], finding: str) -> go.Figure:
     fig = go.Figure()
     fig.add_trace(go.Bar(x=[(b["low"] + b["high"]) / 2 for b in bins], y=[b["count"] for b in bins], width=0.09,
                          yaxis="y2", name="images per bin", marker={"color": "#d0d7de"},
+                         text=[str(b["count"]) if b["count"] else "" for b in bins], textposition="outside",
+                         textfont={"color": "#57606a", "size": 11}, cliponaxis=False,
                          hovertemplate="%{y} images with a probability in this bin<extra></extra>"))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
                              line={"color": "#8c959f", "dash": "dot"}, hoverinfo="skip"))
@@ -31,7 +33,7 @@ def reliability_figure(bins: list[dict[str, Any]], finding: str) -> go.Figure:
     fig.update_layout(title="Calibration on the test images (95% intervals)", xaxis_title="predicted probability",
                       yaxis={"title": "observed fraction with the finding", "range": [-0.02, 1.02]},
                       yaxis2={"overlaying": "y", "side": "right", "range": [0, top * 4], "showgrid": False,
-                              "title": "images"},
+                              "showticklabels": False},  # the bars carry their counts
                       xaxis={"range": [0, 1]}, legend={"orientation": "h", "y": -0.2}, **LAYOUT)
     return fig
 

@@ -39,6 +39,7 @@ def _suggestions(svc: Services, advice: dict[str, Any]) -> None:
                 "selection, Sener & Savarese 2018). On NIH pneumonia, adding images this way raised the AUC by "
                 "about 0.02 more than random picks; picking the images the classifier is least sure about did not "
                 "beat random there (bench/active_learning.py). p = the current classifier's probability.")
+    st.caption(f"Does the X-ray show {finding}? **With** / **Without** saves the label at once (Data page labels).")
     df = svc.store.images(finding)
     now = dict(zip(df["id"].astype(int), df[finding]))
     for row in chunks(sugg, 5):

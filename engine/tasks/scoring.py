@@ -55,7 +55,7 @@ def _workspace_items(store, ids: tuple[int, ...], finding: str | None) -> tuple[
 def run_score_images(params: ScoreImagesParams | dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     """Score the images; write scores.csv (and validation.json for labeled images); record a `scores` result."""
     from engine.fewshot.classifier import Classifier
-    from engine.fewshot.classifier.scoring import iter_source, score_items, write_scores_csv
+    from engine.fewshot.classifier.scoring import count_source, iter_source, score_items, write_scores_csv
     from engine.fewshot.classifier.validation import report_from_rows
 
     p = ScoreImagesParams.from_json(params)
@@ -71,8 +71,7 @@ def run_score_images(params: ScoreImagesParams | dict[str, Any], ctx: JobContext
         except ValueError as e:
             ctx.log(f"no validation report: {e}", level="warning")
     else:
-        items = list(iter_source(p.source))
-        rows = score_items(clf, items, p.threshold, len(items), ctx.on_event, ctx.stop)
+        rows = score_items(clf, iter_source(p.source), p.threshold, count_source(p.source), ctx.on_event, ctx.stop)
     csv = write_scores_csv(rows, ctx.workdir / "scores.csv")
     t = clf.threshold if p.threshold is None else p.threshold
     summary = {"classifier": p.classifier, "finding": clf.finding, "threshold": t, "csv": str(csv),

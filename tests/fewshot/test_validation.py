@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import shutil
+import threading
 import zipfile
 
 import numpy as np
@@ -12,7 +13,9 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from engine.fewshot.classifier.scoring import ScoreRow, csv_cell, iter_source, score_items, scores_csv_text
+from engine.events import Cancelled
+from engine.fewshot.classifier.scoring import (ScoreRow, count_source, csv_cell, iter_source, score_items,
+                                               scores_csv_text)
 from engine.fewshot.classifier.validation import (auc_with_interval, reliability_bins, validate_scores,
                                                   wilson_interval)
 
@@ -108,11 +111,17 @@ def test_training_images_are_flagged_when_scored(built):
         for f in sorted(src.iterdir()):
             zf.write(f, f"x/{f.name}")
     for source in (src, tmp / "batch.zip"):
-        rows = score_items(clf, iter_source(source))
+        events = []
+        rows = score_items(clf, iter_source(source), total=count_source(source), on_event=events.append)
+        assert count_source(source) == 4 and events[-1].step == 4 and events[-1].total == 4  # progress
         by = {r.image.rsplit("/", 1)[-1]: r for r in rows}
         assert by["a_train.png"].training_image and by["b_train_recompressed.png"].training_image
         assert not by["c_new.png"].training_image and by["c_new.png"].probability is not None
         assert by["d_broken.png"].error and by["d_broken.png"].probability is None
+    stop = threading.Event()
+    stop.set()  # a cancelled job stops before scoring anything
+    with pytest.raises(Cancelled):
+        score_items(clf, iter_source(src), stop=stop)
 
 
 def test_validate_and_predict_csv_cli(built, capsys):

@@ -24,7 +24,7 @@ import numpy as np
 
 from engine.events import OnEvent, check_stop, emit
 
-__all__ = ["CSV_COLUMNS", "ScoreRow", "csv_cell", "image_key", "iter_source", "manifest_image_keys", "score_items",
+__all__ = ["CSV_COLUMNS", "ScoreRow", "count_source", "csv_cell", "image_key", "iter_source", "manifest_image_keys", "score_items",
            "write_scores_csv"]
 
 CSV_COLUMNS = ("image", "probability", "verdict", "unfamiliar", "training_image", "error")
@@ -62,8 +62,8 @@ def manifest_image_keys(manifest: str | Path, finding: str) -> tuple[str, ...]:
 
 def iter_source(source: str | Path) -> Iterator[tuple[str, bytes | Path | str]]:
     """(display name, bytes or path) of every image in a folder (recursive, by content) or a ZIP archive;
-    an item whose value is a str is a refusal (why it was not read). Raises FileNotFoundError / ValueError
-    when the source is neither."""
+    an item whose value is a str is a refusal (why it was not read). Lazy: a ZIP member is read when its item
+    is reached. Raises FileNotFoundError / ValueError when the source is neither."""
     from engine.data.listing import is_ignored, list_images
     from engine.store.imports import member_refusal
 
@@ -85,6 +85,20 @@ def iter_source(source: str | Path) -> Iterator[tuple[str, bytes | Path | str]]:
                 continue
             why = member_refusal(info, MAX_MEMBER_BYTES, MAX_MEMBER_RATIO)
             yield info.filename, (f"skipped: {why}" if why else zf.read(info))
+
+
+def count_source(source: str | Path) -> int:
+    """How many items `iter_source` yields (without reading any image's bytes)."""
+    from engine.data.listing import is_ignored, list_images
+
+    p = Path(source)
+    if p.is_dir():
+        listing = list_images(p)
+        return len(listing.files) + len(listing.skipped)
+    if not p.is_file() or not zipfile.is_zipfile(p):
+        return 0  # iter_source says what is wrong
+    with zipfile.ZipFile(p) as zf:
+        return sum(1 for i in zf.infolist() if not i.is_dir() and not is_ignored(i.filename))
 
 
 @dataclass(frozen=True)
