@@ -145,3 +145,14 @@ def test_validate_and_predict_csv_cli(built, capsys):
     assert [x["training_image"] for x in lines] == [True, False]
     got = list(csv.DictReader(open(tmp / "p.csv")))
     assert [r["training_image"] for r in got] == ["yes", "no"] and got[0]["probability"]
+
+
+def test_classifier_page_uploads_mark_training_images(built):
+    from engine.fewshot.classifier import Classifier
+    from ui.inference import LoadedClassifier, explain_uploads, familiarity_note
+
+    tmp, path, root, train, df = built
+    files = [(n, open(p, "rb").read()) for n, p in (("old.png", train["path"].iloc[3]), ("new.png", df["path"].iloc[35]))]
+    old, new = explain_uploads(LoadedClassifier(Classifier.load(path)), files)
+    assert old.training_image and not new.training_image
+    assert "training images (same pixels)" in familiarity_note(old)
