@@ -49,7 +49,8 @@ def learning_curve_figure(curve: dict[str, Any]) -> go.Figure:
         x=[p["n"] for p in pts], y=[p["auc"] for p in pts], mode="lines+markers", name="cross-validated AUC",
         line={"color": "#1f6feb", "width": 2}, marker={"size": 8},
         error_y={"type": "data", "symmetric": False,
-                 "array": [_nz(p["high"] - p["auc"]) for p in pts], "arrayminus": [_nz(p["auc"] - p["low"]) for p in pts]},
+                 "array": [_nz(p["high"] - p["auc"]) for p in pts],
+                 "arrayminus": [_nz(p["auc"] - p["low"]) for p in pts]},
         hovertemplate="%{x} images: AUC %{y:.3f}<extra></extra>"))
     if ex["trusted"]:
         n = np.linspace(min(p["n"] for p in pts), ex["n_target"], 60)

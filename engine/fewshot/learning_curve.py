@@ -14,7 +14,8 @@ Decis Mak 12:8), and the power law of Hestness et al. 2017 ("Deep learning scali
 empirically", arXiv:1712.00409). Its 95% range at n + extra: the 2.5-97.5 percentiles of refits on 200
 bootstrap resamples of the subsets at each point, widened by 1.96 SD of the subset AUCs at the largest
 fraction below 100% (how much one CV AUC varies with the images drawn; without it the range covered the truth
-in 1 of 4 trusted trials of bench/learning_curve_check.py). **It is refused** (`trusted` False with the reason) when fewer than
+in 1 of 4 trusted trials of bench/learning_curve_check.py).
+**It is refused** (`trusted` False with the reason) when fewer than
 3 distinct sizes were measured, the largest size is under twice the smallest, the curve is flat within its
 noise (the rise from the smallest to the largest size is under 2 standard errors), the fit fails, or the
 extrapolation reaches beyond twice the labeled images.

@@ -51,7 +51,8 @@ if TYPE_CHECKING:
     from engine.jobs.runner import JobRunner
 
 __all__ = ["AUTOPRETRAIN_OFF_ENV", "DEMO", "DEMO_ENV", "DEMO_PRETRAIN_ENV", "KINDS", "ClassifyParams", "DemoSettings",
-           "GradcamImageParams", "GradcamStudyParams", "ImportParams", "LabelAdviceParams", "ScoreImagesParams", "PretrainParams", "SimilarityParams",
+           "GradcamImageParams", "GradcamStudyParams", "ImportParams", "LabelAdviceParams", "ScoreImagesParams",
+           "PretrainParams", "SimilarityParams",
            "StudyParams", "SweepParams", "TaskKind", "autopretrain_enabled", "available_inits", "default_classifier_name",
            "device_label", "is_demo_workspace", "model_card", "prepare_workspace", "pretrain_config", "register_all",
            "reserve_pretrain_name", "run_classify", "run_gradcam_image_job", "run_gradcam_study_job", "run_import",

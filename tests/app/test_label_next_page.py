@@ -106,7 +106,8 @@ def test_test_set_batch_scores_learning_curve_and_label_next(phantom):
     assert not at.exception, [e.value for e in at.exception]
     (adv,) = _svc().store.results(kind="label_advice")
     assert adv["summary"]["n_labeled"] == 28 and adv["summary"]["n_unlabeled"] == 8
-    assert len(adv["summary"]["suggestions"]) == 8 and {s["image_id"] for s in adv["summary"]["suggestions"]} == set(unl)
+    sugg = adv["summary"]["suggestions"]
+    assert len(sugg) == 8 and {s["image_id"] for s in sugg} == set(unl)
     assert "Label these next" in _texts(at) and adv["summary"]["curve"]["sentence"] in _texts(at)
     assert len(adv["summary"]["curve"]["points"]) == 4  # 25/50/75/100% of the 28 labeled images
     first = adv["summary"]["suggestions"][0]["image_id"]

@@ -132,8 +132,8 @@ def test_validate_and_predict_csv_cli(built, capsys):
     import pandas as pd
 
     pd.concat([df.iloc[24:], df.iloc[:2]]).to_csv(both, index=False)
-    assert main(["validate", "--model", str(path), "--manifest", str(both), "--finding", "cardiomegaly", "--device", "cpu",
-                 "--csv", str(tmp / "v.csv"), "--json", str(tmp / "v.json")]) == 0
+    assert main(["validate", "--model", str(path), "--manifest", str(both), "--finding", "cardiomegaly",
+                 "--device", "cpu", "--csv", str(tmp / "v.csv"), "--json", str(tmp / "v.json")]) == 0
     out = capsys.readouterr()
     rep = json.loads(out.out.strip().splitlines()[-1])
     assert rep["n_training_excluded"] == 2 and rep["n_positive"] + rep["n_negative"] == 16
@@ -152,7 +152,8 @@ def test_classifier_page_uploads_mark_training_images(built):
     from ui.inference import LoadedClassifier, explain_uploads, familiarity_note
 
     tmp, path, root, train, df = built
-    files = [(n, open(p, "rb").read()) for n, p in (("old.png", train["path"].iloc[3]), ("new.png", df["path"].iloc[35]))]
+    pairs = (("old.png", train["path"].iloc[3]), ("new.png", df["path"].iloc[35]))
+    files = [(n, open(p, "rb").read()) for n, p in pairs]
     old, new = explain_uploads(LoadedClassifier(Classifier.load(path)), files)
     assert old.training_image and not new.training_image
     assert "training images (same pixels)" in familiarity_note(old)

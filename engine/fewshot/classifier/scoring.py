@@ -24,8 +24,8 @@ import numpy as np
 
 from engine.events import OnEvent, check_stop, emit
 
-__all__ = ["CSV_COLUMNS", "ScoreRow", "count_source", "csv_cell", "image_key", "iter_source", "manifest_image_keys", "score_items",
-           "write_scores_csv"]
+__all__ = ["CSV_COLUMNS", "ScoreRow", "count_source", "csv_cell", "image_key", "is_training_image", "iter_source",
+           "manifest_image_keys", "score_items", "scores_csv_text", "write_scores_csv"]
 
 CSV_COLUMNS = ("image", "probability", "verdict", "unfamiliar", "training_image", "error")
 FORMULA_LEAD = ("=", "+", "-", "@", "\t", "\r")
