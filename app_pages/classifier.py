@@ -13,6 +13,8 @@ from engine.models import ARCHS, UnknownInitError, init_info, input_size_for, li
 from engine.tasks import ClassifyParams
 from ui.inference import LoadedClassifier, explain_uploads, familiarity_note, fmt_pair, headline, verdict
 from ui.jobs import set_watched, status_block, watch, watched
+from ui.label_next import label_next_section
+from ui.validation import validation_section
 from ui.services import Services, services
 from ui.widgets import (UPLOAD_TYPES, empty_state, init_label, is_ssl, method_label,
                         page_header, page_link, synthetic_notice)
@@ -364,3 +366,5 @@ if results:
     loaded = open_classifier(by_id[pick], "cuda" if svc.runner.device.type == "cuda" else "cpu")
     op = operating_panel(by_id[pick], loaded)
     predict_panel(by_id[pick], loaded, op)
+    validation_section(svc, by_id[pick], loaded)  # ui/validation.py: test set, batch scoring (issue 21 item 6)
+    label_next_section(svc, by_id[pick])  # ui/label_next.py: learning curve, label these next (issue 21 item 7)

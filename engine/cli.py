@@ -15,6 +15,7 @@ AREAS = (
     "engine.models.commands",
     "engine.ssl.commands",
     "engine.fewshot.commands",
+    "engine.fewshot.validation_commands",
     "engine.explain.commands",
     "engine.analysis.commands",
     "engine.study.commands",

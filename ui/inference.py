@@ -19,6 +19,7 @@ from engine.data.io import ImageReadError, read_image
 from engine.explain.single_image import classifier_heatmap
 from engine.explain.overlay import overlay
 from engine.fewshot.classifier import Classifier, ClassifierScoreError
+from engine.fewshot.classifier.scoring import image_key
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Explained:
     distance: float | None = None  # to the nearest training image (L2-normalized features)
     distance_threshold: float | None = None
     error: str | None = None
+    training_image: bool = False  # same pixels as one of the classifier's training images (issue 21 item 6)
 
 
 def explain_uploads(loaded: LoadedClassifier, files: list[tuple[str, bytes]], method: str = "gradcam",
@@ -50,7 +52,7 @@ def explain_uploads(loaded: LoadedClassifier, files: list[tuple[str, bytes]], me
     with loaded.lock:
         for name, data in files:
             try:
-                img, _ = read_image(data)
+                img, meta = read_image(data)
             except ImageReadError as e:
                 out.append(Explained(name, error=f"This file could not be read as an X-ray, so it was not scored: {e}"))
                 continue
@@ -62,7 +64,8 @@ def explain_uploads(loaded: LoadedClassifier, files: list[tuple[str, bytes]], me
             heat, _ = classifier_heatmap(clf, img, method)
             out.append(Explained(name, img, overlay(img, heat), float(pred["probability"]), int(pred["label"]),
                                  float(pred["threshold"]), pred["unfamiliar"], pred["familiarity_distance"],
-                                 pred["familiarity_threshold"]))
+                                 pred["familiarity_threshold"],
+                                 training_image=image_key(img, meta.bits) in set(clf.training_keys)))
     return out
 
 
@@ -98,7 +101,10 @@ def headline(p: float, threshold: float, finding: str) -> str:
 
 
 def familiarity_note(r: Explained) -> str | None:
-    """A warning when the image is unlike the training images (None when it is familiar or unknown)."""
+    """A warning when the image is a training image or unlike the training images (None otherwise)."""
+    if r.training_image:
+        return ("This is one of the classifier's training images (same pixels): it was fitted with its label, so "
+                "this score says nothing about how the classifier does on new images.")
     if not r.unfamiliar:
         return None
     return (f"Unlike the training images: its nearest training image is at distance {r.distance:.3f} in the backbone's "

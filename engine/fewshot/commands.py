@@ -72,6 +72,8 @@ def register(sub) -> None:
                    help="operating point: the cut-off whose cross-validated sensitivity is at least this (e.g. 0.9)")
     g.add_argument("--specificity", type=float, default=None,
                    help="operating point: the cut-off whose cross-validated specificity is at least this")
+    p.add_argument("--csv", default=None, help="also write a CSV: image, probability, verdict, unfamiliar, "
+                                               "training_image, error (formula-leading cells escaped)")
     p.set_defaults(func=_predict)
 
 
@@ -142,13 +144,16 @@ def _classify(args) -> int:
 def _predict(args) -> int:
     """One strict-JSON line per image (`json.dumps(allow_nan=False)`): image, probability (calibrated), label,
     threshold, finding, calibration, operating_point, cv_sensitivity, cv_specificity, unfamiliar,
-    familiarity_distance, familiarity_threshold; or image, error. Exit 1 when any image got an error (an
-    unreadable file, or a NaN/infinite score), 2 when the classifier file itself is refused."""
+    familiarity_distance, familiarity_threshold, training_image; or image, error (`--csv`: also as CSV).
+    Exit 1 when any image got an error (an unreadable file, or a NaN/infinite score), 2 when the classifier
+    file itself is refused."""
     import math
 
     from engine.data.io import ImageReadError
     from engine.device import resolve_device
     from engine.fewshot.classifier import Classifier, ClassifierScoreError
+    from engine.fewshot.classifier.scoring import is_training_image, write_scores_csv
+    from engine.fewshot.validation_commands import predict_rows
 
     clf = Classifier.load(args.model, device=resolve_device(args.device))  # ClassifierLoadError -> exit 2
     if args.sensitivity is not None:
@@ -163,7 +168,8 @@ def _predict(args) -> int:
     failed = 0
     for path in args.images:
         try:
-            out = {**clf.predict([path], threshold=op.threshold)[0], **extra}
+            out = {**clf.predict([path], threshold=op.threshold)[0], **extra,
+                   "training_image": is_training_image(clf, path)}  # same pixels as a training image
             line = json.dumps({"image": path, **out}, allow_nan=False)
         except (ImageReadError, FileNotFoundError, ClassifierScoreError) as e:  # one bad file does not stop the others
             failed += 1
@@ -172,4 +178,6 @@ def _predict(args) -> int:
             failed += 1
             line = json.dumps({"image": path, "error": f"the answer held a non-finite number ({e}); no result given"})
         print(line, flush=True)
+    if args.csv:
+        write_scores_csv(predict_rows(clf, args.images, op.threshold), args.csv)
     return 1 if failed else 0

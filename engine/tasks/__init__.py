@@ -12,6 +12,8 @@ builds and the runner validates, stores as JSON and hands back to the function:
     gradcam_image  GradcamImageParams  explain.run_gradcam_image_job
     similarity     SimilarityParams    similarity.run_similarity_job (SVCCA, engine.analysis)
     study          StudyParams         study.run_study_job (the seed study end to end, engine.study)
+    score_images   ScoreImagesParams   scoring.run_score_images (batch scoring CSV; validation when labeled)
+    label_advice   LabelAdviceParams   scoring.run_label_advice (learning curve + "label these next")
 
 Each kind's facts live in its `TaskKind` (the one place a job kind is described): what the app calls it
 (`label`), what its progress bar counts (`unit`), whether a stopped job continues from a saved state
@@ -49,12 +51,14 @@ from engine.tasks.params import (ClassifyParams, GradcamImageParams, GradcamStud
 from engine.tasks.pretrain import pretrain_config, reserve_pretrain_name, run_pretrain
 from engine.tasks.similarity import run_similarity_job
 from engine.tasks.study import StudyParams, reserve_study_names, run_study_job
+from engine.tasks.scoring import LabelAdviceParams, ScoreImagesParams, run_label_advice, run_score_images
 
 if TYPE_CHECKING:
     from engine.jobs.runner import JobRunner
 
 __all__ = ["AUTOPRETRAIN_OFF_ENV", "DEMO", "DEMO_ENV", "DEMO_PRETRAIN_ENV", "KINDS", "ClassifyParams", "DemoSettings",
-           "GradcamImageParams", "GradcamStudyParams", "ImportParams", "PretrainParams", "SimilarityParams",
+           "GradcamImageParams", "GradcamStudyParams", "ImportParams", "LabelAdviceParams", "ScoreImagesParams",
+           "PretrainParams", "SimilarityParams",
            "StudyParams", "SweepParams", "TaskKind", "autopretrain_enabled", "available_inits", "default_classifier_name",
            "device_label", "is_demo_workspace", "kind_of", "model_card", "partial_sweep_trials", "prepare_workspace",
            "pretrain_config", "register_all",
@@ -106,6 +110,10 @@ KINDS: tuple[TaskKind, ...] = (
              "similarity", "app_pages/benchmark.py"),
     TaskKind(StudyParams, run_study_job, "always", "Study", "stage", True, "study",  # pretrains: the GPU slot
              "app_pages/benchmark.py", on_submit=reserve_study_names),
+    TaskKind(ScoreImagesParams, run_score_images, "cuda", "Batch scoring", "image", False, "scores",
+             "app_pages/classifier.py"),  # batch scoring / external validation
+    TaskKind(LabelAdviceParams, run_label_advice, "cuda", "Label advice", "subset size", False, "label_advice",
+             "app_pages/classifier.py"),  # learning curve + label-next list
 )
 _BY_NAME = {k.name: k for k in KINDS}
 

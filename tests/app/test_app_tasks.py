@@ -29,7 +29,8 @@ def test_register_all_keeps_short_jobs_off_the_pretraining_slot_on_cpu():
     r = FakeRunner("cpu")
     tasks.register_all(r)
     assert r.registered == {"import": False, "pretrain": True, "classify": False, "sweep": False, "gradcam": False,
-                            "gradcam_image": False, "similarity": False, "study": True}  # a study pretrains
+                            "gradcam_image": False, "similarity": False, "study": True,  # a study pretrains
+                            "score_images": False, "label_advice": False}
 
 
 def test_demo_pretraining_starts_once_per_demo_workspace(monkeypatch, tmp_path):

@@ -28,6 +28,7 @@ from engine.fewshot.classifier.familiarity import Familiarity, fit_familiarity
 from engine.fewshot.classifier.inputs import ImageInput, forward_with_frozen, to_uint8
 from engine.fewshot.classifier.model import Classifier
 from engine.fewshot.classifier.schema import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+from engine.fewshot.classifier.scoring import manifest_image_keys
 from engine.fewshot.features import ArrayImages, embed, weights_fingerprint
 from engine.fewshot.fast_finetune import (ActivationCache, FastFinetune, assemble_backbone, build_activation_cache,
                                           cached_features, finetune_cached)
@@ -319,6 +320,8 @@ def build_classifier(
     check_stop(stop)
     emit(on_event, step=total - 1, total=total, message="training the final model on all images")
     clf = _assemble(fitter, init, finding, image_size, est, cal, cv_probs, op, seed, checkpoint_dir)
+    if manifest is not None:  # recorded so scoring marks training images (engine.fewshot.classifier.scoring)
+        clf.training_keys = manifest_image_keys(manifest, finding)
     emit(on_event, step=total, total=total, kind="result", message=est.sentence,
          metrics={"auc": est.auc, "ci_low": est.ci_low, "ci_high": est.ci_high})
     return clf, est

@@ -35,7 +35,7 @@ class Classifier:
                  calibration: Calibration | None = None, cv_probs: np.ndarray | None = None,
                  cv_labels: np.ndarray | None = None, operating: OperatingPoint | None = None,
                  familiarity: Familiarity | None = None, version: int = FORMAT_VERSION,
-                 checkpoint_dir: Path | None = None):
+                 checkpoint_dir: Path | None = None, training_keys: Sequence[str] = ()):
         self.init, self.arch, self.fingerprint = init, arch, fingerprint
         self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
         self.image_size, self.mode, self.finding = int(image_size), mode, finding
@@ -53,6 +53,7 @@ class Classifier:
         self.familiarity = familiarity
         self.version = version
         self.checkpoint_dir = checkpoint_dir  # where a registry init is looked up (None: engine.paths default)
+        self.training_keys = tuple(training_keys)  # content keys of the training images (scoring.image_key)
 
     # -- model
     @property
@@ -172,6 +173,7 @@ class Classifier:
             "calibration": self.calibration.to_dict(),
             "operating_point": self.operating.to_dict() if self.operating else None,
             "familiarity": self.familiarity.meta() if self.familiarity is not None else None,
+            "training_keys": list(self.training_keys),
         }
 
     def tensors(self) -> dict[str, torch.Tensor]:

@@ -46,6 +46,7 @@ def check_metadata(m: Any) -> dict[str, Any]:
         Calibration.from_dict(m["calibration"])
     _check_operating_point(m.get("operating_point"))
     _check_familiarity(m.get("familiarity"))
+    _check_training_keys(m.get("training_keys"))
     return m
 
 
@@ -128,6 +129,16 @@ def _check_familiarity(fam: Any) -> None:
         raise ValueError("familiarity space must be 'features' or 'frozen'")
 
 
+def _check_training_keys(keys: Any) -> None:
+    """training_keys: absent, or a list of sha256 hex digests (engine.fewshot.classifier.scoring.image_key)."""
+    if keys is None:
+        return
+    hexdigits = set("0123456789abcdef")
+    if not isinstance(keys, list) or len(keys) > 1_000_000 or any(
+            not isinstance(k, str) or len(k) != 64 or not set(k) <= hexdigits for k in keys):
+        raise ValueError("training_keys must be a list of sha256 hex digests")
+
+
 # --------------------------------------------------------------------------------------------- writing
 
 def write_classifier(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
@@ -180,7 +191,8 @@ def read_classifier(path: str | Path) -> dict[str, Any]:
                 cv_probs=cv_probs, cv_labels=cv_labels,
                 operating=OperatingPoint(**{k: op.get(k) for k in ("rule", "target", "threshold", "sensitivity",
                                                                   "specificity")}) if op else None,
-                familiarity=_familiarity(m, tensors, refuse), version=m["version"])
+                familiarity=_familiarity(m, tensors, refuse), version=m["version"],
+                training_keys=tuple(m.get("training_keys") or ()))
 
 
 def _read_raw(path: Path, refuse) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
