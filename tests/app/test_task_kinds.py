@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,8 @@ def _snap(kind: str, state: str = "running", step: int = 3, total: int = 8) -> J
 def test_every_kind_says_what_it_is_where_it_is_shown_and_what_it_records(kind):
     assert tasks.kind_of(kind.name) is kind and kind.label and kind.unit and kind.gpu in ("always", "cuda", "never")
     page = ROOT / kind.page
-    shown = page.read_text() + "".join((ROOT / "ui" / f"{m}.py").read_text() for m in ("study",)
-                                       if f"from ui.{m} import" in page.read_text())
+    text = page.read_text()  # the page and the ui modules it draws sections with
+    shown = text + "".join((ROOT / "ui" / f"{m}.py").read_text() for m in re.findall(r"from ui\.(\w+) import", text))
     assert f'"{kind.name}"' in shown, f"{kind.page} neither submits nor shows {kind.name} jobs"
     adapter = inspect.getsource(kind.fn)
     if kind.result_kind is None:
