@@ -133,7 +133,8 @@ def test_the_progress_bar_counts_trials_only_and_never_goes_back(manifest, tmp_p
 
     cfg = SweepConfig(findings=("cardiomegaly",), inits=("random",), modes=("probe", "double_finetune"), shots=(2,),
                       trials=2, image_size=32, n_bootstrap=20, batch_trials=True, intermediate_finding="noise",
-                      intermediate_max_images=24, finetune=FinetuneConfig(mode="last_stage", steps=3, batch_size=4))
+                      intermediate_max_images=24,
+                      finetune=FinetuneConfig(mode="last_stage", steps=3, batch_size=4, intermediate_steps=3))
     events = []
     res = run_sweep(manifest, cfg, tmp_path / "bar", "cpu", on_event=events.append)
     counted = [e for e in events if e.step is not None or e.total is not None]
