@@ -25,11 +25,9 @@ def _no_autopretrain(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory) -> pd.DataFrame:
-    """40 phantom radiographs at 64 px with their labels (path, nodule, ...)."""
-    from engine.data.phantom import generate
-
-    csv = generate(tmp_path_factory.mktemp("phantom"), n=40, size=64, seed=1)
+def phantom(phantom_set) -> pd.DataFrame:
+    """40 phantom radiographs at 64 px with their labels (path, nodule, ...): the session's shared set."""
+    csv = phantom_set(40, 64, 1)
     df = pd.read_csv(csv)
     df["path"] = [str(csv.parent / p) for p in df["path"]]
     df.attrs["csv"] = str(csv)
