@@ -27,6 +27,26 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def phantom_set(tmp_path_factory):
+    """`phantom_set(n, size, seed, **generate_kw)` -> the manifest CSV of a phantom dataset
+    (engine.data.phantom.generate), made once per test session for the same arguments and shared by every
+    test and module asking for it. READ-ONLY: a test that changes the images, masks or manifest generates
+    its own. It lies outside each test's tmp folder and its env folders (`_isolated_dirs`), so nothing of a
+    test's workspace or checkpoints is shared through it."""
+    made: dict[tuple, Path] = {}
+
+    def make(n: int, size: int, seed: int, **kw) -> Path:
+        key = (n, size, seed, *sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in kw.items()))
+        if key not in made:
+            from engine.data.phantom import generate
+
+            made[key] = generate(tmp_path_factory.mktemp("phantom-set") / "ph", n=n, size=size, seed=seed, **kw)
+        return made[key]
+
+    return make
+
+
 def pytest_configure(config):
     # Keep torch from oversubscribing a 2-core machine (CI runs several processes: server, browser, tests).
     os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -19,10 +19,8 @@ def _no_autopretrain(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def phantom_csv(tmp_path_factory) -> Path:
-    from engine.data.phantom import generate
-
-    return generate(tmp_path_factory.mktemp("phantom"), n=24, size=64, seed=2)
+def phantom_csv(phantom_set) -> Path:
+    return phantom_set(24, 64, 2)
 
 
 def services():

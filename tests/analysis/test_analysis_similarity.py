@@ -15,10 +15,8 @@ from engine.models import load_backbone
 
 
 @pytest.fixture(scope="module")
-def phantom_csv(tmp_path_factory):
-    from engine.data.phantom import generate
-
-    return generate(tmp_path_factory.mktemp("phantom"), n=40, size=48, seed=3)
+def phantom_csv(phantom_set):
+    return phantom_set(40, 48, 3)
 
 
 def test_layer_activations_pool_to_a_grid_and_global_pooling_equals_the_backbone_output():

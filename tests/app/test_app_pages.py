@@ -25,11 +25,9 @@ def _no_autopretrain(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory) -> pd.DataFrame:
-    """40 phantom radiographs at 64 px with their labels (path, nodule, ...)."""
-    from engine.data.phantom import generate
-
-    csv = generate(tmp_path_factory.mktemp("phantom"), n=40, size=64, seed=1)
+def phantom(phantom_set) -> pd.DataFrame:
+    """40 phantom radiographs at 64 px with their labels (path, nodule, ...): the session's shared set."""
+    csv = phantom_set(40, 64, 1)
     df = pd.read_csv(csv)
     df["path"] = [str(csv.parent / p) for p in df["path"]]
     df.attrs["csv"] = str(csv)
@@ -360,7 +358,13 @@ def test_classifier_compare_backbones_suggests_the_best_measured_and_operating_p
 
 
 def test_demo_workspace_is_labelled_synthetic_on_data_and_classifier(monkeypatch):
+    from engine import paths
+    from engine.demo import ensure_demo_workspace
+
     monkeypatch.setenv("SCARCE_CXR_DEMO", "1")
+    # A small demo made beforehand (the app's first run makes 160 images of 256 px; making them is
+    # tests/store/test_demo.py's subject): the start-up still opens it as the demo, a no-op fill.
+    ensure_demo_workspace(paths.workspace_dir(), n=8, size=64, seed=0).close()
     at = start()
     assert "Demo workspace: synthetic images" in "\n".join(i.value for i in at.info)
     said = texts(at)  # start-up says what it does instead of a bare spinner
@@ -424,6 +428,9 @@ def test_pretrain_long_recipe_is_offered_and_refused_where_it_does_not_exist(pha
     upload(at, files(phantom.head(8)))
     at.switch_page("app_pages/pretrain.py").run()
     assert any(o.startswith("Long (the shipped backbone") for o in at.radio(key="pt_preset").options)
+    from engine.ssl.registry import METHODS  # every registered SSL method is offered, by its label
+
+    assert at.selectbox(key="pt_method").options == [spec.label for spec in METHODS.values()]
     at.selectbox(key="pt_method").set_value("spark")
     at.radio(key="pt_preset").set_value("long")
     submit(at, "Start pretraining")

@@ -20,11 +20,8 @@ S = 64
 
 
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory) -> Path:
-    from engine.data.phantom import generate
-
-    return generate(tmp_path_factory.mktemp("phantom") / "ph", n=40, size=S, seed=0, findings=("nodule", "mass"),
-                    prevalence=0.4)
+def phantom(phantom_set) -> Path:
+    return phantom_set(40, S, 0, findings=("nodule", "mass"), prevalence=0.4)
 
 
 def test_cli_writes_grids_localization_and_summary(phantom, tmp_path):

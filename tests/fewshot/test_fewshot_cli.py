@@ -22,10 +22,8 @@ def _run(*args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def test_sweep_classify_predict_cli(tmp_path, capsys):
-    from engine.data.phantom import generate
-
-    manifest = generate(tmp_path / "ph", 60, size=48, seed=2, findings=("cardiomegaly",), prevalence=0.4)
+def test_sweep_classify_predict_cli(tmp_path, capsys, phantom_set):
+    manifest = phantom_set(60, 48, 2, findings=("cardiomegaly",), prevalence=0.4)  # shared with test_kill9.py
     out = tmp_path / "sweep"
     r = _run("sweep", "--manifest", str(manifest), "--finding", "cardiomegaly", "--inits", "random,imagenet",
              "--modes", "probe", "--shots", "1,3", "--trials", "2", "--out", str(out), "--image-size", "32",
@@ -55,7 +53,7 @@ def test_sweep_classify_predict_cli(tmp_path, capsys):
     assert info["model"] == str(model) and 0.0 <= info["ci_low"] <= info["auc"] <= info["ci_high"] <= 1.0
     assert "Estimated AUC" in captured.err
 
-    images = sorted((tmp_path / "ph" / "images").glob("*.png"))[:2]
+    images = sorted((manifest.parent / "images").glob("*.png"))[:2]
     r = _run("predict", "--model", str(model), *map(str, images), str(tmp_path / "missing.png"), "--device", "cpu")
     assert r.returncode == 1  # one file could not be read; the others were still predicted
     lines = [json.loads(line) for line in r.stdout.strip().splitlines()]

@@ -16,30 +16,27 @@ from engine.models import UnknownInitError
 SIZE = 64
 
 
-def phantom_manifest(tmp_path_factory) -> str:
-    """A 240-image phantom (cardiomegaly at 40% prevalence, 64 px) plus a pure-noise label column.
-
-    Generated once per test session and shared by the few-shot test modules through the filesystem.
-    """
-    from engine.data.phantom import generate
-
+def phantom_manifest(tmp_path_factory, phantom_set) -> str:
+    """A 240-image phantom (cardiomegaly at 40% prevalence, 64 px; the session's shared set) plus a
+    pure-noise label column, in a manifest of its own made once per session."""
     base = tmp_path_factory.getbasetemp() / "fewshot-phantom"
     csv = base / "manifest.csv"
     if not csv.exists():
-        generate(base / "data", 240, size=SIZE, seed=1, findings=("cardiomegaly",), prevalence=0.4)
-        df = pd.read_csv(base / "data" / "manifest.csv")
-        df["path"] = [str((base / "data" / p).resolve()) for p in df["path"]]
+        data = phantom_set(240, SIZE, 1, findings=("cardiomegaly",), prevalence=0.4).parent
+        base.mkdir(parents=True, exist_ok=True)
+        df = pd.read_csv(data / "manifest.csv")
+        df["path"] = [str((data / p).resolve()) for p in df["path"]]
         df["noise"] = np.random.default_rng(123).integers(0, 2, len(df))  # independent of the images
         df.to_csv(csv, index=False)
     return str(csv)
 
 
 @pytest.fixture
-def manifest(tmp_path_factory, monkeypatch) -> str:
+def manifest(tmp_path_factory, phantom_set, monkeypatch) -> str:
     """The shared phantom, with a workspace shared by this module's tests (image and feature caches are
     keyed by content, so sharing them only saves time; every test still runs its own sweep)."""
     monkeypatch.setenv("SCARCE_CXR_WORKSPACE", str(tmp_path_factory.getbasetemp() / "fewshot-sweep-ws"))
-    return phantom_manifest(tmp_path_factory)
+    return phantom_manifest(tmp_path_factory, phantom_set)
 
 
 def test_noise_labels_centre_on_chance_and_a_visible_lesion_scores_well_above(manifest, tmp_path):
@@ -134,7 +131,8 @@ def test_the_progress_bar_counts_trials_only_and_never_goes_back(manifest, tmp_p
 
     cfg = SweepConfig(findings=("cardiomegaly",), inits=("random",), modes=("probe", "double_finetune"), shots=(2,),
                       trials=2, image_size=32, n_bootstrap=20, batch_trials=True, intermediate_finding="noise",
-                      intermediate_max_images=24, finetune=FinetuneConfig(mode="last_stage", steps=3, batch_size=4))
+                      intermediate_max_images=24,
+                      finetune=FinetuneConfig(mode="last_stage", steps=3, batch_size=4, intermediate_steps=3))
     events = []
     res = run_sweep(manifest, cfg, tmp_path / "bar", "cpu", on_event=events.append)
     counted = [e for e in events if e.step is not None or e.total is not None]

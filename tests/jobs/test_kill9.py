@@ -179,11 +179,10 @@ def test_kill9_during_pretraining_then_resume_is_bit_identical(tmp_path):
     assert _tree(tmp_path, (run_dir, ckpts)) == before                        # nothing written elsewhere
 
 
-def test_kill9_during_a_sweep_then_resume_gives_the_uninterrupted_rows(tmp_path):
+def test_kill9_during_a_sweep_then_resume_gives_the_uninterrupted_rows(tmp_path, phantom_set):
     from engine.cli import main
-    from engine.data.phantom import generate
 
-    manifest = generate(tmp_path / "ph", 60, size=48, seed=2, findings=("cardiomegaly",), prevalence=0.4)
+    manifest = phantom_set(60, 48, 2, findings=("cardiomegaly",), prevalence=0.4)  # shared with test_fewshot_cli.py
     args = ["sweep", "--manifest", str(manifest), "--finding", "cardiomegaly", "--inits", "random", "--modes", "probe",
             "--shots", "1,2,3,5", "--trials", "3", "--image-size", "32", "--device", "cpu"]
     assert main([*args, "--out", str(tmp_path / "ref")]) == 0
@@ -191,6 +190,7 @@ def test_kill9_during_a_sweep_then_resume_gives_the_uninterrupted_rows(tmp_path)
     ref = pd.read_csv(tmp_path / "ref" / "trials.csv")[cols].sort_values(["shots", "trial"]).reset_index(drop=True)
     out = tmp_path / "sweep"
     before = _tree(tmp_path, (out, tmp_path / "workspace"))
+    phantom_before = _tree(manifest.parent, ())
     kills = 0
     for i, delay in enumerate(np.random.default_rng(3).uniform(0.0, 0.5, 2)):
         proc = _start("-m", "engine", *args, "--out", str(out), *(("--resume",) if (out / "trials.csv").exists() else ()))
@@ -206,3 +206,4 @@ def test_kill9_during_a_sweep_then_resume_gives_the_uninterrupted_rows(tmp_path)
     got = pd.read_csv(out / "trials.csv")[cols].sort_values(["shots", "trial"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(got, ref)                      # nothing lost, nothing twice, same numbers
     assert _tree(tmp_path, (out, tmp_path / "workspace")) == before
+    assert _tree(manifest.parent, ()) == phantom_before           # nor next to the manifest

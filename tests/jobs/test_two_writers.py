@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -133,12 +135,12 @@ def test_classify_job_refuses_names_that_would_escape_the_workspace(tmp_path):
 # ------------------------------------------------------------------------------------- sweep lock
 
 
-def _hold_lock(path: str, ready, release) -> None:
-    from filelock import FileLock
-
-    with FileLock(path):
-        ready.set()
-        release.wait(30)
+HOLD_LOCK = """import sys
+from filelock import FileLock
+with FileLock(sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+"""
 
 
 def _tiny_manifest(tmp_path: Path) -> Path:
@@ -155,20 +157,19 @@ def test_two_sweeps_on_one_folder_the_second_is_refused_and_nothing_is_lost(tmp_
     cfg = SweepConfig(findings=("mass",), inits=("random",), modes=("probe",), shots=(2, 4), trials=3,
                       image_size=32, n_bootstrap=20)
     out = tmp_path / "sweep"
-    # another process holds the folder: refused at once, nothing written
-    ctx = mp.get_context("spawn")
-    ready, release = ctx.Event(), ctx.Event()
+    # another process holds the folder: refused at once, nothing written (a bare interpreter with filelock:
+    # a spawned multiprocessing child would re-import this module, torch and all)
     out.mkdir()
-    p = ctx.Process(target=_hold_lock, args=(str(out / LOCK_NAME), ready, release))
-    p.start()
+    p = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out / LOCK_NAME)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
     try:
-        assert ready.wait(60)
+        assert p.stdout.readline().strip() == "held"
         with pytest.raises(SweepBusyError, match=f"another sweep is writing to {out}.*wait for it to finish"):
             run_sweep(csv, cfg, out, "cpu")
         assert sorted(f.name for f in out.iterdir()) == [LOCK_NAME]
     finally:
-        release.set()
-        p.join(30)
+        p.stdin.close()
+        p.wait(30)
     # two sweeps in one process at once: the second is refused while the first writes; all rows kept
     started, go_on = threading.Event(), threading.Event()
 

@@ -14,13 +14,11 @@ from engine.ssl.monitor import CollapseControl, CollapseController, parse_collap
 
 
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory) -> np.ndarray:
+def phantom(phantom_set) -> np.ndarray:
     """24 phantom radiographs at 32 px as the (N, S, S) uint8 array the loop trains on."""
     from PIL import Image
 
-    from engine.data.phantom import generate
-
-    out = generate(tmp_path_factory.mktemp("phantom"), n=24, size=32, seed=0)
+    out = phantom_set(24, 32, 0)
     paths = sorted((out.parent / "images").glob("*.png"))
     return np.stack([np.asarray(Image.open(p).convert("L").resize((32, 32))) for p in paths]).astype(np.uint8)
 

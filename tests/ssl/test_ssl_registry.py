@@ -4,8 +4,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -32,7 +30,7 @@ def test_every_method_class_is_registered_once_and_its_spec_resolves():
     from engine.ssl.common import OptimRecipe
 
     classes = _method_classes()
-    assert set(classes) == set(METHODS) == set(method_names())
+    assert set(classes) == set(METHODS)  # no method class is left out of the registry, none is registered twice
     for name, spec in METHODS.items():
         assert spec.name == name and spec.method_cls is classes[name] and spec.method_cls.__module__ == spec.module
         assert dataclasses.is_dataclass(spec.config_cls) and spec.config_cls.__dataclass_params__.frozen
@@ -59,13 +57,19 @@ def test_unknown_names_fail_listing_the_registered_ones():
         register(MethodSpec(name="moco_v2", label="x", summary="x", module="m", config="c", method="m", opt_example="x"))
 
 
-def test_readers_take_the_registry_and_it_does_not_import_torch():
-    from engine.ssl.commands import METHOD_NAMES
-    from ui.widgets import METHOD_LABEL
+def test_the_cli_takes_every_registered_method_and_refuses_others_listing_them(capsys):
+    """The readers act on the registry: `pretrain --method` accepts each registered name and refuses an unknown
+    one listing them all; the app's method labels are the registry's (the Pretrain page's options are checked
+    in tests/app/test_app_pages.py). The registry importing no torch: test_ssl_pretrain.py's laziness test."""
+    from engine.cli import build_parser
+    from ui.widgets import METHOD_LABEL, method_label
 
-    assert METHOD_NAMES == method_names()
-    assert {n: METHOD_LABEL[n] for n in METHODS} == {n: s.label for n, s in METHODS.items()}
-    assert not {"simclr", "byol", "mae", "vicreg"} & set(METHOD_LABEL)
-    code = "import sys, engine.ssl.registry, engine.ssl.presets; assert 'torch' not in sys.modules"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
+    parser = build_parser()
+    for name, spec in METHODS.items():
+        assert parser.parse_args(["pretrain", "--data", "d.csv", "--out", "x", "--method", name]).method == name
+        assert method_label(name) == spec.label
+    with pytest.raises(SystemExit):
+        parser.parse_args(["pretrain", "--data", "d.csv", "--out", "x", "--method", "simclr"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'simclr'" in err and all(repr(n) in err for n in method_names())
+    assert not {"simclr", "byol", "mae", "vicreg"} & set(METHOD_LABEL)  # no label for a method that does not exist

@@ -40,7 +40,7 @@ def test_verdict_threshold_corrects_for_picking_the_best_of_several_findings():
 
 def test_bench_pretrains_and_compares_with_random(tmp_path, capsys):
     bench = _bench()
-    rc = bench.main(["--methods", "spark,moco_v2", "--n", "60", "--size", "64", "--steps", "2", "--batch-size", "8",
+    rc = bench.main(["--methods", "spark,moco_v2", "--n", "60", "--size", "32", "--steps", "2", "--batch-size", "8",
                      "--trials", "2", "--shots", "2", "--findings", "cardiomegaly", "--workdir", str(tmp_path)])
     assert rc == 0
     res = json.loads((tmp_path / "results.json").read_text())

@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 
 from engine.cli import main
-from engine.data.phantom import generate
 from engine.events import Cancelled
 from engine.study.config import StudyConfig
 from engine.study.runner import StudyExistsError, plan_stages, run_study
@@ -17,9 +16,8 @@ S = 64
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("phantom") / "ph", n=48, size=S, seed=0, findings=("nodule",),
-                    prevalence=0.5)
+def data(phantom_set):
+    return phantom_set(48, S, 0, findings=("nodule",), prevalence=0.5)
 
 
 def _cfg(data, **kw):

@@ -20,10 +20,8 @@ def _no_autopretrain(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def phantom_csv(tmp_path_factory) -> Path:
-    from engine.data.phantom import generate
-
-    return generate(tmp_path_factory.mktemp("phantom"), n=40, size=64, seed=3, findings=("nodule",), prevalence=0.5)
+def phantom_csv(phantom_set) -> Path:
+    return phantom_set(40, 64, 3, findings=("nodule",), prevalence=0.5)
 
 
 def services():
