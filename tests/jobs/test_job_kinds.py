@@ -12,8 +12,8 @@ import pytest
 from engine.jobs import JobRunner
 from engine.store import Store
 from engine.tasks import (
-    KINDS, ClassifyParams, GradcamImageParams, GradcamStudyParams, ImportParams, PretrainParams, SimilarityParams,
-    StudyParams, SweepParams, register_all,
+    KINDS, ClassifyParams, GradcamImageParams, GradcamStudyParams, ImportParams, LabelAdviceParams, PretrainParams,
+    ScoreImagesParams, SimilarityParams, StudyParams, SweepParams, register_all,
 )
 
 S = 32  # pixels: every kind at the smallest size a ResNet runs at
@@ -34,6 +34,9 @@ def _tiny_jobs(phantom: Path, image_id: int) -> dict[str, object]:
         "study": StudyParams(methods=("moco_v2",), reuse=("moco_v2=kinds-moco",), findings=("nodule",),
                              name="kinds", image_size=S, shots=(2,), trials=1, baselines=("random",),
                              gradcam_images=1, gradcam_shots=2),
+        # the classifier made by "classify" above scores the workspace's images (and validates on their labels)
+        "score_images": ScoreImagesParams(classifier="<classify's file>", image_ids=(-1,), finding="nodule"),
+        "label_advice": LabelAdviceParams(finding="nodule", init="random", image_size=S, k=3, extra=4, repeats=2),
     }
 
 
@@ -49,7 +52,7 @@ def _recorded(kind: str, store: Store, result: dict) -> None:
     elif kind == "gradcam_image":
         assert Path(result["original"]).exists() and [r["init"] for r in result["rows"]] == ["random"]
     else:  # a results row of the kind's own, pointing at what it wrote
-        results = {"classify": "classifier"}.get(kind, kind)
+        results = {"classify": "classifier", "score_images": "scores"}.get(kind, kind)
         (row,) = store.results(kind=results)
         assert row["id"] == result["result_id"] and Path(row["path"]).exists()
 
@@ -72,6 +75,10 @@ def test_every_job_kind_submits_runs_on_a_tiny_workspace_and_records_its_result(
             if kind == "gradcam_image":  # a positive image of the imported workspace
                 df = store.images()
                 params = dataclasses.replace(params, image_id=int(df[df["nodule"] == 1]["id"].iloc[0]))
+            if kind == "score_images":  # the classify job's file, every workspace image
+                (clf,) = store.results(kind="classifier")
+                params = dataclasses.replace(params, classifier=str(clf["path"]),
+                                             image_ids=tuple(int(i) for i in store.images()["id"]))
             jid = runner.submit(kind, params)
             snap = runner.wait(jid, timeout=600)
             assert snap.state == "done", (kind, snap.state, snap.error)
