@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.explain.gradcam import METHODS
+from engine.explain.single_image import heatmap_caveat
 from engine.jobs import JobSnapshot
 from engine.models import list_inits
 from engine.tasks import GradcamImageParams, GradcamStudyParams
@@ -33,7 +34,8 @@ def is_flat(r: dict[str, Any]) -> bool:
 
 
 def fmt_scores(r: dict[str, Any]) -> str:
-    parts = [f"p = {r['probability']:.2f}" if "probability" in r else f"p = {r.get('prob', float('nan')):.2f}"]
+    parts = [f"p = {r['probability']:.2f} (calibrated)" if "probability" in r
+             else f"p = {r.get('prob', float('nan')):.2f}"]
     if r.get("energy_ratio") == r.get("energy_ratio") and "energy_ratio" in r:
         parts += [f"in region {100 * r['energy_in_region']:.0f}%", f"ratio {r['energy_ratio']:.1f}",
                   "hit" if r.get("pointing_hit") == 1 else "miss", f"IoU {r['topq_iou']:.2f}"]
@@ -119,6 +121,7 @@ def draw_image_result(res: dict[str, Any]) -> None:
         c.markdown(f"**{names.get(r['init'], r['init'])}**  \n{fmt_scores(r)}")
         if is_flat(r):
             c.caption(f":material/info: {FLAT_MAP_NOTE}.")
+    st.caption(f":material/info: {heatmap_caveat(int(res.get('image_size') or 224), str(res.get('layer') or 'layer4'))}")
     if res.get("region") != "none":
         st.caption(SCORE_HELP)
 
@@ -153,6 +156,8 @@ def show_study(res: dict[str, Any]) -> None:
                 "Pointing hits": st.column_config.NumberColumn(format="percent"),
                 "Top-15% IoU": st.column_config.NumberColumn(format="%.3f")})
             st.caption(SCORE_HELP)
+    if s.get("grids"):
+        st.caption(f":material/info: {heatmap_caveat(int(s.get('image_size') or 224), str(s.get('layer') or 'layer4'))}")
     for g in s.get("grids", []):
         gp = Path(g)
         if not gp.exists():

@@ -21,6 +21,9 @@ from engine.explain.overlay import overlay
 from engine.fewshot.classifier import Classifier, ClassifierScoreError
 
 
+DEFAULT_OPACITY = 0.6  # heatmap colour opacity where the map is highest; the X-ray shows through where it is low
+
+
 @dataclass
 class LoadedClassifier:
     clf: Classifier
@@ -31,7 +34,7 @@ class LoadedClassifier:
 class Explained:
     name: str
     image: np.ndarray | None = None  # float32 HxW in [0, 1]
-    overlay: np.ndarray | None = None  # uint8 HxWx3
+    overlay: np.ndarray | None = None  # uint8 HxWx3 (opacity proportional to the map, at most DEFAULT_OPACITY)
     probability: float | None = None  # calibrated
     label: int | None = None  # 1 = probability >= threshold
     threshold: float | None = None
@@ -39,6 +42,11 @@ class Explained:
     distance: float | None = None  # to the nearest training image (L2-normalized features)
     distance_threshold: float | None = None
     error: str | None = None
+    heat: np.ndarray | None = None  # float32 HxW in [0, 1], the Grad-CAM map at the image's size
+
+    def overlay_at(self, opacity: float) -> np.ndarray | None:
+        """The overlay redrawn with colour opacity `opacity` in [0, 1] at the map's maximum (proportional to the map)."""
+        return None if self.heat is None else overlay(self.image, self.heat, alpha=float(opacity))
 
 
 def explain_uploads(loaded: LoadedClassifier, files: list[tuple[str, bytes]], method: str = "gradcam",
@@ -60,9 +68,9 @@ def explain_uploads(loaded: LoadedClassifier, files: list[tuple[str, bytes]], me
                 out.append(Explained(name, img, error=f"No answer for this image: {e}"))
                 continue
             heat, _ = classifier_heatmap(clf, img, method)
-            out.append(Explained(name, img, overlay(img, heat), float(pred["probability"]), int(pred["label"]),
-                                 float(pred["threshold"]), pred["unfamiliar"], pred["familiarity_distance"],
-                                 pred["familiarity_threshold"]))
+            out.append(Explained(name, img, overlay(img, heat, alpha=DEFAULT_OPACITY), float(pred["probability"]),
+                                 int(pred["label"]), float(pred["threshold"]), pred["unfamiliar"],
+                                 pred["familiarity_distance"], pred["familiarity_threshold"], heat=heat))
     return out
 
 

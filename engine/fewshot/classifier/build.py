@@ -26,6 +26,7 @@ from engine.fewshot.classifier.errors import ClassifierDataError
 from engine.fewshot.classifier.estimate import Estimate, check_counts, cv_folds, sentence
 from engine.fewshot.classifier.familiarity import Familiarity, fit_familiarity
 from engine.fewshot.classifier.inputs import ImageInput, forward_with_frozen, to_uint8
+from engine.fewshot.classifier.operating import with_intervals
 from engine.fewshot.classifier.model import Classifier
 from engine.fewshot.classifier.schema import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from engine.fewshot.features import ArrayImages, embed, weights_fingerprint
@@ -165,7 +166,7 @@ def _summarize(oof: np.ndarray, y: np.ndarray, k: int, finding: str, calibration
     lo, hi = percentile_interval(boots)
     cal = fit_calibration(oof.ravel(), np.tile(y, R), calibration, np.full(oof.size, 1.0 / R))
     cv_probs = cal(oof.ravel()).reshape(oof.shape)  # (R, N)
-    op = choose_operating_point(np.tile(y, R), cv_probs.ravel(), "youden")
+    op = with_intervals(choose_operating_point(np.tile(y, R), cv_probs.ravel(), "youden"), y, cv_probs, seed=seed)[0]
     est = Estimate(auc=float(rep_auc.mean()), ci_low=lo, ci_high=hi, n_positive=int((y == 1).sum()),
                    n_negative=int((y == 0).sum()), folds=k, repeats=R, repeat_aucs=tuple(float(a) for a in rep_auc),
                    warnings=tuple(warnings))

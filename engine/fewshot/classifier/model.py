@@ -16,7 +16,9 @@ from engine.fewshot.classifier.errors import ClassifierLoadError, ClassifierScor
 from engine.fewshot.classifier.estimate import Estimate
 from engine.fewshot.classifier.familiarity import Familiarity
 from engine.fewshot.classifier.inputs import ImageInput, forward_with_frozen, to_uint8
+from engine.fewshot.classifier.operating import Replicates, with_intervals
 from engine.fewshot.classifier.schema import FORMAT, FORMAT_VERSION, read_classifier, write_classifier
+from engine.fewshot.classifier.usability import Usability, assess
 from engine.fewshot.features import weights_fingerprint
 from engine.fewshot.probe import Probe
 from engine.models.backbones import ARCHS, DEFAULT_LAYER, build_backbone, prepare_batch
@@ -53,6 +55,7 @@ class Classifier:
         self.familiarity = familiarity
         self.version = version
         self.checkpoint_dir = checkpoint_dir  # where a registry init is looked up (None: engine.paths default)
+        self._op_cache: dict[tuple[str, float | None], tuple[OperatingPoint, Replicates | None]] = {}
 
     # -- model
     @property
@@ -123,15 +126,40 @@ class Classifier:
         return self.calibration(logits)
 
     def operating_point(self, rule: str = "youden", target: float | None = None) -> OperatingPoint:
-        """The cut for `rule` ("youden" | "sensitivity" | "specificity" with `target` in (0, 1]) with its
-        cross-validated sensitivity and specificity. Files of format v1 have only their saved cut."""
+        """The cut for `rule` ("youden" | "equal" | "sensitivity" | "specificity" with `target` in (0, 1]) with
+        its cross-validated sensitivity and specificity and their 95% intervals (repeats x bootstrap, see
+        engine.fewshot.classifier.operating). Files of format v1 have only their saved cut."""
+        return self.operating_point_replicates(rule, target)[0]
+
+    def operating_point_replicates(self, rule: str = "youden", target: float | None = None
+                                   ) -> tuple[OperatingPoint, Replicates | None]:
+        """(operating point with intervals, its bootstrap x repeat replicates; None for v1 files). Memoized."""
+        key = (rule, None if target is None else float(target))
+        if key in self._op_cache:
+            return self._op_cache[key]
         if self.cv_probs is None or self.cv_labels is None:
             if rule != "youden":
                 raise ClassifierLoadError("this classifier was saved by an older version without cross-validated "
                                           "scores; rebuild it to choose an operating point")
-            return self.operating or OperatingPoint("youden", None, self.threshold, math.nan, math.nan)
+            return self.operating or OperatingPoint("youden", None, self.threshold, math.nan, math.nan), None
         R = self.cv_probs.shape[0]
-        return choose_operating_point(np.tile(self.cv_labels, R), self.cv_probs.ravel(), rule, target)
+        op = choose_operating_point(np.tile(self.cv_labels, R), self.cv_probs.ravel(), rule, target)
+        self._op_cache[key] = with_intervals(op, self.cv_labels, self.cv_probs)
+        return self._op_cache[key]
+
+    @property
+    def usability(self) -> Usability:
+        """Usable or not, with plain-language reasons (engine.fewshot.classifier.usability), recomputed from the
+        cross-validated probabilities, the AUC estimate and the saved operating point."""
+        return assess(self.cv_probs, self.estimate, self.operating)
+
+    @property
+    def training_prevalence(self) -> float:
+        """Share of training images with the finding (the mix the calibrated probabilities hold at)."""
+        if self.cv_labels is not None:
+            return float(np.mean(self.cv_labels))
+        pos, neg = int(self.counts.get("positive", 0)), int(self.counts.get("negative", 0))
+        return pos / (pos + neg) if pos + neg else math.nan
 
     def predict(self, images: Sequence[ImageInput], threshold: float | None = None) -> list[dict[str, Any]]:
         """One dict per image (float32 HxW arrays in [0, 1] or paths): `probability` (calibrated), `label`
@@ -172,6 +200,8 @@ class Classifier:
             "calibration": self.calibration.to_dict(),
             "operating_point": self.operating.to_dict() if self.operating else None,
             "familiarity": self.familiarity.meta() if self.familiarity is not None else None,
+            "usability": self.usability.to_dict(),
+            "training_prevalence": self.training_prevalence if math.isfinite(self.training_prevalence) else None,
         }
 
     def tensors(self) -> dict[str, torch.Tensor]:
