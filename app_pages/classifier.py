@@ -95,11 +95,13 @@ def measured_aucs(svc: Services, finding: str, n_pos: int, n_neg: int) -> dict[s
     return best
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
-def expected_seconds(n: int, mode: str, arch: str, size: int, device: str) -> dict[str, float]:
+@st.cache_data(show_spinner="Timing this machine...", max_entries=32, ttl=60)
+def expected_seconds(n: int, mode: str, arch: str, size: int, device: str,
+                     sample_paths: tuple[str, ...] = ()) -> dict[str, float]:
+    """Build time timed now (engine.fewshot.classifier.timing), so it includes the current load; kept 60 s."""
     from engine.fewshot.classifier import estimate_seconds
 
-    return estimate_seconds(n, mode, arch, size, device=device)
+    return estimate_seconds(n, mode, arch, size, device=device, sample_paths=sample_paths)
 
 
 def fmt_minutes(seconds: float) -> str:
@@ -340,11 +342,13 @@ if finding and init:
     info = next((i for i in list_inits() if i.name == init), None)
     size = int(((info.info if info else {}) or {}).get("image_size") or 224)
     arch = info.arch if info is not None and info.arch in ("resnet18", "resnet50", "densenet121") else "resnet18"
-    eta = expected_seconds(len(ids), mode, arch, size, "cuda" if svc.runner.device.type == "cuda" else "cpu")
+    imgs = svc.store.images()
+    sample = tuple(imgs.loc[imgs["id"].isin(ids[:2]), "file"].astype(str))
+    eta = expected_seconds(len(ids), mode, arch, size, "cuda" if svc.runner.device.type == "cuda" else "cpu", sample)
     st.caption(f":material/schedule: Expected time on this machine: **{fmt_minutes(eta['seconds'])}** "
                f"({len(ids)} images at {size} px; {int(eta['trainings'])} model fits for "
-               f"{int(eta['repeats'])} repeat(s) of cross-validation plus the final one; measured from this "
-               "computer's speed, longer while other jobs run).")
+               f"{int(eta['repeats'])} repeat(s) of cross-validation plus the final one; timed on this computer "
+               "within the last minute, so it includes the current load; it grows if other jobs start).")
     building = job_running(svc, "classifier")
     if st.button("Build classifier", type="primary", icon=":material/construction:", key="clf_build", disabled=building,
                  help="Disabled while a build runs." if building else None):

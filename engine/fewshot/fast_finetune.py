@@ -145,9 +145,9 @@ def build_activation_cache(
 
 def finetune_cached(
     backbone: Backbone, cache: ActivationCache, rows: np.ndarray, y: np.ndarray, cfg: FastFinetune,
-    device: torch.device | str, seed: int, stop: threading.Event | None = None, head_init: nn.Linear | None = None,
+    device: torch.device | str, seed: int, stop: threading.Event | None = None,
 ) -> tuple[LastStage, nn.Linear]:
-    """Train a copy of the last stage + a head (a copy of `head_init`, else zeros) on cached activations of `rows` (labels y,
+    """Train a copy of the last stage + a zero-initialized head on cached activations of `rows` (labels y,
     0/1, both classes). AdamW, cosine decay, BatchNorm in eval mode, each step a batch of `cfg.batch_size`
     rows (all when fewer), each row at a random one of its V+1 views. Returns (LastStage, head) on `device`.
     Raises ValueError for one-class labels, Cancelled when `stop` is set (between steps)."""
@@ -162,8 +162,6 @@ def finetune_cached(
     head = nn.Linear(meta.feat_dim, 1).to(device)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
-    if head_init is not None:
-        head.load_state_dict({k: v.detach().float() for k, v in head_init.state_dict().items()})
     opt = torch.optim.AdamW([{"params": list(head.parameters()), "lr": cfg.lr_head},
                              {"params": [p for p in stage.parameters()], "lr": cfg.lr_backbone}],
                             weight_decay=cfg.weight_decay)

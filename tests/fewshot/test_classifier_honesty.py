@@ -180,3 +180,44 @@ def test_predict_cli_reports_prevalence_adjusted_probabilities_and_predictive_va
     assert row["npv"] > 0.9  # at 5% prevalence most negatives are right
     assert main(["predict", "--model", str(path), str(png), "--prevalence", "2"]) == 2
     assert "between 0 and 1" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- the finetune case
+
+def test_why_the_finetune_gave_0_5213_platt_clamp_on_chance_level_scores_gives_the_smoothed_prevalence():
+    """Issue 21's finetune printed 0.5213 for every image: with 12 positives and 11 negatives, a Platt fit whose
+    maximum-likelihood slope is <= 0 (out-of-fold scores no better than chance, a few confidently wrong) is
+    clamped to slope 0, and the intercept-only fit returns the mean of Platt's smoothed targets."""
+    from engine.fewshot.classifier import fit_calibration
+
+    y = np.r_[np.ones(12), np.zeros(11)]
+    rng = np.random.default_rng(0)
+    s = rng.normal(0, 3, 23)
+    s[:2], s[12:14] = -9.0, 9.0  # confidently wrong out-of-fold logits, as a 50-step finetune gives
+    cal = fit_calibration(s, y, "platt")
+    assert cal.a == 0.0
+    smoothed = (12 * 13 / 14 + 11 * 1 / 13) / 23
+    assert smoothed == pytest.approx(0.5213, abs=5e-5)
+    assert np.allclose(cal(s), smoothed, atol=1e-4)
+    u = assess(cal(s)[None, :], None, choose_operating_point(y, cal(s)))
+    assert not u.usable and "same probability to every image" in u.reasons[0]
+
+
+def test_a_real_finetune_at_chance_is_marked_not_usable_and_refused(tmp_path, capsys):
+    """The fast finetune on images whose labels carry no signal: whatever its calibration, it is not offered."""
+    from PIL import Image
+
+    from engine.cli import main
+    from engine.fewshot.finetune import FastFinetune
+
+    imgs, _ = _arrays(12, 11, seed=5)
+    y = np.random.default_rng(3).permutation(np.r_[np.ones(12), np.zeros(11)])  # labels unrelated to the images
+    clf, est = build_classifier(imgs, y, init="random", mode="finetune", image_size=32, n_bootstrap=200,
+                                finetune_cfg=FastFinetune(steps=5, views=1))
+    use = clf.usability
+    assert not use.usable, (est.auc, est.ci_low, clf.calibration)
+    path = clf.save(tmp_path / "ft.safetensors")
+    png = tmp_path / "x.png"
+    Image.fromarray((imgs[0] * 255).astype(np.uint8)).save(png)
+    assert main(["predict", "--model", str(path), str(png)]) == 2
+    assert "NOT USABLE" in capsys.readouterr().err
