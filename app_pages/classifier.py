@@ -14,7 +14,7 @@ from engine.models import list_inits
 from engine.tasks import ClassifyParams
 from ui.classifier_panels import operating_panel, prevalence_panel, review_panel, usability_banner
 from ui.inference import (DEFAULT_OPACITY, LoadedClassifier, explain_uploads, familiarity_note, fmt_pair, headline,
-                          verdict)
+                          training_note, verdict)
 from ui.jobs import set_watched, status_block, watch, watched
 from ui.services import Services, services
 from ui.widgets import (UPLOAD_TYPES, empty_state, init_label, is_synthetic_workspace, method_label, page_header,
@@ -319,6 +319,8 @@ def predict_panel(res: dict[str, Any], loaded: LoadedClassifier | None, op: Oper
             note = familiarity_note(r)
             if note:
                 st.warning(note, icon=":material/help:")
+            if training_note(r):
+                st.info(training_note(r), icon=":material/school:")
             st.caption("Decision support only: a clinician must review every image.")
 
 

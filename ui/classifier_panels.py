@@ -114,7 +114,7 @@ def roc_figure(fpr: np.ndarray, tpr: np.ndarray, op: OperatingPoint, auc: float)
                       xaxis_title="1 - specificity (false alarms)", yaxis_title="sensitivity",
                       legend={"orientation": "h", "y": -0.3})
     fig.update_xaxes(range=[0, 1])
-    fig.update_yaxes(range=[0, 1.02], scaleanchor="x")
+    fig.update_yaxes(range=[0, 1.02])
     return fig
 
 

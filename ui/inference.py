@@ -43,6 +43,7 @@ class Explained:
     distance_threshold: float | None = None
     error: str | None = None
     heat: np.ndarray | None = None  # float32 HxW in [0, 1], the Grad-CAM map at the image's size
+    training_image: bool | None = None  # (nearly) one of the classifier's training images
 
     def overlay_at(self, opacity: float) -> np.ndarray | None:
         """The overlay redrawn with colour opacity `opacity` in [0, 1] at the map's maximum (proportional to the map)."""
@@ -70,7 +71,8 @@ def explain_uploads(loaded: LoadedClassifier, files: list[tuple[str, bytes]], me
             heat, _ = classifier_heatmap(clf, img, method)
             out.append(Explained(name, img, overlay(img, heat, alpha=DEFAULT_OPACITY), float(pred["probability"]),
                                  int(pred["label"]), float(pred["threshold"]), pred["unfamiliar"],
-                                 pred["familiarity_distance"], pred["familiarity_threshold"], heat=heat))
+                                 pred["familiarity_distance"], pred["familiarity_threshold"], heat=heat,
+                                 training_image=pred.get("training_image")))
     return out
 
 
@@ -103,6 +105,14 @@ def headline(p: float, threshold: float, finding: str) -> str:
     """The large-type line: the verdict itself, so it can never contradict the number beside it."""
     f = finding.replace("_", " ")
     return f"Suggests {f}" if p >= threshold else f"Does not suggest {f}"
+
+
+def training_note(r: Explained) -> str | None:
+    """A note when the image is one of the training images (its score is then no test of the classifier)."""
+    if not r.training_image:
+        return None
+    return ("This is one of the training images (or a copy of it): the classifier has seen it, so its score says "
+            "nothing about how well it works. The cross-validated figures above are the honest test.")
 
 
 def familiarity_note(r: Explained) -> str | None:

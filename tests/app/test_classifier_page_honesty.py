@@ -66,7 +66,10 @@ def test_page_shows_intervals_prevalence_error_analysis_and_the_heatmap_caveat(p
     assert at.slider(key="clf_opacity").value == 0.6
     at.slider(key="clf_opacity").set_value(0.0).run()  # redraws without re-scoring; the X-ray unchanged
     assert not at.exception, [e.value for e in at.exception]
-    assert len(at.image) == 2  # the X-ray and its overlay
+    captions = [c for img in at.image for c in img.captions]
+    assert captions.count("X-ray") == 1 and captions.count("Grad-CAM: red = regions that raised the score") == 1
+    wrong = len(at.image) - 2  # the rest: thumbnails of the images the CV scored on the wrong side of the cut
+    assert (wrong > 0) == ("Scored most wrongly" in texts(at))
 
 
 def test_a_constant_classifier_is_said_not_to_work_and_is_not_offered(phantom):

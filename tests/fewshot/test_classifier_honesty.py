@@ -221,3 +221,33 @@ def test_a_real_finetune_at_chance_is_marked_not_usable_and_refused(tmp_path, ca
     Image.fromarray((imgs[0] * 255).astype(np.uint8)).save(png)
     assert main(["predict", "--model", str(path), str(png)]) == 2
     assert "NOT USABLE" in capsys.readouterr().err
+
+
+def test_training_images_are_marked_as_such_when_scored(built, tmp_path, capsys):
+    from PIL import Image
+
+    from engine.cli import main
+
+    imgs, _, clf, _ = built
+    out = clf.predict([imgs[0], imgs[5]])
+    assert all(r["training_image"] for r in out) and all(r["familiarity_distance"] < 1e-3 for r in out)
+    new, _ = _noisy(2, 2, seed=11)
+    assert not any(r["training_image"] for r in clf.predict(new))
+    png = tmp_path / "t.png"
+    Image.fromarray(np.round(imgs[0] * 255).astype(np.uint8)).save(png)  # the same pixels, read from a file
+    path = clf.save(tmp_path / "c.safetensors")
+    assert main(["predict", "--model", str(path), str(png)]) == 0
+    assert json.loads(capsys.readouterr().out.strip())["training_image"] is True
+
+
+def test_model_card_states_usability_training_prevalence_and_predictive_values(built):
+    from engine.tasks.fewshot import _predictive
+    from engine.tasks.model_card import model_card
+
+    _, _, clf, _ = built
+    card = model_card(clf.metadata(), predictive=_predictive(clf))
+    assert "Training prevalence:** 52%" in card and "Saerens" in card and "at prevalence 5%: PPV" in card
+    assert "95% interval" in card.split("Decision threshold")[1].split("\n")[0] and "NOT USABLE" not in card
+    const = _constant(clf)
+    card = model_card(const.metadata(), predictive=_predictive(const))
+    assert "NOT USABLE - do not use this classifier on patients" in card and "same probability" in card

@@ -25,6 +25,9 @@ from engine.models.backbones import ARCHS, DEFAULT_LAYER, build_backbone, prepar
 from engine.models.registry import load_backbone
 
 
+TRAINING_MATCH = 0.01  # feature distance (unit vectors) at or below which an image counts as a training image
+
+
 class Classifier:
     """A backbone (registry init, or finetuned weights) + a linear head on its pooled features, with a
     calibration map, cross-validated operating points and a familiarity rule (see engine.fewshot.classifier)."""
@@ -166,6 +169,8 @@ class Classifier:
         (1 = probability >= threshold), `threshold`, `finding`, `calibration`, `unfamiliar` (bool, or None for
         files without the rule), `familiarity_distance`, `familiarity_threshold`.
         `threshold` (default: the saved operating point's) is a cut on the calibrated probability.
+        `training_image` (files with the rule): True when the image is (nearly) one of the training images (distance
+        <= TRAINING_MATCH): its score is not a test of the classifier (issue 21).
         Raises ClassifierScoreError when a score is NaN or infinite (never returns a non-finite number)."""
         t = self.threshold if threshold is None else finite_number(threshold, "threshold", 0.0, 1.0)
         F, G = self._features(images)  # (N, D), (N, D')
@@ -181,10 +186,10 @@ class Classifier:
         for i, v in enumerate(p):
             r = {"probability": float(v), "label": int(v >= t), "threshold": t, "finding": self.finding,
                  "calibration": self.calibration.method, "unfamiliar": None, "familiarity_distance": None,
-                 "familiarity_threshold": None}
+                 "familiarity_threshold": None, "training_image": None}
             if d is not None:
                 r.update(unfamiliar=bool(d[i] > self.familiarity.threshold), familiarity_distance=float(d[i]),
-                         familiarity_threshold=self.familiarity.threshold)
+                         familiarity_threshold=self.familiarity.threshold, training_image=bool(d[i] <= TRAINING_MATCH))
             out.append(r)
         return out
 
