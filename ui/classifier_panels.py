@@ -49,7 +49,8 @@ def operating_panel(res: dict[str, Any], clf: Classifier) -> tuple[OperatingPoin
                          "specificity the reverse.")
     target = None
     if rule in ("sensitivity", "specificity"):
-        target = st.slider(f"{RULES[rule]} (cross-validated)", 0.50, 1.00, 0.90, 0.01, key=f"clf_op_t:{res['id']}:{rule}")
+        target = st.slider(f"{RULES[rule]} (cross-validated)", 0.50, 1.00, 0.90, 0.01,
+                           key=f"clf_op_t:{res['id']}:{rule}")
     try:
         op, rep = clf.operating_point_replicates(rule, target)
     except ClassifierLoadError as e:
@@ -135,7 +136,8 @@ def review_panel(res: dict[str, Any], clf: Classifier, op: OperatingPoint, thumb
     cm = confusion(P, y, op.threshold)
     f = str(res["summary"]["finding"]).replace("_", " ")
     fmt = (lambda v: f"{v:.0f}") if cm.repeats == 1 else (lambda v: f"{v:.1f}")
-    c2.markdown(f"Confusion matrix at cut-off {op.threshold:.2f}" + (f" (mean of {cm.repeats} repeats)" if cm.repeats > 1 else ""))
+    c2.markdown(f"Confusion matrix at cut-off {op.threshold:.2f}"
+                + (f" (mean of {cm.repeats} repeats)" if cm.repeats > 1 else ""))
     c2.table({"": [f"has {f}", f"no {f}"], "called positive": [fmt(cm.tp), fmt(cm.fp)],
               "called negative": [fmt(cm.fn), fmt(cm.tn)]})
     c2.caption(f"Sensitivity = {fmt(cm.tp)} / {fmt(cm.tp + cm.fn)}; specificity = {fmt(cm.tn)} / {fmt(cm.tn + cm.fp)}.")

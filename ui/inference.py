@@ -46,7 +46,7 @@ class Explained:
     training_image: bool | None = None  # (nearly) one of the classifier's training images
 
     def overlay_at(self, opacity: float) -> np.ndarray | None:
-        """The overlay redrawn with colour opacity `opacity` in [0, 1] at the map's maximum (proportional to the map)."""
+        """The overlay redrawn with colour opacity `opacity` in [0, 1] at the map's maximum (proportional to it)."""
         return None if self.heat is None else overlay(self.image, self.heat, alpha=float(opacity))
 
 

@@ -4,7 +4,6 @@ prevalence-adjusted probabilities and PPV/NPV."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,6 +110,8 @@ def test_row_order_permutation_keeps_the_cut_off_inside_its_interval(built):
         clf2, _ = build_classifier([imgs[i] for i in perm], y[perm], init="random", image_size=32,
                                    finding="pneumonia", n_bootstrap=200)
         assert op.threshold_ci[0] <= clf2.threshold <= op.threshold_ci[1], (clf2.threshold, op.threshold_ci)
+    clf3, _ = build_classifier(imgs, y, init="random", image_size=32, finding="pneumonia", n_bootstrap=200, seed=7)
+    assert op.threshold_ci[0] <= clf3.threshold <= op.threshold_ci[1], (clf3.threshold, op.threshold_ci)  # CV seed
 
 
 def test_equal_rule_balances_sensitivity_and_specificity():

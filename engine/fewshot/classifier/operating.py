@@ -83,7 +83,8 @@ def check_prevalence(prevalence: float) -> float:
     try:
         v = float(prevalence)
     except (TypeError, ValueError):
-        raise ValueError(f"prevalence must be a number between 0 and 1 (e.g. 0.05 for 5%); got {prevalence!r}") from None
+        raise ValueError(f"prevalence must be a number between 0 and 1 (e.g. 0.05 for 5%); "
+                         f"got {prevalence!r}") from None
     if not 0.0 < v < 1.0:
         raise ValueError(f"prevalence must be between 0 and 1, exclusive (e.g. 0.05 for 5%); got {prevalence!r}")
     return v
