@@ -102,3 +102,26 @@ def test_compare_backbones_never_fills_the_classifier_list_nor_replaces_the_disp
     assert len(results) == 2 and all(r["summary"]["comparison"] for r in results)
     assert "Your classifier" not in [h.value for h in at.subheader]  # measured, not listed
     assert "Measured on your 11 images" in texts(at)
+
+
+def test_build_and_compare_buttons_are_disabled_while_their_job_runs(phantom):
+    import threading
+
+    at = start()
+    label_upload(at, phantom, "nodule", 5, 6)
+    at.switch_page("app_pages/classifier.py").run()
+    assert not at.button(key="clf_build").disabled and not at.button(key="clf_compare").disabled
+    release = threading.Event()
+    runner = services().runner
+    runner.register("hold_for_test", lambda params, ctx: release.wait(60) and {}, uses_gpu=False)
+    jid = runner.submit("hold_for_test", {})
+    try:
+        at.session_state["watch:classifier"] = jid  # what the Build button's own submit records
+        at.session_state["watch:classifier_compare"] = jid
+        at.run()
+        assert at.button(key="clf_build").disabled and at.button(key="clf_compare").disabled
+    finally:
+        release.set()
+    runner.wait(jid, timeout=60)
+    at.run()
+    assert not at.button(key="clf_build").disabled and not at.button(key="clf_compare").disabled
