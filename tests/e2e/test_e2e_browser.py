@@ -425,8 +425,9 @@ def test_clinician_builds_a_classifier_and_explains_a_new_image(server, env, lab
         assert any(SSL_INIT in r for r in checked_radios(d)), checked_radios(d)
         shot(d, "classifier-setup")
         click(d, "Build classifier")
-        text = wait_for(d, "Estimated AUC", timeout=240)
-        assert "What this means" in text and "95% interval" in text
+        text = wait_for(d, lambda t: "Estimated AUC" in t and "What this means" in t, timeout=400,
+                        what="the estimate and its meaning")  # the result section streams in element by element
+        assert "95% interval" in text
         text = wait_for(d, lambda t: "Download model card" in t and ("Download classifier" in t or
                                                                       "do not use it on patients" in t),
                         timeout=30, what="downloads, or the NOT usable banner")
