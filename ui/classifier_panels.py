@@ -85,7 +85,8 @@ def prevalence_panel(res: dict[str, Any], clf: Classifier, op: OperatingPoint, r
                                "5%. It changes what a positive call means (PPV), not sensitivity or specificity.")
     q = pct / 100.0
     c2.markdown(f"Training prevalence: **{train:.0%}** ({int(round(train * n))} of {n} images have the finding). "
-                "The probabilities are calibrated at that mix: among images like these, those given 0.7 have the "
+                f"The probabilities are calibrated by {clf.calibration.label} on the cross-validated scores, at that "
+                "mix: among images like these, those given 0.7 have the "
                 f"finding about 70% of the time *only where {train:.0%} have it*. Below, each new image also gets "
                 f"its probability at {q:.1%} (Bayes' odds adjustment, Saerens et al. 2002).")
     if rep is not None:
