@@ -6,18 +6,21 @@ from typing import Any
 
 import streamlit as st
 
+from engine.explain.single_image import heatmap_caveat
 from engine.fewshot.classifier import MIN_PER_CLASS, ClassifierDataError, OperatingPoint, check_counts
 from engine.escaping import escape_markdown as md
+from engine.fewshot.classifier.operating import adjust_to_prevalence
 from engine.jobs import JobSnapshot
-from engine.models import ARCHS, UnknownInitError, init_info, input_size_for, list_inits
+from engine.models import ARCHS, input_size_for, list_inits
 from engine.tasks import ClassifyParams
-from ui.inference import LoadedClassifier, explain_uploads, familiarity_note, fmt_pair, headline, verdict
+from ui.classifier_panels import operating_panel, prevalence_panel, review_panel, usability_banner
+from ui.inference import (DEFAULT_OPACITY, LoadedClassifier, explain_uploads, familiarity_note, fmt_pair, headline,
+                          training_note, verdict)
 from ui.jobs import set_watched, status_block, watch, watched
 from ui.label_next import label_next_section
 from ui.validation import validation_section
 from ui.services import Services, services
-from ui.widgets import (UPLOAD_TYPES, empty_state, init_label, is_ssl, method_label,
-                        page_header, page_link, synthetic_notice)
+from ui.widgets import UPLOAD_TYPES, empty_state, init_label, method_label, page_header, page_link, synthetic_notice
 
 MODES = {
     "probe": "Probe (recommended): keep the backbone fixed and fit a simple logistic regression on its features. "
@@ -71,14 +74,6 @@ def pick_training_images(svc: Services) -> tuple[str | None, list[int]]:
     return finding, [int(i) for i in use["id"]]
 
 
-def pretrained(init: str) -> bool:
-    """Whether `init` is a pretrained backbone (the registry's kind, not its name); one no longer here was."""
-    try:
-        return is_ssl(init_info(init))
-    except UnknownInitError:
-        return True
-
-
 def measured_aucs(svc: Services, finding: str, n_pos: int, n_neg: int) -> dict[str, dict[str, Any]]:
     """{init: the best cross-validated estimate} among this workspace's classifiers for `finding` built on the
     same number of images of each class (measured evidence on the user's own images)."""
@@ -93,11 +88,13 @@ def measured_aucs(svc: Services, finding: str, n_pos: int, n_neg: int) -> dict[s
     return best
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
-def expected_seconds(n: int, mode: str, arch: str, size: int, device: str) -> dict[str, float]:
+@st.cache_data(show_spinner="Timing this machine...", max_entries=32, ttl=60)
+def expected_seconds(n: int, mode: str, arch: str, size: int, device: str,
+                     sample_paths: tuple[str, ...] = ()) -> dict[str, float]:
+    """Build time timed now (engine.fewshot.classifier.timing), so it includes the current load; kept 60 s."""
     from engine.fewshot.classifier import estimate_seconds
 
-    return estimate_seconds(n, mode, arch, size, device=device)
+    return estimate_seconds(n, mode, arch, size, device=device, sample_paths=sample_paths)
 
 
 def fmt_minutes(seconds: float) -> str:
@@ -126,22 +123,37 @@ def suggestion(measured: dict[str, dict[str, Any]], available: list, n_images: i
 
 
 def compare_button(svc: Services, finding: str, ids: list[int], by_name: dict, untried: list[str]) -> None:
-    """Probe every backbone not tried yet on these images (one classify job each)."""
+    """Probe every backbone not tried yet on these images (one classify job each, marked `comparison`: they
+    fill the measured table, never the classifier list nor the display of the classifier the user built)."""
     dev = svc.runner.device.type
     size = {n: input_size_for(by_name[n], dev) for n in untried}  # each at its own input size (the registry's)
     eta = sum(expected_seconds(len(ids), "probe", by_name[n].arch, size[n], "cuda" if dev == "cuda" else "cpu"
                                )["seconds"] for n in untried)
+    running = job_running(svc, "classifier_compare")
+    if running:
+        st.caption(":material/hourglass_top: Comparing backbones... the table above fills in as each probe finishes.")
     if st.button(f"Compare backbones on these images ({len(untried)} probe{'s' if len(untried) != 1 else ''}, {fmt_minutes(eta)})",
-                 icon=":material/compare_arrows:", key="clf_compare",
+                 icon=":material/compare_arrows:", key="clf_compare", disabled=running,
                  help="Builds a probe classifier with each backbone not tried yet and lists their "
                       "cross-validated AUC, so the suggestion rests on your own images."):
         jid = None
         for n in untried:
             jid = svc.runner.submit("classify", ClassifyParams(
                 finding=finding, image_ids=tuple(ids), init=n, mode="probe",
-                image_size=size[n], title=f"{finding} ({n}, probe, comparison)"))
-        set_watched("classifier", jid)
+                image_size=size[n], comparison=True, title=f"{finding} ({n}, probe, comparison)"))
+        set_watched("classifier_compare", jid)
         st.rerun()
+
+
+def job_running(svc: Services, page: str) -> bool:
+    """True while the job this page key watches is queued or running (its button is then disabled)."""
+    jid = st.session_state.get(f"watch:{page}")
+    if jid is None:
+        return False
+    try:
+        return bool(svc.runner.snapshot(jid).active)
+    except KeyError:
+        return False
 
 
 def pick_init(svc: Services, finding: str, ids: list[int]) -> str | None:
@@ -191,42 +203,9 @@ def draw_build(snap: JobSnapshot) -> None:
         st.caption(snap.message or "Starting...")
 
 
-def operating_panel(res: dict[str, Any], loaded: LoadedClassifier | None) -> OperatingPoint | None:
-    """The operating point: balanced, or a target sensitivity / specificity, with the cross-validated
-    sensitivity and specificity at that cut. Returns the OperatingPoint (None for files without CV scores)."""
-    from engine.fewshot.classifier import ClassifierLoadError
-
-    if loaded is None:
-        return None
-    clf = loaded.clf
-    st.markdown("**Operating point** (when to call an image positive)")
-    rules = {"youden": "Balanced", "sensitivity": "Target sensitivity", "specificity": "Target specificity"}
-    rule = st.radio("Operating point", list(rules), format_func=rules.get, horizontal=True,
-                    key=f"clf_op:{res['id']}", label_visibility="collapsed",
-                    help="Balanced maximizes sensitivity + specificity. A target sensitivity misses fewer images with "
-                         "the finding at the cost of more false alarms; a target specificity the reverse.")
-    target = None
-    if rule != "youden":
-        target = st.slider(f"{rules[rule]} (cross-validated)", 0.50, 1.00, 0.90, 0.01, key=f"clf_op_t:{res['id']}:{rule}")
-    try:
-        op = clf.operating_point(rule, target)
-    except ClassifierLoadError as e:
-        st.info(str(e), icon=":material/info:")
-        return clf.operating_point("youden")
-    c1, c2, c3 = st.columns(3)
-    c1.metric("Cut-off (probability)", f"{op.threshold:.2f}")
-    c2.metric("Sensitivity (CV)", f"{op.sensitivity:.0%}" if op.sensitivity == op.sensitivity else "n/a",
-              help="Share of the training images with the finding called positive by models that had not seen them.")
-    c3.metric("Specificity (CV)", f"{op.specificity:.0%}" if op.specificity == op.specificity else "n/a",
-              help="Share of the training images without the finding called negative by models that had not seen them.")
-    st.caption(f"Probabilities are calibrated by {clf.calibration.label} on the cross-validated scores, so among "
-               "images like the training images, those given 0.7 have the finding about 70% of the time. "
-               "Sensitivity and specificity are measured the same way, on images each model had not seen.")
-    return op
-
-
-def show_result(res: dict[str, Any]) -> None:
-    """The chosen classifier: AUC with interval, plain-language meaning, downloads."""
+def show_result(res: dict[str, Any], usable: bool = True) -> None:
+    """The chosen classifier: AUC with interval, plain-language meaning, downloads (the classifier file only
+    when it is usable; the model card always)."""
     s = res["summary"]
     est = s.get("estimate") or {}
     counts = s.get("counts") or {}
@@ -245,15 +224,13 @@ def show_result(res: dict[str, Any]) -> None:
     )
     if est.get("sentence"):
         st.caption(est["sentence"])
-    if est["ci_low"] <= 0.5:
-        advice = "Label more images" + ("." if pretrained(s["init"]) else ", or start from a pretrained backbone.")
-        st.warning(f"The interval includes 0.5: the classifier may be no better than chance. {advice}",
-                   icon=":material/warning:")
     for w in est.get("warnings") or []:
         st.warning(w, icon=":material/warning:")
     path, card = Path(res["path"]), Path(s.get("card", ""))
     d1, d2, _ = st.columns([1, 1, 2])
-    if path.exists():
+    if path.exists() and not usable:
+        d1.caption(":material/block: No download: this classifier is marked not usable.")
+    elif path.exists():
         d1.download_button("Download classifier", path.read_bytes(), file_name=path.name,
                            mime="application/octet-stream", icon=":material/download:", key=f"dl_clf:{res['id']}")
     if card.is_file():
@@ -278,37 +255,65 @@ def open_classifier(res: dict[str, Any], device: str) -> LoadedClassifier | None
         return None
 
 
-def predict_panel(res: dict[str, Any], loaded: LoadedClassifier | None, op: OperatingPoint | None) -> None:
+def explained(res: dict[str, Any], loaded: LoadedClassifier, files: list) -> list:
+    """Scores + heatmaps of the uploaded files, computed once per file set (kept in the session: the opacity
+    slider, the operating point and the prevalence redraw without re-scoring)."""
+    import hashlib
+
+    key = ("clf_explained", res["id"], tuple((f.name, hashlib.sha256(f.getvalue()).hexdigest()) for f in files))
+    cache = st.session_state.setdefault("clf_explained", {})
+    if key not in cache:
+        with st.spinner(f"Scoring and explaining {len(files)} image(s)..."):
+            cache.clear()  # one file set at a time
+            cache[key] = explain_uploads(loaded, [(f.name, f.getvalue()) for f in files])
+    return cache[key]
+
+
+def predict_panel(res: dict[str, Any], loaded: LoadedClassifier | None, op: OperatingPoint | None,
+                  prevalence: float | None, usable: bool) -> None:
     st.subheader("4 · Try it on new X-rays")
     s = res["summary"]
     if loaded is None:
+        return
+    if not usable and not st.checkbox("Score images anyway, only to see how it fails (its answers are not to be "
+                                      "relied on)", key=f"clf_force:{res['id']}"):
         return
     files = st.file_uploader("New chest X-rays (PNG, JPEG, DICOM)", type=[t for t in UPLOAD_TYPES if t != "zip"],
                              accept_multiple_files=True, key=f"clf_predict:{res['id']}")
     if not files:
         st.caption("Each image gets a calibrated probability, a verdict at the operating point above, a warning when "
-                   "it is unlike the training images, and a Grad-CAM heatmap showing which regions drove the score.")
+                   "it is unlike the training images, and a Grad-CAM heatmap of what raised the score.")
         return
-    threshold = op.threshold if op is not None else None
-    with st.spinner(f"Scoring and explaining {len(files)} image(s)..."):
-        results = explain_uploads(loaded, [(f.name, f.getvalue()) for f in files], threshold=threshold)
-    for r in results:
+    opacity = st.slider("Heatmap opacity (where the map is highest; the X-ray shows through where it is low)", 0.0,
+                        1.0, DEFAULT_OPACITY, 0.05, key="clf_opacity")
+    threshold = op.threshold if op is not None else loaded.clf.threshold
+    train_q = loaded.clf.training_prevalence
+    caveat = heatmap_caveat(loaded.clf.image_size)
+    for r in explained(res, loaded, files):
         st.markdown(f"##### {md(r.name)}")  # the uploaded file's name: text, never Markdown
         if r.error:
             st.error(md(r.error), icon=":material/broken_image:")
             continue
         c1, c2, c3 = st.columns([2, 2, 3])
         c1.image(r.image, caption="X-ray", clamp=True, width="stretch")
-        c2.image(r.overlay, caption="Grad-CAM: red = regions that raised the score", width="stretch")
+        c2.image(r.overlay_at(opacity), caption="Grad-CAM: red = regions that raised the score", width="stretch")
+        c2.caption(f":material/info: {caveat}")
         with c3:
-            st.markdown(f"### {md(headline(r.probability, r.threshold, s['finding']))}")
-            ps, _ = fmt_pair(r.probability, r.threshold)
-            st.metric(f"Probability of {s['finding']} (calibrated)", ps)
+            st.markdown(f"### {md(headline(r.probability, threshold, s['finding']))}")
+            ps, _ = fmt_pair(r.probability, threshold)
+            st.metric(f"Probability of {s['finding']} (calibrated)", ps,
+                      help=f"Calibrated at the training prevalence ({train_q:.0%} of the training images have it).")
             st.progress(min(max(r.probability, 0.0), 1.0))
-            st.markdown(verdict(r.probability, r.threshold, s["finding"]))
+            st.markdown(verdict(r.probability, threshold, s["finding"]))
+            if prevalence is not None and train_q == train_q and abs(prevalence - train_q) > 0.001:
+                adj = float(adjust_to_prevalence(r.probability, train_q, prevalence))
+                st.markdown(f"At the expected prevalence **{prevalence:.1%}** its probability is **{adj:.2f}** "
+                            "(Bayes' odds adjustment); the verdict, sensitivity and specificity stay the same.")
             note = familiarity_note(r)
             if note:
                 st.warning(note, icon=":material/help:")
+            if training_note(r):
+                st.info(training_note(r), icon=":material/school:")
             st.caption("Decision support only: a clinician must review every image.")
 
 
@@ -332,12 +337,16 @@ if finding and init:
     info = next((i for i in list_inits() if i.name == init), None)
     size = input_size_for(info if info is not None else init, svc.runner.device.type)  # the init's input contract
     arch = info.arch if info is not None and info.arch in ARCHS else "resnet18"  # the registry's arch
-    eta = expected_seconds(len(ids), mode, arch, size, "cuda" if svc.runner.device.type == "cuda" else "cpu")
+    imgs = svc.store.images()
+    sample = tuple(imgs.loc[imgs["id"].isin(ids[:2]), "file"].astype(str))
+    eta = expected_seconds(len(ids), mode, arch, size, "cuda" if svc.runner.device.type == "cuda" else "cpu", sample)
     st.caption(f":material/schedule: Expected time on this machine: **{fmt_minutes(eta['seconds'])}** "
                f"({len(ids)} images at {size} px; {int(eta['trainings'])} model fits for "
-               f"{int(eta['repeats'])} repeat(s) of cross-validation plus the final one; measured from this "
-               "computer's speed, longer while other jobs run).")
-    if st.button("Build classifier", type="primary", icon=":material/construction:", key="clf_build"):
+               f"{int(eta['repeats'])} repeat(s) of cross-validation plus the final one; timed on this computer "
+               "within the last minute, so it includes the current load; it grows if other jobs start).")
+    building = job_running(svc, "classifier")
+    if st.button("Build classifier", type="primary", icon=":material/construction:", key="clf_build", disabled=building,
+                 help="Disabled while a build runs." if building else None):
         jid = svc.runner.submit("classify", ClassifyParams(finding=finding, image_ids=tuple(ids), init=init, mode=mode,
                                                            image_size=size, title=f"{finding} ({init}, {mode})"))
         set_watched("classifier", jid)
@@ -345,10 +354,12 @@ if finding and init:
 
 job = watched("classifier", ["classify"])
 snap = svc.runner.snapshot(job) if job is not None else None
+if snap is not None and (snap.params or {}).get("comparison"):
+    job, snap = None, None  # a comparison probe never takes over the display of the user's own build
 if snap is not None and snap.state != "done":
     watch(job, draw_build)  # progress while building; the error if it failed
 
-results = svc.store.results(kind="classifier")
+results = [r for r in svc.store.results(kind="classifier") if not r["summary"].get("comparison")]
 if results:
     st.divider()
     st.subheader("Your classifier")
@@ -360,11 +371,20 @@ if results:
         st.session_state["clf_seen_job"] = job
     pick = st.selectbox(
         "Classifier", order, index=order.index(newest) if newest in by_id else 0, key="clf_result",
-        format_func=lambda i: f"{by_id[i]['name']}  (AUC {by_id[i]['summary']['estimate']['auc']:.2f})",
+        format_func=lambda i: f"{by_id[i]['name']}  (AUC {by_id[i]['summary']['estimate']['auc']:.2f})"
+        + ("  - NOT USABLE" if by_id[i]["summary"].get("usable") is False else ""),
     )
-    show_result(by_id[pick])
-    loaded = open_classifier(by_id[pick], "cuda" if svc.runner.device.type == "cuda" else "cpu")
-    op = operating_panel(by_id[pick], loaded)
-    predict_panel(by_id[pick], loaded, op)
-    validation_section(svc, by_id[pick], loaded)  # ui/validation.py: test set, batch scoring (issue 21 item 6)
-    label_next_section(svc, by_id[pick])  # ui/label_next.py: learning curve, label these next (issue 21 item 7)
+    res = by_id[pick]
+    loaded = open_classifier(res, "cuda" if svc.runner.device.type == "cuda" else "cpu")
+    usable = usability_banner(loaded.clf) if loaded is not None else True
+    show_result(res, usable)
+    op = prevalence = None
+    if loaded is not None:
+        op, rep = operating_panel(res, loaded.clf)
+        prevalence = prevalence_panel(res, loaded.clf, op, rep)
+        imgs = svc.store.images()
+        names = dict(zip(imgs["id"].astype(int), imgs["name"]))
+        review_panel(res, loaded.clf, op, svc.store.thumbnail, names)
+    predict_panel(res, loaded, op, prevalence, usable)
+    validation_section(svc, res, loaded)  # ui/validation.py: test set, batch scoring (issue 21 item 6)
+    label_next_section(svc, res)  # ui/label_next.py: learning curve, label these next (issue 21 item 7)

@@ -10,6 +10,7 @@ import streamlit as st
 from engine.escaping import escape_markdown as md
 from engine.explain.gradcam import METHODS
 from engine.explain.yardstick import YARDSTICK_LEGEND, yardstick_tables
+from engine.explain.single_image import heatmap_caveat
 from engine.jobs import JobSnapshot
 from engine.models import list_inits
 from engine.tasks import GradcamImageParams, GradcamStudyParams
@@ -35,7 +36,8 @@ def is_flat(r: dict[str, Any]) -> bool:
 
 
 def fmt_scores(r: dict[str, Any]) -> str:
-    parts = [f"p = {r['probability']:.2f}" if "probability" in r else f"p = {r.get('prob', float('nan')):.2f}"]
+    parts = [f"p = {r['probability']:.2f} (calibrated)" if "probability" in r
+             else f"p = {r.get('prob', float('nan')):.2f}"]
     if r.get("energy_ratio") == r.get("energy_ratio") and "energy_ratio" in r:
         parts += [f"in region {100 * r['energy_in_region']:.0f}%", f"ratio {r['energy_ratio']:.1f}",
                   "hit" if r.get("pointing_hit") == 1 else "miss", f"IoU {r['topq_iou']:.2f}"]
@@ -118,6 +120,7 @@ def draw_image_result(res: dict[str, Any]) -> None:
         c.markdown(f"**{names.get(r['init'], r['init'])}**  \n{fmt_scores(r)}")
         if is_flat(r):
             c.caption(f":material/info: {FLAT_MAP_NOTE}.")
+    st.caption(f":material/info: {heatmap_caveat(int(res.get('image_size') or 224), str(res.get('layer') or 'layer4'))}")
     if res.get("region") != "none":
         st.caption(SCORE_HELP)
 
@@ -163,6 +166,8 @@ def show_study(res: dict[str, Any]) -> None:
             else:
                 st.caption("This study predates the chance levels, baselines and sanity checks: run it again to "
                            "see them.")
+    if s.get("grids"):
+        st.caption(f":material/info: {heatmap_caveat(int(s.get('image_size') or 224), str(s.get('layer') or 'layer4'))}")
     for g in s.get("grids", []):
         gp = Path(g)
         if not gp.exists():

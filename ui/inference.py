@@ -22,6 +22,9 @@ from engine.fewshot.classifier import Classifier, ClassifierScoreError
 from engine.fewshot.classifier.scoring import image_key
 
 
+DEFAULT_OPACITY = 0.6  # heatmap colour opacity where the map is highest; the X-ray shows through where it is low
+
+
 @dataclass
 class LoadedClassifier:
     clf: Classifier
@@ -32,7 +35,7 @@ class LoadedClassifier:
 class Explained:
     name: str
     image: np.ndarray | None = None  # float32 HxW in [0, 1]
-    overlay: np.ndarray | None = None  # uint8 HxWx3
+    overlay: np.ndarray | None = None  # uint8 HxWx3 (opacity proportional to the map, at most DEFAULT_OPACITY)
     probability: float | None = None  # calibrated
     label: int | None = None  # 1 = probability >= threshold
     threshold: float | None = None
@@ -40,7 +43,12 @@ class Explained:
     distance: float | None = None  # to the nearest training image (L2-normalized features)
     distance_threshold: float | None = None
     error: str | None = None
-    training_image: bool = False  # same pixels as one of the classifier's training images (issue 21 item 6)
+    heat: np.ndarray | None = None  # float32 HxW in [0, 1], the Grad-CAM map at the image's size
+    training_image: bool | None = None  # (nearly) one of the classifier's training images
+
+    def overlay_at(self, opacity: float) -> np.ndarray | None:
+        """The overlay redrawn with colour opacity `opacity` in [0, 1] at the map's maximum (proportional to it)."""
+        return None if self.heat is None else overlay(self.image, self.heat, alpha=float(opacity))
 
 
 def explain_uploads(loaded: LoadedClassifier, files: list[tuple[str, bytes]], method: str = "gradcam",
@@ -62,10 +70,11 @@ def explain_uploads(loaded: LoadedClassifier, files: list[tuple[str, bytes]], me
                 out.append(Explained(name, img, error=f"No answer for this image: {e}"))
                 continue
             heat, _ = classifier_heatmap(clf, img, method)
-            out.append(Explained(name, img, overlay(img, heat), float(pred["probability"]), int(pred["label"]),
-                                 float(pred["threshold"]), pred["unfamiliar"], pred["familiarity_distance"],
-                                 pred["familiarity_threshold"],
-                                 training_image=image_key(img, meta.bits) in set(clf.training_keys)))
+            out.append(Explained(name, img, overlay(img, heat, alpha=DEFAULT_OPACITY), float(pred["probability"]),
+                                 int(pred["label"]), float(pred["threshold"]), pred["unfamiliar"],
+                                 pred["familiarity_distance"], pred["familiarity_threshold"], heat=heat,
+                                 training_image=bool(image_key(img, meta.bits) in set(clf.training_keys)
+                                                     or pred.get("training_image"))))
     return out
 
 
@@ -100,11 +109,17 @@ def headline(p: float, threshold: float, finding: str) -> str:
     return f"Suggests {f}" if p >= threshold else f"Does not suggest {f}"
 
 
+def training_note(r: Explained) -> str | None:
+    """A note when the image is one of the training images (its score is then no test of the classifier)."""
+    if not r.training_image:
+        return None
+    return ("This is one of the training images (or a copy of it): the classifier has seen it, so its score says "
+            "nothing about how well it works. The cross-validated figures above are the honest test.")
+
+
 def familiarity_note(r: Explained) -> str | None:
-    """A warning when the image is a training image or unlike the training images (None otherwise)."""
-    if r.training_image:
-        return ("This is one of the classifier's training images (same pixels): it was fitted with its label, so "
-                "this score says nothing about how the classifier does on new images.")
+    """A warning when the image is unlike the training images (None when it is familiar or unknown; a training
+    image has `training_note` instead)."""
     if not r.unfamiliar:
         return None
     return (f"Unlike the training images: its nearest training image is at distance {r.distance:.3f} in the backbone's "

@@ -1,6 +1,7 @@
 """Heatmap overlays and the one-image-across-inits grid, as uint8 RGB arrays (numpy + PIL; no OpenCV).
 
-`overlay(img, heat)` blends a colormapped heatmap over the grayscale X-ray and can outline a region;
+`overlay(img, heat)` blends a colormapped heatmap over the grayscale X-ray with an opacity proportional to
+the map (where the map is low the X-ray shows through unchanged) and can outline a region;
 `grid(img, {init: heat}, regions)` puts the original at left and one overlay column per init, with the
 init names (and optional scores) drawn above each column.
 """
@@ -73,17 +74,23 @@ def _outline(rgb: np.ndarray, region: Region | None) -> np.ndarray:
 def overlay(
     img_f32: np.ndarray,
     heatmap: np.ndarray,
-    alpha: float = 0.4,
+    alpha: float = 0.6,
     colormap_name: str = "jet",
     region: Region | None = None,
+    proportional: bool = True,
 ) -> np.ndarray:
-    """(1 - alpha) * X-ray + alpha * colormap(heatmap), region outlined in green -> np.uint8 HxWx3."""
+    """(1 - a) * X-ray + a * colormap(heatmap) per pixel, region outlined in green -> np.uint8 HxWx3.
+
+    proportional (default): a = alpha * heatmap, so the colour's opacity follows the map (alpha = the opacity
+    at the map's maximum) and the X-ray is left untouched where the map is 0; else a = alpha everywhere
+    (a tint over the whole image). Raises ValueError for alpha outside [0, 1] or a heatmap of another shape."""
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1]; got {alpha}")
     base = _gray_rgb(img_f32)
     if np.shape(heatmap) != base.shape[:2]:
         raise ValueError(f"heatmap shape {np.shape(heatmap)} differs from the image's {base.shape[:2]}")
-    rgb = (1 - alpha) * base + alpha * colormap(heatmap, colormap_name)
+    a = alpha * np.clip(np.asarray(heatmap, np.float32), 0, 1)[..., None] if proportional else alpha
+    rgb = (1 - a) * base + a * colormap(heatmap, colormap_name)
     return (np.clip(_outline(rgb, region), 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
@@ -117,7 +124,7 @@ def grid(
     heatmaps: Mapping[str, np.ndarray],
     regions: Region | None = None,
     scores: Mapping[str, object] | None = None,
-    alpha: float = 0.4,
+    alpha: float = 0.6,
     colormap_name: str = "jet",
     tile: int = 256,
     title: str = "original",

@@ -21,7 +21,16 @@ if TYPE_CHECKING:
 
     from engine.fewshot.classifier import Classifier
 
-__all__ = ["ImageStudySettings", "classifier_heatmap", "explain_across_inits", "region_from_rows"]
+__all__ = ["ImageStudySettings", "classifier_heatmap", "explain_across_inits", "heatmap_caveat", "region_from_rows"]
+
+LAYER_STRIDE = {"layer4": 32, "layer3": 16, "layer2": 8}  # input pixels per map cell (ResNet / DenseNet stages)
+
+
+def heatmap_caveat(image_size: int, layer: str = "layer4") -> str:
+    """The one-line caveat shown beside every heatmap: how coarse it is and what it is not."""
+    n = max(1, int(image_size) // LAYER_STRIDE.get(layer.rsplit(".", 1)[-1], 32))
+    return (f"A coarse {n}x{n} map of what raised the score, smoothed up to the image: it can point at shortcuts "
+            "(markers, text, tubes, the heart) and is not an outline of the lesion.")
 
 
 def classifier_heatmap(clf: Classifier, img: np.ndarray, method: str = "gradcam",
@@ -75,8 +84,8 @@ def explain_across_inits(manifest: str | Path, finding: str, img: np.ndarray, in
     """For each init: a probe on the manifest's labeled images (cv_repeats=1), then its Grad-CAM of `img`
     written as `<out_dir>/<k:02d>.png` (region outlined when given).
 
-    Returns one row per init that could be loaded: init, overlay (path), probability (sigmoid of the
-    logit), cv_auc, empty_map, and the localization scores when `region` is given. Inits that cannot be
+    Returns one row per init that could be loaded: init, overlay (path), probability (the probe's
+    calibrated probability: Platt on its cross-validated scores, as on the Classifier page), cv_auc, empty_map, and the localization scores when `region` is given. Inits that cannot be
     loaded are skipped with a warning event. Progress: one step per init. Raises Cancelled on stop and
     RuntimeError when no init could be loaded."""
     from PIL import Image
@@ -103,7 +112,7 @@ def explain_across_inits(manifest: str | Path, finding: str, img: np.ndarray, in
         rgb = overlay(img, heat, region=region)
         png = atomic_write(out_dir / f"{k:02d}.png", lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
         s = scores(heat, region) if region is not None else {}
-        rows.append({"init": init, "overlay": str(png), "probability": float(1 / (1 + np.exp(-logit))),
+        rows.append({"init": init, "overlay": str(png), "probability": float(clf.probability(np.array([logit]))[0]),
                      "cv_auc": est.auc, "empty_map": is_empty(heat), **{k2: float(v) for k2, v in s.items()}})
         emit(on_event, step=k + 1, total=len(inits), message=f"{init}: done")
     if not rows:

@@ -74,6 +74,15 @@ def register(sub) -> None:
                    help="operating point: the cut-off whose cross-validated specificity is at least this")
     p.add_argument("--csv", default=None, help="also write a CSV: image, probability, verdict, unfamiliar, "
                                                "training_image, error (formula-leading cells escaped)")
+    g.add_argument("--equal", action="store_true",
+                   help="operating point: equal cross-validated sensitivity and specificity (default: Youden's J, "
+                        "the highest sensitivity + specificity)")
+    p.add_argument("--prevalence", type=float, default=None,
+                   help="expected share of patients with the finding where the classifier is used (e.g. 0.05): adds "
+                        "prevalence-adjusted probabilities and PPV/NPV at the operating point")
+    p.add_argument("--force", action="store_true",
+                   help="score even with a classifier marked NOT usable (for checking only; its answers are not "
+                        "to be relied on)")
     p.set_defaults(func=_predict)
 
 
@@ -133,43 +142,92 @@ def _classify(args) -> int:
         arch=args.arch, calibration=args.calibration,
     )
     path = clf.save(args.out)
-    op = clf.operating
-    print(json.dumps({"model": str(path), "init": init, "threshold": clf.threshold, **{k: getattr(est, k) for k in (
-        "auc", "ci_low", "ci_high", "n_positive", "n_negative", "folds", "repeats")},
-        "calibration": clf.calibration.method, "cv_sensitivity": op.sensitivity, "cv_specificity": op.specificity,
-        "familiarity_threshold": clf.familiarity.threshold}, allow_nan=False))
+    op, use = clf.operating, clf.usability
+    if not use.usable:
+        print(f"warning: {use.sentence()}", file=sys.stderr)
+    print(json.dumps({"model": str(path), "init": init, "usable": use.usable, "unusable_reasons": list(use.reasons),
+                      "threshold": clf.threshold, "threshold_ci": op.threshold_ci,
+                      **{k: getattr(est, k) for k in ("auc", "ci_low", "ci_high", "n_positive", "n_negative", "folds",
+                                                      "repeats")},
+                      "training_prevalence": clf.training_prevalence, "calibration": clf.calibration.method,
+                      "operating_point": op.rule, "cv_sensitivity": op.sensitivity,
+                      "cv_sensitivity_ci": op.sensitivity_ci, "cv_specificity": op.specificity,
+                      "cv_specificity_ci": op.specificity_ci, "familiarity_threshold": clf.familiarity.threshold},
+                     allow_nan=False))
     return 0
+
+
+def _operating_point(clf, args):
+    if args.sensitivity is not None:
+        return clf.operating_point_replicates("sensitivity", args.sensitivity)
+    if args.specificity is not None:
+        return clf.operating_point_replicates("specificity", args.specificity)
+    return clf.operating_point_replicates("equal" if args.equal else "youden")
+
+
+def _finite(v):
+    """A float, or None for NaN / missing (strict JSON has no NaN); pairs element-wise."""
+    import math
+
+    if isinstance(v, (tuple, list)):
+        return [_finite(x) for x in v]
+    return v if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def _prevalence_fields(clf, op, rep, prevalence: float) -> dict:
+    """prevalence, training_prevalence, adjusted_threshold, ppv/npv (+ intervals) at the operating point."""
+    from engine.fewshot.classifier.operating import adjust_to_prevalence, check_prevalence, predictive_at
+
+    prevalence = check_prevalence(prevalence)
+    out = {"prevalence": prevalence, "training_prevalence": clf.training_prevalence,
+           "adjusted_threshold": float(adjust_to_prevalence(op.threshold, clf.training_prevalence, prevalence))}
+    if rep is not None:
+        pv = predictive_at(op, rep, prevalence)
+        out.update(ppv=_finite(pv.ppv), ppv_ci=_finite(list(pv.ppv_ci)), npv=_finite(pv.npv),
+                   npv_ci=_finite(list(pv.npv_ci)))
+    return out
 
 
 def _predict(args) -> int:
     """One strict-JSON line per image (`json.dumps(allow_nan=False)`): image, probability (calibrated), label,
-    threshold, finding, calibration, operating_point, cv_sensitivity, cv_specificity, unfamiliar,
-    familiarity_distance, familiarity_threshold, training_image; or image, error (`--csv`: also as CSV).
-    Exit 1 when any image got an error (an unreadable file, or a NaN/infinite score), 2 when the classifier
-    file itself is refused."""
-    import math
-
+    threshold, finding, calibration, operating_point, cv_sensitivity(_ci), cv_specificity(_ci), threshold_ci,
+    usable, unfamiliar, familiarity_distance, familiarity_threshold, training_image; with --prevalence also
+    prevalence, training_prevalence, adjusted_probability, adjusted_threshold, ppv(_ci), npv(_ci); or image, error
+    (`--csv`: also as CSV). Exit 1 when any image got an error (an unreadable file, or a NaN/infinite score), 2 when
+    the classifier file itself is refused: damaged, or marked NOT usable (unless --force)."""
     from engine.data.io import ImageReadError
     from engine.device import resolve_device
     from engine.fewshot.classifier import Classifier, ClassifierScoreError
+    from engine.fewshot.classifier.operating import adjust_to_prevalence, check_prevalence
     from engine.fewshot.classifier.scoring import is_training_image, write_scores_csv
     from engine.fewshot.validation_commands import predict_rows
 
+    if args.prevalence is not None:
+        check_prevalence(args.prevalence)  # ValueError -> the CLI's error line, before any work
     clf = Classifier.load(args.model, device=resolve_device(args.device))  # ClassifierLoadError -> exit 2
-    if args.sensitivity is not None:
-        op = clf.operating_point("sensitivity", args.sensitivity)
-    elif args.specificity is not None:
-        op = clf.operating_point("specificity", args.specificity)
-    else:
-        op = clf.operating_point("youden")
+    use = clf.usability
+    if not use.usable and not args.force:
+        print(f"error: {args.model} is refused: {use.sentence()} (--force scores anyway, for checking only)",
+              file=sys.stderr)
+        return 2
+    if not use.usable:
+        print(f"warning: {use.sentence()}", file=sys.stderr)
+    op, rep = _operating_point(clf, args)
     extra = {"operating_point": op.rule if op.target is None else f"{op.rule}>={op.target:g}",
-             "cv_sensitivity": op.sensitivity if math.isfinite(op.sensitivity) else None,
-             "cv_specificity": op.specificity if math.isfinite(op.specificity) else None}
+             "threshold_ci": _finite(op.threshold_ci), "cv_sensitivity": _finite(op.sensitivity),
+             "cv_sensitivity_ci": _finite(op.sensitivity_ci), "cv_specificity": _finite(op.specificity),
+             "cv_specificity_ci": _finite(op.specificity_ci), "usable": use.usable}
+    if args.prevalence is not None:
+        extra.update(_prevalence_fields(clf, op, rep, args.prevalence))
     failed = 0
     for path in args.images:
         try:
-            out = {**clf.predict([path], threshold=op.threshold)[0], **extra,
-                   "training_image": is_training_image(clf, path)}  # same pixels as a training image
+            pred = clf.predict([path], threshold=op.threshold)[0]
+            out = {**pred, **extra,  # a training image: the same pixels, or (nearly) the same features
+                   "training_image": bool(is_training_image(clf, path) or pred.get("training_image"))}
+            if args.prevalence is not None:
+                out["adjusted_probability"] = float(adjust_to_prevalence(out["probability"], clf.training_prevalence,
+                                                                         args.prevalence))
             line = json.dumps({"image": path, **out}, allow_nan=False)
         except (ImageReadError, FileNotFoundError, ClassifierScoreError) as e:  # one bad file does not stop the others
             failed += 1

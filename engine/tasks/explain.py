@@ -31,6 +31,7 @@ def run_gradcam_study_job(params: GradcamStudyParams | dict[str, Any], ctx: JobC
     )
     name = p.title or f"{p.finding} · {p.method} · {len(inits)} inits"
     summary = {"finding": p.finding, "inits": inits, "method": p.method, "layer": p.layer, "shots": p.shots,
+               "image_size": p.image_size,
                "images": len(grids), "grids": [str(g) for g in grids],
                "localization_csv": str(out / "localization.csv"), "summary_csv": str(out / "summary.csv")}
     rid = store.add_result("gradcam", name, out, summary, job_id=ctx.job_id)
@@ -63,6 +64,6 @@ def run_gradcam_image_job(params: GradcamImageParams | dict[str, Any], ctx: JobC
     rows = explain_across_inits(csv, p.finding, img, list(p.inits or available_inits()), out,
                                 ImageStudySettings(method=p.method, layer=layer, image_size=p.image_size, seed=p.seed),
                                 ctx.device, region=region, n_train=len(others), on_event=ctx.on_event, stop=ctx.stop)
-    return {"image_id": p.image_id, "finding": p.finding, "method": p.method, "layer": layer,
+    return {"image_id": p.image_id, "finding": p.finding, "method": p.method, "layer": layer, "image_size": p.image_size,
             "original": str(original), "region": regions[0]["kind"] if regions else "none", "n_train": len(others),
             "rows": rows}

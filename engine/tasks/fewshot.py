@@ -72,6 +72,28 @@ def default_classifier_name(finding: str, init: str, mode: str, stamp: str) -> s
     return name
 
 
+def _predictive(clf) -> list[dict[str, Any]]:
+    """PPV/NPV at the saved (Youden) operating point at 5%, 10%, 20% and the training prevalence."""
+    from engine.fewshot.classifier.operating import predictive_at
+
+    op, rep = clf.operating_point_replicates("youden")
+    if rep is None:
+        return []
+    qs = sorted({0.05, 0.1, 0.2, round(clf.training_prevalence, 4)})
+    return [predictive_at(op, rep, q).to_dict() for q in qs if 0 < q < 1]
+
+
+def _row_ids(store, csv, finding: str) -> list[int | None]:
+    """Workspace image id of each row of the exported manifest `csv` labeled for `finding`: the classifier's
+    cross-validation rows, in order (None for a row whose file is not found)."""
+    import pandas as pd
+
+    imgs = store.images()
+    ids = {str(f): int(i) for f, i in zip(imgs["file"], imgs["id"])}
+    df = pd.read_csv(csv)
+    return [ids.get(str(f)) for f in df.loc[df[finding].notna(), "path"]]
+
+
 def run_classify(params: ClassifyParams | dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     """Build a classifier from labeled workspace images; save it with its model card; record a result.
 
@@ -95,11 +117,13 @@ def run_classify(params: ClassifyParams | dict[str, Any], ctx: JobContext) -> di
     path = clf.save(inside(folder, f"{name}.safetensors"))  # resolved and checked to stay in the folder
     info = next(({**i.info, "provenance": i.provenance, "kind": i.kind} for i in list_inits() if i.name == p.init), {})
     meta = clf.metadata()
-    card = model_card(meta, info, n_images=est.n_positive + est.n_negative)
+    card = model_card(meta, info, n_images=est.n_positive + est.n_negative, predictive=_predictive(clf))
     card_path = atomic_write_text(inside(folder, f"{name}.md"), card)
     summary = {"finding": p.finding, "init": p.init, "mode": p.mode, "image_size": clf.image_size,
                "counts": meta["counts"], "estimate": est.to_dict(), "threshold": clf.threshold,
-               "card": str(card_path), "created": meta["created"]}
+               "card": str(card_path), "created": meta["created"], "usable": meta["usability"]["usable"],
+               "unusable_reasons": meta["usability"]["reasons"], "comparison": bool(p.comparison),
+               "image_ids": _row_ids(store, csv, p.finding)}  # the CV rows' workspace images (error analysis thumbnails)
     rid = store.add_result("classifier", name, path, summary, job_id=ctx.job_id)
     return {"result_id": rid, "path": str(path), "card": str(card_path), "auc": est.auc, "ci_low": est.ci_low,
             "ci_high": est.ci_high}

@@ -80,6 +80,7 @@ class ClassifyParams(JobParams):
     seed: int = 0
     cv_repeats: int | None = None        # None (or 0): the engine's default (10 probe / 1 finetune)
     name: str | None = None              # None: <finding>-<init>-<mode>-<time stamp>
+    comparison: bool = False             # a "Compare backbones" probe: measured, not listed as the user's classifier
 
     def validate(self) -> None:
         check_name(self.finding, "finding")

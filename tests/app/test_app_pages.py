@@ -289,7 +289,11 @@ def test_classifier_main_path_build_shows_the_estimate_and_downloads(phantom):
     assert labels["Estimated AUC"] == f"{est['auc']:.2f}" and 0.0 <= est["auc"] <= 1.0
     assert labels["95% interval"] == f"{est['ci_low']:.2f} – {est['ci_high']:.2f}"
     assert "What this means" in texts(at)
-    assert {"Download classifier", "Download model card"} <= {d.label for d in at.download_button}
+    downloads = {d.label for d in at.download_button}
+    if res["summary"]["usable"]:
+        assert {"Download classifier", "Download model card"} <= downloads
+    else:  # issue 21: a classifier that does not work is said so and not offered for download
+        assert "do not use it on patients" in texts(at) and downloads == {"Download model card"}
 
 
 def test_classifier_predicts_new_uploads_with_gradcam_and_reports_unreadable_ones(phantom):
@@ -309,6 +313,8 @@ def test_classifier_predicts_new_uploads_with_gradcam_and_reports_unreadable_one
     assert not at.exception, [e.value for e in at.exception]
     (res,) = services().store.results(kind="classifier")
     new = phantom[phantom["nodule"] == 1].iloc[-1]["path"]
+    for force in [c for c in at.checkbox if c.key.startswith("clf_force:")]:  # issue 21: a NOT usable one asks first
+        force.check().run()
     up = [u for u in at.file_uploader if u.key.startswith("clf_predict:")][0]
     up.set_value([("new.png", png_bytes(new), "image/png"), ("broken.dcm", b"DICM" * 10, "application/dicom")])
     at.run()
@@ -348,6 +354,9 @@ def test_classifier_compare_backbones_suggests_the_best_measured_and_operating_p
     radio = [r for r in at.radio if r.key.startswith("clf_init:")][0]
     assert radio.value == best and "highest cross-validated AUC on your 11 images" in texts(at)
     assert not [b for b in at.button if b.key == "clf_compare"]  # every backbone measured
+    at.button(key="clf_build").click().run()  # issue 21: comparison probes are not listed; build one to use
+    wait_all()
+    at.run()
     op = [r for r in at.radio if r.key.startswith("clf_op:")][0]
     balanced = float({m.label: m.value for m in at.metric}["Cut-off (probability)"])
     op.set_value("sensitivity").run()

@@ -26,6 +26,7 @@ from engine.fewshot.classifier.errors import ClassifierDataError
 from engine.fewshot.classifier.estimate import Estimate, check_counts, cv_folds, sentence
 from engine.fewshot.classifier.familiarity import Familiarity, fit_familiarity
 from engine.fewshot.classifier.inputs import ImageInput, forward_with_frozen, to_uint8
+from engine.fewshot.classifier.operating import with_intervals
 from engine.fewshot.classifier.model import Classifier
 from engine.fewshot.classifier.schema import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from engine.fewshot.classifier.scoring import manifest_image_keys
@@ -47,22 +48,12 @@ def default_fast_finetune() -> FastFinetune:
 
 def estimate_seconds(n_images: int, mode: str, arch: str = "resnet18", image_size: int = 224,
                      cv_repeats: int | None = None, device: torch.device | str = "cpu",
-                     fast: FastFinetune | None = None) -> dict[str, float]:
-    """Expected build time on this machine, from costs measured here (`finetune.step_costs`, ~1-3 s once per
-    process): {"seconds", "trainings", "repeats"}. probe: one forward per image (the probe fits are
-    negligible); finetune: (views + 1) frozen forwards per image + (repeats * k + 1) trainings of `steps`
-    last-stage steps. An estimate within a factor of ~1.5 when the machine is otherwise idle."""
-    from engine.fewshot.fast_finetune import step_costs
+                     fast: FastFinetune | None = None, sample_paths: Sequence[str | Path] = ()) -> dict[str, float]:
+    """Expected build time on this machine now: {"seconds", "trainings", "repeats", "k"}, from pieces of the
+    chosen work timed at the moment of asking (engine.fewshot.classifier.timing; about 1 s at 224 px)."""
+    from engine.fewshot.classifier.timing import estimate_seconds as timed_estimate
 
-    fast = fast or default_fast_finetune()
-    repeats = cv_repeats or (DEFAULT_REPEATS[mode])
-    t_frozen, t_last, _ = step_costs(arch, image_size, min(fast.batch_size, max(2, n_images)), device)
-    k = 5
-    trainings = repeats * k + 1
-    if mode == "probe":
-        return {"seconds": n_images * t_frozen * 1.35, "trainings": trainings, "repeats": repeats}
-    secs = n_images * t_frozen * (fast.views + 1) + trainings * fast.steps * t_last + n_images * t_frozen * 0.35
-    return {"seconds": secs, "trainings": trainings, "repeats": repeats}
+    return timed_estimate(n_images, mode, arch, image_size, cv_repeats, device, fast, sample_paths)
 
 
 # --------------------------------------------------------------------------------------------- fitting
@@ -166,7 +157,7 @@ def _summarize(oof: np.ndarray, y: np.ndarray, k: int, finding: str, calibration
     lo, hi = percentile_interval(boots)
     cal = fit_calibration(oof.ravel(), np.tile(y, R), calibration, np.full(oof.size, 1.0 / R))
     cv_probs = cal(oof.ravel()).reshape(oof.shape)  # (R, N)
-    op = choose_operating_point(np.tile(y, R), cv_probs.ravel(), "youden")
+    op = with_intervals(choose_operating_point(np.tile(y, R), cv_probs.ravel(), "youden"), y, cv_probs, seed=seed)[0]
     est = Estimate(auc=float(rep_auc.mean()), ci_low=lo, ci_high=hi, n_positive=int((y == 1).sum()),
                    n_negative=int((y == 0).sum()), folds=k, repeats=R, repeat_aucs=tuple(float(a) for a in rep_auc),
                    warnings=tuple(warnings))

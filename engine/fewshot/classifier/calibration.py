@@ -2,8 +2,8 @@
 
 Calibration is fitted on the out-of-fold logits of the cross-validation: `platt` (Platt 1999, smoothed
 targets, slope clamped at >= 0) or `isotonic` (Zadrozny & Elkan 2002 via scikit-learn). Operating points
-are chosen on the calibrated out-of-fold probabilities: Youden's J, a target sensitivity or a target
-specificity. The package docstring (`engine.fewshot.classifier`) gives the reasons and sources.
+are chosen on the calibrated out-of-fold probabilities: Youden's J, equal sensitivity and specificity, a
+target sensitivity or a target specificity (their intervals: `engine.fewshot.classifier.operating`). The package docstring (`engine.fewshot.classifier`) gives the reasons and sources.
 """
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from scipy.special import expit
 from engine.fewshot.classifier.checks import bounded_list, finite_number
 
 CALIBRATIONS = ("platt", "isotonic")
-TARGETS = ("youden", "sensitivity", "specificity")
+TARGETS = ("youden", "equal", "sensitivity", "specificity")
+RULE_NAMES = {"youden": "Youden's J (highest sensitivity + specificity)", "equal": "equal sensitivity and specificity",
+              "sensitivity": "target sensitivity", "specificity": "target specificity"}
 
 
 @dataclass(frozen=True)
@@ -114,23 +116,35 @@ def _fit_platt(s: np.ndarray, y: np.ndarray, w: np.ndarray, n_pos: float, n_neg:
 
 @dataclass(frozen=True)
 class OperatingPoint:
-    """A cut on the calibrated probability with its cross-validated sensitivity and specificity."""
+    """A cut on the calibrated probability with its cross-validated sensitivity and specificity, and (when
+    computed by `engine.fewshot.classifier.operating.with_intervals`) their 95% intervals as (low, high)."""
 
-    rule: str  # "youden" | "sensitivity" | "specificity"
-    target: float | None  # the requested sensitivity / specificity (None for youden)
+    rule: str  # "youden" | "equal" | "sensitivity" | "specificity"
+    target: float | None  # the requested sensitivity / specificity (None for youden / equal)
     threshold: float  # probability >= threshold -> "suggests the finding"
     sensitivity: float
     specificity: float
+    threshold_ci: tuple[float, float] | None = None  # where the rule puts the cut over repeats x bootstrap
+    sensitivity_ci: tuple[float, float] | None = None  # sensitivity at `threshold` over repeats x bootstrap
+    specificity_ci: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def name(self) -> str:
+        """The rule in plain words, e.g. 'target sensitivity 90%'."""
+        base = RULE_NAMES[self.rule]
+        return f"{base} {self.target:.0%}" if self.target is not None else base
+
     def describe(self) -> str:
-        head = {"youden": "balanced (Youden's J)", "sensitivity": f"target sensitivity {self.target:.0%}",
-                "specificity": f"target specificity {self.target:.0%}"}[self.rule]
-        return (f"{head}: cut-off {self.threshold:.3f}; in cross-validation {self.sensitivity:.0%} of images "
-                f"with the finding were called positive (sensitivity) and {self.specificity:.0%} of images without "
-                f"it were called negative (specificity)")
+        def ci(v: tuple[float, float] | None, fmt: str) -> str:
+            return f" (95% interval {v[0]:{fmt}} to {v[1]:{fmt}})" if v else ""
+
+        return (f"{self.name}: cut-off {self.threshold:.3f}{ci(self.threshold_ci, '.3f')}; in cross-validation "
+                f"{self.sensitivity:.0%}{ci(self.sensitivity_ci, '.0%')} of images with the finding were called "
+                f"positive (sensitivity) and {self.specificity:.0%}{ci(self.specificity_ci, '.0%')} of images "
+                "without it were called negative (specificity)")
 
 
 def operating_curve(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -154,6 +168,7 @@ def choose_operating_point(y: np.ndarray, p: np.ndarray, rule: str = "youden", t
     """The cut for `rule` on calibrated OOF probabilities p (M,) with labels y (M,) (see engine.fewshot.classifier).
 
     youden: maximum sensitivity + specificity (ties: the middle candidate, as metrics.youden_threshold);
+    equal: the smallest |sensitivity - specificity| (ties: the highest sum, then the middle candidate);
     sensitivity: the highest cut with sensitivity >= target; specificity: the lowest cut with
     specificity >= target. Raises ValueError for an unknown rule or a target outside (0, 1].
     """
@@ -163,6 +178,13 @@ def choose_operating_point(y: np.ndarray, p: np.ndarray, rule: str = "youden", t
     if rule == "youden":
         j = sens + spec
         best = np.flatnonzero(j >= j.max() - 1e-12)
+        i = int(best[len(best) // 2])
+        target = None
+    elif rule == "equal":
+        gap = np.abs(sens - spec)
+        near = np.flatnonzero(gap <= gap.min() + 1e-12)
+        j = sens[near] + spec[near]
+        best = near[j >= j.max() - 1e-12]
         i = int(best[len(best) // 2])
         target = None
     else:

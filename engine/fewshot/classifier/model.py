@@ -16,11 +16,16 @@ from engine.fewshot.classifier.errors import ClassifierLoadError, ClassifierScor
 from engine.fewshot.classifier.estimate import Estimate
 from engine.fewshot.classifier.familiarity import Familiarity
 from engine.fewshot.classifier.inputs import ImageInput, forward_with_frozen, to_uint8
+from engine.fewshot.classifier.operating import Replicates, with_intervals
 from engine.fewshot.classifier.schema import FORMAT, FORMAT_VERSION, read_classifier, write_classifier
+from engine.fewshot.classifier.usability import Usability, assess
 from engine.fewshot.features import weights_fingerprint
 from engine.fewshot.probe import Probe
 from engine.models.backbones import ARCHS, DEFAULT_LAYER, build_backbone, prepare_batch
 from engine.models.registry import load_backbone
+
+
+TRAINING_MATCH = 0.01  # feature distance (unit vectors) at or below which an image counts as a training image
 
 
 class Classifier:
@@ -54,6 +59,7 @@ class Classifier:
         self.version = version
         self.checkpoint_dir = checkpoint_dir  # where a registry init is looked up (None: engine.paths default)
         self.training_keys = tuple(training_keys)  # content keys of the training images (scoring.image_key)
+        self._op_cache: dict[tuple[str, float | None], tuple[OperatingPoint, Replicates | None]] = {}
 
     # -- model
     @property
@@ -124,21 +130,48 @@ class Classifier:
         return self.calibration(logits)
 
     def operating_point(self, rule: str = "youden", target: float | None = None) -> OperatingPoint:
-        """The cut for `rule` ("youden" | "sensitivity" | "specificity" with `target` in (0, 1]) with its
-        cross-validated sensitivity and specificity. Files of format v1 have only their saved cut."""
+        """The cut for `rule` ("youden" | "equal" | "sensitivity" | "specificity" with `target` in (0, 1]) with
+        its cross-validated sensitivity and specificity and their 95% intervals (repeats x bootstrap, see
+        engine.fewshot.classifier.operating). Files of format v1 have only their saved cut."""
+        return self.operating_point_replicates(rule, target)[0]
+
+    def operating_point_replicates(self, rule: str = "youden", target: float | None = None
+                                   ) -> tuple[OperatingPoint, Replicates | None]:
+        """(operating point with intervals, its bootstrap x repeat replicates; None for v1 files). Memoized."""
+        key = (rule, None if target is None else float(target))
+        if key in self._op_cache:
+            return self._op_cache[key]
         if self.cv_probs is None or self.cv_labels is None:
             if rule != "youden":
                 raise ClassifierLoadError("this classifier was saved by an older version without cross-validated "
                                           "scores; rebuild it to choose an operating point")
-            return self.operating or OperatingPoint("youden", None, self.threshold, math.nan, math.nan)
+            return self.operating or OperatingPoint("youden", None, self.threshold, math.nan, math.nan), None
         R = self.cv_probs.shape[0]
-        return choose_operating_point(np.tile(self.cv_labels, R), self.cv_probs.ravel(), rule, target)
+        op = choose_operating_point(np.tile(self.cv_labels, R), self.cv_probs.ravel(), rule, target)
+        self._op_cache[key] = with_intervals(op, self.cv_labels, self.cv_probs)
+        return self._op_cache[key]
+
+    @property
+    def usability(self) -> Usability:
+        """Usable or not, with plain-language reasons (engine.fewshot.classifier.usability), recomputed from the
+        cross-validated probabilities, the AUC estimate and the saved operating point."""
+        return assess(self.cv_probs, self.estimate, self.operating)
+
+    @property
+    def training_prevalence(self) -> float:
+        """Share of training images with the finding (the mix the calibrated probabilities hold at)."""
+        if self.cv_labels is not None:
+            return float(np.mean(self.cv_labels))
+        pos, neg = int(self.counts.get("positive", 0)), int(self.counts.get("negative", 0))
+        return pos / (pos + neg) if pos + neg else math.nan
 
     def predict(self, images: Sequence[ImageInput], threshold: float | None = None) -> list[dict[str, Any]]:
         """One dict per image (float32 HxW arrays in [0, 1] or paths): `probability` (calibrated), `label`
         (1 = probability >= threshold), `threshold`, `finding`, `calibration`, `unfamiliar` (bool, or None for
         files without the rule), `familiarity_distance`, `familiarity_threshold`.
         `threshold` (default: the saved operating point's) is a cut on the calibrated probability.
+        `training_image` (files with the rule): True when the image is (nearly) one of the training images (distance
+        <= TRAINING_MATCH): its score is not a test of the classifier (issue 21).
         Raises ClassifierScoreError when a score is NaN or infinite (never returns a non-finite number)."""
         t = self.threshold if threshold is None else finite_number(threshold, "threshold", 0.0, 1.0)
         F, G = self._features(images)  # (N, D), (N, D')
@@ -154,10 +187,10 @@ class Classifier:
         for i, v in enumerate(p):
             r = {"probability": float(v), "label": int(v >= t), "threshold": t, "finding": self.finding,
                  "calibration": self.calibration.method, "unfamiliar": None, "familiarity_distance": None,
-                 "familiarity_threshold": None}
+                 "familiarity_threshold": None, "training_image": None}
             if d is not None:
                 r.update(unfamiliar=bool(d[i] > self.familiarity.threshold), familiarity_distance=float(d[i]),
-                         familiarity_threshold=self.familiarity.threshold)
+                         familiarity_threshold=self.familiarity.threshold, training_image=bool(d[i] <= TRAINING_MATCH))
             out.append(r)
         return out
 
@@ -174,6 +207,8 @@ class Classifier:
             "operating_point": self.operating.to_dict() if self.operating else None,
             "familiarity": self.familiarity.meta() if self.familiarity is not None else None,
             "training_keys": list(self.training_keys),
+            "usability": self.usability.to_dict(),
+            "training_prevalence": self.training_prevalence if math.isfinite(self.training_prevalence) else None,
         }
 
     def tensors(self) -> dict[str, torch.Tensor]:

@@ -47,6 +47,7 @@ def check_metadata(m: Any) -> dict[str, Any]:
     _check_operating_point(m.get("operating_point"))
     _check_familiarity(m.get("familiarity"))
     _check_training_keys(m.get("training_keys"))
+    _check_usability(m.get("usability"), m.get("training_prevalence"))
     return m
 
 
@@ -114,6 +115,23 @@ def _check_operating_point(op: Any) -> None:
         raise ValueError("operating_point must be an object with a known rule")
     for key in ("threshold", "sensitivity", "specificity"):
         finite_number(op.get(key), f"operating_point {key}", 0.0, 1.0)
+    for key in ("threshold_ci", "sensitivity_ci", "specificity_ci"):
+        ci = op.get(key)
+        if ci is not None and (not isinstance(ci, list) or len(ci) != 2):
+            raise ValueError(f"operating_point {key} must be a (low, high) pair")
+        for v in ci or ():
+            finite_number(v, f"operating_point {key}", 0.0, 1.0)
+
+
+def _check_usability(u: Any, prevalence: Any) -> None:
+    """The saved verdict (informative only: `Classifier.usability` recomputes it) and training prevalence."""
+    if prevalence is not None:
+        finite_number(prevalence, "training_prevalence", 0.0, 1.0)
+    if u is None:
+        return
+    if not isinstance(u, dict) or not isinstance(u.get("usable"), bool) or not isinstance(u.get("reasons", []), list) \
+            or not all(isinstance(r, str) and len(r) < 1000 for r in u.get("reasons", [])[:20]):
+        raise ValueError("usability must be an object with usable (true/false) and reasons (texts)")
 
 
 def _check_familiarity(fam: Any) -> None:
@@ -189,10 +207,17 @@ def read_classifier(path: str | Path) -> dict[str, Any]:
                 created=str(m.get("created", "")),
                 calibration=Calibration.from_dict(m["calibration"]) if m.get("calibration") else None,
                 cv_probs=cv_probs, cv_labels=cv_labels,
-                operating=OperatingPoint(**{k: op.get(k) for k in ("rule", "target", "threshold", "sensitivity",
-                                                                  "specificity")}) if op else None,
+                operating=_operating(op) if op else None,
                 familiarity=_familiarity(m, tensors, refuse), version=m["version"],
                 training_keys=tuple(m.get("training_keys") or ()))
+
+
+def _operating(op: dict[str, Any]) -> OperatingPoint:
+    """The saved operating point (checked by `_check_operating_point`), intervals as tuples."""
+    ci = {k: tuple(op[k]) if op.get(k) is not None else None for k in ("threshold_ci", "sensitivity_ci",
+                                                                       "specificity_ci")}
+    return OperatingPoint(**{k: op.get(k) for k in ("rule", "target", "threshold", "sensitivity", "specificity")},
+                          **ci)
 
 
 def _read_raw(path: Path, refuse) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
