@@ -149,11 +149,11 @@ def test_validate_and_predict_csv_cli(built, capsys):
 
 def test_classifier_page_uploads_mark_training_images(built):
     from engine.fewshot.classifier import Classifier
-    from ui.inference import LoadedClassifier, explain_uploads, familiarity_note
+    from ui.inference import LoadedClassifier, explain_uploads, training_note
 
     tmp, path, root, train, df = built
     pairs = (("old.png", train["path"].iloc[3]), ("new.png", df["path"].iloc[35]))
     files = [(n, open(p, "rb").read()) for n, p in pairs]
     old, new = explain_uploads(LoadedClassifier(Classifier.load(path)), files)
     assert old.training_image and not new.training_image
-    assert "training images (same pixels)" in familiarity_note(old)
+    assert "one of the training images" in training_note(old) and training_note(new) is None
