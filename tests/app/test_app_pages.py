@@ -592,7 +592,7 @@ def test_gradcam_study_grid_labels_and_flat_maps(phantom, monkeypatch):
     """The study's per-image captions use the inits' labels and say when a map is flat."""
     import numpy as np
 
-    import engine.explain.study as study
+    import engine.explain.study_explain as study
 
     real = study.explain_images
     monkeypatch.setattr(study, "explain_images", lambda *a, **k: [np.zeros_like(m) for m in real(*a, **k)])

@@ -120,7 +120,7 @@ def test_results_without_the_pool_auc_keep_their_old_meaning(tmp_path):
 
 
 @pytest.fixture
-def phantom_ckpt(tmp_path_factory, monkeypatch):
+def phantom_ckpt(tmp_path_factory, monkeypatch, phantom_set):
     """The shared 240-image phantom manifest (no split column) and a second init: a random-weight checkpoint."""
     import torch
 
@@ -130,7 +130,7 @@ def phantom_ckpt(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SCARCE_CXR_WORKSPACE", str(tmp_path_factory.getbasetemp() / "fewshot-sweep-ws"))
     torch.manual_seed(5)
     save_backbone(build_backbone("resnet18"), "other-r18", {"method": "fake", "arch": "resnet18"})
-    return phantom_manifest(tmp_path_factory)
+    return phantom_manifest(tmp_path_factory, phantom_set)
 
 
 def _overlap(a: list[dict], b: list[dict]) -> list[tuple]:
