@@ -96,10 +96,13 @@ def method_names() -> tuple[str, ...]:
 # --- shared views of the presets ---------------------------------------------------------------
 # quick: views that share no pixel grain (exposure jitter, always-on blur, fresh noise), crops
 # keeping the global layout. long: paper strength where a pool of ~10,000 images allows, with the
-# X-ray changes argued in engine/ssl/augment.py (crops 0.3-1, jitter 0.4, noise 0.05, MoCo v2 blur).
+# X-ray changes argued in engine/ssl/augment.py (crops 0.3-1, jitter 0.4, noise 0.05, MoCo v2 blur), plus
+# histogram equalization on half the views: the one change of bench/xray_recipe.py's ablation that helped on
+# both tasks (docs/results.md, "X-ray recipe"; CPU scale, one pretraining seed: the next GPU window checks it).
+# The shipped cxr-moco_v2-resnet18-224 was trained before it (its json records its own views).
 _GRAINLESS_VIEWS: dict[str, Any] = {"jitter": 0.4, "noise_std": 0.05, "blur_p": 1.0, "blur_sigma": (3.5, 7.0)}
 _LONG_VIEWS: dict[str, Any] = {"crop_scale": (0.3, 1.0), "jitter": 0.4, "noise_std": 0.05, "blur_p": 0.5,
-                               "blur_sigma": (0.1, 2.0)}
+                               "blur_sigma": (0.1, 2.0), "hist_eq_p": 0.5}
 # MoCo v2's quick and long heads: queue smaller than an epoch (an image's own stale key is rarely its
 # negative), key momentum 0.99 for a short run, T 0.2 (MoCo v2), BN head with centred output (MoCo v3's).
 _MOCO_QUICK: dict[str, Any] = {"queue": 256, "m": 0.99, "T": 0.2, "head_bn": True, "head_out_bn": True}
