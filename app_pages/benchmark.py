@@ -164,7 +164,7 @@ def show_statistics(ok: pd.DataFrame, trials: pd.DataFrame, rid: str) -> None:
     st.markdown("**Test AUC: mean [95% interval] over trials**")
     st.table(labeled(appendix_table(ok, interval=True)))
     if len(paired):
-        st.markdown(f"**Paired difference d vs {labels.get(ref, ref)}: d ± SE (wins/trials)**")
+        st.markdown(f"**Paired difference d vs {labels.get(ref, ref)}: d [95% interval] (wins/trials)**")
         st.table(labeled(paired_appendix_table(paired)))
     elif len(inits) > 1:
         st.info("The trials file of this benchmark is missing, so the paired difference cannot be computed.")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -114,7 +115,10 @@ def benchmark_figure(summary: pd.DataFrame, paired: pd.DataFrame, findings: list
         fig.add_hline(y=0.5, line={"color": "gray", "dash": "dot", "width": 1}, row=1, col=c)
         fig.add_hline(y=0.0, line={"color": "black", "width": 1}, row=2, col=c)
     shots = sorted(set(summary["shots"].astype(int))) if len(summary) else [1, 5, 10, 20, 50]
-    fig.update_xaxes(type="log", tickvals=shots, ticktext=[str(k) for k in shots])
+    # the range padded around the shot counts (log units): with one shot count, autorange would stretch the small
+    # sideways shifts to the plot's edges and leave the tick in empty space between the points
+    lo, hi = np.log10(min(shots)) - 0.15, np.log10(max(shots)) + 0.15
+    fig.update_xaxes(type="log", tickvals=shots, ticktext=[str(k) for k in shots], range=[lo, hi])
     fig.update_xaxes(title_text="shots per class", row=2)
     fig.update_yaxes(title_text="test AUC (95% CI)", row=1, col=1)
     fig.update_yaxes(title_text=f"d vs {short_label(reference, 16)}", row=2, col=1)

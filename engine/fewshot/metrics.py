@@ -231,10 +231,12 @@ def t_interval(mean: float, se: float, n: int, level: float = 0.95) -> tuple[flo
     return mean - q * se, mean + q * se
 
 
-def mean_interval(x, pool=None, boot=None, level: float = 0.95) -> dict[str, float]:
+def mean_interval(x, pool=None, boot=None, level: float = 0.95,
+                  bounds: tuple[float, float] = (0.0, 1.0)) -> dict[str, float]:
     """Mean, SE and `level` t-interval of per-trial values x (J,): `resampled_se` when `pool` (the same
     trials on the whole test pool; `boot` (J, B) on the shared resamples) is given, else the episode-only
-    s(x)/sqrt(J)."""
+    s(x)/sqrt(J). The interval is clipped to `bounds`, the values' possible range (AUC: [0, 1]; a
+    difference of AUCs: [-1, 1]): with few trials the t quantile can otherwise reach past it."""
     x = np.asarray(x, dtype=np.float64)
     n = int(x.size)
     if pool is not None:
@@ -243,6 +245,8 @@ def mean_interval(x, pool=None, boot=None, level: float = 0.95) -> dict[str, flo
         se = float(x.std(ddof=1) / np.sqrt(n)) if n > 1 else math.nan
     m = float(x.mean()) if n else math.nan
     lo, hi = t_interval(m, se, n, level)
+    if lo == lo:
+        lo, hi = max(bounds[0], lo), min(bounds[1], hi)
     return {"mean": m, "se": se, "ci_low": lo, "ci_high": hi}
 
 
@@ -281,7 +285,7 @@ def paired_differences(trials, baseline: str = "random") -> list[dict]:
             if method == RESAMPLED:
                 pool = (g[("auc_pool", init)].to_numpy(float) - g[("auc_pool", baseline)].to_numpy(float))[ok]
                 boot = _paired_boot(t, (finding, mode, shots), init, baseline, g.index.get_level_values("trial")[ok])
-            st = mean_interval(d, pool, boot)
+            st = mean_interval(d, pool, boot, bounds=(-1.0, 1.0))
             rows.append({"finding": finding, "mode": mode, "shots": int(shots), "init": init, "n": int(len(d)),
                          "auc": float(a[ok].mean()), "auc_random": float(base[ok].mean()), "reference": baseline,
                          "diff": st["mean"], "se": st["se"], "ci_low": st["ci_low"], "ci_high": st["ci_high"],

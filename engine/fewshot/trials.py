@@ -145,12 +145,16 @@ def appendix_table(summary: pd.DataFrame, include_skipped: bool = False, interva
 
 def paired_appendix_table(paired: list[dict] | pd.DataFrame) -> pd.DataFrame:
     """Paired differences (engine.fewshot.metrics.paired_differences rows) in the appendix layout: one row per
-    (finding, init, mode), one column per shot count, each cell "d ± SE (wins/n)". Empty frame for no rows."""
+    (finding, init, mode), one column per shot count, each cell "d [95% interval] (wins/n)" (the interval the
+    plot draws; "d ± SE" only for rows without one). Empty frame for no rows."""
     p = pd.DataFrame(paired)
     if p.empty:
         return pd.DataFrame()
-    cells = [f"{d:+.3f} ± {se:.3f} ({w}/{n})" if se == se else f"{d:+.3f} ({w}/{n})"
-             for d, se, w, n in zip(p["diff"], p["se"], p["wins"], p["n"])]
+    lo = p["ci_low"] if "ci_low" in p else pd.Series(float("nan"), index=p.index)
+    hi = p["ci_high"] if "ci_high" in p else pd.Series(float("nan"), index=p.index)
+    cells = [f"{d:+.3f} [{a:+.3f}, {b:+.3f}] ({w}/{n})" if a == a else
+             f"{d:+.3f} ± {se:.3f} ({w}/{n})" if se == se else f"{d:+.3f} ({w}/{n})"
+             for d, a, b, se, w, n in zip(p["diff"], lo, hi, p["se"], p["wins"], p["n"])]
     return _by_shots(p.assign(v=cells), ["finding", "init", "mode"])
 
 

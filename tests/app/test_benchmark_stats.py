@@ -2,6 +2,8 @@
 a chosen reference init (SE, interval, wins) per finding x init x shots, as two panels and two full tables."""
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 
@@ -68,7 +70,8 @@ def test_page_shows_d_vs_the_chosen_reference_with_se_and_wins_in_full_tables(tw
     auc_t, d_t = at.table[0].value, at.table[1].value
     assert {"2-shot", "5-shot", "10-shot"} <= set(auc_t.columns) and "[" in str(auc_t["10-shot"].iloc[0])
     assert {"2-shot", "5-shot", "10-shot"} <= set(d_t.columns) and len(d_t) == 2  # one row per finding
-    assert "±" in str(d_t["5-shot"].iloc[0]) and "/3)" in str(d_t["5-shot"].iloc[0])  # d ± SE (wins/3)
+    cell = str(d_t["5-shot"].iloc[0])  # d [95% interval] (wins/3), the interval the plot draws
+    assert re.match(r"[+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\] \(\d/3\)$", cell), cell
     assert any(RESAMPLED in c.value for c in at.caption)
     assert len(at.get("plotly_chart")) == 1  # two findings: one figure, two facets
     # another reference: d is now against the SSL init, so random's row appears in the d table
