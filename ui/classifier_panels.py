@@ -89,6 +89,10 @@ def prevalence_panel(res: dict[str, Any], clf: Classifier, op: OperatingPoint, r
                 "mix: among images like these, those given 0.7 have the "
                 f"finding about 70% of the time *only where {train:.0%} have it*. Below, each new image also gets "
                 f"its probability at {q:.1%} (Bayes' odds adjustment, Saerens et al. 2002).")
+    if train == train and abs(q - train) < 0.001:  # the default: nothing entered yet
+        st.warning(f"No expected prevalence entered: the PPV and NPV below are at the training mix ({train:.0%}), "
+                   "which is usually far higher than where a classifier is used (a clinic may see 5-10%). Enter the "
+                   "prevalence of the place you will use it before quoting them.", icon=":material/percent:")
     if rep is not None:
         pv = predictive_at(op, rep, q)
         d1, d2 = st.columns(2)
