@@ -274,9 +274,17 @@ def radio(d, text: str) -> None:
     el.click()
 
 
-def upload(d, paths: list[str], index: int = 0) -> None:
-    wait_for(d, lambda _: d.find_elements(By.CSS_SELECTOR, 'input[type="file"]'), timeout=30, what="a file uploader")
-    inp = d.find_elements(By.CSS_SELECTOR, 'input[type="file"]')[index]
+def upload(d, paths: list[str], index: int = 0, label: str | None = None) -> None:
+    """Send `paths` to a file uploader: the one whose label contains `label`, else the `index`-th on the page."""
+    css = 'input[type="file"]'
+    if label is not None:
+        xp = (f'//*[@data-testid="stFileUploader"][.//*[contains(normalize-space(.), "{label}")]]'
+              '//input[@type="file"]')
+        wait_for(d, lambda _: d.find_elements(By.XPATH, xp), timeout=30, what=f"the uploader {label!r}")
+        inp = d.find_elements(By.XPATH, xp)[0]
+    else:
+        wait_for(d, lambda _: d.find_elements(By.CSS_SELECTOR, css), timeout=30, what="a file uploader")
+        inp = d.find_elements(By.CSS_SELECTOR, css)[index]
     d.execute_script("arguments[0].value = '';", inp)  # chromedriver appends to a multiple input's files
     inp.send_keys("\n".join(paths))
 
@@ -439,7 +447,7 @@ def test_clinician_builds_a_classifier_and_explains_a_new_image(server, env, lab
             d.execute_script("arguments[0].scrollIntoView({block: 'center'});", box)
             box.click()
         idle(d)
-        upload(d, [env["new"]], index=-1)
+        upload(d, [env["new"]], label="New chest X-rays")  # not the batch-scoring uploader further down
         text = wait_for(d, "Probability of nodule (calibrated)", timeout=120)
         assert re.search(r"Probability of nodule \(calibrated\)\s*([<>] 0\.01|> 0\.99|[01]\.\d{2,4})", text), text
         head = "Does not suggest nodule" if "Does not suggest nodule" in text else "Suggests nodule"
@@ -457,7 +465,8 @@ def test_clinician_runs_the_benchmark(server, labeled_images):
     try:
         open_page(d, server.url + "/benchmark", "Run benchmark")
         click(d, "Run benchmark")
-        wait_for(d, "Mean ± std of the test AUC", timeout=240)
+        wait_for(d, lambda t: "Test AUC: mean [95% interval] over trials" in t and "Paired difference d" in t,
+                 timeout=240, what="the AUC and paired-difference tables")
         shot(d, "benchmark-result")
     finally:
         d.quit()
