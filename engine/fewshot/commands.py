@@ -199,8 +199,7 @@ def _predict(args) -> int:
     from engine.device import resolve_device
     from engine.fewshot.classifier import Classifier, ClassifierScoreError
     from engine.fewshot.classifier.operating import adjust_to_prevalence, check_prevalence
-    from engine.fewshot.classifier.scoring import is_training_image, write_scores_csv
-    from engine.fewshot.validation_commands import predict_rows
+    from engine.fewshot.classifier.scoring import ScoreRow, is_training_image, write_scores_csv
 
     if args.prevalence is not None:
         check_prevalence(args.prevalence)  # ValueError -> the CLI's error line, before any work
@@ -220,22 +219,31 @@ def _predict(args) -> int:
     if args.prevalence is not None:
         extra.update(_prevalence_fields(clf, op, rep, args.prevalence))
     failed = 0
-    for path in args.images:
+    rows: list[ScoreRow] = []  # the --csv rows, from the same scores as the JSON lines (each image read once more
+    for path in args.images:  # only for its pixel key, and only when the classifier recorded training keys)
+        same_pixels = None
         try:
             pred = clf.predict([path], threshold=op.threshold)[0]
+            same_pixels = is_training_image(clf, path)
             out = {**pred, **extra,  # a training image: the same pixels, or (nearly) the same features
-                   "training_image": bool(is_training_image(clf, path) or pred.get("training_image"))}
+                   "training_image": bool(same_pixels or pred.get("training_image"))}
             if args.prevalence is not None:
                 out["adjusted_probability"] = float(adjust_to_prevalence(out["probability"], clf.training_prevalence,
                                                                          args.prevalence))
             line = json.dumps({"image": path, **out}, allow_nan=False)
+            rows.append(ScoreRow(path, float(pred["probability"]),
+                                 f"{clf.finding} {'likely' if pred['label'] else 'unlikely'}",
+                                 bool(pred["unfamiliar"]), bool(same_pixels)))
         except (ImageReadError, FileNotFoundError, ClassifierScoreError) as e:  # one bad file does not stop the others
             failed += 1
             line = json.dumps({"image": path, "error": str(e)}, allow_nan=False)
+            rows.append(ScoreRow(path, None, None, None, bool(same_pixels), str(e)))
         except ValueError as e:  # allow_nan=False refused a non-finite number: an error row, never NaN
             failed += 1
-            line = json.dumps({"image": path, "error": f"the answer held a non-finite number ({e}); no result given"})
+            msg = f"the answer held a non-finite number ({e}); no result given"
+            line = json.dumps({"image": path, "error": msg})
+            rows.append(ScoreRow(path, None, None, None, bool(same_pixels), msg))
         print(line, flush=True)
     if args.csv:
-        write_scores_csv(predict_rows(clf, args.images, op.threshold), args.csv)
+        write_scores_csv(rows, args.csv)
     return 1 if failed else 0

@@ -90,10 +90,3 @@ def _score(args) -> int:
                       "unfamiliar": sum(bool(r.unfamiliar) for r in rows),
                       "training_images": sum(r.training_image for r in rows)}))
     return 1 if errors else 0
-
-
-def predict_rows(clf, paths: list[str], threshold: float):
-    """ScoreRows of `predict`'s images (for --csv and its training_image field)."""
-    from engine.fewshot.classifier.scoring import score_items
-
-    return score_items(clf, [(p, Path(p)) for p in paths], threshold)
