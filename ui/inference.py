@@ -56,6 +56,7 @@ def explain_uploads(loaded: LoadedClassifier, files: list[tuple[str, bytes]], me
     """Calibrated probability, verdict at `threshold` (default: the classifier's saved cut), familiarity flag
     and Grad-CAM overlay per uploaded file; unreadable files and non-finite scores get an `error` instead."""
     clf = loaded.clf
+    train_keys = set(clf.training_keys)  # pixel keys of its training images (issue 21 item 6)
     out: list[Explained] = []
     with loaded.lock:
         for name, data in files:
@@ -73,7 +74,7 @@ def explain_uploads(loaded: LoadedClassifier, files: list[tuple[str, bytes]], me
             out.append(Explained(name, img, overlay(img, heat, alpha=DEFAULT_OPACITY), float(pred["probability"]),
                                  int(pred["label"]), float(pred["threshold"]), pred["unfamiliar"],
                                  pred["familiarity_distance"], pred["familiarity_threshold"], heat=heat,
-                                 training_image=bool(image_key(img, meta.bits) in set(clf.training_keys)
+                                 training_image=bool(image_key(img, meta.bits) in train_keys
                                                      or pred.get("training_image"))))
     return out
 
