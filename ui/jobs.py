@@ -16,7 +16,7 @@ from engine.escaping import escape_markdown as md
 from engine.jobs import JobSnapshot
 from engine.jobs.params import JobParams
 from engine.tasks import kind_of
-from ui.services import services
+from ui.services import keep_workspace_in_url, services
 from ui.store_writes import WRITE_ERRORS, store_write, write_error_message
 from ui.widgets import fmt_time
 
@@ -137,6 +137,7 @@ def watch(job_id: int, draw: Callable[[JobSnapshot], None], *, every: float = 1.
 
     @st.fragment(run_every=every)
     def _live() -> None:
+        keep_workspace_in_url()
         s = runner.snapshot(job_id)
         draw(s)
         if not is_active(s):

@@ -134,6 +134,18 @@ def sync_workspace() -> str | None:
     return notice
 
 
+def keep_workspace_in_url() -> None:
+    """Put this session's workspace back into the URL's `?ws=` (first thing in every `run_every` fragment).
+
+    A fragment's timed rerun carries the address the browser had when it was sent: one sent just before a
+    click on a link to another workspace arrives after that page's run and would set the URL back to the old
+    workspace, while the page (and the session) shows the new one; a reload would then switch workspace.
+    Only full runs change the session's workspace (`sync_workspace`), so the session is the truth here."""
+    name = workspace_param()
+    if st.query_params.get(WS_PARAM) != name:
+        st.query_params[WS_PARAM] = name
+
+
 def known_workspaces() -> list[Path]:
     """The default workspace first, then the other folders beside it that hold a workspace (a store)."""
     default = paths.workspace_dir()

@@ -9,8 +9,8 @@ import streamlit as st
 from ui.jobs import ACTIVE, job_title, progress_text
 from engine.escaping import escape_markdown as md
 from engine.tasks import is_demo_workspace, kind_of
-from ui.services import (WS_PARAM, active_workspace, create_workspace, known_workspaces, opened_services, services,
-                         workspace_param)
+from ui.services import (WS_PARAM, active_workspace, create_workspace, keep_workspace_in_url, known_workspaces,
+                         opened_services, services, workspace_param)
 from ui.widgets import PAGE_FILES
 
 PAGE_TITLE = {"data": "Data", "pretrain": "Pretrain", "classifier": "Classifier", "benchmark": "Benchmark",
@@ -91,6 +91,7 @@ def _jobs_panel() -> None:
 
     @st.fragment(run_every=2.0)
     def _live() -> None:
+        keep_workspace_in_url()
         now = _active_jobs()
         _draw_jobs(now)
         if mine(now) != mine(active):

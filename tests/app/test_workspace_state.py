@@ -200,3 +200,27 @@ def test_pretrain_form_counts_the_images_the_run_uses(phantom_csv):
     snap = runner.wait(job.id, timeout=300)
     assert snap.state == "done", snap.error
     assert snap.result["n_images"] == used  # the run trained on exactly the images the form counted
+
+
+def _fragment_rerun() -> None:
+    """What a sidebar/job fragment's timed rerun does first (AppTest runs it as a plain script)."""
+    from ui.services import keep_workspace_in_url
+
+    keep_workspace_in_url()
+
+
+def test_a_timed_fragment_rerun_with_the_old_address_puts_the_sessions_workspace_back(phantom_csv):
+    """A fragment rerun sent just before a click on a link to another workspace carries the old `?ws=`; the
+    session already shows the new workspace, so the fragment writes it back into the address (CI once saw
+    the URL stuck on the old workspace while the page showed the new one)."""
+    from ui.services import ACTIVE_KEY
+
+    clinic = workspace("clinic", phantom_csv, slice(0, 8), "nodule")
+    at = AppTest.from_function(_fragment_rerun, default_timeout=TIMEOUT)
+    at.session_state[ACTIVE_KEY] = str(clinic)
+    at.query_params["ws"] = default_ws().name  # the stale address of the fragment's request
+    ok(at.run())
+    assert url_ws(at) == "clinic"
+    at.query_params["ws"] = "clinic"  # already right: left as it is
+    ok(at.run())
+    assert url_ws(at) == "clinic"
