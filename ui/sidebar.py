@@ -62,7 +62,9 @@ def render_sidebar() -> None:
                      format_func=lambda p: workspace_label(Path(p)),
                      help="Each workspace is a folder with its own images, labels and jobs. The demo holds synthetic "
                           "phantoms; put real X-rays in a workspace of your own.")
-        st.caption(f"`{svc.workspace}`  \n{n_images} images · {len(counts)} findings")
+        n_f = len(counts)
+        st.caption(f"`{svc.workspace}`  \n{n_images} image{'' if n_images == 1 else 's'} · "
+                   f"{n_f} finding{'' if n_f == 1 else 's'}")
         with st.popover("New empty workspace", icon=":material/create_new_folder:", width="stretch"):
             st.text_input("Name", key="ws_new_name", placeholder="e.g. clinic-2026",
                           help="Letters, digits, '.', '-' and '_'; a new folder beside the demo workspace.")
