@@ -323,6 +323,7 @@ def _paired_boot(t, group: tuple, init: str, baseline: str, trials) -> np.ndarra
 
 # A floor that moves an end by less than this is not called a widening (the tables print 3 decimals).
 WIDEN_TOL = 5e-4
+WIDENED_MARK = " †"  # after a table cell whose interval the floor widened; its note is said once under the table
 
 
 def newcombe_variance(theta, n_pos: float, n_neg: float):
@@ -405,9 +406,9 @@ def floor_note(n_pos: float, n_neg: float, low: float, high: float, difference: 
               "favourable, assumed)" if assumed_balanced else
               f"{_count_words(n_pos)} positive and {_count_words(n_neg)} negative test images")
     if difference:
-        return (f"interval widened: with {counts} no difference of two AUCs can be known more precisely than "
+        return (f"Interval widened: with {counts} no difference of two AUCs can be known more precisely than "
                 f"d ± {(high - low) / 2:.3f} (the narrowest AUC interval these counts allow, Newcombe 2006)")
-    return (f"interval widened: with {counts} no AUC can be known more precisely than this (Newcombe's 2006 "
+    return (f"Interval widened: with {counts} no AUC can be known more precisely than this (Newcombe's 2006 "
             f"small-sample interval [{low:.3f}, {high:.3f}])")
 
 
@@ -441,7 +442,8 @@ def floor_interval(estimate: float, low: float, high: float, n_pos: float, n_neg
         f_lo, f_hi = auc_small_sample_interval(min(1.0, max(0.0, estimate)), n_pos, n_neg, level)
     lo, hi = min(low, f_lo), max(high, f_hi)
     widened = lo < low - WIDEN_TOL or hi > high + WIDEN_TOL
-    note = floor_note(n_pos, n_neg, f_lo, f_hi, difference, assumed_balanced) if widened else ""
+    shown = (estimate - w, estimate + w) if difference else (f_lo, f_hi)  # the note names d -+ w unclipped
+    note = floor_note(n_pos, n_neg, *shown, difference, assumed_balanced) if widened else ""
     return Floored(float(lo), float(hi), widened, note)
 
 

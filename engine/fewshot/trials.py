@@ -27,8 +27,8 @@ from scipy.special import expit
 
 from engine.atomic import atomic_write
 from engine.fewshot.metrics import (FIXED, RESAMPLED,  # noqa: F401 (FIXED: re-exported)
-                                    auc, bootstrap_auc, floor_interval, mean_interval, summary, threshold_metrics,
-                                    trial_test_counts, uncertainty_of, youden_threshold)
+                                    WIDENED_MARK, auc, bootstrap_auc, floor_interval, mean_interval, summary,
+                                    threshold_metrics, trial_test_counts, uncertainty_of, youden_threshold)
 
 TRIAL_COLUMNS = [
     "finding", "init", "mode", "shots", "trial", "seed", "auc", "auc_ci_low", "auc_ci_high", "accuracy",
@@ -134,9 +134,6 @@ def summarize(trials: pd.DataFrame, n_bootstrap: int = 500, seed: int = 0,
                                                                                                "message"]
     out = pd.DataFrame(rows, columns=cols)
     return out.sort_values(GROUP, kind="stable").reset_index(drop=True) if len(out) else out
-
-
-WIDENED_MARK = " †"  # after a table cell whose interval the small-sample floor widened (metrics.floor_interval)
 
 
 def floor_summary(summary: pd.DataFrame, trials: pd.DataFrame | None = None) -> pd.DataFrame:
