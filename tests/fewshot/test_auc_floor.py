@@ -199,3 +199,12 @@ def test_external_validation_on_a_tiny_test_set_is_floored():
     rep = validate_scores(y, np.array([0.9, 0.8, 0.2, 0.1, 0.3]), 0.5, "nodule")
     assert rep.auc == 1.0 and rep.auc_low < 0.8 and rep.auc_ci_note in rep.sentence()
     assert type(rep).from_dict(rep.to_dict()).auc_ci_note == rep.auc_ci_note
+
+
+def test_study_report_marks_widened_d_intervals_and_says_why_once():
+    from engine.study.report import paired_table
+
+    t = paired_table(_perfect_trials())
+    assert t["95% interval"].iloc[0].endswith(WIDENED_MARK)
+    notes = t.attrs["notes"]
+    assert len(notes) == 1 and "no difference of two AUCs can be known more precisely" in notes[0]
