@@ -9,8 +9,9 @@ import streamlit as st
 
 from engine.fewshot.plots import auc_vs_shots_figure
 from engine.escaping import escape_markdown as md
-from engine.fewshot.metrics import FIXED, paired_differences, uncertainty_of, uncertainty_text
-from engine.fewshot.trials import appendix_table, paired_appendix_table, read_trials
+from engine.fewshot.metrics import (FIXED, WIDENED_MARK, interval_notes, paired_differences, uncertainty_of,
+                                    uncertainty_text)
+from engine.fewshot.trials import appendix_table, floor_summary, paired_appendix_table, read_trials
 from engine.jobs import JobSnapshot
 from engine.models import list_inits
 from engine.tasks import SimilarityParams, SweepParams, partial_sweep_trials
@@ -126,7 +127,7 @@ def show_sweep(res: dict[str, Any]) -> None:
         st.info("This benchmark produced no results (see the warnings above).")
         return
     trials = read_trials(trials_csv) if trials_csv.exists() else pd.DataFrame()
-    show_statistics(ok, trials, str(res["id"]))
+    show_statistics(floor_summary(ok, trials), trials, str(res["id"]))  # results written before the floor: floored here
     c1, c2 = st.columns(2)
     c1.download_button("Download summary (CSV)", summary_csv.read_bytes(), file_name=f"benchmark-{res['id']}-summary.csv",
                        mime="text/csv", icon=":material/download:", key=f"dl_sum:{res['id']}")
@@ -163,11 +164,19 @@ def show_statistics(ok: pd.DataFrame, trials: pd.DataFrame, rid: str) -> None:
                + uncertainty_text(method))
     st.markdown("**Test AUC: mean [95% interval] over trials**")
     st.table(labeled(appendix_table(ok, interval=True)))
+    widened_notes(ok.get("auc_ci_note", []))
     if len(paired):
         st.markdown(f"**Paired difference d vs {labels.get(ref, ref)}: d [95% interval] (wins/trials)**")
         st.table(labeled(paired_appendix_table(paired)))
+        widened_notes(paired.get("ci_note", []))
     elif len(inits) > 1:
         st.info("The trials file of this benchmark is missing, so the paired difference cannot be computed.")
+
+
+def widened_notes(notes) -> None:
+    """Under a table: each distinct small-sample floor note once, for the cells marked WIDENED_MARK."""
+    for note in interval_notes(notes):
+        st.caption(f"{WIDENED_MARK.strip()} {note}.")
 
 
 # ------------------------------------------------------------------------------- dataset similarity

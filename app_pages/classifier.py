@@ -10,6 +10,7 @@ from engine.explain.single_image import heatmap_caveat
 from engine.fewshot.classifier import MIN_PER_CLASS, ClassifierDataError, OperatingPoint, check_counts
 from engine.escaping import escape_markdown as md
 from engine.fewshot.classifier.operating import adjust_to_prevalence
+from engine.fewshot.metrics import WIDENED_MARK, interval_notes
 from engine.jobs import JobSnapshot
 from engine.models import ARCHS, input_size_for, list_inits
 from engine.tasks import ClassifyParams
@@ -183,11 +184,14 @@ def pick_init(svc: Services, finding: str, ids: list[int]) -> str | None:
         else:
             st.caption(f"**{choice}**: {chosen.provenance}.")
     if measured:
-        rows = [{"backbone": k, "AUC": round(v["auc"], 3), "95% interval": f"{v['ci_low']:.2f}-{v['ci_high']:.2f}",
+        rows = [{"backbone": k, "AUC": round(v["auc"], 3),
+                 "95% interval": f"{v['ci_low']:.2f}-{v['ci_high']:.2f}" + (WIDENED_MARK if v.get("ci_note") else ""),
                  "method": v.get("mode"), "classifier": v["name"]}
                 for k, v in sorted(measured.items(), key=lambda kv: -kv[1]["auc"])]
         st.caption(f"Measured on your {n_pos + n_neg} images (cross-validated):")
         st.dataframe(rows, hide_index=True, width="stretch")
+        for note in interval_notes(v.get("ci_note") for v in measured.values()):
+            st.caption(f"{WIDENED_MARK.strip()} {note}.")
     untried = [n for n in names if n not in measured]
     if untried:
         compare_button(svc, finding, ids, by_name, untried)
@@ -213,7 +217,8 @@ def show_result(res: dict[str, Any], usable: bool = True) -> None:
                 f"{counts.get('positive', '?')} with / {counts.get('negative', '?')} without")
     c1, c2, c3 = st.columns([1, 1, 2])
     c1.metric("Estimated AUC", f"{est['auc']:.2f}", help="Area under the ROC curve, by cross-validation.")
-    c2.metric("95% interval", f"{est['ci_low']:.2f} – {est['ci_high']:.2f}")
+    c2.metric("95% interval", f"{est['ci_low']:.2f} – {est['ci_high']:.2f}",
+              help=est.get("ci_note") or "Percentile bootstrap over the images' cross-validated scores.")
     width = est["ci_high"] - est["ci_low"]
     how = "very uncertain" if width > 0.3 else "uncertain" if width > 0.15 else "fairly precise"
     c3.markdown(

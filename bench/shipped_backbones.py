@@ -63,15 +63,20 @@ def verdict(row: dict) -> str:
 
 
 def table(rows: list[dict]) -> list[str]:
+    """The results table; an interval the small-sample floor widened ends in a mark, its note said under the table."""
+    from engine.fewshot.metrics import WIDENED_MARK, interval_notes
+
     lines = ["| task | mode | shots | init | AUC | random | d | SE | 95% interval | wins | target |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         v = verdict(r)
         ci = f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]" if r.get("ci_low", float("nan")) == r.get("ci_low") else ""
+        ci += WIDENED_MARK if ci and r.get("ci_note") else ""
         lines.append(f"| {r['task']} | {r['mode']} | {r['shots']} | {r['init']} | {r['auc']:.3f} | {r['auc_random']:.3f} | "
                      f"{r['diff']:+.3f} | {r['se']:.3f} | {ci} | {r['wins']}/{r['n']} | "
                      f"{'met' if v == 'beats' else ('interval > 0, d < 0.05' if v == 'better' else 'not met')} |")
-    return lines
+    notes = interval_notes(r.get("ci_note") for r in rows)  # said once under the table (metrics.floor_interval)
+    return lines + ([""] + [f"{WIDENED_MARK.strip()} {n}." for n in notes] if notes else [])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,9 +76,12 @@ def eval_rows(paths: list[Path], name: str) -> list[dict]:
 
 
 def interval(r: dict) -> str:
-    """'[lo, hi]' of a row's 95% interval for d; '' for rows written before it existed."""
+    """'[lo, hi]' of a row's 95% interval for d ('' for rows written before it existed), ending in
+    metrics.WIDENED_MARK when the small-sample floor widened it (the row's `ci_note`, said under the table)."""
+    from engine.fewshot.metrics import WIDENED_MARK
+
     lo, hi = r.get("ci_low"), r.get("ci_high")
-    return f"[{lo:+.3f}, {hi:+.3f}]" if lo is not None and lo == lo else ""
+    return f"[{lo:+.3f}, {hi:+.3f}]" + (WIDENED_MARK if r.get("ci_note") else "") if lo is not None and lo == lo else ""
 
 
 def score(rows: list[dict]) -> float:
@@ -99,7 +102,7 @@ def summary(rows: list[dict]) -> str:
 
 def card(info: dict, rows: list[dict], others: dict[str, list[dict]], others_md: str = "") -> str:
     """The markdown card; `others_md`: an earlier card's "Also trained, not shipped" section kept as it was."""
-    from engine.fewshot.metrics import uncertainty_text
+    from engine.fewshot.metrics import WIDENED_MARK, interval_notes, uncertainty_text
 
     d = info["data"]
     col = info["collapse"]["history"]
@@ -137,6 +140,7 @@ def card(info: dict, rows: list[dict], others: dict[str, list[dict]], others_md:
         lines.append(f"| {r['task']} | {r['mode']} | {r['shots']} | {r['auc']:.3f} | {r['auc_random']:.3f} | "
                      f"{r['diff']:+.3f} | {r['se']:.3f} | {interval(r)} | {r['wins']}/{r['n']} | {r['uncertainty']} | "
                      f"{r.get('note', 'CPU, 20 trials')} |")
+    lines += [f"{WIDENED_MARK.strip()} {n}." for n in interval_notes(r.get("ci_note") for r in rows)]
     lines += [""] + [uncertainty_text(m) for m in sorted({labelled(r)["uncertainty"] for r in rows})]
     if others:
         lines += ["", "## Also trained, not shipped", ""]

@@ -95,7 +95,8 @@ def show_scores(r: dict[str, Any]) -> None:
         c1, c2, c3 = st.columns(3)
         c1.metric("Test AUC", f"{v['auc']:.2f}", help="95% interval: percentile bootstrap over the test images")
         c1.caption(f"95% CI {v['auc_low']:.2f} – {v['auc_high']:.2f}" + (
-            f" · cross-validated estimate {v['cv_auc']:.2f}" if v.get("cv_auc") is not None else ""))
+            f" · cross-validated estimate {v['cv_auc']:.2f}" if v.get("cv_auc") is not None else "")
+            + (f" · {v['auc_ci_note']}" if v.get("auc_ci_note") else ""))
         c2.metric("Sensitivity", f"{v['sensitivity']:.0%}")
         c2.caption(f"95% CI {v['sensitivity_low']:.0%} – {v['sensitivity_high']:.0%} (Wilson) · "
                    f"{v['counts']['tp']} of {v['n_positive']} found")

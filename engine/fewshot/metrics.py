@@ -18,6 +18,7 @@ scores where larger means "more likely present" (probabilities or logits; AUC on
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -261,6 +262,8 @@ def paired_differences(trials, baseline: str = "random") -> list[dict]:
     (episodes and test-set sampling); without it (results written before), SE = sd(d)/sqrt(n), episode
     variance only, and the row says so in `uncertainty` (RESAMPLED / FIXED). ci_low/ci_high: d -+ t_{n-1} SE.
     wins = #(d_t > 0). Trials where either AUC is missing are left out. NaN SE for one trial.
+    The interval is floored (`floor_interval`, difference=True) with the trials' test counts (`trial_test_counts`):
+    `ci_note` says when that widened it, `n_test_pos` / `n_test_neg` are the counts used.
     Raises ValueError when `baseline` is not among the inits.
     """
     rows = []
@@ -273,6 +276,8 @@ def paired_differences(trials, baseline: str = "random") -> list[dict]:
     if baseline not in piv["auc"].columns:
         inits = ", ".join(map(str, piv["auc"].columns))
         raise ValueError(f"baseline init {baseline!r} is not in the trials (inits: {inits})")
+    base_rows = {k: r.drop_duplicates("trial").set_index("trial")  # the reference's rows: the trials' test counts
+                 for k, r in t[t["init"] == baseline].groupby(["finding", "mode", "shots"])}
     for (finding, mode, shots), g in piv.groupby(level=["finding", "mode", "shots"]):
         base = g[("auc", baseline)].to_numpy(float)
         for init in [c for c in g["auc"].columns if c != baseline]:
@@ -286,9 +291,14 @@ def paired_differences(trials, baseline: str = "random") -> list[dict]:
                 pool = (g[("auc_pool", init)].to_numpy(float) - g[("auc_pool", baseline)].to_numpy(float))[ok]
                 boot = _paired_boot(t, (finding, mode, shots), init, baseline, g.index.get_level_values("trial")[ok])
             st = mean_interval(d, pool, boot, bounds=(-1.0, 1.0))
+            rows_t = g.index.get_level_values("trial")[ok]
+            n_pos, n_neg, balanced = trial_test_counts(base_rows[(finding, mode, shots)].reindex(rows_t))
+            fl = floor_interval(st["mean"], st["ci_low"], st["ci_high"], n_pos, n_neg, difference=True,
+                                assumed_balanced=balanced)
             rows.append({"finding": finding, "mode": mode, "shots": int(shots), "init": init, "n": int(len(d)),
                          "auc": float(a[ok].mean()), "auc_random": float(base[ok].mean()), "reference": baseline,
-                         "diff": st["mean"], "se": st["se"], "ci_low": st["ci_low"], "ci_high": st["ci_high"],
+                         "diff": st["mean"], "se": st["se"], "ci_low": fl.low, "ci_high": fl.high,
+                         "ci_note": fl.note, "n_test_pos": n_pos, "n_test_neg": n_neg,
                          "wins": int((d > 0).sum()), "uncertainty": method})
     return rows
 
@@ -307,3 +317,151 @@ def _paired_boot(t, group: tuple, init: str, baseline: str, trials) -> np.ndarra
     if any(m is None for m in mats) or mats[0].shape != mats[1].shape:
         return None
     return mats[0] - mats[1]
+
+
+# ------------------------------------------------------------------ small-sample floor of AUC intervals
+
+# A floor that moves an end by less than this is not called a widening (the tables print 3 decimals).
+WIDEN_TOL = 5e-4
+WIDENED_MARK = " †"  # after a table cell whose interval the floor widened; its note is said once under the table
+
+
+def newcombe_variance(theta, n_pos: float, n_neg: float):
+    """Hanley & McNeil's (1982) variance of an AUC estimate at true value `theta`, with both (m - 1) and
+    (n - 1) replaced by N* = (m + n)/2 - 1 (Newcombe 2006, Part 2, eq. for methods 4 and 5):
+
+        V(theta) = theta (1 - theta) [1 + N* ((1 - theta)/(2 - theta) + theta/(1 + theta))] / (m n)
+
+    m = n_pos, n = n_neg (counts; non-integer means allowed). Symmetric in theta <-> 1 - theta and m <-> n."""
+    t = np.asarray(theta, dtype=np.float64)
+    n_star = (n_pos + n_neg) / 2.0 - 1.0
+    return t * (1 - t) * (1 + n_star * ((1 - t) / (2 - t) + t / (1 + t))) / (n_pos * n_neg)
+
+
+def _newcombe_lower(a: float, n_pos: float, n_neg: float, z: float) -> float:
+    """The lower root of a - theta = z sqrt(V(theta)) on [0, a] (0 when a = 0)."""
+    from scipy.optimize import brentq
+
+    if a <= 0.0:
+        return 0.0
+
+    def q(t: float) -> float:
+        return a - t - z * math.sqrt(max(0.0, float(newcombe_variance(t, n_pos, n_neg))))
+
+    b = a
+    while q(b) >= 0.0 and b > 0.0:  # V(a) = 0 at a = 1: step below a to where q < 0 (q ~ -z sqrt(V) there)
+        b = a - max(1e-12, 2.0 * (a - b))
+    return 0.0 if b <= 0.0 else float(brentq(q, 0.0, b, xtol=1e-12))
+
+
+def auc_small_sample_interval(a: float, n_pos: float, n_neg: float, level: float = 0.95) -> tuple[float, float]:
+    """Newcombe's (2006) recommended interval for an AUC (the Mann-Whitney theta) from its estimate `a` and the
+    numbers of positives m = n_pos and negatives n = n_neg: method 5 of R. G. Newcombe, "Confidence intervals
+    for an effect size measure based on the Mann-Whitney statistic. Part 2: asymptotic methods and
+    evaluation", Statistics in Medicine 25:559-573 (2006). A Wilson-score-type interval: the set of theta with
+
+        (a - theta)^2 <= z^2 V(theta),   V = `newcombe_variance` (Hanley-McNeil with N* = (m + n)/2 - 1),
+
+    z the normal (1 + level)/2 quantile. V is evaluated at theta, not at a, so the interval does not collapse
+    at a = 0 or 1 (there a Wald or bootstrap interval has zero width) and stays inside [0, 1]. The limits are
+    the roots of a quartic in theta; solved here by Brent's method on [0, a] (the upper limit by the
+    symmetry U(a) = 1 - L(1 - a)). For large m, n it approaches the Hanley-McNeil Wald interval a -+ z sqrt(V(a)).
+
+    Returns (low, high); (nan, nan) when a is NaN or a count is below 1. Raises ValueError for a outside [0, 1].
+    """
+    from scipy.stats import norm
+
+    if not (a == a) or not (n_pos >= 1 and n_neg >= 1):
+        return math.nan, math.nan
+    if not 0.0 <= a <= 1.0:
+        raise ValueError(f"an AUC lies in [0, 1]; got {a}")
+    z = float(norm.ppf(0.5 + level / 2.0))
+    return _newcombe_lower(a, n_pos, n_neg, z), 1.0 - _newcombe_lower(1.0 - a, n_pos, n_neg, z)
+
+
+def difference_floor(n_pos: float, n_neg: float, level: float = 0.95) -> float:
+    """Smallest half-width allowed for a difference d of two AUCs measured on m = n_pos positives and n = n_neg
+    negatives: w(m, n) = 1 - L, L the lower limit of `auc_small_sample_interval` at AUC = 1, i.e. the width of
+    the narrowest interval any AUC on these counts can have.
+
+    Why this value: when both AUCs are 1 (d = 0, the case where resampling gives d's interval zero width),
+    combining the two AUCs' Newcombe intervals by the MOVER rule (Zou & Donner 2008, Statistics in Medicine
+    27:1693; Newcombe's square-and-add method for differences) gives exactly d -+ w, whatever the correlation
+    of the two AUCs, since one of the two terms of each limit is zero. Elsewhere it is only a floor: the
+    paired interval over trials is normally wider, so the floor guards against a collapse to a point without
+    undoing what pairing gains (a width from the counts alone cannot know the pairs' correlation). w shrinks
+    like 1/min(m, n): 0.04 at 50 + 50 test images. NaN when a count is below 1."""
+    lo, _ = auc_small_sample_interval(1.0, n_pos, n_neg, level)
+    return 1.0 - lo if lo == lo else math.nan
+
+
+def _count_words(x: float) -> str:
+    return f"{int(round(x))}" if abs(x - round(x)) < 0.05 else f"about {x:.1f}"
+
+
+def floor_note(n_pos: float, n_neg: float, low: float, high: float, difference: bool = False,
+               assumed_balanced: bool = False) -> str:
+    """The sentence saying that an interval was widened to the small-sample floor (`floor_interval`)."""
+    counts = (f"{_count_words(n_pos + n_neg)} test images (class split not recorded; an even split, the most "
+              "favourable, assumed)" if assumed_balanced else
+              f"{_count_words(n_pos)} positive and {_count_words(n_neg)} negative test images")
+    if difference:
+        return (f"Interval widened: with {counts} no difference of two AUCs can be known more precisely than "
+                f"d ± {(high - low) / 2:.3f} (the narrowest AUC interval these counts allow, Newcombe 2006)")
+    return (f"Interval widened: with {counts} no AUC can be known more precisely than this (Newcombe's 2006 "
+            f"small-sample interval [{low:.3f}, {high:.3f}])")
+
+
+@dataclass(frozen=True)
+class Floored:
+    """An interval after `floor_interval`: the interval to show, whether the floor widened it, and why."""
+
+    low: float
+    high: float
+    widened: bool
+    note: str  # floor_note when widened, else ""
+
+
+def floor_interval(estimate: float, low: float, high: float, n_pos: float, n_neg: float, *,
+                   difference: bool = False, level: float = 0.95, assumed_balanced: bool = False) -> Floored:
+    """The one rule for every AUC interval shown: the hull of [low, high] and the small-sample interval
+    from the test set's class counts (m = n_pos positives, n = n_neg negatives; for a mean over trials the
+    per-trial counts, mean over trials).
+
+    AUC (`difference` False): hull with `auc_small_sample_interval(estimate, m, n)` (Newcombe 2006, method 5).
+    Paired difference d of two AUCs on the same images (`difference` True): hull with
+    [d - w, d + w] clipped to [-1, 1], w = `difference_floor(m, n)` (its docstring says why).
+    An interval that is NaN (e.g. one trial: no SE) or counts below 1 are returned unchanged (widened False).
+    `widened` is True when an end moved by more than WIDEN_TOL; `note` then says so in words."""
+    if not (low == low and high == high) or not (n_pos >= 1 and n_neg >= 1) or not (estimate == estimate):
+        return Floored(low, high, False, "")
+    if difference:
+        w = difference_floor(n_pos, n_neg, level)
+        f_lo, f_hi = max(-1.0, estimate - w), min(1.0, estimate + w)
+    else:
+        f_lo, f_hi = auc_small_sample_interval(min(1.0, max(0.0, estimate)), n_pos, n_neg, level)
+    lo, hi = min(low, f_lo), max(high, f_hi)
+    widened = lo < low - WIDEN_TOL or hi > high + WIDEN_TOL
+    shown = (estimate - w, estimate + w) if difference else (f_lo, f_hi)  # the note names d -+ w unclipped
+    note = floor_note(n_pos, n_neg, *shown, difference, assumed_balanced) if widened else ""
+    return Floored(float(lo), float(hi), widened, note)
+
+
+def trial_test_counts(trials) -> tuple[float, float, bool]:
+    """(positives, negatives, assumed_balanced): the test-set class counts behind a group of trial rows, mean over
+    the trials (each trial's own test sample; `n_test_pos` and `n_test` columns). Rows written before
+    `n_test_pos` was recorded give n_test / 2 each and True: for a fixed total the even split gives the narrowest
+    small-sample interval (m n is largest), so the floor is then never wider than the true one. (nan, nan, False)
+    without `n_test`."""
+    if "n_test" not in trials or not len(trials) or not trials["n_test"].notna().all():
+        return math.nan, math.nan, False
+    n = trials["n_test"].to_numpy(float)
+    if "n_test_pos" in trials and trials["n_test_pos"].notna().all():
+        pos = trials["n_test_pos"].to_numpy(float)
+        return float(pos.mean()), float((n - pos).mean()), False
+    return float(n.mean() / 2), float(n.mean() / 2), True
+
+
+def interval_notes(notes) -> list[str]:
+    """The distinct non-empty floor notes of a table's rows, in first-seen order (each said once under it)."""
+    return list(dict.fromkeys(n for n in notes if isinstance(n, str) and n))

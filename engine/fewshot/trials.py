@@ -11,6 +11,10 @@ test-set bootstrap intervals*, and `uncertainty` saying how the interval was com
 before the per-trial test sample (no `auc_pool`) keep their meaning: `auc` on the one fixed test set,
 `auc_ci_low/high` a percentile bootstrap of the mean over trials (episodes only), `uncertainty` =
 metrics.FIXED. Skipped groups (unavailable init, too few shots) keep their status and message.
+Every AUC interval here (the trial's pool interval, the summary's `auc_ci_low/high`) is floored by
+metrics.floor_interval: the hull with Newcombe's small-sample interval from the test set's class counts
+(`n_test_pos` per trial; `n_test_pos` / `n_test_neg` in the summary, means over trials), so a tiny test set
+separated perfectly never shows [1.000, 1.000]; `auc_ci_note` says in words when the floor widened it.
 """
 from __future__ import annotations
 
@@ -23,14 +27,16 @@ from scipy.special import expit
 
 from engine.atomic import atomic_write
 from engine.fewshot.metrics import (FIXED, RESAMPLED,  # noqa: F401 (FIXED: re-exported)
-                                    auc, bootstrap_auc, mean_interval, summary, threshold_metrics,
-                                    uncertainty_of, youden_threshold)
+                                    WIDENED_MARK, auc, bootstrap_auc, floor_interval, mean_interval, summary,
+                                    threshold_metrics, trial_test_counts, uncertainty_of, youden_threshold)
 
 TRIAL_COLUMNS = [
     "finding", "init", "mode", "shots", "trial", "seed", "auc", "auc_ci_low", "auc_ci_high", "accuracy",
     "sensitivity", "specificity", "precision", "f1", "threshold", "n_train", "n_test", "auc_pool", "auc_boot",
+    "n_test_pos",
 ]
-OPTIONAL_COLUMNS = ["auc_pool", "auc_boot"]  # absent from trials written before the per-trial test sample
+# absent from trials written before the per-trial test sample (auc_pool, auc_boot) / the small-sample floor (n_test_pos)
+OPTIONAL_COLUMNS = ["auc_pool", "auc_boot", "n_test_pos"]
 KEY = ["finding", "init", "mode", "shots", "trial"]
 GROUP = ["finding", "init", "mode", "shots"]
 METRICS = ["accuracy", "sensitivity", "specificity", "precision", "f1"]
@@ -66,14 +72,19 @@ def evaluate_trial(
     the trial is scored on the pool itself and `auc_pool` is NaN (the fixed-test-set protocol).
     `shared` (B, n): multiplicities of the resamples every trial and init of the group shares
     (episodes.shared_test_counts); their AUCs go to `auc_boot` as B space-separated numbers ("" without).
+    The pool interval is floored (metrics.floor_interval) with the pool's class counts; `n_test_pos` counts the
+    positives of the scored sample (`n_test` its size), the counts the summary's floor uses.
     """
     cut = youden_threshold(y_train, train_scores)
+    y_pool = np.asarray(y_test)
+    a_pool = auc(y_test, test_scores)
     lo, hi = bootstrap_auc(y_test, test_scores, n_bootstrap, boot_seed)
+    fl = floor_interval(a_pool, lo, hi, int((y_pool == 1).sum()), int((y_pool == 0).sum()))
     s_te, y_te = (test_scores, y_test) if sample is None else (np.asarray(test_scores)[sample], np.asarray(y_test)[sample])
-    return {"auc": auc(y_te, s_te), "auc_ci_low": lo, "auc_ci_high": hi,
+    return {"auc": auc(y_te, s_te), "auc_ci_low": fl.low, "auc_ci_high": fl.high,
             **threshold_metrics(y_te, s_te, cut), "threshold": float(expit(cut)),
-            "n_train": int(len(y_train)), "n_test": int(len(y_te)),
-            "auc_pool": float("nan") if sample is None else auc(y_test, test_scores),
+            "n_train": int(len(y_train)), "n_test": int(len(y_te)), "n_test_pos": int((np.asarray(y_te) == 1).sum()),
+            "auc_pool": float("nan") if sample is None else a_pool,
             "auc_boot": "" if shared is None else " ".join(f"{v:.5f}" for v in _shared_aucs(y_test, test_scores, shared))}
 
 
@@ -107,25 +118,48 @@ def summarize(trials: pd.DataFrame, n_bootstrap: int = 500, seed: int = 0,
         else:  # the old meaning: bootstrap of the mean over trials (episodes only)
             mi = {"se": s["std"] / np.sqrt(s["n"]) if s["n"] > 1 else float("nan"), "ci_low": s["ci_low"],
                   "ci_high": s["ci_high"]}
+        n_pos, n_neg, balanced = trial_test_counts(g)
+        fl = floor_interval(s["mean"], mi["ci_low"], mi["ci_high"], n_pos, n_neg, assumed_balanced=balanced)
         rows.append({
             **dict(zip(GROUP, key)), "status": "ok", "n_trials": s["n"], "auc_mean": s["mean"], "auc_std": s["std"],
-            "auc_se": mi["se"], "auc_ci_low": mi["ci_low"], "auc_ci_high": mi["ci_high"],
+            "auc_se": mi["se"], "auc_ci_low": fl.low, "auc_ci_high": fl.high, "auc_ci_note": fl.note,
+            "n_test_pos": n_pos, "n_test_neg": n_neg,
             "auc_test_ci_low": float(g["auc_ci_low"].mean()), "auc_test_ci_high": float(g["auc_ci_high"].mean()),
             **{f"{m}_mean": float(g[m].mean()) for m in METRICS}, "uncertainty": method, "message": "",
         })
     for s in skipped or []:
         rows.append({**s, "n_trials": 0})
-    cols = GROUP + ["status", "n_trials", "auc_mean", "auc_std", "auc_se", "auc_ci_low", "auc_ci_high",
-                    "auc_test_ci_low", "auc_test_ci_high"] + [f"{m}_mean" for m in METRICS] + ["uncertainty",
+    cols = GROUP + ["status", "n_trials", "auc_mean", "auc_std", "auc_se", "auc_ci_low", "auc_ci_high", "auc_ci_note",
+                    "n_test_pos", "n_test_neg", "auc_test_ci_low", "auc_test_ci_high"] + [f"{m}_mean" for m in METRICS] + ["uncertainty",
                                                                                                "message"]
     out = pd.DataFrame(rows, columns=cols)
     return out.sort_values(GROUP, kind="stable").reset_index(drop=True) if len(out) else out
 
 
+def floor_summary(summary: pd.DataFrame, trials: pd.DataFrame | None = None) -> pd.DataFrame:
+    """`summary` with its ok rows' AUC intervals floored (metrics.floor_interval) when it was written before the
+    floor (no `auc_ci_note` column): the counts from `trials` (metrics.trial_test_counts), per group. A summary
+    that has the column is returned as it is (the floor is a hull: applying it twice changes nothing)."""
+    if "auc_ci_note" in summary or summary.empty:
+        return summary
+    out = summary.copy()
+    out["auc_ci_note"] = ""
+    groups = dict(iter(trials.groupby(GROUP))) if trials is not None and len(trials) else {}
+    for i, r in out.iterrows():
+        g = groups.get(tuple(r[c] for c in GROUP))
+        if r.get("status") != "ok" or g is None:
+            continue
+        n_pos, n_neg, balanced = trial_test_counts(g)
+        fl = floor_interval(r["auc_mean"], r["auc_ci_low"], r["auc_ci_high"], n_pos, n_neg, assumed_balanced=balanced)
+        out.loc[i, ["auc_ci_low", "auc_ci_high", "auc_ci_note"]] = [fl.low, fl.high, fl.note]
+    return out
+
+
 def appendix_table(summary: pd.DataFrame, include_skipped: bool = False, interval: bool = False) -> pd.DataFrame:
     """A sweep's summary -> the studies' appendix table: one row per (finding, init, mode), one column
     per shot count ("5-shot"), each cell the test AUC "mean ± std" over trials (the mean alone for one trial),
-    or with `interval` "mean [95% interval]" (the summary's auc_ci_low/high).
+    or with `interval` "mean [95% interval]" (the summary's auc_ci_low/high), followed by WIDENED_MARK when the
+    small-sample floor widened it (`auc_ci_note`; say the notes under the table: metrics.interval_notes).
 
     include_skipped: also list groups the sweep skipped (e.g. ImageNet offline) with cells "skipped".
     Empty frame when nothing is left. Raises KeyError on a frame without the summary's columns.
@@ -135,8 +169,9 @@ def appendix_table(summary: pd.DataFrame, include_skipped: bool = False, interva
     if s.empty:
         return pd.DataFrame()
     if interval:
-        cells = [("skipped" if st != "ok" else f"{m:.3f} [{lo:.3f}, {hi:.3f}]" if lo == lo else f"{m:.3f}")
-                 for m, lo, hi, st in zip(s["auc_mean"], s["auc_ci_low"], s["auc_ci_high"], s["status"])]
+        notes = s["auc_ci_note"] if "auc_ci_note" in s else pd.Series("", index=s.index)
+        cells = [("skipped" if st != "ok" else f"{m:.3f} [{lo:.3f}, {hi:.3f}]{_mark(nt)}" if lo == lo else f"{m:.3f}")
+                 for m, lo, hi, st, nt in zip(s["auc_mean"], s["auc_ci_low"], s["auc_ci_high"], s["status"], notes)]
     else:
         cells = [("skipped" if st != "ok" else f"{m:.3f} ± {d:.3f}" if d == d else f"{m:.3f}")
                  for m, d, st in zip(s["auc_mean"], s["auc_std"], s["status"])]
@@ -146,16 +181,22 @@ def appendix_table(summary: pd.DataFrame, include_skipped: bool = False, interva
 def paired_appendix_table(paired: list[dict] | pd.DataFrame) -> pd.DataFrame:
     """Paired differences (engine.fewshot.metrics.paired_differences rows) in the appendix layout: one row per
     (finding, init, mode), one column per shot count, each cell "d [95% interval] (wins/n)" (the interval the
-    plot draws; "d ± SE" only for rows without one). Empty frame for no rows."""
+    plot draws; "d ± SE" only for rows without one), the interval followed by WIDENED_MARK when the small-sample
+    floor widened it (`ci_note`). Empty frame for no rows."""
     p = pd.DataFrame(paired)
     if p.empty:
         return pd.DataFrame()
     lo = p["ci_low"] if "ci_low" in p else pd.Series(float("nan"), index=p.index)
     hi = p["ci_high"] if "ci_high" in p else pd.Series(float("nan"), index=p.index)
-    cells = [f"{d:+.3f} [{a:+.3f}, {b:+.3f}] ({w}/{n})" if a == a else
+    notes = p["ci_note"] if "ci_note" in p else pd.Series("", index=p.index)
+    cells = [f"{d:+.3f} [{a:+.3f}, {b:+.3f}]{_mark(nt)} ({w}/{n})" if a == a else
              f"{d:+.3f} ± {se:.3f} ({w}/{n})" if se == se else f"{d:+.3f} ({w}/{n})"
-             for d, a, b, se, w, n in zip(p["diff"], lo, hi, p["se"], p["wins"], p["n"])]
+             for d, a, b, se, w, n, nt in zip(p["diff"], lo, hi, p["se"], p["wins"], p["n"], notes)]
     return _by_shots(p.assign(v=cells), ["finding", "init", "mode"])
+
+
+def _mark(note: Any) -> str:
+    return WIDENED_MARK if isinstance(note, str) and note else ""
 
 
 def _by_shots(s: pd.DataFrame, index: list[str]) -> pd.DataFrame:

@@ -39,18 +39,23 @@ def _md_table(df: pd.DataFrame) -> str:
 
 
 def paired_table(trials: pd.DataFrame, baseline: str = "random") -> pd.DataFrame:
-    """Paired differences to `baseline` per (finding, mode, shots, init): d, SE, its 95% interval and wins/n."""
-    from engine.fewshot.metrics import paired_differences
+    """Paired differences to `baseline` per (finding, mode, shots, init): d, SE, its 95% interval and wins/n.
+    An interval the small-sample floor widened ends in metrics.WIDENED_MARK; the notes saying why, each once,
+    are in the frame's `attrs["notes"]`."""
+    from engine.fewshot.metrics import WIDENED_MARK, interval_notes, paired_differences
 
     if trials.empty or baseline not in set(trials["init"]):
         return pd.DataFrame()
     rows = paired_differences(trials, baseline)
-    return pd.DataFrame([{"finding": r["finding"], "mode": r["mode"], "shots": r["shots"], "init": r["init"],
-                          "AUC": f"{r['auc']:.3f}", f"AUC {baseline}": f"{r['auc_random']:.3f}",
-                          "d": f"{r['diff']:+.3f}", "SE": f"{r['se']:.3f}",
-                          "95% interval": f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]" if r["se"] == r["se"] else "",
-                          "wins": f"{r['wins']}/{r['n']}"}
-                         for r in rows])
+    out = pd.DataFrame([{"finding": r["finding"], "mode": r["mode"], "shots": r["shots"], "init": r["init"],
+                         "AUC": f"{r['auc']:.3f}", f"AUC {baseline}": f"{r['auc_random']:.3f}",
+                         "d": f"{r['diff']:+.3f}", "SE": f"{r['se']:.3f}",
+                         "95% interval": (f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+                                          + (WIDENED_MARK if r.get("ci_note") else "")) if r["se"] == r["se"] else "",
+                         "wins": f"{r['wins']}/{r['n']}"}
+                        for r in rows])
+    out.attrs["notes"] = [f"{WIDENED_MARK.strip()} {n}." for n in interval_notes(r.get("ci_note") for r in rows)]
+    return out
 
 
 def uncertainty_line(trials: pd.DataFrame) -> str:
@@ -160,9 +165,11 @@ def report_sections(out: Path) -> list[tuple[str, str, Any]]:
                                + _test_sizes(trials)),
                   ("table", "", appendix_table(summary, include_skipped=True))]
         parts += [("text", "", line) for line in _skipped_lines(summary)]
+        paired = paired_table(trials)
         parts += [
                   ("h3", "Paired difference to random init (same images per trial)", None),
-                  ("table", "", paired_table(trials)), ("text", "", uncertainty_line(trials))]
+                  ("table", "", paired), *(("text", "", n) for n in paired.attrs.get("notes", [])),
+                  ("text", "", uncertainty_line(trials))]
         if not summary.empty:
             from engine.fewshot.plots import auc_vs_shots_figure
 

@@ -9,7 +9,10 @@ class); patient-grouped when a manifest gives several images per patient):
 * each repeat pools the out-of-fold (OOF) scores of all images and computes one AUC; the estimate is the
   mean over `cv_repeats` repeats;
 * the 95% interval is a percentile bootstrap over *images*: 500 resamples of the images (the same
-  resample for every repeat), the repeat-averaged AUC of each resample, its 2.5-97.5 percentiles.
+  resample for every repeat), the repeat-averaged AUC of each resample, its 2.5-97.5 percentiles,
+  floored by `engine.fewshot.metrics.floor_interval` (the hull with Newcombe's 2006 small-sample interval
+  for the positives and negatives labeled): perfectly separated OOF scores of 8 images give a wide
+  interval, not [1, 1], and `Estimate.ci_note` / the sentence say it was widened.
 
 **Calibration.** The classifier's raw score is a logit fitted on the very images it is scored on, so
 `sigmoid(logit)` is overconfident. The probability shown is a map fitted on the *OOF* logits (pooled over

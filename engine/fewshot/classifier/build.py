@@ -34,7 +34,7 @@ from engine.fewshot.features import ArrayImages, embed, weights_fingerprint
 from engine.fewshot.fast_finetune import (ActivationCache, FastFinetune, assemble_backbone, build_activation_cache,
                                           cached_features, finetune_cached)
 from engine.fewshot.finetune import FinetuneConfig, finetune, predict_logits
-from engine.fewshot.metrics import N_BOOTSTRAP, auc, bootstrap_auc_samples, percentile_interval
+from engine.fewshot.metrics import N_BOOTSTRAP, auc, bootstrap_auc_samples, floor_interval, percentile_interval
 from engine.fewshot.probe import DEFAULT_C, Probe, fit_probe
 from engine.models.registry import BackboneMeta, load_backbone
 
@@ -155,12 +155,13 @@ def _summarize(oof: np.ndarray, y: np.ndarray, k: int, finding: str, calibration
     rep_auc = np.array([auc(y, oof[r]) for r in range(R)])
     boots = np.mean([bootstrap_auc_samples(y, oof[r], n_bootstrap, seed) for r in range(R)], axis=0)
     lo, hi = percentile_interval(boots)
+    fl = floor_interval(float(rep_auc.mean()), lo, hi, int((y == 1).sum()), int((y == 0).sum()))  # all images
     cal = fit_calibration(oof.ravel(), np.tile(y, R), calibration, np.full(oof.size, 1.0 / R))
     cv_probs = cal(oof.ravel()).reshape(oof.shape)  # (R, N)
     op = with_intervals(choose_operating_point(np.tile(y, R), cv_probs.ravel(), "youden"), y, cv_probs, seed=seed)[0]
-    est = Estimate(auc=float(rep_auc.mean()), ci_low=lo, ci_high=hi, n_positive=int((y == 1).sum()),
+    est = Estimate(auc=float(rep_auc.mean()), ci_low=fl.low, ci_high=fl.high, n_positive=int((y == 1).sum()),
                    n_negative=int((y == 0).sum()), folds=k, repeats=R, repeat_aucs=tuple(float(a) for a in rep_auc),
-                   warnings=tuple(warnings))
+                   warnings=tuple(warnings), ci_note=fl.note)
     est = Estimate(**{**est.to_dict(), "sentence": sentence(est, finding), "repeat_aucs": est.repeat_aucs,
                       "warnings": est.warnings})
     return est, cal, cv_probs, op

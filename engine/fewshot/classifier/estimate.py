@@ -31,6 +31,7 @@ class Estimate:
     repeat_aucs: tuple[float, ...] = ()
     sentence: str = ""
     warnings: tuple[str, ...] = ()
+    ci_note: str = ""  # engine.fewshot.metrics.floor_interval's note when the small-sample floor widened the interval
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,6 +77,8 @@ def sentence(e: Estimate, finding: str) -> str:
             f"'{finding}' from images without, from {e.repeats} repeat{'s' if e.repeats != 1 else ''} of "
             f"{e.folds}-fold cross-validation on {e.n_positive + e.n_negative} images ({e.n_positive} with, "
             f"{e.n_negative} without). 0.5 is a coin flip and 1.0 is perfect.")
+    if e.ci_note:
+        text += f" {e.ci_note}."
     if e.ci_low <= 0.5:
         text += " The interval includes 0.5: with these images the classifier may be no better than chance."
     elif min(e.n_positive, e.n_negative) < WARN_PER_CLASS:

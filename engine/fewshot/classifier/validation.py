@@ -5,7 +5,9 @@ set by content hash are listed and left out, see `engine.fewshot.classifier.scor
 
 * **AUC** (rank-based, ties = 1/2) with a 95% **percentile bootstrap** interval over test images, 2,000
   resamples (Efron & Tibshirani 1993, "An Introduction to the Bootstrap", ch. 13; resamples that lose a
-  class are dropped, as in `engine.fewshot.metrics.bootstrap_auc`).
+  class are dropped, as in `engine.fewshot.metrics.bootstrap_auc`), floored by `metrics.floor_interval`
+  (the hull with Newcombe's 2006 small-sample interval for the test set's class counts; `auc_ci_note`
+  says when that widened it).
 * **Sensitivity and specificity** at the classifier's operating point (a calibrated probability >= the cut
   is called positive) with 95% **Wilson score** intervals (Wilson 1927, JASA 22:209; recommended over the
   Wald interval for small n by Brown, Cai & DasGupta 2001, Statistical Science 16:101).
@@ -23,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from engine.fewshot.metrics import auc, bootstrap_auc_samples, percentile_interval
+from engine.fewshot.metrics import Floored, auc, bootstrap_auc_samples, floor_interval, percentile_interval
 
 VALIDATION_BOOTSTRAP = 2000  # resamples of the AUC interval
 CALIBRATION_BINS = 10
@@ -54,12 +56,19 @@ def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
 def auc_with_interval(y: np.ndarray, p: np.ndarray, n_boot: int = VALIDATION_BOOTSTRAP, seed: int = 0,
                       level: float = 0.95) -> tuple[float, float, float]:
     """(AUC, low, high): the AUC of scores p (N,) for 0/1 labels y (N,) and its percentile bootstrap interval
-    over images (Efron & Tibshirani 1993). Raises ValueError when y lacks a class."""
+    over images (Efron & Tibshirani 1993), floored with the class counts (metrics.floor_interval).
+    Raises ValueError when y lacks a class."""
+    a, fl = _floored_auc(y, p, n_boot, seed, level)
+    return a, fl.low, fl.high
+
+
+def _floored_auc(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int, level: float) -> tuple[float, Floored]:
     y = np.asarray(y, dtype=np.float64)
     if len(np.unique(y)) < 2:
         raise ValueError("an AUC needs test images with and without the finding")
     lo, hi = percentile_interval(bootstrap_auc_samples(y, np.asarray(p, dtype=np.float64), n_boot, seed), level)
-    return auc(y, p), lo, hi
+    a = auc(y, p)
+    return a, floor_interval(a, lo, hi, int((y == 1).sum()), int((y == 0).sum()), level=level)
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,7 @@ class ValidationReport:
     n_training_excluded: int = 0  # test images that were training images (by content hash), left out
     n_unfamiliar: int = 0
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    auc_ci_note: str = ""  # metrics.floor_interval's note when the small-sample floor widened the AUC interval
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON (undefined values, e.g. an empty bin's rate, as None)."""
@@ -136,7 +146,8 @@ class ValidationReport:
             return math.nan if v is None else v
 
         bins = tuple(CalibrationBin(**{k: nan(v) for k, v in b.items()}) for b in d["bins"])
-        top = {k: (v if k in ("cv_auc",) else nan(v)) for k, v in d.items() if k not in ("bins", "warnings")}
+        keep = ("cv_auc", "auc_ci_note")
+        top = {k: (v if k in keep else nan(v)) for k, v in d.items() if k not in ("bins", "warnings")}
         return cls(**top, bins=bins, warnings=tuple(d.get("warnings", ())))
 
     def sentence(self) -> str:
@@ -146,6 +157,8 @@ class ValidationReport:
              f"{self.auc:.2f} (95% CI {self.auc_low:.2f}-{self.auc_high:.2f}); at the cut-off {self.threshold:.2f} "
              f"sensitivity {self.sensitivity:.0%} ({self.sensitivity_low:.0%}-{self.sensitivity_high:.0%}), "
              f"specificity {self.specificity:.0%} ({self.specificity_low:.0%}-{self.specificity_high:.0%}).")
+        if self.auc_ci_note:
+            s += f" {self.auc_ci_note}."
         if not self.auc_low > 0.5:
             s += " The interval includes 0.5: on this test set the classifier is not shown to be better than chance."
         return s
@@ -177,7 +190,8 @@ def validate_scores(y: Sequence[float], p: Sequence[float], threshold: float, fi
         raise ValueError(f"{y.size} labels but {p.size} probabilities")
     if not np.isin(y, (0.0, 1.0)).all():
         raise ValueError("test labels must be 1 (finding present) or 0 (absent)")
-    a, lo, hi = auc_with_interval(y, p, n_boot, seed)
+    a, fl = _floored_auc(y, p, n_boot, seed, 0.95)
+    lo, hi = fl.low, fl.high
     pred = p >= threshold
     tp, fn = int((pred & (y == 1)).sum()), int((~pred & (y == 1)).sum())
     tn, fp = int((~pred & (y == 0)).sum()), int((pred & (y == 0)).sum())
@@ -191,7 +205,7 @@ def validate_scores(y: Sequence[float], p: Sequence[float], threshold: float, fi
         counts={"tp": tp, "fn": fn, "tn": tn, "fp": fp}, brier=float(np.mean((p - y) ** 2)),
         brier_baseline=float(np.mean((prev - y) ** 2)), bins=tuple(reliability_bins(y, p)), cv_auc=cv_auc,
         n_training_excluded=int(n_training_excluded), n_unfamiliar=int(n_unfamiliar),
-        warnings=tuple(_warnings(y, lo, cv_auc, a, n_training_excluded)))
+        warnings=tuple(_warnings(y, lo, cv_auc, a, n_training_excluded)), auc_ci_note=fl.note)
 
 
 def validate_classifier(clf: Any, items: Sequence[tuple[str, Any]], labels: Sequence[float],
