@@ -96,8 +96,8 @@ def prepare(backbone: Backbone, images: Any, mode: str, device: torch.device | s
         prep.features = embed(meta.name, src, device, batch_size, on_event=on_event, stop=stop,
                               backbone=(model, meta), feature_dir=feature_dir)
     elif mode == "finetune":
-        prep.acts = build_activation_cache((model, meta), np.asarray(prep.images), settings.fast, device, seed,
-                                           on_event=on_event, stop=stop)
+        prep.acts = build_activation_cache((model, meta), np.array(prep.images), settings.fast, device, seed,
+                                           on_event=on_event, stop=stop)  # a writable copy (memmaps are read-only)
     return prep
 
 
