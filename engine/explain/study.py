@@ -21,8 +21,9 @@ last stage, full_finetune = the whole backbone). study.json records `recipe_vers
 when the study's `finetune` meant the whole backbone (now `full_finetune`, engine.fewshot.modes).
 
 Resumable: trained heads (probe) or backbone + head (either finetune) are saved under `out_dir/.state/`
-keyed by everything that determines them (the mode by `classifiers.STATE_MODE`), and finished images' rows are kept there too, so a run
-stopped through `stop` (or killed) continues where it was when started again with the same arguments.
+keyed by everything that determines them (the mode by `classifiers.STATE_MODE`), and finished images' rows are
+kept there too, so a run stopped through `stop` (or killed) continues where it was when started again with the
+same arguments.
 Image and embedding caches: `cache_dir` (default `<out_dir>/.cache`, never the default workspace).
 
 Settings are one frozen `GradCAMStudyConfig`; `run_gradcam_study_from_config(cfg, device, ...)` runs it in

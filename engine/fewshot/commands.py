@@ -109,7 +109,8 @@ def _sweep(args) -> int:
 
     ft, full = FastFinetune(), FinetuneConfig()
     if args.finetune_steps is not None:
-        ft, full = dataclasses.replace(ft, steps=args.finetune_steps), dataclasses.replace(full, steps=args.finetune_steps)
+        ft = dataclasses.replace(ft, steps=args.finetune_steps)
+        full = dataclasses.replace(full, steps=args.finetune_steps)
     cfg = SweepConfig(
         findings=tuple(args.finding), inits=tuple(_csv_list(args.inits)), modes=tuple(_csv_list(args.modes)),
         shots=tuple(_int_list(args.shots)), trials=args.trials, image_size=args.image_size, seed=args.seed,

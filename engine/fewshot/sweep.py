@@ -73,7 +73,8 @@ class SweepBusyError(RuntimeError):
 
 # Fields that define what a trial row means: a resumed sweep must not change them.
 PROTOCOL_FIELDS = ("image_size", "seed", "split_seed", "resample_test", "n_bootstrap", "test_fraction", "probe_C",
-                   "finetune", "full_finetune", "arch", "intermediate_manifest", "intermediate_finding", "intermediate_max_images")
+                   "finetune", "full_finetune", "arch", "intermediate_manifest", "intermediate_finding",
+                   "intermediate_max_images")
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ Steps of `build_classifier`, each a function below: check the arguments; collect
 (`_from_manifest` / `_from_arrays`); load the backbone and prepare what the fits share (the head recipe's
 `prepare`, engine.fewshot.head_recipe: probe features, or the cached frozen-stage activations of the
 finetune); cross-validate (`_cross_validate`, out-of-fold logits per repeat); summarize them (`_summarize`:
-AUC estimate and interval, calibration, Youden operating point); train the final model on all images with its familiarity rule (`_final_model`). The statistics are described
-in the package docstring (`engine.fewshot.classifier`).
+AUC estimate and interval, calibration, Youden operating point); train the final model on all images with its
+familiarity rule (`_final_model`). The statistics are described in the package docstring
+(`engine.fewshot.classifier`).
 """
 from __future__ import annotations
 
