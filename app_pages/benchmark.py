@@ -11,8 +11,9 @@ from engine.fewshot.plots import auc_vs_shots_figure
 from engine.escaping import escape_markdown as md
 from engine.fewshot.metrics import (FIXED, WIDENED_MARK, interval_notes, paired_differences, uncertainty_of,
                                     uncertainty_text)
-from engine.fewshot.trials import appendix_table, floor_summary, paired_appendix_table, read_trials
+from engine.fewshot.trials import appendix_table, floor_summary, paired_appendix_table, read_summary, read_trials
 from engine.jobs import JobSnapshot
+from engine.fewshot.modes import LABEL, MODES
 from engine.models import list_inits
 from engine.tasks import SimilarityParams, SweepParams, partial_sweep_trials
 from ui.jobs import job_table, pick_result, start_job, status_block, watch, watched
@@ -22,7 +23,7 @@ from ui.study import study_section
 from ui.widgets import default_image_size, empty_state, init_label, page_header
 
 SHOTS = [1, 2, 5, 10, 20, 50, 100]
-MODE_LABEL = {"probe": "probe (frozen backbone)", "finetune": "finetune (whole backbone)"}
+MODE_LABEL = {m: LABEL[m] for m in MODES}  # probe, finetune (the Classifier's), full finetune (engine.fewshot.modes)
 
 
 def labeled(df: pd.DataFrame) -> pd.DataFrame:
@@ -115,7 +116,7 @@ def show_sweep(res: dict[str, Any]) -> None:
     if not summary_csv.exists():
         st.error(f"The results file {summary_csv} is missing.", icon=":material/error:")
         return
-    summary = pd.read_csv(summary_csv)
+    summary = read_summary(summary_csv)  # modes under their current names (engine.fewshot.modes)
     ok = summary[summary["status"] == "ok"]
     for w in s.get("warnings") or []:
         st.warning(w, icon=":material/warning:")
@@ -160,7 +161,8 @@ def show_statistics(ok: pd.DataFrame, trials: pd.DataFrame, rid: str) -> None:
     method = uncertainty_of(trials) if len(trials) else str(ok["uncertainty"].iloc[0]) if "uncertainty" in ok else FIXED
     st.caption("Top: mean test AUC over the trials with its 95% interval (dotted: chance, 0.5). Bottom: the paired "
                f"difference d to {labels.get(ref, ref)}, with its 95% interval; the black line is 0 (no difference). "
-               "Solid: probe; dashed: finetune. Hover a point for the full init name, SE and wins. "
+               "Solid: probe; dashed: finetune (the last stage, as the Classifier trains it); long dashes: full "
+               "finetune (the whole backbone, the seed study's). Hover a point for the full init name, SE and wins. "
                + uncertainty_text(method))
     st.markdown("**Test AUC: mean [95% interval] over trials**")
     st.table(labeled(appendix_table(ok, interval=True)))

@@ -26,7 +26,8 @@ from ui.widgets import UPLOAD_TYPES, empty_state, init_label, method_label, page
 MODES = {
     "probe": "Probe (recommended): keep the backbone fixed and fit a simple logistic regression on its features. "
              "Fast, and the most reliable with few images.",
-    "finetune": "Finetune: also adjust the backbone's weights. Slower; can help with 50+ images, can overfit with fewer.",
+    "finetune": "Finetune: also adjust the backbone's last stage (the Benchmark's finetune is this same model). "
+                "Slower; can help with 50+ images, can overfit with fewer.",
 }
 
 

@@ -16,8 +16,8 @@ Issue #11's quality table, through the product's own sweep (engine.fewshot.sweep
   95% interval lies above 0 (the issue's target; results.json rows carry `uncertainty`).
 
     .venv/bin/python bench/shipped_backbones.py                                  # probe, 20 trials, ~15 min on 2 cores
-    .venv/bin/python bench/shipped_backbones.py --modes finetune --shots 5,20 --trials 5   # finetune (slow on CPU)
-    .venv/bin/python bench/shipped_backbones.py --device cuda --modes probe,finetune --trials 20
+    .venv/bin/python bench/shipped_backbones.py --modes finetune --shots 5,20 --trials 5   # the Classifier's finetune
+    .venv/bin/python bench/shipped_backbones.py --device cuda --modes probe,full_finetune --trials 20  # whole backbone
 
 Writes `--workdir` (default artifacts/shipped_backbones): per task sweep/ folders, results.md and
 results.json. Re-running resumes the sweeps (rows already in trials.csv are kept).
@@ -43,7 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--inits", default=None, help="comma-separated (default: every shipped backbone)")
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated of {', '.join(TASKS)}")
     p.add_argument("--data-root", default=str(SHARED), help="folder holding the task folders (default ../shared/data)")
-    p.add_argument("--modes", default="probe", help="probe and/or finetune")
+    p.add_argument("--modes", default="probe", help="probe, finetune (the Classifier's: last stage) and/or "
+                   "full_finetune (whole backbone; the card's H200 rows)")
     p.add_argument("--shots", default="1,5,10,20,50")
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--image-size", type=int, default=224)
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.workdir).resolve()
     os.environ.setdefault("SCARCE_CXR_WORKSPACE", str(work / "workspace"))
     from engine.fewshot.metrics import paired_differences, uncertainty_text
+    from engine.fewshot.modes import RECIPE_VERSION
     from engine.fewshot.sweep import SweepConfig, run_sweep
     from engine.models import shipped_inits
 
@@ -122,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text, flush=True)
     work.mkdir(parents=True, exist_ok=True)
     (work / "results.md").write_text(text + "\n")
-    (work / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    (work / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows, "recipe_version": RECIPE_VERSION},
+                                                  indent=1))  # the modes' meaning (engine.fewshot.modes)
     return 0
 
 

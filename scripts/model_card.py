@@ -24,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from engine.fewshot.modes import RECIPE_VERSION, current_mode, recipe_version  # noqa: E402
+
 SHIPPED = ROOT / "checkpoints" / "shipped"
 POOL = ROOT.parent / "shared" / "data" / "cxr_pool"
 
@@ -61,17 +63,20 @@ def rebuild(info: dict) -> list[str]:
             "# or, on one GPU within a time budget as it was made: python scripts/device_pretrain.py --data .gpu/pool"]
 
 
-def labelled(row: dict) -> dict:
-    """The row with its `uncertainty` (rows written before the field: metrics.FIXED, their old meaning)."""
+def labelled(row: dict, version: int = RECIPE_VERSION) -> dict:
+    """The row with its `uncertainty` (rows written before the field: metrics.FIXED, their old meaning) and its
+    mode under the current name (results of recipe `version` 1: `finetune` was the whole network, now
+    `full_finetune`; engine.fewshot.modes)."""
     from engine.fewshot.metrics import FIXED
 
-    return {**row, "uncertainty": row.get("uncertainty") or FIXED}
+    return {**row, "uncertainty": row.get("uncertainty") or FIXED, "mode": current_mode(row["mode"], version)}
 
 
 def eval_rows(paths: list[Path], name: str) -> list[dict]:
     rows = []
     for p in paths:
-        rows += [labelled(r) for r in json.loads(p.read_text())["rows"] if r["init"] == name]
+        data = json.loads(p.read_text())
+        rows += [labelled(r, recipe_version(data)) for r in data["rows"] if r["init"] == name]
     return sorted(rows, key=lambda r: (r["task"], r["mode"], r["shots"]))
 
 

@@ -8,6 +8,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from engine.fewshot.modes import DASH, SHORT
+
 COLLAPSE = (  # (metric key in the job history, title, healthy-direction note)
     ("collapse_std", "Spread (std)", "higher is healthier; near 0 = collapsed"),
     ("collapse_cos", "Mean cosine", "lower is healthier; near 1 = collapsed"),
@@ -69,10 +71,10 @@ def tidy_auc_figure(fig: go.Figure) -> go.Figure:
 
 # ------------------------------------------------------------------------------------- benchmark statistics
 
-MODE_SHORT = {"probe": "probe", "finetune": "finetune", "double_finetune": "2x finetune"}
+MODE_SHORT = SHORT  # engine.fewshot.modes: one name per mode
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22")
-_DASH = {"probe": "solid", "finetune": "dash", "double_finetune": "dot"}
+_DASH = DASH
 
 
 def short_label(name: str, limit: int = 26) -> str:

@@ -14,6 +14,8 @@ from typing import Any
 import streamlit as st
 
 from engine.escaping import escape_markdown as md
+from engine.fewshot.modes import LABEL
+from engine.fewshot.modes import MODES as STUDY_MODES
 from engine.jobs import JobSnapshot
 from engine.ssl.registry import METHODS
 from engine.tasks.study import StudyParams
@@ -21,7 +23,7 @@ from ui.jobs import pick_result, start_job, status_block, watch, watched
 from ui.services import Services
 from ui.widgets import default_image_size, method_label
 
-MODES = {"probe": "probe (frozen backbone)", "finetune": "finetune (whole backbone)"}
+MODES = {m: LABEL[m] for m in STUDY_MODES}  # engine.fewshot.modes: what each name means
 
 
 def _usable_findings(svc: Services) -> list[str]:

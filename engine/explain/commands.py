@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import sys
 
+from engine.fewshot.modes import MODES
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -17,7 +19,9 @@ def register(sub) -> None:
     p.add_argument("--inits", default="random", help="comma-separated inits (see `python -m engine inits`)")
     p.add_argument("--shots", type=int, default=20, help="training images per class (k)")
     p.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++", "scorecam", "ablationcam"])
-    p.add_argument("--mode", default="probe", choices=["probe", "finetune"], help="classifier on each init")
+    p.add_argument("--mode", default="probe", choices=list(MODES),
+                   help="classifier on each init (the head recipe: probe; finetune = the Classifier's last stage; "
+                        "full_finetune = the whole backbone, the seed study's)")
     p.add_argument("--layer", default=None, help="target layer (default: the arch's last stage, e.g. layer4)")
     p.add_argument("--out", required=True, help="output folder")
     g = p.add_mutually_exclusive_group()
@@ -29,7 +33,8 @@ def register(sub) -> None:
                         "are warned about)")
     p.add_argument("--fit", default="pad", choices=["pad", "crop"], help="how images are fitted to the square")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--finetune-steps", type=int, default=None)
+    p.add_argument("--finetune-steps", type=int, default=None, help="step budget of finetune / full_finetune "
+                   "(default 50)")
     p.add_argument("--arch", default=None, help="arch of random/imagenet inits (default resnet18)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--episodes", type=int, default=3, help="training episodes per init; scores get a 95%% "

@@ -16,9 +16,14 @@ writes to `out_dir`:
                        t-interval across episodes, chance level, baselines, gains over them, rho_*
     study.json         parameters, inits used / skipped, episodes' seeds and training images, warnings
 
-Resumable: trained heads (probe) or backbone + head (finetune) are saved under `out_dir/.state/`
-keyed by everything that determines them, and finished images' rows are kept there too, so a run
-stopped through `stop` (or killed) continues where it was when started again with the same arguments.
+Each init's classifier is the head recipe's (engine.fewshot.head_recipe; `mode` probe, finetune = the Classifier's
+last stage, full_finetune = the whole backbone). study.json records `recipe_version`; one without it was written
+when the study's `finetune` meant the whole backbone (now `full_finetune`, engine.fewshot.modes).
+
+Resumable: trained heads (probe) or backbone + head (either finetune) are saved under `out_dir/.state/`
+keyed by everything that determines them (the mode by `classifiers.STATE_MODE`), and finished images' rows are
+kept there too, so a run stopped through `stop` (or killed) continues where it was when started again with the
+same arguments.
 Image and embedding caches: `cache_dir` (default `<out_dir>/.cache`, never the default workspace).
 
 Settings are one frozen `GradCAMStudyConfig`; `run_gradcam_study_from_config(cfg, device, ...)` runs it in
@@ -42,12 +47,13 @@ import torch.nn as nn
 
 from engine.atomic import atomic_write
 from engine.events import OnEvent, as_log, check_stop, emit
-from engine.explain.classifiers import train_or_reuse_classifier
+from engine.explain.classifiers import STATE_MODE, train_or_reuse_classifier
 from engine.explain.gradcam import METHODS, resolve_layer
 from engine.explain.localization import TOPQ, aggregate
 from engine.explain.regions import load_regions, region_for  # noqa: F401  (public here too)
 from engine.explain.study_explain import _image_names, _key, _safe, _write_csv, explain_episode, train_mean_maps
 from engine.explain.yardstick import across_episodes
+from engine.fewshot.modes import RECIPE_VERSION
 from engine.fewshot.sizes import init_sizes, shared_size
 from engine.models.classifier_net import ExplainModel
 
@@ -69,7 +75,7 @@ class GradCAMStudyConfig:
     out_dir: str | Path
     shots: int = DEFAULT_SHOTS  # training images per class of the shared episode
     method: str = "gradcam"  # engine.explain.gradcam.METHODS
-    mode: str = "probe"  # "probe" | "finetune": the classifier trained on each init
+    mode: str = "probe"  # the head recipe's mode (engine.fewshot.modes.MODES): the classifier trained on each init
     layer: str | None = None  # target layer; None = the arch's last stage (DEFAULT_LAYER)
     n_images: int = DEFAULT_N_IMAGES  # held-out positives to explain
     image_size: int | None = None  # None: the largest of the inits' own sizes (engine.fewshot.sizes.shared_size)
@@ -79,7 +85,7 @@ class GradCAMStudyConfig:
     seed: int = 0
     test_fraction: float = 0.3
     q: float = TOPQ  # top-q share of the map for topq_iou
-    finetune_steps: int | None = None  # None = FinetuneConfig's default
+    finetune_steps: int | None = None  # None = the recipe's default (FastFinetune / FinetuneConfig: 50)
     arch: str | None = None  # arch of random / imagenet
     batch_size: int = 16  # images per explained chunk and per CAM pass
     alpha: float = 0.4  # overlay opacity
@@ -91,8 +97,9 @@ class GradCAMStudyConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown CAM method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.mode not in ("probe", "finetune"):
-            raise ValueError(f"mode must be 'probe' or 'finetune'; got {self.mode!r}")
+        from engine.fewshot.modes import MODES, check_modes
+
+        check_modes([self.mode], MODES)
         if self.n_images < 1 or self.shots < 1 or self.episodes < 1:
             raise ValueError("n_images, shots and episodes must be at least 1")
         inits = tuple(s.strip() for s in self.inits if s.strip())
@@ -169,7 +176,7 @@ def run_gradcam_study_from_config(
         cache = ImageCache.build([ep.path(i) for i in ep.train_idx], cfg.image_size, cache_dir=caches / "cache",
                                  mode=cfg.fit_mode, on_event=as_log(on_event), stop=stop)  # its image counts only as messages
         base_key = {"v": STATE_VERSION, "manifest": str(ep.manifest.csv_path), "train": sorted(cache.keys),
-                    "y": ep.y_train.tolist(), "size": cfg.image_size, "fit": cfg.fit_mode, "mode": cfg.mode,
+                    "y": ep.y_train.tolist(), "size": cfg.image_size, "fit": cfg.fit_mode, "mode": STATE_MODE[cfg.mode],
                     "finetune_steps": cfg.finetune_steps, "seed": ep.tseed}
         models = _train_models(cfg, ep, backbones, cache, base_key, out / ".state", device, bar, on_event, stop,
                                caches / "features")
@@ -320,7 +327,8 @@ def _write_outputs(cfg: GradCAMStudyConfig, episodes: list[_Selection], inits: l
     _write_csv(loc, out / "localization.csv")
     _write_csv(summary, out / "summary.csv")
     meta_out = {"manifest": str(sel.manifest.csv_path), "finding": cfg.finding, "inits": inits,
-                "skipped": skipped, "shots": cfg.shots, "method": cfg.method, "mode": cfg.mode, "layer": cfg.layer,
+                "skipped": skipped, "shots": cfg.shots, "method": cfg.method, "mode": cfg.mode,
+                "recipe_version": RECIPE_VERSION, "layer": cfg.layer,
                 "n_images": len(sel.chosen), "image_size": cfg.image_size, "fit_mode": cfg.fit_mode,
                 "region": sel.kind, "seed": cfg.seed, "episodes": len(episodes), "sanity": cfg.sanity,
                 "trial_seeds": [ep.tseed for ep in episodes],

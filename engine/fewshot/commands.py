@@ -22,7 +22,10 @@ def register(sub) -> None:
     p.add_argument("--manifest", required=True, help="manifest CSV")
     p.add_argument("--finding", action="append", required=True, help="finding to evaluate (repeatable)")
     p.add_argument("--inits", default="random", help="comma-separated inits (see `python -m engine inits`)")
-    p.add_argument("--modes", default="probe", help="comma-separated: probe, finetune, double_finetune")
+    p.add_argument("--modes", default="probe",
+                   help="comma-separated: probe; finetune (the Classifier's: last stage + head on cached activations); "
+                        "full_finetune (whole backbone, the seed study's); double_full_finetune (full_finetune after "
+                        "a whole-backbone finetune on --intermediate-finding)")
     p.add_argument("--shots", default="1,5,10,20,50", help="comma-separated shots per class")
     p.add_argument("--trials", type=int, default=10)
     p.add_argument("--out", required=True, help="output folder (trials.csv, summary.csv, auc_vs_shots.html)")
@@ -35,9 +38,10 @@ def register(sub) -> None:
                    help="seed of the test hold-out (manifests without a split column) and of each trial's "
                         "patient-level test resample (default: --seed)")
     p.add_argument("--arch", default=None, help="arch of random/imagenet inits (default resnet18)")
-    p.add_argument("--finetune-steps", type=int, default=None, help="override the finetune step budget")
-    p.add_argument("--intermediate-finding", default=None, help="double_finetune: stage-one finding")
-    p.add_argument("--intermediate-manifest", default=None, help="double_finetune: stage-one manifest")
+    p.add_argument("--finetune-steps", type=int, default=None,
+                   help="step budget of finetune and full_finetune (default 50 each)")
+    p.add_argument("--intermediate-finding", default=None, help="double_full_finetune: stage-one finding")
+    p.add_argument("--intermediate-manifest", default=None, help="double_full_finetune: stage-one manifest")
     p.add_argument("--resume", action="store_true", help="continue a sweep in --out; finished trials are kept")
     p.add_argument("--cache-dir", default=None,
                    help="where decoded images and embeddings are cached (default: <out>/.cache; give a workspace "
@@ -51,7 +55,9 @@ def register(sub) -> None:
                    help="starting backbone (see `python -m engine inits`); default: the best shipped backbone "
                         "(pretrained on real chest X-rays), else random")
     p.add_argument("--out", required=True, help="classifier file to write (.safetensors)")
-    p.add_argument("--mode", choices=["probe", "finetune"], default="probe")
+    p.add_argument("--mode", choices=["probe", "finetune"], default="probe",
+                   help="probe: logistic regression on frozen features; finetune: the last stage + head on cached "
+                        "activations (the sweep's finetune is the same model)")
     p.add_argument("--image-size", type=int, default=None,
                    help="pixels (default: the init's own input size, `python -m engine inits`)")
     p.add_argument("--cv-repeats", type=int, default=None,
@@ -97,16 +103,18 @@ def _sweep(args) -> int:
     import dataclasses
 
     from engine.device import resolve_device
+    from engine.fewshot.fast_finetune import FastFinetune
     from engine.fewshot.finetune import FinetuneConfig
     from engine.fewshot.sweep import SweepConfig, run_sweep
 
-    ft = FinetuneConfig()
+    ft, full = FastFinetune(), FinetuneConfig()
     if args.finetune_steps is not None:
         ft = dataclasses.replace(ft, steps=args.finetune_steps)
+        full = dataclasses.replace(full, steps=args.finetune_steps)
     cfg = SweepConfig(
         findings=tuple(args.finding), inits=tuple(_csv_list(args.inits)), modes=tuple(_csv_list(args.modes)),
         shots=tuple(_int_list(args.shots)), trials=args.trials, image_size=args.image_size, seed=args.seed,
-        arch=args.arch, finetune=ft, intermediate_finding=args.intermediate_finding,
+        arch=args.arch, finetune=ft, full_finetune=full, intermediate_finding=args.intermediate_finding,
         intermediate_manifest=args.intermediate_manifest, split_seed=args.split_seed,
     )
     res = run_sweep(args.manifest, cfg, Path(args.out), resolve_device(args.device), on_event=_log, resume=args.resume,

@@ -1,5 +1,6 @@
 """AUC-vs-shots figures (plotly), as the transfer studies drew them: one colour per init, a mean line
-with a +-1 std band, solid for the probe, dashed for finetuning, shots on a log axis.
+with a +-1 std band, solid for the probe, dashed for the Classifier's finetune, long dashes for the full
+finetune (engine.fewshot.modes.DASH), shots on a log axis.
 
 Pure figure builders: no streamlit here (the app's ui/ shows the figure; the sweep writes it as HTML).
 """
@@ -9,9 +10,11 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from engine.fewshot.modes import DASH as _MODE_DASH
+
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22")
-DASH = {"probe": "solid", "finetune": "dash", "double_finetune": "dot"}
+DASH = _MODE_DASH  # one line style per mode (engine.fewshot.modes)
 
 
 def _rgba(hex_color: str, alpha: float) -> str:
@@ -56,7 +59,7 @@ def curves(df: pd.DataFrame, finding: str | None = None) -> tuple[pd.DataFrame, 
 
 
 def auc_vs_shots_figure(df: pd.DataFrame, finding: str | None = None) -> go.Figure:
-    """Mean AUC line + std band per (init, mode); solid probe, dashed finetune; log-scaled shots axis."""
+    """Mean AUC line + std band per (init, mode); line style per mode (`DASH`); log-scaled shots axis."""
     data, title = curves(df, finding)
     fig = go.Figure()
     inits = list(dict.fromkeys(data["init"]))

@@ -1,4 +1,4 @@
-"""Double finetune's stage one inside a sweep: the init finetuned once on an intermediate finding."""
+"""Double full finetune's stage one in a sweep: the init finetuned once, whole network, on an intermediate finding."""
 from __future__ import annotations
 
 import copy
@@ -17,7 +17,7 @@ from engine.fewshot.finetune import Backbone, intermediate_backbone
 def stage_one_backbone(init: str, backbone: Backbone, manifest_csv: str | Path, manifest: Any, test_rows: np.ndarray,
                        cfg: Any, out_dir: Path, device: torch.device, on_event: OnEvent | None,
                        stop: threading.Event | None, *, cache_dir: Path | None = None) -> Backbone:
-    """Stage one of double finetune for `init`: the whole backbone finetuned on `cfg.intermediate_finding`
+    """Stage one of double full finetune for `init`: the whole backbone finetuned on `cfg.intermediate_finding`
     (`cfg` a SweepConfig), trained once and kept in `out_dir/intermediate/<init>.safetensors` for resume.
 
     Images: the rows of `cfg.intermediate_manifest` (default: the sweep's manifest) labeled for that finding,
@@ -58,8 +58,9 @@ def stage_one_backbone(init: str, backbone: Backbone, manifest_csv: str | Path, 
         raise ValueError(f"intermediate finding {f!r} needs positive and negative images outside the test set")
     cache = ImageCache.build(list(idf["path"].iloc[rows]), cfg.image_size, cache_dir=cache_dir, on_event=on_event,
                              stop=stop)
-    emit(on_event, message=f"double finetune: stage one of {init} on {f} ({rows.size} images)")
-    m, _ = intermediate_backbone(backbone, np.asarray(cache.array), y, cfg.finetune, device, cfg.seed, on_event, stop)
+    emit(on_event, message=f"double full finetune: stage one of {init} on {f} ({rows.size} images)")
+    m, _ = intermediate_backbone(backbone, np.asarray(cache.array), y, cfg.full_finetune, device, cfg.seed, on_event,
+                                 stop)
     sd = {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
     atomic_write(path, lambda tmp: save_file(sd, tmp))
     return m, meta

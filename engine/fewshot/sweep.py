@@ -10,9 +10,18 @@ Protocol (docs/design.md, "Few-shot"):
   for every init and mode, so inits are compared on the same training and test images (paired), and
   the spread across trials includes test-set sampling. A pool with fewer than `SMALL_TEST` images of
   either class gets a warning.
-* `probe` trials fit `fit_probe` on cached features (each image embedded once per init);
-  `finetune` trials train backbone + head (`finetune_many`, several trials vmapped at once);
-  `double_finetune` trials start from the init finetuned once on an intermediate finding.
+* Every trial's head is the head recipe's (engine.fewshot.head_recipe; names: engine.fewshot.modes), so a
+  trial is the model the Classifier builds on the same images with the trial's seed (tested):
+  `probe` trials fit the probe on features embedded once per init; `finetune` trials are the Classifier's
+  finetune (the episode's activation cache with views drawn from the trial seed, then the last stage + head);
+  `full_finetune` trials train the whole network + head (the seed study's finetune; a shot count's trials
+  vmapped at once on CUDA); `double_full_finetune` trials are full finetunes starting from the init
+  finetuned once, whole network, on an intermediate finding.
+* config.json records `recipe_version` (engine.fewshot.modes). A folder written before it (version 1: its
+  `finetune` was the whole network) is read with its modes renamed (`finetune` -> `full_finetune`,
+  `double_finetune` -> `double_full_finetune`; trials.py `read_trials` / `read_summary`); resuming it renames
+  them on disk before anything else is written, and refuses to add the Classifier's `finetune` to a folder
+  whose old `finetune` trials were whole-network ones.
 * Trial rows and summary rows: engine.fewshot.trials (AUC on the trial's sample and on the pool; the
   summary's mean, its SE and 95% interval over episodes and test sampling, and `uncertainty` naming
   the method). Unavailable inits and shot counts larger than the pool allows appear with `status`
@@ -42,16 +51,18 @@ from engine.events import Cancelled, OnEvent, as_log, check_stop, emit
 from engine.fewshot.episodes import (ShotsError, sample_episode, shared_test_counts, test_sample, test_seed, test_split,
                                      trial_seed)
 from engine.fewshot.metrics import FIXED, RESAMPLED, paired_differences
-from engine.fewshot.features import embed
-from engine.fewshot.finetune import FinetuneConfig, finetune_many, predict_logits
+from engine.fewshot.fast_finetune import FastFinetune
+from engine.fewshot.finetune import FinetuneConfig
+from engine.fewshot.head_recipe import HeadSettings, fit, fit_many, prepare
+from engine.fewshot.modes import RECIPE_VERSION, SWEEP_MODES, check_modes, current_modes, recipe_version
 from engine.fewshot.stage_one import stage_one_backbone
-from engine.fewshot.probe import DEFAULT_C, fit_probe
+from engine.fewshot.probe import DEFAULT_C
 from engine.fewshot.sizes import CacheBySize, check_inits as _check_inits, init_sizes
-from engine.fewshot.trials import (GROUP, KEY, METRICS, TRIAL_COLUMNS, evaluate_trial, read_trials,  # noqa: F401
-                                   summarize, write_csv)
+from engine.fewshot.trials import (GROUP, KEY, METRICS, TRIAL_COLUMNS, evaluate_trial,  # noqa: F401
+                                   migrate_sweep_files, read_trials, summarize, write_csv)
 from engine.models.registry import BackboneMeta, InitUnavailableError, load_backbone
 
-MODES = ("probe", "finetune", "double_finetune")
+MODES = SWEEP_MODES  # probe, finetune (the Classifier's), full_finetune, double_full_finetune
 SMALL_TEST = 30  # fewer test images than this in either class: the sweep warns that intervals are wide
 LOCK_NAME = ".sweep.lock"  # held by the one sweep writing to an output folder
 
@@ -61,8 +72,9 @@ class SweepBusyError(RuntimeError):
 
 
 # Fields that define what a trial row means: a resumed sweep must not change them.
-PROTOCOL_FIELDS = ("image_size", "seed", "split_seed", "resample_test", "n_bootstrap", "test_fraction", "probe_C", "finetune", "arch",
-                   "intermediate_manifest", "intermediate_finding", "intermediate_max_images")
+PROTOCOL_FIELDS = ("image_size", "seed", "split_seed", "resample_test", "n_bootstrap", "test_fraction", "probe_C",
+                   "finetune", "full_finetune", "arch", "intermediate_manifest", "intermediate_finding",
+                   "intermediate_max_images")
 
 
 @dataclass(frozen=True)
@@ -77,14 +89,15 @@ class SweepConfig:
     n_bootstrap: int = 500  # test-set resamples per trial (MoCo-CXR transfer study: 500)
     test_fraction: float = 0.3  # patient-level hold-out when the manifest has no split column
     probe_C: float = DEFAULT_C
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    finetune: FastFinetune = field(default_factory=FastFinetune)  # mode finetune: the Classifier's (cached last stage)
+    full_finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # full_finetune, double_full_finetune
     arch: str | None = None  # arch of `random` / `imagenet` (default resnet18)
-    # Finetune a shot count's trials in one vmapped pass. None = on CUDA only: on CPU, vmapped (grouped)
+    # Full-finetune a shot count's trials in one vmapped pass. None = on CUDA only: on CPU, vmapped (grouped)
     # convolutions ran ~2x slower than one trial after another (bench/finetune_sweep.py).
     batch_trials: bool | None = None
     embed_batch_size: int = 64
-    intermediate_manifest: str | None = None  # double_finetune: stage-one manifest (default: this one)
-    intermediate_finding: str | None = None  # double_finetune: stage-one finding
+    intermediate_manifest: str | None = None  # double_full_finetune: stage-one manifest (default: this one)
+    intermediate_finding: str | None = None  # double_full_finetune: stage-one finding
     intermediate_max_images: int = 2000  # cap on stage-one images (seeded subsample)
     # Score each trial on its own patient-level bootstrap sample of the test pool (the uncertainty then
     # covers test-set sampling, metrics.RESAMPLED); False = every trial on the one pool (metrics.FIXED).
@@ -97,28 +110,50 @@ class SweepConfig:
         return RESAMPLED if self.resample_test else FIXED
 
     def __post_init__(self) -> None:
-        bad = [m for m in self.modes if m not in MODES]
-        if bad:
-            raise ValueError(f"unknown mode(s) {bad}; choose from {', '.join(MODES)}")
+        check_modes(self.modes, MODES)
         if not self.findings or not self.inits or not self.modes or not self.shots:
             raise ValueError("a sweep needs at least one finding, init, mode and shot count")
         if self.trials < 1 or min(self.shots) < 1:
             raise ValueError("trials and shots must be at least 1")
-        if "double_finetune" in self.modes and not self.intermediate_finding:
-            raise ValueError("mode double_finetune needs intermediate_finding (and optionally intermediate_manifest)")
+        if "double_full_finetune" in self.modes and not self.intermediate_finding:
+            raise ValueError("mode double_full_finetune needs intermediate_finding (and optionally "
+                             "intermediate_manifest)")
+
+    @property
+    def head_settings(self) -> HeadSettings:
+        """The head recipe's settings of this sweep."""
+        return HeadSettings(C=self.probe_C, fast=self.finetune, full=self.full_finetune)
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields, plus `uncertainty` (the method's words; not a field)."""
-        return {**json.loads(json.dumps(dataclasses.asdict(self))), "uncertainty": self.uncertainty}
+        """The fields, plus `uncertainty` (the method's words) and `recipe_version` (engine.fewshot.modes)."""
+        return {**json.loads(json.dumps(dataclasses.asdict(self))), "uncertainty": self.uncertainty,
+                "recipe_version": RECIPE_VERSION}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SweepConfig":
+        """The config of a `to_dict` of the current recipe version (`migrate_config` first for an older one)."""
         d = dict(d)
         d.pop("uncertainty", None)
-        ft = d.pop("finetune", None)
+        d.pop("recipe_version", None)
+        untuple = lambda c: {k: tuple(v) if isinstance(v, list) else v for k, v in (c or {}).items()}  # noqa: E731
+        ft = FastFinetune(**untuple(d.pop("finetune", None)))
+        full = FinetuneConfig(**untuple(d.pop("full_finetune", None)))
         tup = {k: tuple(v) for k, v in d.items() if isinstance(v, list)}
-        ft_cfg = FinetuneConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in (ft or {}).items()})
-        return cls(**{**d, **tup, "finetune": ft_cfg})
+        return cls(**{**d, **tup, "finetune": ft, "full_finetune": full})
+
+
+def migrate_config(old: dict[str, Any], new: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A stored config.json under the current recipe's names. Version 1 (no `recipe_version`): its `finetune`
+    settings were the whole network's -> `full_finetune`, its modes renamed (engine.fewshot.modes); the
+    Classifier's finetune settings are taken from `new` (none of its trials used them), else the default."""
+    if recipe_version(old) >= RECIPE_VERSION:
+        return dict(old)
+    out = {"resample_test": False, "split_seed": None, **old}  # sweeps written before these fields: fixed test set
+    out["modes"] = current_modes(out.get("modes") or [], 1)
+    out["full_finetune"] = out.pop("finetune", None) or dataclasses.asdict(FinetuneConfig())
+    out["finetune"] = (new or {}).get("finetune", json.loads(json.dumps(dataclasses.asdict(FastFinetune()))))
+    out["recipe_version"] = RECIPE_VERSION
+    return out
 
 
 @dataclass
@@ -142,12 +177,20 @@ def _check_config(out_dir: Path, cfg: SweepConfig, resume: bool) -> SweepConfig:
     if resume and cfg_path.exists():
         from engine.resume import check_same_settings
 
-        old = {"resample_test": False, "split_seed": None,  # sweeps written before these fields: fixed test set
-               **json.loads(cfg_path.read_text())}
+        stored = json.loads(cfg_path.read_text())
+        version = recipe_version(stored)
+        old = migrate_config({"resample_test": False, "split_seed": None, **stored}, cfg.to_dict())
         if cfg.image_size is None and old.get("image_size") is not None:
             cfg = dataclasses.replace(cfg, image_size=int(old["image_size"]))
+        if version < RECIPE_VERSION and "finetune" in cfg.modes and "finetune" in (stored.get("modes") or []):
+            raise ValueError(f"cannot resume the sweep in {out_dir} with mode finetune: its finetune trials were "
+                             "whole-network finetunes (written before the Classifier's finetune became the sweep's), "
+                             "now named full_finetune. Resume it with full_finetune to continue them, or use another "
+                             "output folder for the Classifier's finetune")
         check_same_settings(old, cfg.to_dict(), what=f"the sweep in {out_dir}", only=PROTOCOL_FIELDS,
                             fix="Use another output folder for new settings")
+        if version < RECIPE_VERSION:  # rows renamed on disk before config.json says they are current
+            migrate_sweep_files(out_dir, version)
     atomic_write(cfg_path, lambda tmp: Path(tmp).write_text(json.dumps(cfg.to_dict(), indent=2)))
     return cfg
 
@@ -311,7 +354,7 @@ class _SweepRun:
             [p.test_idx for p in plans] + [e[2] for p in plans for eps in p.episodes.values() for e in eps]))
         run.where = np.full(len(df), -1, dtype=np.int64)
         run.where[needed] = np.arange(needed.size)
-        # The bar counts trials (this run's, from 0 to `work`); caching, embedding and double finetune's
+        # The bar counts trials (this run's, from 0 to `work`); caching, embedding and double full finetune's
         # stage one report their own counts in log lines only (engine.events.as_log).
         run.work = sum(len(eps) for i in cfg.inits for m in cfg.modes for _, _, eps in run.todo(i, m))
         emit(on_event, step=0, total=run.work,
@@ -377,56 +420,79 @@ def _run_init(run: _SweepRun, init: str) -> None:
             continue
         if mode == "probe":
             _probe_trials(run, init, backbone, todo[mode])
-            continue
-        start = backbone
-        if mode == "double_finetune":
-            test_rows = np.concatenate([p.test_idx for p in run.plans])
-            start = stage_one_backbone(init, backbone, run.manifest_csv, run.manifest, test_rows, cfg, run.out_dir,
-                                       run.device, as_log(run.on_event), run.stop, cache_dir=run.cache_dir / "cache")
-        _finetune_trials(run, init, mode, start, backbone[1], todo[mode])
+        elif mode == "finetune":
+            _finetune_trials(run, init, backbone, todo[mode])
+        else:
+            start = backbone
+            if mode == "double_full_finetune":
+                test_rows = np.concatenate([p.test_idx for p in run.plans])
+                start = stage_one_backbone(init, backbone, run.manifest_csv, run.manifest, test_rows, cfg,
+                                           run.out_dir, run.device, as_log(run.on_event), run.stop,
+                                           cache_dir=run.cache_dir / "cache")
+            _full_finetune_trials(run, init, mode, start, todo[mode])
+
+
+def _score(run: _SweepRun, p: _Plan, k: int, trial: int, seed: int, idx: np.ndarray, s_tr: np.ndarray,
+           s_te: np.ndarray) -> dict[str, Any]:
+    """One trial's row from its logits on its training rows and on the test pool."""
+    return evaluate_trial(s_tr, p.labels[idx], s_te, p.labels[p.test_idx], run.cfg.n_bootstrap, seed,
+                          p.sample(k, trial), p.shared.get(k))
 
 
 def _probe_trials(run: _SweepRun, init: str, backbone: tuple[nn.Module, BackboneMeta], todo: Todo) -> None:
-    """Probe trials: embed the cached images once, then fit and score one probe per episode."""
+    """Probe trials: the cached images embedded once (the head recipe's `prepare` over all of them, features
+    kept in the sweep's feature cache), then one probe per episode scored on its features."""
     cfg = run.cfg
-    feats = embed(init, run.cache, run.device, cfg.embed_batch_size, arch=cfg.arch, on_event=as_log(run.on_event),
-                  stop=run.stop, backbone=backbone, feature_dir=run.cache_dir / "features")
+    prep = prepare(backbone, run.cache, "probe", run.device, settings=cfg.head_settings,
+                   feature_dir=run.cache_dir / "features", batch_size=cfg.embed_batch_size,
+                   on_event=as_log(run.on_event), stop=run.stop)
     for p, k, eps in todo:
-        y_te = p.labels[p.test_idx]
-        X_te = feats[run.where[p.test_idx]]
         for trial, seed, idx in eps:
             check_stop(run.stop)
-            X_tr, y_tr = feats[run.where[idx]], p.labels[idx]
-            probe = fit_probe(X_tr, y_tr, C=cfg.probe_C, seed=seed)
-            res = evaluate_trial(probe.decision_function(X_tr), y_tr, probe.decision_function(X_te), y_te,
-                                 cfg.n_bootstrap, seed, p.sample(k, trial), p.shared.get(k))
+            rows = run.where[idx]
+            fitted = fit(prep, rows, p.labels[idx], seed)
+            res = _score(run, p, k, trial, seed, idx, fitted.scores(prep, rows),
+                         fitted.scores(prep, run.where[p.test_idx]))
             run.record(p.finding, init, "probe", k, trial, seed, res)
         run.flush()
 
 
-def _finetune_trials(run: _SweepRun, init: str, mode: str, start: tuple[nn.Module, BackboneMeta],
-                     meta: BackboneMeta, todo: Todo) -> None:
-    """Finetune trials from `start` (the init, or its stage-one backbone): a shot count's episodes vmapped
+def _finetune_trials(run: _SweepRun, init: str, backbone: tuple[nn.Module, BackboneMeta], todo: Todo) -> None:
+    """The Classifier's finetune, one episode at a time: `fit_episode` on the episode's images with the trial
+    seed (its activation cache's views drawn from that seed, as the Classifier's from its seed), scored through
+    the assembled network on the training rows and the test pool."""
+    from engine.fewshot.head_recipe import fit_episode
+
+    cfg, where, array = run.cfg, run.where, run.cache.array
+    for p, k, eps in todo:
+        for trial, seed, idx in eps:
+            check_stop(run.stop)
+            fitted, _ = fit_episode(backbone, np.asarray(array[where[idx]]), p.labels[idx], "finetune", seed,
+                                    run.device, settings=cfg.head_settings, stop=run.stop)
+            res = _score(run, p, k, trial, seed, idx, fitted.logits(array, where[idx], cfg.embed_batch_size),
+                         fitted.logits(array, where[p.test_idx], cfg.embed_batch_size))
+            run.record(p.finding, init, "finetune", k, trial, seed, res)
+            del fitted
+        run.flush()
+
+
+def _full_finetune_trials(run: _SweepRun, init: str, mode: str, start: tuple[nn.Module, BackboneMeta],
+                          todo: Todo) -> None:
+    """Full finetune trials from `start` (the init, or its stage-one backbone): a shot count's episodes vmapped
     together (`batch_trials`; default on CUDA only) or one by one, each scored on its train and test rows."""
     cfg, where, array = run.cfg, run.where, run.cache.array
     batched = cfg.batch_trials if cfg.batch_trials is not None else run.device.type == "cuda"
+    prep = prepare(start, array, "full_finetune", run.device, settings=cfg.head_settings)
     for p, k, eps in todo:
         if not eps:
             continue
-        y_te = p.labels[p.test_idx]
         for chunk in [eps] if batched else [[e] for e in eps]:
             check_stop(run.stop)
-            imgs = [array[where[idx]] for _, _, idx in chunk]
-            ys = [p.labels[idx] for _, _, idx in chunk]
-            models = finetune_many(start, imgs, ys, cfg.finetune, run.device, [s for _, s, _ in chunk],
-                                   stop=run.stop, batched=batched)
-            for (trial, seed, idx), (bb, head) in zip(chunk, models):
-                s_tr = predict_logits(bb, head, array, run.device, meta.mean, meta.std, cfg.embed_batch_size,
-                                      rows=where[idx])
-                s_te = predict_logits(bb, head, array, run.device, meta.mean, meta.std, cfg.embed_batch_size,
-                                      rows=where[p.test_idx])
-                res = evaluate_trial(s_tr, p.labels[idx], s_te, y_te, cfg.n_bootstrap, seed, p.sample(k, trial),
-                                     p.shared.get(k))
+            fitted = fit_many(prep, [(where[idx], p.labels[idx], s) for _, s, idx in chunk], stop=run.stop,
+                              batched=batched)
+            for (trial, seed, idx), f in zip(chunk, fitted):
+                res = _score(run, p, k, trial, seed, idx, f.logits(array, where[idx], cfg.embed_batch_size),
+                             f.logits(array, where[p.test_idx], cfg.embed_batch_size))
                 run.record(p.finding, init, mode, k, trial, seed, res)
             run.flush()
 

@@ -15,9 +15,15 @@ Every AUC interval here (the trial's pool interval, the summary's `auc_ci_low/hi
 metrics.floor_interval: the hull with Newcombe's small-sample interval from the test set's class counts
 (`n_test_pos` per trial; `n_test_pos` / `n_test_neg` in the summary, means over trials), so a tiny test set
 separated perfectly never shows [1.000, 1.000]; `auc_ci_note` says in words when the floor widened it.
+
+Mode names (engine.fewshot.modes): a sweep folder whose config.json has no `recipe_version` was written when
+`finetune` meant the whole network; `read_trials` / `read_summary` give its rows under the current names
+(`finetune` -> `full_finetune`, `double_finetune` -> `double_full_finetune`), and `migrate_sweep_files`
+renames them on disk (a resumed sweep, before its new config.json is written).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,7 @@ import pandas as pd
 from scipy.special import expit
 
 from engine.atomic import atomic_write
+from engine.fewshot.modes import RECIPE_VERSION, current_mode, recipe_version
 from engine.fewshot.metrics import (FIXED, RESAMPLED,  # noqa: F401 (FIXED: re-exported)
                                     WIDENED_MARK, auc, bootstrap_auc, floor_interval, mean_interval, summary,
                                     threshold_metrics, trial_test_counts, uncertainty_of, youden_threshold)
@@ -49,15 +56,55 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
     atomic_write(path, lambda tmp: csv_safe(df).to_csv(tmp, index=False))
 
 
-def read_trials(path: Path) -> pd.DataFrame:
-    """trials.csv as a DataFrame (empty with the right columns when absent)."""
+TEXT = {"finding": str, "init": str, "mode": str}  # read as text whatever they look like
+
+
+def folder_recipe_version(folder: Path) -> int:
+    """The recipe version of a sweep folder's rows: its config.json's `recipe_version`, 1 when the field is
+    missing (written before it), the current one when the folder has no config.json (not a sweep's folder:
+    nothing says the rows are old). Raises json.JSONDecodeError / OSError for an unreadable config.json."""
+    cfg = Path(folder) / "config.json"
+    return recipe_version(json.loads(cfg.read_text())) if cfg.exists() else RECIPE_VERSION
+
+
+def current_names(df: pd.DataFrame, version: int) -> pd.DataFrame:
+    """`df` with its `mode` column under the current names (rows of recipe `version`; engine.fewshot.modes)."""
+    if version >= RECIPE_VERSION or "mode" not in df.columns:
+        return df
+    return df.assign(mode=df["mode"].map(lambda m: current_mode(m, version) if isinstance(m, str) else m))
+
+
+def read_trials(path: Path, version: int | None = None) -> pd.DataFrame:
+    """trials.csv as a DataFrame (empty with the right columns when absent), modes under their current names
+    (`version`: the rows' recipe version; None = the folder's, `folder_recipe_version`)."""
     if not Path(path).exists():
         return pd.DataFrame(columns=TRIAL_COLUMNS)
-    df = pd.read_csv(path, dtype={"finding": str, "init": str, "mode": str})
+    df = pd.read_csv(path, dtype=TEXT)
     missing = [c for c in TRIAL_COLUMNS if c not in df.columns and c not in OPTIONAL_COLUMNS]
     if missing:
         raise ValueError(f"{path} is not a trials file of this engine (missing columns {missing})")
+    df = current_names(df, folder_recipe_version(Path(path).parent) if version is None else version)
     return df.reindex(columns=list(dict.fromkeys([*df.columns, *OPTIONAL_COLUMNS])))
+
+
+def read_summary(path: Path) -> pd.DataFrame:
+    """A sweep's summary.csv (or paired.csv), modes under their current names (the folder's recipe version).
+    Raises FileNotFoundError when absent."""
+    return current_names(pd.read_csv(path, dtype=TEXT), folder_recipe_version(Path(path).parent))
+
+
+def migrate_sweep_files(out_dir: Path, version: int) -> None:
+    """Rename the modes of a sweep folder's trials.csv, summary.csv and paired.csv (rows of recipe `version`)
+    to the current names, each file rewritten atomically (cells as they were: already spreadsheet-safe).
+    Renaming twice changes nothing, so a run stopped half way is finished by the next."""
+    for name in ("trials.csv", "summary.csv", "paired.csv"):
+        path = Path(out_dir) / name
+        if not path.exists():
+            continue
+        df = pd.read_csv(path, dtype=TEXT)
+        new = current_names(df, version)
+        if "mode" in df.columns and not new["mode"].equals(df["mode"]):
+            atomic_write(path, lambda tmp, new=new: new.to_csv(tmp, index=False))
 
 
 def evaluate_trial(

@@ -39,7 +39,8 @@ def register(sub) -> None:
     p.add_argument("--image-size", type=int, default=224, help="working resolution, pretraining and evaluation")
     p.add_argument("--shots", default="1,5,10,20,50", help="comma-separated labeled images per class")
     p.add_argument("--trials", type=int, default=10, help="trials per shot count")
-    p.add_argument("--modes", default="probe", help="comma-separated: probe, finetune")
+    p.add_argument("--modes", default="probe", help="comma-separated: probe, finetune (the Classifier's: last "
+                   "stage), full_finetune (whole backbone, the seed study's)")
     p.add_argument("--baselines", default="random,imagenet", help="builtin inits to compare with (imagenet: when "
                    "offline weights exist); to compare an existing backbone, e.g. the shipped one, use --reuse")
     p.add_argument("--reuse", default="", help="METHOD=CHECKPOINT,... evaluate these checkpoints instead of pretraining "

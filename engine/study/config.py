@@ -7,9 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.fewshot.modes import MODES as HEAD_MODES
+from engine.fewshot.modes import RECIPE_VERSION, current_mode, current_modes
+
 DEFAULT_SHOTS = (1, 5, 10, 20, 50)  # the seed study's shot counts
 DEFAULT_BASELINES = ("random", "imagenet")  # imagenet is skipped (with a warning) when offline
-MODES = ("probe", "finetune")
+MODES = HEAD_MODES  # probe, finetune (the Classifier's), full_finetune (the seed study's): engine.fewshot.modes
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,8 @@ class StudyConfig:
     name: checkpoint prefix: method m is exported as `<name>-<m>` into the checkpoints folder.
     preset / steps / batch_size: the pretraining recipe (engine.ssl.presets) and its step cap / batch.
     image_size: pixels of the square working resolution, for pretraining and evaluation alike.
-    shots / trials / modes / baselines: the few-shot sweep (engine.fewshot.sweep); baselines are
+    shots / trials / modes / baselines: the few-shot sweep (engine.fewshot.sweep; modes are the head recipe's,
+        engine.fewshot.modes: `finetune` is the Classifier's, `full_finetune` the whole network); baselines are
         builtin inits compared with the pretrained ones (ImageNet only where its weights exist offline).
     gradcam_images / gradcam_shots / gradcam_mode: the Grad-CAM stage (engine.explain.study); 0
         images turns it off.
@@ -61,7 +65,8 @@ class StudyConfig:
             raise ValueError("a study needs at least one SSL method (--methods) or a reused checkpoint (--reuse)")
         bad = [m for m in self.modes if m not in MODES] or ([self.gradcam_mode] if self.gradcam_mode not in MODES else [])
         if bad or not self.modes:
-            raise ValueError(f"modes must be among {', '.join(MODES)} (got {', '.join(bad) or 'none'})")
+            hint = "".join(f"; {m!r} is now 'full_finetune'" for m in bad if m == "double_finetune")
+            raise ValueError(f"modes must be among {', '.join(MODES)} (got {', '.join(bad) or 'none'}){hint}")
         if not self.shots or min(self.shots) < 1 or self.trials < 1:
             raise ValueError("shots must be positive integers and trials at least 1, e.g. --shots 1,5,10 --trials 5")
         if self.steps is not None and self.steps < 1:
@@ -135,6 +140,20 @@ class StudyConfig:
         if "reuse" in kw:
             kw["reuse"] = tuple(tuple(p) for p in kw["reuse"])
         return cls(**kw)
+
+
+def current_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A study.json's contents under the current mode names. Without `recipe_version` (written before the head
+    recipe, engine.fewshot.modes) its `finetune` was the whole network: `modes` and `gradcam_mode` renamed to
+    `full_finetune`, and `recipe_version` set. A copy; the current version is returned as it is."""
+    if int(state.get("recipe_version") or 1) >= RECIPE_VERSION:
+        return state
+    cfg = dict(state.get("config") or {})
+    if "modes" in cfg:
+        cfg["modes"] = current_modes(cfg["modes"], 1)
+    if "gradcam_mode" in cfg:
+        cfg["gradcam_mode"] = current_mode(cfg["gradcam_mode"], 1)
+    return {**state, "config": cfg, "recipe_version": RECIPE_VERSION}
 
 
 def eval_tag(path: str | Path, taken: set[str]) -> str:

@@ -22,7 +22,8 @@ from typing import Any
 import pandas as pd
 
 from engine.atomic import atomic_write_text
-from engine.fewshot.trials import appendix_table
+from engine.fewshot.trials import appendix_table, read_summary, read_trials
+from engine.study.config import current_state
 
 # keys of the checkpoint json's collapse records (engine.ssl.monitor): RankMe-style, then the seed study's
 COLLAPSE_KEYS = ("erank", "std", "cos", "centred_erank", "raw_std")
@@ -149,7 +150,7 @@ def report_sections(out: Path) -> list[tuple[str, str, Any]]:
     h2 | h3 (title), text (payload str), table (DataFrame), fig (plotly Figure), img (Path relative to `out`).
 
     Raises FileNotFoundError / json.JSONDecodeError when study.json is missing or damaged."""
-    state = json.loads((out / "study.json").read_text())
+    state = current_state(json.loads((out / "study.json").read_text()))  # mode names: engine.fewshot.modes
     cfg = state["config"]
     parts: list[tuple[str, str, Any]] = [("text", "", _settings_line(cfg, state))]
     order = {m: i for i, m in enumerate([*cfg["methods"], *(m for m, _ in cfg["reuse"])])}
@@ -159,7 +160,8 @@ def report_sections(out: Path) -> list[tuple[str, str, Any]]:
     if records:
         parts.append(("fig", "collapse", collapse_figure(records)))
     for sweep in sorted((out / "sweeps").glob("*")) if (out / "sweeps").exists() else []:
-        summary, trials = _read_csv(sweep / "summary.csv"), _read_csv(sweep / "trials.csv")
+        summary = read_summary(sweep / "summary.csv") if (sweep / "summary.csv").exists() else pd.DataFrame()
+        trials = read_trials(sweep / "trials.csv") if (sweep / "trials.csv").exists() else pd.DataFrame()
         parts += [("h2", f"Few-shot AUC: {sweep.name}", None),
                   ("text", "", "AUC on the held-out test set, mean ± std over trials (appendix style). "
                                + _test_sizes(trials)),

@@ -31,7 +31,8 @@ import torch
 from engine.atomic import atomic_write_text
 from engine.events import OnEvent, as_log, check_stop, emit
 from engine.resume import check_same_settings
-from engine.study.config import StudyConfig, eval_tag
+from engine.fewshot.modes import RECIPE_VERSION
+from engine.study.config import StudyConfig, current_state, eval_tag
 
 STUDY_VERSION = 1
 CACHE_DIR = ".cache"  # <out>/.cache: the study's image and embedding caches (never the default workspace)
@@ -130,8 +131,9 @@ def plan_stages(cfg: StudyConfig) -> list[Stage]:
 def _load_state(out: Path, cfg: StudyConfig, resume: bool) -> dict[str, Any]:
     path = out / "study.json"
     if not path.exists():
-        return {"version": STUDY_VERSION, "config": cfg.to_dict(), "stages": {}, "created": time.time()}
-    state = json.loads(path.read_text())
+        return {"version": STUDY_VERSION, "recipe_version": RECIPE_VERSION, "config": cfg.to_dict(), "stages": {},
+                "created": time.time()}
+    state = current_state(json.loads(path.read_text()))  # an old study's `finetune` is now `full_finetune`
     new = cfg.to_dict()
     if state.get("config") != new and not state.get("stages"):  # nothing done yet: take the new settings
         state["config"] = new

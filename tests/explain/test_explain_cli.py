@@ -1,6 +1,7 @@
 """`python -m engine gradcam` end to end on a tiny phantom, and the study's resume / cancel / finetune paths."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -99,6 +100,13 @@ def test_study_cancel_resume_and_finetune(phantom, tmp_path):
     assert (loc["region"] == "mask").all()  # the manifest's masks are the default region
     on_disk = pd.read_csv(out / "localization.csv")
     np.testing.assert_allclose(on_disk["energy_ratio"], loc["energy_ratio"])
+
+    # The whole-network finetune is another recipe (issue 23): the last-stage finetune's saved classifiers are
+    # not taken for it (its state key keeps the name the study's "finetune" had when that was the whole network).
+    events.clear()
+    run_gradcam_study(phantom, "nodule", ["random"], out, on_event=events.append, **{**kw, "mode": "full_finetune"})
+    assert not any("reusing the classifier" in e.message for e in events)
+    assert json.loads((out / "study.json").read_text())["mode"] == "full_finetune"
 
 
 def test_study_rejects_unknown_inits_before_work(phantom, tmp_path):

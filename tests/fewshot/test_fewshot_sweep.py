@@ -1,6 +1,7 @@
 """Sweeps on phantom data: chance on noise labels, well above chance on a visible lesion; resume; skips."""
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
@@ -107,21 +108,24 @@ def test_unavailable_init_and_too_many_shots_are_recorded_not_fatal(manifest, tm
     assert not (tmp_path / "u").exists()  # refused before any work
 
 
-def test_finetune_mode_runs_batched_trials(manifest, tmp_path):
+def test_full_finetune_mode_runs_batched_trials(manifest, tmp_path):
+    from engine.fewshot.fast_finetune import FastFinetune
     from engine.fewshot.finetune import FinetuneConfig
 
-    cfg = SweepConfig(findings=("cardiomegaly",), inits=("random",), modes=("probe", "finetune"), shots=(2,),
-                      trials=2, image_size=32, n_bootstrap=50, batch_trials=True,
-                      finetune=FinetuneConfig(mode="last_stage", steps=2, batch_size=4))
+    cfg = SweepConfig(findings=("cardiomegaly",), inits=("random",), modes=("probe", "finetune", "full_finetune"),
+                      shots=(2,), trials=2, image_size=32, n_bootstrap=50, batch_trials=True,
+                      finetune=FastFinetune(steps=2, views=1),
+                      full_finetune=FinetuneConfig(mode="last_stage", steps=2, batch_size=4))
     res = run_sweep(manifest, cfg, tmp_path / "ft", "cpu")
     t = res.trials
-    assert sorted(t["mode"].unique()) == ["finetune", "probe"] and len(t) == 4
+    assert sorted(t["mode"].unique()) == ["finetune", "full_finetune", "probe"] and len(t) == 6
     assert t["auc"].between(0, 1).all()
-    # same episode per trial in both modes
+    # same episode per trial in every mode
     assert (t.groupby(["shots", "trial"])["seed"].nunique() == 1).all()
     fig = auc_vs_shots_figure(t)
     dashes = {tr.name: tr.line.dash for tr in fig.data if tr.showlegend is not False}
-    assert dashes == {"random (probe)": "solid", "random (finetune)": "dash"}
+    assert dashes == {"random (probe)": "solid", "random (finetune)": "dash", "random (full_finetune)": "longdash"}
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["recipe_version"] == 2
 
 
 def test_the_progress_bar_counts_trials_only_and_never_goes_back(manifest, tmp_path):
@@ -129,10 +133,10 @@ def test_the_progress_bar_counts_trials_only_and_never_goes_back(manifest, tmp_p
     finetune steps) used to share the bar with the trials (73/160 -> 0/41 -> 118/160)."""
     from engine.fewshot.finetune import FinetuneConfig
 
-    cfg = SweepConfig(findings=("cardiomegaly",), inits=("random",), modes=("probe", "double_finetune"), shots=(2,),
-                      trials=2, image_size=32, n_bootstrap=20, batch_trials=True, intermediate_finding="noise",
-                      intermediate_max_images=24,
-                      finetune=FinetuneConfig(mode="last_stage", steps=3, batch_size=4, intermediate_steps=3))
+    cfg = SweepConfig(findings=("cardiomegaly",), inits=("random",), modes=("probe", "double_full_finetune"),
+                      shots=(2,), trials=2, image_size=32, n_bootstrap=20, batch_trials=True,
+                      intermediate_finding="noise", intermediate_max_images=24,
+                      full_finetune=FinetuneConfig(mode="last_stage", steps=3, batch_size=4, intermediate_steps=3))
     events = []
     res = run_sweep(manifest, cfg, tmp_path / "bar", "cpu", on_event=events.append)
     counted = [e for e in events if e.step is not None or e.total is not None]

@@ -194,3 +194,18 @@ def test_cli_names_checkpoints_after_the_out_folder_and_explains_a_taken_name(da
     with pytest.raises(NameTakenError, match=r"another checkpoint prefix \(--name\), or --reuse moco_v2=st-moco_v2"):
         run_study(_cfg(data, methods=("moco_v2",), gradcam_images=0), tmp_path / "s", "cpu", owner=process_owner(),
                   checkpoint_dir=ckpts)
+
+
+def test_a_study_from_before_the_head_recipe_keeps_its_whole_network_finetune(data, tmp_path):
+    """study.json without recipe_version: its `finetune` was the whole network. Resuming it with `finetune` (now the
+    Classifier's) is refused naming the change; with `full_finetune` the settings match."""
+    from engine.study.runner import _load_state
+
+    cfg = _cfg(data, modes=("probe", "full_finetune"))
+    old = cfg.to_dict() | {"modes": ["probe", "finetune"]}
+    (tmp_path / "study.json").write_text(json.dumps({"version": 1, "config": old, "stages": {"pretrain:moco_v2": {
+        "status": "done"}}}))
+    with pytest.raises(StudyExistsError, match="modes: \\['probe', 'full_finetune'\\] -> \\['probe', 'finetune'\\]"):
+        _load_state(tmp_path, _cfg(data, modes=("probe", "finetune")), resume=True)
+    state = _load_state(tmp_path, cfg, resume=True)
+    assert state["config"]["modes"] == ["probe", "full_finetune"] and state["recipe_version"] == 2

@@ -63,8 +63,8 @@ from this package: `from engine.fewshot.classifier import build_classifier, Clas
 
 from __future__ import annotations
 
-from engine.fewshot.classifier.build import (DEFAULT_REPEATS, Fitter, build_classifier, default_fast_finetune,
-                                             estimate_seconds)
+from engine.fewshot.classifier.build import (DEFAULT_REPEATS, build_classifier, default_fast_finetune,
+                                             estimate_seconds, recipe_of)
 from engine.fewshot.classifier.calibration import (CALIBRATIONS, TARGETS, Calibration, OperatingPoint,
                                                    choose_operating_point, fit_calibration, operating_curve)
 from engine.fewshot.classifier.errors import ClassifierDataError, ClassifierLoadError, ClassifierScoreError
@@ -78,7 +78,8 @@ from engine.fewshot.classifier.schema import FORMAT, FORMAT_VERSION, MAX_IMAGE_S
 __all__ = [
     "CALIBRATIONS", "DEFAULT_REPEATS", "FORMAT", "FORMAT_VERSION", "MAX_IMAGE_SIZE", "MIN_IMAGE_SIZE", "MIN_PER_CLASS",
     "OOD_ALPHA", "OOD_K", "TARGETS", "WARN_PER_CLASS", "Calibration", "Classifier", "ClassifierDataError",
-    "ClassifierLoadError", "ClassifierScoreError", "Estimate", "Familiarity", "Fitter", "ImageInput",
+    "ClassifierLoadError", "ClassifierScoreError", "Estimate", "Familiarity", "ImageInput",
     "OperatingPoint", "build_classifier", "check_counts", "check_metadata", "choose_operating_point", "cv_folds",
-    "default_fast_finetune", "estimate_seconds", "fit_calibration", "fit_familiarity", "operating_curve", "sentence",
+    "default_fast_finetune", "estimate_seconds", "fit_calibration", "fit_familiarity", "operating_curve", "recipe_of",
+    "sentence",
 ]

@@ -1,17 +1,17 @@
 """Building a classifier: labeled images -> cross-validated estimate, calibration, operating point, final model.
 
 Steps of `build_classifier`, each a function below: check the arguments; collect the labeled images
-(`_labeled_images`); load the backbone and prepare what the fits share (`Fitter`: probe features, or the
-cached frozen-stage activations of the fast finetune); cross-validate (`_cross_validate`, out-of-fold logits
-per repeat); summarize them (`_summarize`: AUC estimate and interval, calibration, Youden operating point);
-train the final model on all images with its familiarity rule (`_final_model`). The statistics are described
-in the package docstring (`engine.fewshot.classifier`).
+(`_from_manifest` / `_from_arrays`); load the backbone and prepare what the fits share (the head recipe's
+`prepare`, engine.fewshot.head_recipe: probe features, or the cached frozen-stage activations of the
+finetune); cross-validate (`_cross_validate`, out-of-fold logits per repeat); summarize them (`_summarize`:
+AUC estimate and interval, calibration, Youden operating point); train the final model on all images with its
+familiarity rule (`_final_model`). The statistics are described in the package docstring
+(`engine.fewshot.classifier`).
 """
 from __future__ import annotations
 
 import copy
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,12 +30,12 @@ from engine.fewshot.classifier.operating import with_intervals
 from engine.fewshot.classifier.model import Classifier
 from engine.fewshot.classifier.schema import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from engine.fewshot.classifier.scoring import manifest_image_keys
-from engine.fewshot.features import ArrayImages, embed, weights_fingerprint
-from engine.fewshot.fast_finetune import (ActivationCache, FastFinetune, assemble_backbone, build_activation_cache,
-                                          cached_features, finetune_cached)
-from engine.fewshot.finetune import FinetuneConfig, finetune, predict_logits
+from engine.fewshot.features import ArrayImages, weights_fingerprint
+from engine.fewshot.fast_finetune import FastFinetune
+from engine.fewshot.finetune import FinetuneConfig
+from engine.fewshot.head_recipe import HeadSettings, Prepared, fit, prepare
 from engine.fewshot.metrics import N_BOOTSTRAP, auc, bootstrap_auc_samples, floor_interval, percentile_interval
-from engine.fewshot.probe import DEFAULT_C, Probe, fit_probe
+from engine.fewshot.probe import DEFAULT_C, Probe
 from engine.models.registry import BackboneMeta, load_backbone
 
 DEFAULT_REPEATS = {"probe": 10, "finetune": 1}  # finetune: one repeat of k folds (each fold a full training)
@@ -58,78 +58,30 @@ def estimate_seconds(n_images: int, mode: str, arch: str = "resnet18", image_siz
 
 # --------------------------------------------------------------------------------------------- fitting
 
-@dataclass
-class Fitter:
-    """What every fold's fit shares: the backbone, the labels and the mode's precomputed inputs.
-
-    mode "probe": `X` (N, D) frozen features. Fast finetune (`cfg` a FastFinetune): `acts`, the cached
-    frozen-stage activations. Whole-image finetune (`cfg` a FinetuneConfig): `u8` (N, S, S) images."""
-
-    mode: str
-    model: nn.Module
-    meta: BackboneMeta
-    y: np.ndarray
-    u8: np.ndarray
-    device: torch.device
-    C: float
-    cfg: FinetuneConfig | FastFinetune
-    fingerprint: str = ""  # of the backbone's weights, taken before any training
-    X: np.ndarray | None = None
-    acts: ActivationCache | None = None
-    stop: threading.Event | None = None
-
-    @property
-    def fast(self) -> bool:
-        return isinstance(self.cfg, FastFinetune)
-
-    def fit(self, tr: np.ndarray, seed: int) -> tuple[Probe | None, nn.Module | None, nn.Linear]:
-        """(probe or None, trained network or None, head) fitted on rows `tr`."""
-        if self.mode == "probe":
-            probe = fit_probe(self.X[tr], self.y[tr], C=self.C, seed=seed)
-            return probe, None, probe.as_torch_head()
-        if self.fast:
-            stage, head = finetune_cached((self.model, self.meta), self.acts, tr, self.y[tr], self.cfg, self.device,
-                                          seed, self.stop)
-            return None, stage, head
-        bb, head = finetune((self.model, self.meta), self.u8[tr], self.y[tr], self.cfg, self.device, seed)
-        return None, bb, head
-
-    def scores(self, probe: Probe | None, net: nn.Module | None, head: nn.Linear, te: np.ndarray) -> np.ndarray:
-        """Logits (len(te),) of rows `te` under one fit."""
-        if probe is not None:
-            return probe.decision_function(self.X[te])
-        if self.fast:
-            f = torch.from_numpy(cached_features(net, self.acts, te, self.device)).to(self.device)
-            return head(f).double().cpu().numpy()[:, 0]
-        return predict_logits(net, head, self.u8, self.device, self.meta.mean, self.meta.std, rows=te)
+def recipe_of(mode: str, cfg: FinetuneConfig | FastFinetune, C: float) -> tuple[str, HeadSettings]:
+    """The head recipe's mode and settings of a build: probe; "finetune" with a FastFinetune (the product's,
+    engine.fewshot.head_recipe); "finetune" with a FinetuneConfig = the recipe's full_finetune (whole network,
+    kept for bench/classifier_finetune.py's comparison; the saved file says "finetune" with its backbone)."""
+    if mode == "probe":
+        return "probe", HeadSettings(C=C)
+    if isinstance(cfg, FastFinetune):
+        return "finetune", HeadSettings(C=C, fast=cfg)
+    return "full_finetune", HeadSettings(C=C, full=cfg)
 
 
-def _load_fitter(init: str, images_src: Any, y: np.ndarray, mode: str, cfg: FinetuneConfig | FastFinetune,
-                 device: torch.device, C: float, arch: str | None, checkpoint_dir: Path | None,
-                 stop: threading.Event | None) -> Fitter:
-    """Load the backbone (UnknownInitError / InitUnavailableError before any work) into a Fitter."""
+def _load(init: str, device: torch.device, arch: str | None, checkpoint_dir: Path | None
+          ) -> tuple[tuple[nn.Module, BackboneMeta], str]:
+    """((model, meta), weights fingerprint taken before any training); UnknownInitError / InitUnavailableError
+    before any work."""
     model, meta = load_backbone(init, device, arch=arch, checkpoint_dir=checkpoint_dir)
-    return Fitter(mode, model, meta, y, np.asarray(images_src.array), device, C, cfg,
-                  fingerprint=meta.fingerprint or weights_fingerprint(model), stop=stop)
+    return (model, meta), meta.fingerprint or weights_fingerprint(model)
 
 
-def _prepare_inputs(fitter: Fitter, init: str, images_src: Any, arch: str | None, seed: int,
-                    on_event: OnEvent | None) -> None:
-    """Compute what the mode's fits share: probe features, or the fast finetune's cached activations."""
-    model, meta = fitter.model, fitter.meta
-    if fitter.mode == "probe":
-        fitter.X = embed(init, images_src, fitter.device, arch=arch, on_event=as_log(on_event), stop=fitter.stop,
-                         backbone=(model, meta))
-    elif fitter.fast:
-        fitter.acts = build_activation_cache((model, meta), fitter.u8, fitter.cfg, fitter.device, seed,
-                                             on_event=as_log(on_event), stop=fitter.stop)
-
-
-def _cross_validate(fitter: Fitter, groups: np.ndarray | None, k: int, repeats: int, seed: int, total: int,
-                    on_event: OnEvent | None, stop: threading.Event | None) -> np.ndarray:
-    """Out-of-fold logits (R, N): repeat r uses folds seeded `seed + r`. Raises ClassifierDataError when a
-    fold loses a class or a score is not finite."""
-    y = fitter.y
+def _cross_validate(prep: Prepared, y: np.ndarray, groups: np.ndarray | None, k: int, repeats: int, seed: int,
+                    total: int, on_event: OnEvent | None, stop: threading.Event | None) -> np.ndarray:
+    """Out-of-fold logits (R, N): repeat r uses folds seeded `seed + r`, each fold's head fitted by the head
+    recipe on the shared `prep` with seed `seed + r`. Raises ClassifierDataError when a fold loses a class or a
+    score is not finite."""
     oof = np.zeros((repeats, len(y)))
     for r in range(repeats):
         for j, (tr, te) in enumerate(cv_folds(y, groups, k, seed + r)):
@@ -137,8 +89,7 @@ def _cross_validate(fitter: Fitter, groups: np.ndarray | None, k: int, repeats: 
             if len(np.unique(y[tr])) < 2:
                 raise ClassifierDataError("a cross-validation fold lost one class (several images per patient); "
                                           "label images of more patients")
-            probe, net, head = fitter.fit(tr, seed + r)
-            oof[r, te] = fitter.scores(probe, net, head, te)
+            oof[r, te] = fit(prep, tr, y[tr], seed + r, stop).scores(prep, te)
             emit(on_event, step=r * k + j + 1, total=total,
                  message=f"cross-validation: trained {r * k + j + 1} of {total - 1} fold models "
                          f"(repeat {r + 1} of {repeats}, fold {j + 1} of {k})")
@@ -167,32 +118,35 @@ def _summarize(oof: np.ndarray, y: np.ndarray, k: int, finding: str, calibration
     return est, cal, cv_probs, op
 
 
-def _final_model(fitter: Fitter, seed: int) -> tuple[Probe | None, nn.Module | None, nn.Linear, Familiarity]:
-    """(probe, finetuned backbone or None, head, familiarity rule) trained on all images."""
-    probe, net, head = fitter.fit(np.arange(len(fitter.y)), seed)
-    if fitter.mode == "probe":
-        return probe, None, head, fit_familiarity(fitter.X)
-    if fitter.fast:
-        bb = assemble_backbone((fitter.model, fitter.meta), net)
-        return probe, bb, head, fit_familiarity(fitter.acts.clean.float().mean(dim=(2, 3)).numpy(), space="frozen")
-    frozen = forward_with_frozen(net, fitter.meta.arch, fitter.u8, fitter.device, fitter.meta.mean, fitter.meta.std,
-                                 True)[1]
-    return probe, net, head, fit_familiarity(frozen, space="frozen")
+def _final_model(prep: Prepared, y: np.ndarray, seed: int, stop: threading.Event | None
+                 ) -> tuple[Probe | None, nn.Module | None, nn.Linear, Familiarity]:
+    """(probe, finetuned backbone or None, head, familiarity rule) trained on all images: the head recipe's
+    fit on every row with `seed` (engine.fewshot.head_recipe.fit_episode's model)."""
+    fitted = fit(prep, np.arange(len(y)), y, seed, stop)
+    if prep.mode == "probe":
+        return fitted.probe, None, fitted.head, fit_familiarity(prep.features)
+    bb = fitted.trained_backbone()
+    if prep.mode == "finetune":
+        return None, bb, fitted.head, fit_familiarity(prep.acts.clean.float().mean(dim=(2, 3)).numpy(), space="frozen")
+    meta = prep.backbone[1]
+    frozen = forward_with_frozen(bb, meta.arch, prep.images, prep.device, meta.mean, meta.std, True)[1]
+    return None, bb, fitted.head, fit_familiarity(frozen, space="frozen")
 
 
-def _assemble(fitter: Fitter, init: str, finding: str, image_size: int, est: Estimate, cal: Calibration,
-              cv_probs: np.ndarray, op: OperatingPoint, seed: int, checkpoint_dir: Path | None) -> Classifier:
+def _assemble(prep: Prepared, y: np.ndarray, fingerprint: str, init: str, mode: str, finding: str, image_size: int,
+              est: Estimate, cal: Calibration, cv_probs: np.ndarray, op: OperatingPoint, seed: int,
+              checkpoint_dir: Path | None, stop: threading.Event | None) -> Classifier:
     """Train the final model on all images (`_final_model`) and wrap it with the CV results as a Classifier."""
-    probe, bb, head, fam = _final_model(fitter, seed)
-    model, meta, device = fitter.model, fitter.meta, fitter.device
+    probe, bb, head, fam = _final_model(prep, y, seed, stop)
+    (model, meta), device = prep.backbone, prep.device
     return Classifier(
-        init=init, arch=meta.arch, fingerprint=fitter.fingerprint, mean=meta.mean,
-        std=meta.std, image_size=image_size, mode=fitter.mode, finding=finding, threshold=op.threshold,
+        init=init, arch=meta.arch, fingerprint=fingerprint, mean=meta.mean,
+        std=meta.std, image_size=image_size, mode=mode, finding=finding, threshold=op.threshold,
         head=head.requires_grad_(False).cpu().to(device), probe=probe,
         backbone_state=None if bb is None else {k: v.detach().cpu() for k, v in bb.state_dict().items()},
         counts={"positive": est.n_positive, "negative": est.n_negative}, estimate=est, device=device,
         backbone=copy.deepcopy(bb).to(device) if bb is not None else model,
-        calibration=cal, cv_probs=cv_probs, cv_labels=fitter.y.copy(), operating=op, familiarity=fam,
+        calibration=cal, cv_probs=cv_probs, cv_labels=y.copy(), operating=op, familiarity=fam,
         checkpoint_dir=checkpoint_dir,
     )
 
@@ -277,7 +231,9 @@ def build_classifier(
 
     mode "probe": logistic regression on frozen features. mode "finetune": with `finetune_cfg` None or a
     FastFinetune, the last stage + head on cached frozen-stage activations (minutes on a CPU); with a
-    FinetuneConfig, today's `finetune()` on whole images (kept for comparison; see bench/classifier_finetune.py).
+    FinetuneConfig, the whole network on whole images (the head recipe's full_finetune, kept for comparison; see
+    bench/classifier_finetune.py). Every fit is the head recipe's (engine.fewshot.head_recipe), so the final model
+    equals a Benchmark trial of the same mode on the same images with `seed` (tested).
     cv_repeats: default 10 (probe) / 1 (finetune). calibration: "platt" | "isotonic". checkpoint_dir: where
     `init` is looked up (default: engine.paths.checkpoints_dir()). image_size: None = the init's own input
     size on `device` (engine.models.input_size_for).
@@ -300,18 +256,22 @@ def build_classifier(
     for w in warnings:
         emit(on_event, message=w, level="warning", kind="warning")
 
-    fitter = _load_fitter(init, images_src, y, mode, ft_cfg, device, C, arch, checkpoint_dir, stop)
+    backbone, fingerprint = _load(init, device, arch, checkpoint_dir)
+    recipe, settings = recipe_of(mode, ft_cfg, C)
     k = min(5, int((y == 1).sum()), int((y == 0).sum()))
     total = cv_repeats * k + 1  # trainings: the progress bar counts these, one unit each
     emit(on_event, step=0, total=total, message=f"{total} trainings to run ({cv_repeats} x {k}-fold cross-validation "
                                                  "and the final model)")
-    _prepare_inputs(fitter, init, images_src, arch, seed, on_event)
-    oof = _cross_validate(fitter, groups, k, cv_repeats, seed, total, on_event, stop)
+    # what every fit shares, once: probe features, or the finetune's activation cache (views drawn from `seed`)
+    prep = prepare(backbone, images_src, recipe, device, settings=settings, seed=seed, on_event=as_log(on_event),
+                   stop=stop)
+    oof = _cross_validate(prep, y, groups, k, cv_repeats, seed, total, on_event, stop)
     est, cal, cv_probs, op = _summarize(oof, y, k, finding, calibration, n_bootstrap, seed, warnings)
 
     check_stop(stop)
     emit(on_event, step=total - 1, total=total, message="training the final model on all images")
-    clf = _assemble(fitter, init, finding, image_size, est, cal, cv_probs, op, seed, checkpoint_dir)
+    clf = _assemble(prep, y, fingerprint, init, mode, finding, image_size, est, cal, cv_probs, op, seed,
+                    checkpoint_dir, stop)
     if manifest is not None:  # recorded so scoring marks training images (engine.fewshot.classifier.scoring)
         clf.training_keys = manifest_image_keys(manifest, finding)
     emit(on_event, step=total, total=total, kind="result", message=est.sentence,
