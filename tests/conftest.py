@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,12 @@ def _isolated_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SCARCE_CXR_CHECKPOINTS", str(base / "checkpoints"))
     monkeypatch.setenv("SCARCE_CXR_IMAGENET_DIR", str(base / "imagenet"))
     monkeypatch.setenv("SCARCE_CXR_SHIPPED", "")  # shipped backbones off; tests/models/test_shipped.py turns them on
+    main = sys.modules.get("__main__")
     yield
+    # Streamlit's AppTest leaves its script as __main__; a later test's multiprocessing "spawn" child would
+    # re-run that script (AppTest.from_function's calls fail there) before its target: put pytest's back.
+    if main is not None:
+        sys.modules["__main__"] = main
 
 
 @pytest.fixture(scope="session")
