@@ -63,16 +63,3 @@ def pytest_configure(config):
     except ImportError:
         pass
 
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`make test` runs `-n auto --dist loadgroup`): each test file is one group that one
-    worker runs start to end (module fixtures are built once, tests in a file keep their order), and the
-    browser tests form one group run first, so their long waits overlap the other worker's tests instead of
-    ending the run alone. Without xdist nothing changes."""
-    if not config.pluginmanager.hasplugin("xdist") or config.getoption("dist", "no") == "no":
-        return
-    for item in items:
-        path = item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group("browser" if path.startswith("tests/e2e/") else path))
-    items.sort(key=lambda it: not it.nodeid.startswith("tests/e2e/"))  # stable: browser tests first

@@ -105,7 +105,7 @@ def test_the_workspace_survives_deep_link_reload_and_a_second_window(server):
         # a second window without ?ws= opens the default workspace; its sidebar lists the clinic's job with a link
         b.get(server.url + "/pretrain")
         wait_for(b, "Background jobs", what="the sidebar")
-        idle(b)
+        idle(b, live=True)  # the clinic's job is running: the sidebar follows it
         assert url_ws(b) == "workspace" and "0 images" in body(b)
         assert pretrain_name(b) == "moco_v2-resnet18-workspace"
         link = wait_for_element(b, '//a[@data-testid="stPageLink-NavLink"][contains(., "workspace clinic")]')
@@ -118,7 +118,7 @@ def test_the_workspace_survives_deep_link_reload_and_a_second_window(server):
         choose(b, "Workspace", "workspace")  # the sidebar's picker (its label is hidden)
         wait_for(b, lambda _: url_ws(b) == "workspace" and pretrain_name(b) == "moco_v2-resnet18-workspace",
                  what="the default workspace's form after switching")
-        idle(b)
+        idle(b, live=True)  # the clinic's job is running: the sidebar follows it
         b.save_screenshot(str(SHOTS / "ws-switched-form.png"))
         # an unknown workspace in the address: a clear message, the default workspace, no traceback
         b.get(server.url + "/classifier?ws=no-such-place")
