@@ -208,3 +208,14 @@ def test_study_report_marks_widened_d_intervals_and_says_why_once():
     assert t["95% interval"].iloc[0].endswith(WIDENED_MARK)
     notes = t.attrs["notes"]
     assert len(notes) == 1 and "no difference of two AUCs can be known more precisely" in notes[0]
+
+
+def test_table_notes_that_differ_only_in_the_quoted_interval_are_said_once():
+    from engine.fewshot.metrics import floor_note, interval_notes
+
+    a, b = floor_note(3, 4, 0.149, 0.815), floor_note(3, 4, 0.109, 0.766)
+    other = floor_note(5, 5, 0.2, 0.9)
+    assert interval_notes([a]) == [a]  # one widened cell: its interval is quoted
+    notes = interval_notes([a, b, None, "", a, other])
+    assert len(notes) == 2 and all("shown in the marked cells" in n for n in notes)
+    assert "3 positive and 4 negative" in notes[0] and "5 positive and 5 negative" in notes[1]
