@@ -18,6 +18,7 @@ scores where larger means "more likely present" (probabilities or logits; AUC on
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -462,14 +463,14 @@ def trial_test_counts(trials) -> tuple[float, float, bool]:
     return float(n.mean() / 2), float(n.mean() / 2), True
 
 
+_QUOTED = re.compile(r" \(Newcombe's 2006 small-sample interval \[[^\]]*\]\)")  # floor_note's quoted interval
+
+
 def interval_notes(notes) -> list[str]:
     """The distinct non-empty floor notes of a table's rows, in first-seen order (each said once under it).
     Notes that differ only in the small-sample interval they quote (cells with other AUCs on the same test
     counts) are said once, pointing at the marked cells instead of one cell's interval."""
-    import re
-
     kept = [n for n in notes if isinstance(n, str) and n]
-    quoted = re.compile(r" \(Newcombe's 2006 small-sample interval \[[^\]]*\]\)")
-    if len({quoted.sub("", n) for n in kept}) < len(set(kept)):
-        kept = [quoted.sub(" (Newcombe's 2006 small-sample interval, shown in the marked cells)", n) for n in kept]
+    if len({_QUOTED.sub("", n) for n in kept}) < len(set(kept)):
+        kept = [_QUOTED.sub(" (Newcombe's 2006 small-sample interval, shown in the marked cells)", n) for n in kept]
     return list(dict.fromkeys(kept))
