@@ -172,7 +172,6 @@ def test_decorrelation_loss_is_zero_for_uncorrelated_features_and_d_minus_1_for_
 
 
 def test_decorrelation_term_is_added_with_its_weight_and_off_costs_nothing(phantom):
-    from engine.ssl.moco_v2 import decorrelation_loss
     from engine.ssl.pretrain import build_method
 
     m = build_method(_moco(None, method_config=MoCoConfig(queue=40, proj_hidden=64, proj_dim=32, decorr_weight=0.5)))
