@@ -18,12 +18,34 @@ def _isolated_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SCARCE_CXR_CHECKPOINTS", str(base / "checkpoints"))
     monkeypatch.setenv("SCARCE_CXR_IMAGENET_DIR", str(base / "imagenet"))
     monkeypatch.setenv("SCARCE_CXR_SHIPPED", "")  # shipped backbones off; tests/models/test_shipped.py turns them on
+    if "streamlit.testing.v1.app_test" in sys.modules:
+        _scan_components_once()
     main = sys.modules.get("__main__")
     yield
     # Streamlit's AppTest leaves its script as __main__; a later test's multiprocessing "spawn" child would
     # re-run that script (AppTest.from_function's calls fail there) before its target: put pytest's back.
     if main is not None:
         sys.modules["__main__"] = main
+
+
+def _scan_components_once() -> None:
+    """Every AppTest run scans all installed distributions' metadata for Streamlit v2 components
+    (streamlit.components.v2.manifest_scanner.scan_component_manifests: ~0.3 s of CPU, ~600 packages) and
+    finds the same list each time, since nothing is installed during a test session: scan once per process."""
+    from streamlit.components.v2 import manifest_scanner
+
+    scan = manifest_scanner.scan_component_manifests
+    if getattr(scan, "_once", False):
+        return
+    found: list = []
+
+    def once(max_workers=None):
+        if not found:
+            found.append(scan(max_workers))
+        return list(found[0])
+
+    once._once = True
+    manifest_scanner.scan_component_manifests = once  # looked up at each call (a function-level import)
 
 
 @pytest.fixture(scope="session")
