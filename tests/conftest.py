@@ -19,7 +19,7 @@ def _isolated_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SCARCE_CXR_IMAGENET_DIR", str(base / "imagenet"))
     monkeypatch.setenv("SCARCE_CXR_SHIPPED", "")  # shipped backbones off; tests/models/test_shipped.py turns them on
     if "streamlit.testing.v1.app_test" in sys.modules:
-        _scan_components_once()
+        _cheaper_apptest()
     main = sys.modules.get("__main__")
     yield
     # Streamlit's AppTest leaves its script as __main__; a later test's multiprocessing "spawn" child would
@@ -28,10 +28,14 @@ def _isolated_dirs(tmp_path_factory, monkeypatch):
         sys.modules["__main__"] = main
 
 
-def _scan_components_once() -> None:
-    """Every AppTest run scans all installed distributions' metadata for Streamlit v2 components
-    (streamlit.components.v2.manifest_scanner.scan_component_manifests: ~0.3 s of CPU, ~600 packages) and
-    finds the same list each time, since nothing is installed during a test session: scan once per process."""
+def _cheaper_apptest() -> None:
+    """Two costs Streamlit's AppTest pays on every run though nothing they depend on changes within a
+    test process, paid once here (what the app's scripts do is untouched):
+    - it scans every installed distribution's metadata for v2 components
+      (streamlit.components.v2.manifest_scanner.scan_component_manifests: ~600 packages, ~0.3 s of CPU);
+      nothing is installed during a test session, so the first scan's list is reused;
+    - it makes a new ScriptCache per run, so app.py and the page scripts are read, rewritten for "magic"
+      and compiled again each run; here the compiled code is kept per (path, mtime, size, magic on?)."""
     from streamlit.components.v2 import manifest_scanner
 
     scan = manifest_scanner.scan_component_manifests
@@ -46,6 +50,32 @@ def _scan_components_once() -> None:
 
     once._once = True
     manifest_scanner.scan_component_manifests = once  # looked up at each call (a function-level import)
+
+    import threading
+
+    import streamlit.testing.v1.app_test as app_test
+    import streamlit.testing.v1.local_script_runner as local_script_runner
+    from streamlit import config
+    from streamlit.runtime.scriptrunner.script_cache import ScriptCache
+
+    compiled: dict[tuple, object] = {}
+    lock = threading.Lock()
+
+    class KeptScriptCache(ScriptCache):
+        def get_bytecode(self, script_path: str):
+            path = os.path.abspath(script_path)
+            st = os.stat(path)
+            key = (path, st.st_mtime_ns, st.st_size, config.get_option("runner.magicEnabled"))
+            with lock:
+                code = compiled.get(key)
+            if code is None:
+                code = super().get_bytecode(path)
+                with lock:
+                    compiled[key] = code
+            return code
+
+    app_test.ScriptCache = KeptScriptCache
+    local_script_runner.ScriptCache = KeptScriptCache
 
 
 @pytest.fixture(scope="session")
