@@ -33,7 +33,7 @@ def _tiny_jobs(phantom: Path, image_id: int) -> dict[str, object]:
                                        image_size=S, grid=1, layers=("layer4",)),
         "study": StudyParams(methods=("moco_v2",), reuse=("moco_v2=kinds-moco",), findings=("nodule",),
                              name="kinds", image_size=S, shots=(2,), trials=1, baselines=("random",),
-                             gradcam_images=1, gradcam_shots=2),
+                             gradcam_images=0),  # Grad-CAM runs as its own kind above (3 episodes x 3 sanity models)
         # the classifier made by "classify" above scores the workspace's images (and validates on their labels)
         "score_images": ScoreImagesParams(classifier="<classify's file>", image_ids=(-1,), finding="nodule"),
         "label_advice": LabelAdviceParams(finding="nodule", init="random", image_size=S, k=3, extra=4, repeats=2),
