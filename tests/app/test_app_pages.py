@@ -307,7 +307,7 @@ def test_classifier_predicts_new_uploads_with_gradcam_and_reports_unreadable_one
     save_ssl_checkpoint()
     ids = tuple(int(i) for i in services().store.images("nodule")["id"])
     services().runner.submit("classify", ClassifyParams(finding="nodule", image_ids=ids, init="moco_v2-resnet18-test",
-                                                        image_size=64))
+                                                        image_size=64, cv_repeats=2))  # (the page's default: 10)
     wait_all()
     at.switch_page("app_pages/classifier.py").run()
     assert not at.exception, [e.value for e in at.exception]
