@@ -8,9 +8,11 @@ run:
 	bash scripts/setup.sh
 	.venv/bin/python -m streamlit run app.py --server.port 8501 --server.headless true
 
+# -n auto: one pytest-xdist worker per core; --dist loadfile: a file's tests (and its module fixtures, e.g. a
+# browser test's server) stay on one worker. `pytest tests/x.py` alone runs serially, as usual.
 test:
 	bash scripts/setup.sh --browser
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -n auto --dist loadfile
 
 bench:
 	bash scripts/setup.sh

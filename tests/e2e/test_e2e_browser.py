@@ -98,7 +98,7 @@ def env(tmp_path_factory) -> dict:
     pos, neg = df[df["nodule"] == 1], df[df["nodule"] == 0]
     assert len(pos) >= 11 and len(neg) >= 13
     e = dict(os.environ, SCARCE_CXR_WORKSPACE=str(base / "workspace"), SCARCE_CXR_CHECKPOINTS=str(base / "checkpoints"),
-             SCARCE_CXR_IMAGENET_DIR=str(base / "imagenet"), SCARCE_CXR_NO_AUTOPRETRAIN="1", OMP_NUM_THREADS="2",
+             SCARCE_CXR_IMAGENET_DIR=str(base / "imagenet"), SCARCE_CXR_NO_AUTOPRETRAIN="1", OMP_NUM_THREADS="1",
              PYTHONPATH=str(ROOT))
     import torch
 

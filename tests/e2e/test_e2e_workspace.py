@@ -51,7 +51,7 @@ def server(tmp_path_factory):
         runner.shutdown()
     env = dict(os.environ, SCARCE_CXR_WORKSPACE=str(base / "workspace"), SCARCE_CXR_CHECKPOINTS=str(base / "ckpt"),
                SCARCE_CXR_IMAGENET_DIR=str(base / "imagenet"), SCARCE_CXR_NO_AUTOPRETRAIN="1", SCARCE_CXR_SHIPPED="",
-               OMP_NUM_THREADS="2", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+               OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     SHOTS.mkdir(parents=True, exist_ok=True)
     s = Server(env, base / "server.log").start()
     yield s
