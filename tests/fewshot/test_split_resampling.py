@@ -120,14 +120,13 @@ def test_results_without_the_pool_auc_keep_their_old_meaning(tmp_path):
 
 
 @pytest.fixture
-def phantom_ckpt(tmp_path_factory, monkeypatch, phantom_set):
+def phantom_ckpt(tmp_path_factory, phantom_set):
     """The shared 240-image phantom manifest (no split column) and a second init: a random-weight checkpoint."""
     import torch
 
     from engine.models.backbones import build_backbone
     from engine.models.registry import save_backbone
 
-    monkeypatch.setenv("SCARCE_CXR_WORKSPACE", str(tmp_path_factory.getbasetemp() / "fewshot-sweep-ws"))
     torch.manual_seed(5)
     save_backbone(build_backbone("resnet18"), "other-r18", {"method": "fake", "arch": "resnet18"})
     return phantom_manifest(tmp_path_factory, phantom_set)
@@ -140,12 +139,13 @@ def _overlap(a: list[dict], b: list[dict]) -> list[tuple]:
             if max(r["ci_low"], bb[key(r)]["ci_low"]) > min(r["ci_high"], bb[key(r)]["ci_high"])]
 
 
-def test_phantom_sweeps_differing_only_in_split_seed_give_overlapping_intervals_for_d(phantom_ckpt, tmp_path):
+def test_phantom_sweeps_differing_only_in_split_seed_give_overlapping_intervals_for_d(phantom_ckpt, sweep_cache,
+                                                                                       tmp_path):
     res = {}
     for split_seed in (1, 2):
         cfg = SweepConfig(findings=("cardiomegaly",), inits=("random", "other-r18"), shots=(5, 20), trials=6,
                           image_size=SIZE, n_bootstrap=50, split_seed=split_seed)
-        res[split_seed] = run_sweep(phantom_ckpt, cfg, tmp_path / f"s{split_seed}", "cpu")
+        res[split_seed] = run_sweep(phantom_ckpt, cfg, tmp_path / f"s{split_seed}", "cpu", cache_dir=sweep_cache)
         t = res[split_seed].trials
         # both inits of a trial share the training episode and the test sample
         assert t.groupby(["shots", "trial"])["n_test"].nunique().max() == 1
@@ -162,7 +162,9 @@ def test_phantom_sweeps_differing_only_in_split_seed_give_overlapping_intervals_
 def test_real_xrays_sweeps_differing_only_in_split_seed_overlap(shared_data, tmp_path, monkeypatch, task, findings,
                                                                 patients):
     """Real tasks, split column dropped so the split seed draws the test set (Kermany: a seeded subsample of
-    `patients` patients, to stay small): shipped backbone vs random, every finding and shot count overlaps."""
+    `patients` patients, to stay small): shipped backbone vs random, every finding and shot count overlaps.
+    The two sweeps share one image and feature cache (keyed by content): the second decodes and embeds only
+    the images the first did not use (features are the same arrays either way; only time is saved)."""
     from tests.conftest import SHIPPED_DIR
 
     monkeypatch.setenv("SCARCE_CXR_SHIPPED", str(SHIPPED_DIR))
@@ -178,17 +180,18 @@ def test_real_xrays_sweeps_differing_only_in_split_seed_overlap(shared_data, tmp
     for split_seed in (11, 12):
         cfg = SweepConfig(findings=findings, inits=("random", "cxr-moco_v2-resnet18-224"), shots=(5, 20),
                           trials=8, image_size=64, n_bootstrap=20, split_seed=split_seed)
-        runs.append(paired_differences(run_sweep(csv, cfg, tmp_path / f"s{split_seed}", "cpu").trials, "random"))
+        res = run_sweep(csv, cfg, tmp_path / f"s{split_seed}", "cpu", cache_dir=tmp_path / "cache")
+        runs.append(paired_differences(res.trials, "random"))
     assert len(runs[0]) == 2 * len(findings) and not _overlap(*runs), _overlap(*runs)
 
 
-def test_cli_sweep_writes_and_prints_d_vs_random_with_the_split_seed(phantom_ckpt, tmp_path, capsys):
+def test_cli_sweep_writes_and_prints_d_vs_random_with_the_split_seed(phantom_ckpt, sweep_cache, tmp_path, capsys):
     from engine.cli import main
 
     out = tmp_path / "cli"
     assert main(["sweep", "--manifest", phantom_ckpt, "--finding", "cardiomegaly", "--inits", "random,other-r18",
                  "--shots", "3", "--trials", "3", "--image-size", str(SIZE), "--device", "cpu", "--split-seed", "4",
-                 "--out", str(out)]) == 0
+                 "--out", str(out), "--cache-dir", str(sweep_cache)]) == 0
     text = capsys.readouterr().out
     assert "Paired difference d vs random" in text and RESAMPLED in text and "(" in text.split("d vs random")[1]
     paired = pd.read_csv(out / "paired.csv")
