@@ -61,9 +61,10 @@ def test_resampled_se_adds_the_test_set_term_to_the_episode_term():
         x.std(ddof=1) / 2, abs=0.01)
 
 
-def _simulated_d(rng, pop_y, pop_a, pop_b, n_test: int, trials: int, resample: bool):
+def _simulated_rows(rng, pop_y, pop_a, pop_b, n_test: int, trials: int, resample: bool, finding: str = "f"):
     """One 'sweep' on a simulated population: a fresh test pool of n_test patients, `trials` episodes (an
-    episode shifts each model's separation by its own noise), each trial on its own bootstrap or the pool."""
+    episode shifts each model's separation by its own noise), each trial on its own bootstrap or the pool.
+    Its trial rows, under `finding` (paired_differences gives one d and interval per finding)."""
     idx = rng.choice(pop_y.size, n_test, replace=False)
     y, a, b = pop_y[idx], pop_a[idx], pop_b[idx]
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
@@ -75,16 +76,16 @@ def _simulated_d(rng, pop_y, pop_a, pop_b, n_test: int, trials: int, resample: b
         sa, sb = a + ea * y, b + eb * y
         s = np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)] if resample else np.arange(y.size)
         for init, sc in (("random", sb), ("ssl", sa)):
-            rows.append({"finding": "f", "init": init, "mode": "probe", "shots": 5, "trial": t,
+            rows.append({"finding": finding, "init": init, "mode": "probe", "shots": 5, "trial": t,
                          "auc": auc(y[s], sc[s]), "auc_pool": auc(y, sc) if resample else np.nan,
                          "auc_boot": " ".join(f"{v:.5f}" for v in _shared_aucs(y, sc, shared)) if resample else np.nan})
-    r = paired_differences(pd.DataFrame(rows).dropna(axis=1, how="all"), "random")[0]
-    return r["diff"], r["ci_low"], r["ci_high"]
+    return rows
 
 
 def test_the_new_interval_covers_the_population_difference_and_the_old_one_does_not():
     """Calibration on a simulated population (truth known): 60 independent test pools of 60 patients.
-    Old: every trial on the pool, sd/sqrt(J); new: every trial on its own bootstrap, resampled_se."""
+    Old: every trial on the pool, sd/sqrt(J); new: every trial on its own bootstrap, resampled_se.
+    Each pool is its own finding, so one paired_differences call gives the 60 intervals of a method."""
     rng = np.random.default_rng(0)
     n = 20000
     y = (rng.random(n) < 0.5).astype(float)
@@ -92,9 +93,10 @@ def test_the_new_interval_covers_the_population_difference_and_the_old_one_does_
     truth = auc(y, a) - auc(y, b)
     cover = {}
     for resample in (False, True):
-        hits = [lo <= truth <= hi for lo, hi in
-                (_simulated_d(rng, y, a, b, 60, 10, resample)[1:] for _ in range(60))]
-        cover[resample] = float(np.mean(hits))
+        rows = [r for i in range(60) for r in _simulated_rows(rng, y, a, b, 60, 10, resample, f"pool{i}")]
+        d = paired_differences(pd.DataFrame(rows).dropna(axis=1, how="all"), "random")
+        assert len(d) == 60 and {r["uncertainty"] for r in d} == {RESAMPLED if resample else FIXED}
+        cover[resample] = float(np.mean([r["ci_low"] <= truth <= r["ci_high"] for r in d]))
     assert cover[True] >= 0.85, cover
     assert cover[False] < cover[True] - 0.2, cover
 
