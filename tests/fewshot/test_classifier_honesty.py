@@ -214,7 +214,7 @@ def test_a_real_finetune_at_chance_is_marked_not_usable_and_refused(tmp_path, ca
     imgs, _ = _arrays(12, 11, seed=5)
     y = np.random.default_rng(3).permutation(np.r_[np.ones(12), np.zeros(11)])  # labels unrelated to the images
     clf, est = build_classifier(imgs, y, init="random", mode="finetune", image_size=32, n_bootstrap=200,
-                                finetune_cfg=FastFinetune(steps=5, views=1))
+                                finetune_cfg=FastFinetune(steps=2, views=1))
     use = clf.usability
     assert not use.usable, (est.auc, est.ci_low, clf.calibration)
     path = clf.save(tmp_path / "ft.safetensors")

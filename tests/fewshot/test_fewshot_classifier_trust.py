@@ -173,7 +173,7 @@ def test_fast_finetune_builds_saves_and_predicts_and_costs_less_than_a_full_fine
     imgs, y = _arrays(7, 7)
     events = []
     clf, est = build_classifier(imgs, y, init=init, mode="finetune", image_size=32, finding="blob",
-                                finetune_cfg=FastFinetune(steps=8, views=2), on_event=events.append)
+                                finetune_cfg=FastFinetune(steps=2, views=2), on_event=events.append)
     assert est.repeats == 1 and est.folds == 5 and clf.backbone_state is not None
     assert clf.familiarity.space == "frozen" and clf.familiarity.train.shape == (14, 256)
     steps = [e.step for e in events if e.step is not None and e.total == 6]

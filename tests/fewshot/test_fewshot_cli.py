@@ -1,7 +1,8 @@
 """`python -m engine sweep | classify | predict` end to end on a tiny phantom manifest.
 
-sweep and predict run as real subprocesses; classify and the error paths run through `engine.cli.main`
-in-process (each subprocess pays a torch import, which is slow on a shared 2-core machine).
+predict runs as a real subprocess (`python -m engine`, loading the classifier file in a fresh process); sweep,
+classify and the error paths run through `engine.cli.main` in-process, the function `python -m engine` calls
+(each subprocess pays a torch import, which is slow on a shared 2-core machine).
 """
 from __future__ import annotations
 
@@ -24,20 +25,20 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 def test_sweep_classify_predict_cli(tmp_path, capsys, phantom_set):
     manifest = phantom_set(60, 48, 2, findings=("cardiomegaly",), prevalence=0.4)  # shared with test_kill9.py
+    from engine.cli import main
+
     out = tmp_path / "sweep"
-    r = _run("sweep", "--manifest", str(manifest), "--finding", "cardiomegaly", "--inits", "random,imagenet",
-             "--modes", "probe", "--shots", "1,3", "--trials", "2", "--out", str(out), "--image-size", "32",
-             "--device", "cpu")
-    assert r.returncode == 0, r.stderr
-    assert "imagenet" in r.stderr and "warning" in r.stderr  # offline ImageNet: skipped with a warning
+    assert main(["sweep", "--manifest", str(manifest), "--finding", "cardiomegaly", "--inits", "random,imagenet",
+                 "--modes", "probe", "--shots", "1,3", "--trials", "2", "--out", str(out), "--image-size", "32",
+                 "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "imagenet" in err and "warning" in err  # offline ImageNet: skipped with a warning
     trials = pd.read_csv(out / "trials.csv")
     assert len(trials) == 4 and set(trials["init"]) == {"random"}
     summary = pd.read_csv(out / "summary.csv")
     assert set(summary["status"]) == {"ok", "unavailable"}
     html = (out / "auc_vs_shots.html").read_text()
     assert "<html>" in html[:100] and "random (probe)" in html and "plotly" in html  # self-contained, offline
-    from engine.cli import main  # error paths in-process (each subprocess costs a torch import)
-
     args = ["sweep", "--manifest", str(manifest), "--finding", "cardiomegaly", "--shots", "1", "--trials", "1",
             "--image-size", "32", "--device", "cpu"]
     assert main([*args, "--out", str(out)]) == 2  # an existing sweep is never overwritten without --resume

@@ -33,17 +33,16 @@ def phantom_manifest(tmp_path_factory, phantom_set) -> str:
 
 
 @pytest.fixture
-def manifest(tmp_path_factory, phantom_set, monkeypatch) -> str:
-    """The shared phantom, with a workspace shared by this module's tests (image and feature caches are
+def manifest(tmp_path_factory, phantom_set) -> str:
+    """The shared phantom. Its sweeps pass `cache_dir=sweep_cache` (the session's image and feature caches,
     keyed by content, so sharing them only saves time; every test still runs its own sweep)."""
-    monkeypatch.setenv("SCARCE_CXR_WORKSPACE", str(tmp_path_factory.getbasetemp() / "fewshot-sweep-ws"))
     return phantom_manifest(tmp_path_factory, phantom_set)
 
 
-def test_noise_labels_centre_on_chance_and_a_visible_lesion_scores_well_above(manifest, tmp_path):
+def test_noise_labels_centre_on_chance_and_a_visible_lesion_scores_well_above(manifest, sweep_cache, tmp_path):
     cfg = SweepConfig(findings=("noise", "cardiomegaly"), inits=("random",), modes=("probe",), shots=(5, 20, 40),
                       trials=6, image_size=SIZE)
-    res = run_sweep(manifest, cfg, tmp_path / "sweep", "cpu")
+    res = run_sweep(manifest, cfg, tmp_path / "sweep", "cpu", cache_dir=sweep_cache)
     t = res.trials
     assert len(t) == 2 * 3 * 6 and list(t.columns) == TRIAL_COLUMNS
     noise = t[t["finding"] == "noise"]["auc"]
@@ -64,7 +63,7 @@ def test_noise_labels_centre_on_chance_and_a_visible_lesion_scores_well_above(ma
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "sweep" / "trials.csv"), t, check_dtype=False)
 
 
-def test_cancel_then_resume_skips_finished_trials_and_matches_a_full_run(manifest, tmp_path):
+def test_cancel_then_resume_skips_finished_trials_and_matches_a_full_run(manifest, sweep_cache, tmp_path):
     cfg = SweepConfig(findings=("cardiomegaly",), inits=("random",), modes=("probe",), shots=(2, 4), trials=3,
                       image_size=SIZE, n_bootstrap=50)
     stop = threading.Event()
@@ -75,27 +74,29 @@ def test_cancel_then_resume_skips_finished_trials_and_matches_a_full_run(manifes
 
     out = tmp_path / "resumed"
     with pytest.raises(Cancelled):
-        run_sweep(manifest, cfg, out, "cpu", on_event=stop_after_two, stop=stop)
+        run_sweep(manifest, cfg, out, "cpu", on_event=stop_after_two, stop=stop, cache_dir=sweep_cache)
     assert len(pd.read_csv(out / "trials.csv")) == 2  # finished trials were saved before stopping
     with pytest.raises(ValueError, match="resume"):
         run_sweep(manifest, cfg, out, "cpu")  # never silently overwrites
     events = []
-    res = run_sweep(manifest, cfg, out, "cpu", on_event=events.append, resume=True)
+    res = run_sweep(manifest, cfg, out, "cpu", on_event=events.append, resume=True, cache_dir=sweep_cache)
     assert [e.total for e in events if e.kind == "metrics"] == [4] * 4  # only the 4 missing trials ran
-    full = run_sweep(manifest, cfg, tmp_path / "full", "cpu")
+    full = run_sweep(manifest, cfg, tmp_path / "full", "cpu")  # its own fresh caches: an independent run
     key = ["finding", "init", "mode", "shots", "trial"]
     a = res.trials.sort_values(key).reset_index(drop=True)
     b = full.trials.sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b, check_dtype=False)
     with pytest.raises(ValueError, match="image_size"):
-        run_sweep(manifest, SweepConfig(**{**cfg.__dict__, "image_size": 32}), out, "cpu", resume=True)
+        run_sweep(manifest, SweepConfig(**{**cfg.__dict__, "image_size": 32}), out, "cpu", resume=True,
+                  cache_dir=sweep_cache)
 
 
-def test_unavailable_init_and_too_many_shots_are_recorded_not_fatal(manifest, tmp_path):
+def test_unavailable_init_and_too_many_shots_are_recorded_not_fatal(manifest, sweep_cache, tmp_path):
     cfg = SweepConfig(findings=("cardiomegaly",), inits=("imagenet", "random"), modes=("probe",), shots=(1, 500),
                       trials=2, image_size=SIZE, n_bootstrap=50)
     warnings = []
-    res = run_sweep(manifest, cfg, tmp_path / "s", "cpu", on_event=lambda e: e.kind == "warning" and warnings.append(e))
+    res = run_sweep(manifest, cfg, tmp_path / "s", "cpu", on_event=lambda e: e.kind == "warning" and warnings.append(e),
+                    cache_dir=sweep_cache)
     s = res.summary.set_index(["init", "shots"])
     assert s.loc[("imagenet", 1), "status"] == "unavailable" and "imagenet" in s.loc[("imagenet", 1), "message"]
     assert s.loc[("random", 500), "status"] == "too_few_shots" and "at most k=" in s.loc[("random", 500), "message"]
@@ -104,11 +105,12 @@ def test_unavailable_init_and_too_many_shots_are_recorded_not_fatal(manifest, tm
     fig = auc_vs_shots_figure(res.summary)
     assert [tr.name for tr in fig.data if tr.showlegend is not False] == ["random (probe)"]
     with pytest.raises(UnknownInitError, match="valid inits: .*random"):
-        run_sweep(manifest, SweepConfig(**{**cfg.__dict__, "inits": ("random", "mocov9")}), tmp_path / "u", "cpu")
+        run_sweep(manifest, SweepConfig(**{**cfg.__dict__, "inits": ("random", "mocov9")}), tmp_path / "u", "cpu",
+                  cache_dir=sweep_cache)
     assert not (tmp_path / "u").exists()  # refused before any work
 
 
-def test_full_finetune_mode_runs_batched_trials(manifest, tmp_path):
+def test_full_finetune_mode_runs_batched_trials(manifest, sweep_cache, tmp_path):
     from engine.fewshot.fast_finetune import FastFinetune
     from engine.fewshot.finetune import FinetuneConfig
 
@@ -116,7 +118,7 @@ def test_full_finetune_mode_runs_batched_trials(manifest, tmp_path):
                       shots=(2,), trials=2, image_size=32, n_bootstrap=50, batch_trials=True,
                       finetune=FastFinetune(steps=2, views=1),
                       full_finetune=FinetuneConfig(mode="last_stage", steps=2, batch_size=4))
-    res = run_sweep(manifest, cfg, tmp_path / "ft", "cpu")
+    res = run_sweep(manifest, cfg, tmp_path / "ft", "cpu", cache_dir=sweep_cache)
     t = res.trials
     assert sorted(t["mode"].unique()) == ["finetune", "full_finetune", "probe"] and len(t) == 6
     assert t["auc"].between(0, 1).all()
@@ -128,7 +130,7 @@ def test_full_finetune_mode_runs_batched_trials(manifest, tmp_path):
     assert json.loads((tmp_path / "ft" / "config.json").read_text())["recipe_version"] == 2
 
 
-def test_the_progress_bar_counts_trials_only_and_never_goes_back(manifest, tmp_path):
+def test_the_progress_bar_counts_trials_only_and_never_goes_back(manifest, sweep_cache, tmp_path):
     """Issue 12 item 7: caching, embedding and double finetune's stage one (which counts its own
     finetune steps) used to share the bar with the trials (73/160 -> 0/41 -> 118/160)."""
     from engine.fewshot.finetune import FinetuneConfig
@@ -138,7 +140,7 @@ def test_the_progress_bar_counts_trials_only_and_never_goes_back(manifest, tmp_p
                       intermediate_finding="noise", intermediate_max_images=24,
                       full_finetune=FinetuneConfig(mode="last_stage", steps=3, batch_size=4, intermediate_steps=3))
     events = []
-    res = run_sweep(manifest, cfg, tmp_path / "bar", "cpu", on_event=events.append)
+    res = run_sweep(manifest, cfg, tmp_path / "bar", "cpu", on_event=events.append, cache_dir=sweep_cache)
     counted = [e for e in events if e.step is not None or e.total is not None]
     assert {e.total for e in counted} == {4} and len(res.trials) == 4
     steps = [e.step for e in counted]

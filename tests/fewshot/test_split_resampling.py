@@ -61,9 +61,10 @@ def test_resampled_se_adds_the_test_set_term_to_the_episode_term():
         x.std(ddof=1) / 2, abs=0.01)
 
 
-def _simulated_d(rng, pop_y, pop_a, pop_b, n_test: int, trials: int, resample: bool):
+def _simulated_rows(rng, pop_y, pop_a, pop_b, n_test: int, trials: int, resample: bool, finding: str = "f"):
     """One 'sweep' on a simulated population: a fresh test pool of n_test patients, `trials` episodes (an
-    episode shifts each model's separation by its own noise), each trial on its own bootstrap or the pool."""
+    episode shifts each model's separation by its own noise), each trial on its own bootstrap or the pool.
+    Its trial rows, under `finding` (paired_differences gives one d and interval per finding)."""
     idx = rng.choice(pop_y.size, n_test, replace=False)
     y, a, b = pop_y[idx], pop_a[idx], pop_b[idx]
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
@@ -75,16 +76,16 @@ def _simulated_d(rng, pop_y, pop_a, pop_b, n_test: int, trials: int, resample: b
         sa, sb = a + ea * y, b + eb * y
         s = np.r_[rng.choice(pos, pos.size), rng.choice(neg, neg.size)] if resample else np.arange(y.size)
         for init, sc in (("random", sb), ("ssl", sa)):
-            rows.append({"finding": "f", "init": init, "mode": "probe", "shots": 5, "trial": t,
+            rows.append({"finding": finding, "init": init, "mode": "probe", "shots": 5, "trial": t,
                          "auc": auc(y[s], sc[s]), "auc_pool": auc(y, sc) if resample else np.nan,
                          "auc_boot": " ".join(f"{v:.5f}" for v in _shared_aucs(y, sc, shared)) if resample else np.nan})
-    r = paired_differences(pd.DataFrame(rows).dropna(axis=1, how="all"), "random")[0]
-    return r["diff"], r["ci_low"], r["ci_high"]
+    return rows
 
 
 def test_the_new_interval_covers_the_population_difference_and_the_old_one_does_not():
     """Calibration on a simulated population (truth known): 60 independent test pools of 60 patients.
-    Old: every trial on the pool, sd/sqrt(J); new: every trial on its own bootstrap, resampled_se."""
+    Old: every trial on the pool, sd/sqrt(J); new: every trial on its own bootstrap, resampled_se.
+    Each pool is its own finding, so one paired_differences call gives the 60 intervals of a method."""
     rng = np.random.default_rng(0)
     n = 20000
     y = (rng.random(n) < 0.5).astype(float)
@@ -92,9 +93,10 @@ def test_the_new_interval_covers_the_population_difference_and_the_old_one_does_
     truth = auc(y, a) - auc(y, b)
     cover = {}
     for resample in (False, True):
-        hits = [lo <= truth <= hi for lo, hi in
-                (_simulated_d(rng, y, a, b, 60, 10, resample)[1:] for _ in range(60))]
-        cover[resample] = float(np.mean(hits))
+        rows = [r for i in range(60) for r in _simulated_rows(rng, y, a, b, 60, 10, resample, f"pool{i}")]
+        d = paired_differences(pd.DataFrame(rows).dropna(axis=1, how="all"), "random")
+        assert len(d) == 60 and {r["uncertainty"] for r in d} == {RESAMPLED if resample else FIXED}
+        cover[resample] = float(np.mean([r["ci_low"] <= truth <= r["ci_high"] for r in d]))
     assert cover[True] >= 0.85, cover
     assert cover[False] < cover[True] - 0.2, cover
 
@@ -120,14 +122,13 @@ def test_results_without_the_pool_auc_keep_their_old_meaning(tmp_path):
 
 
 @pytest.fixture
-def phantom_ckpt(tmp_path_factory, monkeypatch, phantom_set):
+def phantom_ckpt(tmp_path_factory, phantom_set):
     """The shared 240-image phantom manifest (no split column) and a second init: a random-weight checkpoint."""
     import torch
 
     from engine.models.backbones import build_backbone
     from engine.models.registry import save_backbone
 
-    monkeypatch.setenv("SCARCE_CXR_WORKSPACE", str(tmp_path_factory.getbasetemp() / "fewshot-sweep-ws"))
     torch.manual_seed(5)
     save_backbone(build_backbone("resnet18"), "other-r18", {"method": "fake", "arch": "resnet18"})
     return phantom_manifest(tmp_path_factory, phantom_set)
@@ -140,12 +141,13 @@ def _overlap(a: list[dict], b: list[dict]) -> list[tuple]:
             if max(r["ci_low"], bb[key(r)]["ci_low"]) > min(r["ci_high"], bb[key(r)]["ci_high"])]
 
 
-def test_phantom_sweeps_differing_only_in_split_seed_give_overlapping_intervals_for_d(phantom_ckpt, tmp_path):
+def test_phantom_sweeps_differing_only_in_split_seed_give_overlapping_intervals_for_d(phantom_ckpt, sweep_cache,
+                                                                                       tmp_path):
     res = {}
     for split_seed in (1, 2):
         cfg = SweepConfig(findings=("cardiomegaly",), inits=("random", "other-r18"), shots=(5, 20), trials=6,
                           image_size=SIZE, n_bootstrap=50, split_seed=split_seed)
-        res[split_seed] = run_sweep(phantom_ckpt, cfg, tmp_path / f"s{split_seed}", "cpu")
+        res[split_seed] = run_sweep(phantom_ckpt, cfg, tmp_path / f"s{split_seed}", "cpu", cache_dir=sweep_cache)
         t = res[split_seed].trials
         # both inits of a trial share the training episode and the test sample
         assert t.groupby(["shots", "trial"])["n_test"].nunique().max() == 1
@@ -162,7 +164,9 @@ def test_phantom_sweeps_differing_only_in_split_seed_give_overlapping_intervals_
 def test_real_xrays_sweeps_differing_only_in_split_seed_overlap(shared_data, tmp_path, monkeypatch, task, findings,
                                                                 patients):
     """Real tasks, split column dropped so the split seed draws the test set (Kermany: a seeded subsample of
-    `patients` patients, to stay small): shipped backbone vs random, every finding and shot count overlaps."""
+    `patients` patients, to stay small): shipped backbone vs random, every finding and shot count overlaps.
+    The two sweeps share one image and feature cache (keyed by content): the second decodes and embeds only
+    the images the first did not use (features are the same arrays either way; only time is saved)."""
     from tests.conftest import SHIPPED_DIR
 
     monkeypatch.setenv("SCARCE_CXR_SHIPPED", str(SHIPPED_DIR))
@@ -178,17 +182,18 @@ def test_real_xrays_sweeps_differing_only_in_split_seed_overlap(shared_data, tmp
     for split_seed in (11, 12):
         cfg = SweepConfig(findings=findings, inits=("random", "cxr-moco_v2-resnet18-224"), shots=(5, 20),
                           trials=8, image_size=64, n_bootstrap=20, split_seed=split_seed)
-        runs.append(paired_differences(run_sweep(csv, cfg, tmp_path / f"s{split_seed}", "cpu").trials, "random"))
+        res = run_sweep(csv, cfg, tmp_path / f"s{split_seed}", "cpu", cache_dir=tmp_path / "cache")
+        runs.append(paired_differences(res.trials, "random"))
     assert len(runs[0]) == 2 * len(findings) and not _overlap(*runs), _overlap(*runs)
 
 
-def test_cli_sweep_writes_and_prints_d_vs_random_with_the_split_seed(phantom_ckpt, tmp_path, capsys):
+def test_cli_sweep_writes_and_prints_d_vs_random_with_the_split_seed(phantom_ckpt, sweep_cache, tmp_path, capsys):
     from engine.cli import main
 
     out = tmp_path / "cli"
     assert main(["sweep", "--manifest", phantom_ckpt, "--finding", "cardiomegaly", "--inits", "random,other-r18",
                  "--shots", "3", "--trials", "3", "--image-size", str(SIZE), "--device", "cpu", "--split-seed", "4",
-                 "--out", str(out)]) == 0
+                 "--out", str(out), "--cache-dir", str(sweep_cache)]) == 0
     text = capsys.readouterr().out
     assert "Paired difference d vs random" in text and RESAMPLED in text and "(" in text.split("d vs random")[1]
     paired = pd.read_csv(out / "paired.csv")
