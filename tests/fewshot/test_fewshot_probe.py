@@ -47,3 +47,24 @@ def test_probe_handles_constant_features_and_refuses_one_class():
     assert np.all(np.isfinite(p.coef)) and p.predict_proba(X)[3:].min() > p.predict_proba(X)[:3].max()
     with pytest.raises(ValueError, match="both"):
         fit_probe(X, np.ones(6))
+
+
+def test_newton_stops_once_its_decrement_is_below_rounding(monkeypatch):
+    """Well-separated few-shot features reach f's rounding error in ~10 Newton steps; the solver must stop
+    there (it used to repeat a no-op step up to max_iter = 100 times, ~25 objective evaluations each) and
+    still give scikit-learn's solution."""
+    import engine.fewshot.probe as probe
+
+    rng = np.random.default_rng(3)  # (seeds 3, 6, 10 of 0-11 stalled at max_iter before the fix)
+    X = rng.normal(size=(24, 512)).astype(np.float32)
+    y = (rng.random(24) < 0.5).astype(float)
+    y[:2] = 0, 1
+    X[y == 1] += 10.0
+    steps = []
+    real = probe.expit
+    monkeypatch.setattr(probe, "expit", lambda z: steps.append(1) or real(z))  # one call per Newton step
+    p = fit_probe(X, y, C=1.0)
+    assert len(steps) <= 20, len(steps)
+    Z = (X - p.mean) / p.scale
+    ref = LogisticRegression(C=1.0, tol=1e-12, max_iter=10_000).fit(Z, y)
+    np.testing.assert_allclose(Z @ p.coef + p.intercept, ref.decision_function(Z), rtol=1e-4, atol=1e-4)
