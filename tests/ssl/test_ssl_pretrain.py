@@ -98,8 +98,8 @@ def test_each_method_trains_and_exports_a_loadable_backbone(method, quick_run):
 
 @pytest.mark.parametrize("method", ["moco_v2", "dino"])
 def test_a_stopped_run_resumes_exactly(method, images, tmp_path):
-    images = images[:16]
-    cfg = _cfg(method, epochs=2, save_every_steps=100)  # 2 x 2 steps
+    images = images[:8]
+    cfg = _cfg(method, epochs=2, batch_size=4, save_every_steps=100)  # 2 x 2 steps
     losses_a: list[float] = []
     pretrain_images(images, cfg, "a", "cpu", tmp_path / "a",
              on_event=lambda e: e.kind == "progress" and losses_a.append(e.metrics["loss"]))
