@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -16,7 +13,6 @@ import torch
 from engine.events import Cancelled
 from engine.explain.localization import METRICS
 
-REPO = Path(__file__).resolve().parents[2]
 S = 64
 
 
@@ -25,17 +21,16 @@ def phantom(phantom_set) -> Path:
     return phantom_set(40, S, 0, findings=("nodule", "mass"), prevalence=0.4)
 
 
-def test_cli_writes_grids_localization_and_summary(phantom, tmp_path):
+def test_cli_writes_grids_localization_and_summary(phantom, tmp_path, capsys):
+    from engine.cli import main  # in this process: `python -m engine` is main() (tests/test_cli.py runs it so)
+
     out = tmp_path / "out"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(
-        [sys.executable, "-m", "engine", "gradcam", "--manifest", str(phantom), "--finding", "mass",
-         "--inits", "random,imagenet", "--shots", "2", "--n-images", "2", "--image-size", str(S),
-         "--boxes", str(phantom.parent / "boxes.csv"), "--out", str(out), "--device", "cpu"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert r.returncode == 0, r.stderr
-    assert "skipping init imagenet" in r.stderr  # offline: skipped with a warning, not a failure
+    rc = main(["gradcam", "--manifest", str(phantom), "--finding", "mass", "--inits", "random,imagenet", "--shots",
+               "2", "--n-images", "2", "--image-size", str(S), "--boxes", str(phantom.parent / "boxes.csv"), "--out",
+               str(out), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "skipping init imagenet" in err  # offline: skipped with a warning, not a failure
     loc = pd.read_csv(out / "localization.csv")
     assert list(loc.columns[:4]) == ["image", "path", "finding", "init"]
     assert set(METRICS) <= set(loc.columns)

@@ -54,7 +54,7 @@ def _live_tensors() -> int:
     return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
 
 
-def test_hooks_released_and_memory_bounded_over_200_calls(model):
+def test_hooks_released_and_memory_bounded_over_50_calls(model):
     x, _ = _toy_batch(1, 32)  # the smallest input a ResNet takes: this test is about state, not maps
     before_grad = [p.requires_grad for p in model.parameters()]
     model.train()  # the explainer must switch to eval and restore this afterwards
@@ -68,7 +68,7 @@ def test_hooks_released_and_memory_bounded_over_200_calls(model):
     n_tensors = _live_tensors()
     tracemalloc.start()
     base, _ = tracemalloc.get_traced_memory()
-    for _ in range(200):
+    for _ in range(50):
         one_call()
     gc.collect()
     grown = tracemalloc.get_traced_memory()[0] - base
@@ -76,7 +76,9 @@ def test_hooks_released_and_memory_bounded_over_200_calls(model):
     assert _hook_count(model) == 0
     assert model.backbone.layer4._forward_hooks == {} and model.backbone.layer4._backward_hooks == {}
     assert _live_tensors() <= n_tensors + 2
-    assert grown < 1_000_000, f"traced memory grew by {grown} bytes over 200 calls"
+    # measured: ~500 bytes over 50 calls (and the same over 200); a leak of 2 KB a call (a kept hook handle,
+    # closure or list entry) breaks it
+    assert grown < 100_000, f"traced memory grew by {grown} bytes over 50 calls"
     assert [p.requires_grad for p in model.parameters()] == before_grad
     assert model.training  # restored
     model.eval()

@@ -2,6 +2,7 @@
 are refused."""
 from __future__ import annotations
 
+import functools
 import json
 import pickle
 
@@ -16,8 +17,10 @@ from engine.models.files import NotAWeightsFileError
 from engine.models.importing import BackboneImportError, import_backbone
 
 
+@functools.cache
 def _original(arch: str = "resnet18", in_ch: int = 3) -> torch.nn.Module:
-    """A torchvision model with non-trivial weights and BN statistics (seeded)."""
+    """A torchvision model with non-trivial weights and BN statistics (seeded), built once per arch and shared:
+    READ-ONLY (callers copy what they change)."""
     torch.manual_seed(3)
     m = getattr(tvm, arch)(weights=None, **({"num_classes": 18} if arch == "densenet121" else {}))
     if in_ch == 1:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import datetime
 import json
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -85,10 +83,13 @@ def test_a_good_checkpoint_beside_bad_ones_stays_usable(bad_checkpoints):
     assert meta.arch == "resnet18"
 
 
-def test_engine_inits_prints_every_init_with_bad_ones_unavailable(bad_checkpoints):
-    out = subprocess.run([sys.executable, "-m", "engine", "inits"], capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 0, out.stderr
-    rows = {r["name"]: r for r in map(json.loads, out.stdout.splitlines())}
+def test_engine_inits_prints_every_init_with_bad_ones_unavailable(bad_checkpoints, capsys):
+    from engine.cli import main  # `python -m engine inits` is main(["inits"]) (tests/test_cli.py runs the entry)
+
+    rc = main(["inits"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    rows = {r["name"]: r for r in map(json.loads, out.out.splitlines())}
     assert rows["random"]["available"] and not rows["no-arch"]["available"]
     assert "no-arch.json" in rows["no-arch"]["reason"]
 

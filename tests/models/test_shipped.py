@@ -85,7 +85,7 @@ def test_a_user_checkpoint_cannot_shadow_a_shipped_name(shipped, tmp_path, monke
     assert meta.info["sha256"] == shipped[0].info["sha256"]  # the shipped one, not the user's
 
 
-def _real_batch(shared_data, n: int = 64, size: int = 224) -> torch.Tensor:
+def _real_batch(shared_data, n: int = 32, size: int = 224) -> torch.Tensor:
     from engine.data.io import read_image
     from engine.data.manifest import load_manifest
     from engine.data.transforms import fit_square
@@ -97,8 +97,9 @@ def _real_batch(shared_data, n: int = 64, size: int = 224) -> torch.Tensor:
 
 
 def test_embeddings_of_real_xrays_are_spread_not_collapsed(shipped, shared_data):
-    """Backbone features of 64 held-out adult NIH X-rays: effective rank and spread above the collapse
-    monitor's thresholds, and well above what random weights give on the same images."""
+    """Backbone features of 32 held-out adult NIH X-rays at the shipped backbones' 224 px: effective rank and
+    spread above the collapse monitor's thresholds, and well above what random weights give on the same images
+    (measured: erank 11.1 vs 3.3 random, std 0.27 vs 0.07; with 64 images 18.5 vs 4.7 and 0.29 vs 0.08)."""
     from engine.models import load_backbone, prepare_batch
     from engine.ssl.monitor import ERANK_MIN, STD_MIN, collapse_metrics
 

@@ -16,26 +16,24 @@ from engine.ssl.presets import build_config
 
 
 @pytest.fixture(scope="module")
-def phantom() -> np.ndarray:
+def phantom(phantom_set) -> np.ndarray:
     """32 phantom radiographs at 64 px (N, S, S) uint8."""
     from PIL import Image
-    import tempfile
-    from pathlib import Path
 
-    from engine.data.phantom import generate
-
-    out = generate(Path(tempfile.mkdtemp()), n=32, size=64, seed=0)
+    out = phantom_set(32, 64, 0)
     paths = sorted((out.parent / "images").glob("*.png"))
     return np.stack([np.asarray(Image.open(p).convert("L").resize((64, 64))) for p in paths]).astype(np.uint8)
 
 
 def test_a_healthy_real_run_gets_no_collapse_warning_in_its_first_readings(phantom, tmp_path):
-    cfg = build_config("moco_v2", "quick", epochs=3, batch_size=16, image_size=64, monitor_every_steps=1,
-                       monitor_images=32, save_every_steps=100, max_steps=6)
+    # 4 steps: the step-0 baseline, the 3 warm-up readings and one judged against them (no warning either
+    # for cfg seeds 1 and 2)
+    cfg = build_config("moco_v2", "quick", epochs=3, batch_size=8, image_size=64, monitor_every_steps=1,
+                       monitor_images=32, save_every_steps=100, max_steps=1 + WARMUP_READINGS)
     events = []
     pretrain_images(phantom, cfg, "healthy", "cpu", tmp_path / "run", on_event=events.append)
     readings = [e for e in events if e.kind == "metrics" and "collapse_std" in e.metrics]
-    assert len(readings) == 7
+    assert len(readings) == 2 + WARMUP_READINGS
     assert [e.message for e in events if e.kind == "warning"] == []
     # the old absolute rule would have called these early readings collapsed: the untrained features are parallel
     assert any(e.metrics["collapse_backbone_cos"] > COS_MAX for e in readings[1:])
@@ -113,8 +111,8 @@ def test_the_controller_target_defaults_to_the_runs_first_reading():
 def test_a_real_run_with_auto_control_records_its_first_rank_as_target(phantom, tmp_path):
     import json
 
-    cfg = build_config("moco_v2", "quick", epochs=3, batch_size=16, image_size=64, monitor_every_steps=1,
-                       monitor_images=32, save_every_steps=100, max_steps=3, collapse_control="erank:auto")
+    cfg = build_config("moco_v2", "quick", epochs=3, batch_size=8, image_size=64, monitor_every_steps=1,
+                       monitor_images=16, save_every_steps=100, max_steps=2, collapse_control="erank:auto")
     events = []
     pretrain_images(phantom, cfg, "auto-ctl", "cpu", tmp_path / "run", on_event=events.append,
                     checkpoint_dir=tmp_path / "ck")

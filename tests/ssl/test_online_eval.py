@@ -48,10 +48,8 @@ def test_bad_specs_and_sets_are_refused_in_words(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def phantom_csv(tmp_path_factory) -> Path:
-    from engine.data.phantom import generate
-
-    return generate(tmp_path_factory.mktemp("phantom"), n=32, size=64, seed=0)
+def phantom_csv(phantom_set) -> Path:
+    return phantom_set(32, 64, 0)
 
 
 def test_a_real_run_records_online_knn_that_matches_scikit_learn(phantom_csv, tmp_path):
@@ -65,16 +63,16 @@ def test_a_real_run_records_online_knn_that_matches_scikit_learn(phantom_csv, tm
     images = np.stack([np.asarray(Image.open(phantom_csv.parent / p).convert("L").resize((64, 64)))
                        for p in df["path"]])
     spec = f"{phantom_csv}:pneumothorax"
-    cfg = build_config("moco_v2", "quick", epochs=3, batch_size=16, image_size=64, monitor_every_steps=2,
-                       monitor_images=16, save_every_steps=100, max_steps=4, online_eval=spec, online_eval_every=1)
+    cfg = build_config("moco_v2", "quick", epochs=3, batch_size=8, image_size=64, monitor_every_steps=1,
+                       monitor_images=16, save_every_steps=100, max_steps=2, online_eval=spec, online_eval_every=1)
     events = []
     pretrain_images(images.astype(np.uint8), cfg, "online", "cpu", tmp_path / "run", on_event=events.append,
                     checkpoint_dir=tmp_path / "ck")
     readings = [e for e in events if e.kind == "metrics" and "collapse_std" in e.metrics]
-    assert [e.step for e in readings] == [0, 2, 4] and all("online_auc" in e.metrics for e in readings)
+    assert [e.step for e in readings] == [0, 1, 2] and all("online_auc" in e.metrics for e in readings)
     info = json.loads((tmp_path / "ck" / "online.json").read_text())
     oe = info["online_eval"]
-    assert oe["finding"] == "pneumothorax" and [r[0] for r in oe["readings"]] == [0, 2, 4]
+    assert oe["finding"] == "pneumothorax" and [r[0] for r in oe["readings"]] == [0, 1, 2]
     assert info["collapse"]["history"][-1]["online_auc"] == oe["final"][1] == readings[-1].metrics["online_auc"]
     # recompute: the exported backbone's features of the same labeled set, kNN by scikit-learn
     ev = load_online_eval(spec, 64, cfg.seed)

@@ -78,10 +78,19 @@ def test_spec_parsing_and_clear_errors():
     assert again == cfg and again.collapse_control == CollapseControl(target=8.0)
 
 
-def test_a_collapsing_moco_run_triggers_adjustments_within_bounds_recorded_everywhere(phantom, tmp_path):
-    events = []
-    # target far above what this tiny run reaches: every reading after step 0 is "collapsed"
-    path = pretrain_images(phantom, _moco("erank:64"), "ctl", "cpu", tmp_path / "run", on_event=events.append)
+@pytest.fixture(scope="module")
+def collapsing_run(phantom, tmp_path_factory):
+    """(path, events, run_dir): one whole controlled moco run (2 epochs x 3 steps), shared by the two tests below.
+    Its target is far above what this tiny run reaches: every reading after step 0 is "collapsed"."""
+    base = tmp_path_factory.mktemp("collapsing-run")
+    events: list = []
+    path = pretrain_images(phantom, _moco("erank:64"), "ctl", "cpu", base / "run", on_event=events.append,
+                           checkpoint_dir=base / "ck")
+    return path, events, base / "run"
+
+
+def test_a_collapsing_moco_run_triggers_adjustments_within_bounds_recorded_everywhere(collapsing_run):
+    path, events, run_dir = collapsing_run
     logs = [e for e in events if e.kind == "log" and e.message.startswith("collapse control")]
     metrics = [e for e in events if e.kind == "metrics"]
     assert len(metrics) == 7 and len(logs) == 6  # readings at steps 0..6; one raise per reading after step 0
@@ -95,9 +104,9 @@ def test_a_collapsing_moco_run_triggers_adjustments_within_bounds_recorded_every
     assert [a["new"] for a in ctl["adjustments"]] == weights[1:] and all(a["action"] == "raise" for a in ctl["adjustments"])
     assert [h["control_weight"] for h in info["collapse"]["history"]] == weights
     assert info["config"]["collapse_control"]["target"] == 64
-    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    hist = json.loads((run_dir / "history.json").read_text())
     assert hist["collapse_control"]["adjustments"] == ctl["adjustments"]
-    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    state = torch.load(run_dir / "state.pt", weights_only=True)
     assert state["collapse_control"] == {"weight": 0.4, "history": ctl["adjustments"], "target": 64.0}
     # a fresh method starts from the configured weight; the controller's weight is set by the loop
     from engine.ssl.pretrain import build_method
@@ -116,11 +125,10 @@ def test_barlow_lambda_is_lowered_when_healthy(phantom, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_stopped_controlled_run_resumes_exactly(phantom, tmp_path):
-    cfg = _moco("erank:64")  # 2 epochs x 3 steps, an adjustment at every step
-    losses_a: list[float] = []
-    pretrain_images(phantom, cfg, "a", "cpu", tmp_path / "a",
-             on_event=lambda e: e.kind == "progress" and losses_a.append(e.metrics["loss"]))
+def test_a_stopped_controlled_run_resumes_exactly(phantom, collapsing_run, tmp_path):
+    cfg = _moco("erank:64")  # 2 epochs x 3 steps, an adjustment at every step: the collapsing run's settings
+    _, events_a, run_a = collapsing_run  # the whole run, uninterrupted
+    losses_a = [e.metrics["loss"] for e in events_a if e.kind == "progress"]
     stop, losses_b = threading.Event(), []
 
     def on_b(e):
@@ -137,7 +145,7 @@ def test_a_stopped_controlled_run_resumes_exactly(phantom, tmp_path):
              on_event=lambda e: e.kind == "progress" and losses_b.append(e.metrics["loss"]))
     assert len(losses_b) == 6
     np.testing.assert_allclose(losses_b, losses_a, rtol=1e-5)
-    sa = torch.load(tmp_path / "a" / "state.pt", weights_only=True)
+    sa = torch.load(run_a / "state.pt", weights_only=True)
     sb = torch.load(tmp_path / "b" / "state.pt", weights_only=True)
     assert sa["collapse_control"] == sb["collapse_control"] and sb["collapse_control"]["weight"] == 0.4
     # resuming without the controller (or with another target) is another run: refused

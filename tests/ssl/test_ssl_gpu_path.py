@@ -34,8 +34,9 @@ def _run(images, cfg, name, tmp_path, **kw):
 
 
 def test_device_held_images_and_batched_syncs_compute_the_same_run(images, tmp_path):
+    images = images[:16]  # 2 epochs x 2 steps: losses read after steps 3 and 4 (a last, partial block)
     ref_w, ref_ev, ref_info = _run(images, _cfg(), "ref", tmp_path)
-    fast_w, fast_ev, fast_info = _run(images, _cfg(data_on_device=True, sync_every_steps=4), "fast", tmp_path)
+    fast_w, fast_ev, fast_info = _run(images, _cfg(data_on_device=True, sync_every_steps=3), "fast", tmp_path)
     progress = lambda ev: [(e.step, e.metrics["loss"]) for e in ev if e.kind == "progress"]  # noqa: E731
     assert progress(fast_ev) == progress(ref_ev)  # every step reported, in order, with the same loss
     assert [e.step for e in fast_ev if e.kind == "metrics"] == [e.step for e in ref_ev if e.kind == "metrics"]
@@ -65,7 +66,7 @@ def test_a_late_caught_nan_stops_the_run_and_keeps_the_last_checked_state(images
 
 def test_warm_start_continues_a_checkpoint_and_records_its_lineage(images, tmp_path):
     ck = tmp_path / "ck"
-    _w, _ev, first = _run(images, _cfg(max_steps=3), "first", tmp_path, checkpoint_dir=ck)
+    _w, _ev, first = _run(images, _cfg(max_steps=2), "first", tmp_path, checkpoint_dir=ck)
     start, _meta = load_backbone("first", checkpoint_dir=ck)
     seen = {}
 
@@ -76,18 +77,18 @@ def test_warm_start_continues_a_checkpoint_and_records_its_lineage(images, tmp_p
     real = MoCoV2.forward
     MoCoV2.forward = peek
     try:
-        _w2, _ev2, second = _run(images, _cfg(init="first", max_steps=2), "second", tmp_path, checkpoint_dir=ck)
+        _w2, _ev2, second = _run(images, _cfg(init="first", max_steps=1), "second", tmp_path, checkpoint_dir=ck)
     finally:
         MoCoV2.forward = real
     assert torch.equal(seen["conv1"], start.conv1.weight)  # began from the checkpoint, not a random network
     w = second["warm_start"]
     assert w["from"] == "first" and w["method"] == "moco_v2" and w["windows_before"] == 1
-    assert w["epochs_before"] == pytest.approx(first["epochs"]) and w["images_seen_before"] == 3 * 8
+    assert w["epochs_before"] == pytest.approx(first["epochs"]) and w["images_seen_before"] == 2 * 8
     assert second["epochs_total"] == pytest.approx(first["epochs"] + second["epochs"])
-    assert second["images_seen_total"] == (3 + 2) * 8
+    assert second["images_seen_total"] == (2 + 1) * 8
     # a third window sums over both earlier ones
     _w3, _ev3, third = _run(images, _cfg(init="second", max_steps=1), "third", tmp_path, checkpoint_dir=ck)
-    assert third["warm_start"]["windows_before"] == 2 and third["images_seen_total"] == (3 + 2 + 1) * 8
+    assert third["warm_start"]["windows_before"] == 2 and third["images_seen_total"] == (2 + 1 + 1) * 8
 
 
 def test_warm_start_refusals(images, tmp_path):

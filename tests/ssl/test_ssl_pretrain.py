@@ -39,17 +39,49 @@ def _cfg(method: str, **kw) -> PretrainConfig:
     return PretrainConfig(**{**base, **kw})
 
 
+# The quick preset with the small model sizes of SMALL (and its 40-key queue that wraps) over it: one run per
+# method serves both the export test and the quick-preset test below.
+QUICK_SMALL = {
+    "moco_v2": {"queue": 40, "proj_hidden": 64, "proj_dim": 32},
+    "barlow_twins": {"proj_dim": 64, "grad_checkpointing": True},
+    "spark": {"decoder_width": 64},
+    "dino": {"out_dim": 64, "hidden_dim": 64, "bottleneck_dim": 16},
+    "masked_contrastive": {"queue": 40, "proj_hidden": 64, "proj_dim": 32, "decoder_width": 64},
+}
+
+
+@pytest.fixture(scope="module")
+def quick_run(images, tmp_path_factory):
+    """`quick_run(method)` -> (cfg, path, events, checkpoint_dir, run_dir): a 3-step quick-preset run of `method`
+    (small heads), trained once per module on first use and exported to a checkpoint folder of its own."""
+    from engine.ssl.presets import build_config
+
+    runs: dict[str, tuple] = {}
+
+    def get(method: str) -> tuple:
+        if method not in runs:
+            base = tmp_path_factory.mktemp(f"quick-{method}")
+            cfg = build_config(method, "quick", method_opts=QUICK_SMALL[method], epochs=1, batch_size=8,
+                               image_size=SMALL[method][1], max_steps=3, monitor_every_steps=2, monitor_images=8,
+                               save_every_steps=2)
+            events: list = []
+            path = pretrain_images(images, cfg, f"t-{method}", "cpu", base / "run", on_event=events.append,
+                                   checkpoint_dir=base / "ck", data_fingerprint="fp")
+            runs[method] = (cfg, path, events, base / "ck", base / "run")
+        return runs[method]
+
+    return get
+
+
 @pytest.mark.parametrize("method", list(METHODS))
-def test_each_method_trains_and_exports_a_loadable_backbone(method, images, tmp_path):
-    events = []
-    path = pretrain_images(images, _cfg(method, max_steps=3), f"t-{method}", "cpu", tmp_path / "run",
-                    on_event=events.append, data_fingerprint="fp")
-    assert path.exists() and path.name == f"t-{method}.safetensors"
-    model, meta = load_backbone(f"t-{method}")
+def test_each_method_trains_and_exports_a_loadable_backbone(method, quick_run):
+    cfg, path, events, ck, run_dir = quick_run(method)
+    assert path.exists() and path.name == f"t-{method}.safetensors" and path.parent == ck
+    model, meta = load_backbone(f"t-{method}", checkpoint_dir=ck)
     assert meta.method == method and meta.arch == "resnet18"
     info = meta.info
     assert info["steps"] == 3 and info["data_fingerprint"] == "fp" and info["n_images"] == 24
-    assert info["config"]["method_config"] == json.loads(json.dumps(SMALL[method][0].__dict__))
+    assert info["config"]["method_config"] == json.loads(json.dumps(cfg.method_config.__dict__))
     assert set(info["collapse"]["final"]) >= {"std", "cos", "erank", "backbone_std", "backbone_erank"}
     assert [h["step"] for h in info["collapse"]["history"]] == [0, 2, 3]
     assert np.isfinite(info["loss"]["last"])
@@ -60,13 +92,14 @@ def test_each_method_trains_and_exports_a_loadable_backbone(method, images, tmp_
     assert not torch.equal(model.conv1.weight, random_model.conv1.weight)  # trained, not the random init
     with torch.no_grad():
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 512)
-    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)  # safe to load
+    state = torch.load(run_dir / "state.pt", weights_only=True)  # safe to load
     assert state["step"] == 3
 
 
 @pytest.mark.parametrize("method", ["moco_v2", "dino"])
 def test_a_stopped_run_resumes_exactly(method, images, tmp_path):
-    cfg = _cfg(method, epochs=2, save_every_steps=100)  # 2 x 3 steps: crosses an epoch boundary
+    images = images[:8]
+    cfg = _cfg(method, epochs=2, batch_size=4, save_every_steps=100)  # 2 x 2 steps
     losses_a: list[float] = []
     pretrain_images(images, cfg, "a", "cpu", tmp_path / "a",
              on_event=lambda e: e.kind == "progress" and losses_a.append(e.metrics["loss"]))
@@ -76,18 +109,18 @@ def test_a_stopped_run_resumes_exactly(method, images, tmp_path):
     def on_b(e):
         if e.kind == "progress":
             losses_b.append(e.metrics["loss"])
-            if e.step == 3:
+            if e.step == 1:
                 stop.set()
 
-    with pytest.raises(Cancelled):
+    with pytest.raises(Cancelled):  # stopped inside the first epoch: the resumed part crosses the epoch boundary
         pretrain_images(images, cfg, "b", "cpu", tmp_path / "b", on_event=on_b, stop=stop)
-    assert torch.load(tmp_path / "b" / "state.pt", weights_only=True)["step"] == 3
+    assert torch.load(tmp_path / "b" / "state.pt", weights_only=True)["step"] == 1
     pretrain_images(images, cfg, "b", "cpu", tmp_path / "b", resume=True,
              on_event=lambda e: e.kind == "progress" and losses_b.append(e.metrics["loss"]))
-    assert len(losses_b) == 6
+    assert len(losses_b) == 4
     np.testing.assert_allclose(losses_b, losses_a, rtol=1e-5)
     (ma, info_a), (mb, info_b) = load_backbone("a"), load_backbone("b")
-    assert info_b.info["steps"] == 6
+    assert info_b.info["steps"] == 4
     for (k, va), vb in zip(ma.state_dict().items(), mb.state_dict().values()):
         torch.testing.assert_close(va, vb, rtol=1e-5, atol=1e-6, msg=k)
     sa = torch.load(tmp_path / "a" / "state.pt", weights_only=True)["model"]
@@ -144,11 +177,11 @@ def test_collapse_warnings_and_clear_errors(images, tmp_path):
 
 
 def test_the_autocast_path_trains_with_finite_losses(images, tmp_path):
-    """amp forced on: bf16 autocast on the CPU (the CUDA path's code; one step, as bf16 backward on a CPU
-    without bf16 instructions takes seconds per step)."""
+    """amp forced on: bf16 autocast on the CPU (the CUDA path's code; one step of the smallest batch, as bf16
+    backward on a CPU without bf16 instructions takes seconds per step), monitor readings included."""
     events = []
-    pretrain_images(images, _cfg("barlow_twins", max_steps=1, monitor_every_steps=1, amp=True), "a", "cpu",
-                    tmp_path / "a", on_event=events.append)
+    cfg = _cfg("barlow_twins", batch_size=2, max_steps=1, monitor_every_steps=1, monitor_images=2, amp=True)
+    pretrain_images(images[:4], cfg, "a", "cpu", tmp_path / "a", on_event=events.append)
     losses = [e.metrics["loss"] for e in events if e.kind == "progress" and "loss" in (e.metrics or {})]
     assert losses and np.isfinite(losses).all()
 
@@ -235,13 +268,11 @@ def test_resume_command_repeats_the_settings():
     assert "--method dino" in cmd and "--lr 0.1" in cmd and "--opt out_dim=512" in cmd and "--data d.csv" in cmd
 
 
-def test_pretrain_is_a_module_the_package_exports_pretrain_images_and_stays_lazy():
-    """One fresh interpreter: the registry, presets, the CLI parser and the package import no torch; then
-    both import orders (submodule first / package name first) give the module and the function. Between
-    the orders every engine.ssl module is dropped from sys.modules, so each order starts from an unimported
-    package (torch itself stays loaded: the second order needs no second interpreter)."""
-    import subprocess
-    import sys
+def test_pretrain_is_a_module_the_package_exports_pretrain_images_and_stays_lazy(fresh_interpreter):
+    """In this interpreter: engine.ssl.pretrain is an ordinary submodule holding pretrain_images. In a fresh
+    one (the session's shared subprocess, tests/conftest.py FRESH_INTERPRETER_CHECKS "ssl_stays_lazy"): the
+    registry, presets, the CLI parser and the package import no torch; then both import orders (submodule
+    first / package name first) give the module and the function."""
     import types
 
     import engine.ssl
@@ -249,20 +280,7 @@ def test_pretrain_is_a_module_the_package_exports_pretrain_images_and_stays_lazy
 
     assert isinstance(engine.ssl.pretrain, types.ModuleType) and engine.ssl.pretrain.pretrain_images is pretrain_images
     assert pretrain_images.__module__ == "engine.ssl.pretrain"
-    code = ("import sys, types, engine.ssl.registry, engine.ssl.presets, engine.ssl.commands, engine.ssl\n"
-            "from engine.ssl import METHODS\n"
-            "assert 'torch' not in sys.modules and 'masked_contrastive' in METHODS\n")
-    for first, then in (("import engine.ssl.pretrain", "from engine.ssl import pretrain, pretrain_images"),
-                        ("from engine.ssl import pretrain_images", "from engine.ssl import pretrain")):
-        code += ("for m in [m for m in sys.modules if m == 'engine.ssl' or m.startswith('engine.ssl.')]:\n"
-                 "    del sys.modules[m]\n"
-                 "import engine; engine.__dict__.pop('ssl', None); pretrain = pretrain_images = None\n"
-                 f"{first}\n{then}\n"
-                 "from engine.ssl import pretrain_images\n"
-                 "assert isinstance(pretrain, types.ModuleType) and pretrain.pretrain_images is pretrain_images\n"
-                 "assert callable(pretrain_images) and pretrain_images.__name__ == 'pretrain_images'\n")
-    out = subprocess.run([sys.executable, "-c", code + "print('ok')"], capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    assert fresh_interpreter["ssl_stays_lazy"] == "ok", fresh_interpreter["ssl_stays_lazy"]
 
 
 def test_presets_merge_under_the_callers_settings():
@@ -292,15 +310,19 @@ def test_presets_merge_under_the_callers_settings():
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_quick_preset_trains_each_method(method, images, tmp_path):
-    from engine.ssl.presets import build_config
+def test_quick_preset_trains_each_method(method, quick_run):
+    from engine.ssl.presets import preset_overrides
 
-    size = 64 if method in ("spark", "masked_contrastive") else 32
-    cfg = build_config(method, "quick", epochs=1, batch_size=8, image_size=size, max_steps=2, monitor_every_steps=1,
-                       monitor_images=8, save_every_steps=1)
-    path = pretrain_images(images, cfg, f"q-{method}", "cpu", tmp_path / "run")
-    _, meta = load_backbone(f"q-{method}")
-    assert path.exists() and meta.info["steps"] == 2 and np.isfinite(meta.info["loss"]["last"])
+    cfg, path, _, ck, _ = quick_run(method)  # the run above: the quick preset under small heads
+    quick = preset_overrides(method, "quick")  # the preset's own values, but for the small heads over it
+    assert cfg.lr == quick["lr"]
+    for part, over in (("method_config", quick["method_config"]), ("aug", quick.get("aug", {}))):
+        for k, v in over.items():
+            if not (part == "method_config" and k in QUICK_SMALL[method]):
+                assert getattr(getattr(cfg, part), k) == (tuple(v) if isinstance(v, list) else v), (part, k)
+    _, meta = load_backbone(f"t-{method}", checkpoint_dir=ck)
+    assert path.exists() and meta.info["steps"] == 3 and np.isfinite(meta.info["loss"]["last"])
+    assert meta.info["config"]["lr"] == quick["lr"]
 
 
 def test_a_state_written_before_new_settings_existed_still_resumes(images, tmp_path):
