@@ -124,7 +124,6 @@ def test_barlow_lambda_is_lowered_when_healthy(phantom, tmp_path):
     assert weights == [0.005, 0.0025, 0.00125, 0.000625]  # x0.5 per reading down to 0.005/8
 
 
-@pytest.mark.slow
 def test_a_stopped_controlled_run_resumes_exactly(phantom, collapsing_run, tmp_path):
     cfg = _moco("erank:64")  # 2 epochs x 3 steps, an adjustment at every step: the collapsing run's settings
     _, events_a, run_a = collapsing_run  # the whole run, uninterrupted
