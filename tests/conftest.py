@@ -105,63 +105,6 @@ def phantom_set(tmp_path_factory):
     return make
 
 
-# Properties of a fresh interpreter, checked in ONE subprocess per test session (each check alone would pay an
-# interpreter start and the torch import): (name, code) in the order they run; a check's `result` (default "ok")
-# or its traceback is reported under its name. Order matters: the lazy-import check must run before anything
-# imports torch.
-REPO_ROOT = Path(__file__).resolve().parents[1]
-_SSL_IMPORT_ORDERS = "".join(
-    "for m in [m for m in sys.modules if m == 'engine.ssl' or m.startswith('engine.ssl.')]:\n"
-    "    del sys.modules[m]\n"
-    "import engine; engine.__dict__.pop('ssl', None); pretrain = pretrain_images = None\n"
-    f"{first}\n{then}\n"
-    "from engine.ssl import pretrain_images\n"
-    "assert isinstance(pretrain, types.ModuleType) and pretrain.pretrain_images is pretrain_images\n"
-    "assert callable(pretrain_images) and pretrain_images.__name__ == 'pretrain_images'\n"
-    for first, then in (("import engine.ssl.pretrain", "from engine.ssl import pretrain, pretrain_images"),
-                        ("from engine.ssl import pretrain_images", "from engine.ssl import pretrain")))
-FRESH_INTERPRETER_CHECKS: tuple[tuple[str, str], ...] = (
-    # tests/ssl/test_ssl_pretrain.py: the registry, presets, the CLI parser and the package import no torch;
-    # then both import orders (submodule first / package name first) give the module and the function. Between
-    # the orders every engine.ssl module is dropped from sys.modules, so each order starts from an unimported
-    # package (torch itself stays loaded).
-    ("ssl_stays_lazy",
-     ("import sys, types, engine.ssl.registry, engine.ssl.presets, engine.ssl.commands, engine.ssl\n"
-      "from engine.ssl import METHODS\n"
-      "assert 'torch' not in sys.modules and 'masked_contrastive' in METHODS\n") + _SSL_IMPORT_ORDERS),
-    # tests/test_headless.py: importing every engine module leaves streamlit unloaded (result: whether it is loaded)
-    ("streamlit_loaded_by_engine",
-     ("import importlib, sys\n"
-      "for p in sorted((ROOT / 'engine').rglob('*.py')):\n"
-      "    if p.name != '__main__.py':\n"
-      "        importlib.import_module('.'.join(p.relative_to(ROOT).with_suffix('').parts))\n"
-      "result = 'streamlit' in sys.modules\n")),
-)
-
-
-@pytest.fixture(scope="session")
-def fresh_interpreter() -> dict:
-    """Runs FRESH_INTERPRETER_CHECKS in one new interpreter; returns {name: result or "FAILED\\n<traceback>"}."""
-    import json
-    import subprocess
-
-    runner = (
-        "import json, sys, traceback\nfrom pathlib import Path\n"
-        f"ROOT = Path({str(REPO_ROOT)!r})\nresults = {{}}\n"
-        f"for name, code in {FRESH_INTERPRETER_CHECKS!r}:\n"
-        "    ns = {'ROOT': ROOT}\n"
-        "    try:\n"
-        "        exec(code, ns)\n"
-        "        results[name] = ns.get('result', 'ok')\n"
-        "    except BaseException:\n"
-        "        results[name] = 'FAILED\\n' + traceback.format_exc()\n"
-        "print(json.dumps(results))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", runner], capture_output=True, text=True, cwd=REPO_ROOT)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def pytest_configure(config):
     # Keep torch from oversubscribing a 2-core machine (CI runs several processes: server, browser, tests).
     os.environ.setdefault("OMP_NUM_THREADS", "1")

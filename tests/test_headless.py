@@ -1,5 +1,7 @@
 """The engine must never import streamlit (ARCHITECTURE.md): check source and a real import."""
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 ENGINE = Path(__file__).resolve().parents[1] / "engine"
@@ -10,7 +12,15 @@ def test_engine_sources_do_not_import_streamlit():
     assert bad == []
 
 
-def test_importing_every_engine_module_leaves_streamlit_unloaded(fresh_interpreter):
-    """Every engine module (but __main__) imported in a fresh interpreter (the session's shared subprocess,
-    tests/conftest.py FRESH_INTERPRETER_CHECKS "streamlit_loaded_by_engine"): streamlit is not loaded."""
-    assert fresh_interpreter["streamlit_loaded_by_engine"] is False, fresh_interpreter["streamlit_loaded_by_engine"]
+def test_importing_every_engine_module_leaves_streamlit_unloaded():
+    mods = sorted(
+        ".".join(p.relative_to(ENGINE.parent).with_suffix("").parts)
+        for p in ENGINE.rglob("*.py")
+        if p.name != "__main__.py"
+    )
+    code = "import importlib, sys\n" + "".join(f"importlib.import_module({m!r})\n" for m in mods) + (
+        "print('streamlit' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ENGINE.parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -268,11 +268,13 @@ def test_resume_command_repeats_the_settings():
     assert "--method dino" in cmd and "--lr 0.1" in cmd and "--opt out_dim=512" in cmd and "--data d.csv" in cmd
 
 
-def test_pretrain_is_a_module_the_package_exports_pretrain_images_and_stays_lazy(fresh_interpreter):
-    """In this interpreter: engine.ssl.pretrain is an ordinary submodule holding pretrain_images. In a fresh
-    one (the session's shared subprocess, tests/conftest.py FRESH_INTERPRETER_CHECKS "ssl_stays_lazy"): the
-    registry, presets, the CLI parser and the package import no torch; then both import orders (submodule
-    first / package name first) give the module and the function."""
+def test_pretrain_is_a_module_the_package_exports_pretrain_images_and_stays_lazy():
+    """One fresh interpreter: the registry, presets, the CLI parser and the package import no torch; then
+    both import orders (submodule first / package name first) give the module and the function. Between
+    the orders every engine.ssl module is dropped from sys.modules, so each order starts from an unimported
+    package (torch itself stays loaded: the second order needs no second interpreter)."""
+    import subprocess
+    import sys
     import types
 
     import engine.ssl
@@ -280,7 +282,20 @@ def test_pretrain_is_a_module_the_package_exports_pretrain_images_and_stays_lazy
 
     assert isinstance(engine.ssl.pretrain, types.ModuleType) and engine.ssl.pretrain.pretrain_images is pretrain_images
     assert pretrain_images.__module__ == "engine.ssl.pretrain"
-    assert fresh_interpreter["ssl_stays_lazy"] == "ok", fresh_interpreter["ssl_stays_lazy"]
+    code = ("import sys, types, engine.ssl.registry, engine.ssl.presets, engine.ssl.commands, engine.ssl\n"
+            "from engine.ssl import METHODS\n"
+            "assert 'torch' not in sys.modules and 'masked_contrastive' in METHODS\n")
+    for first, then in (("import engine.ssl.pretrain", "from engine.ssl import pretrain, pretrain_images"),
+                        ("from engine.ssl import pretrain_images", "from engine.ssl import pretrain")):
+        code += ("for m in [m for m in sys.modules if m == 'engine.ssl' or m.startswith('engine.ssl.')]:\n"
+                 "    del sys.modules[m]\n"
+                 "import engine; engine.__dict__.pop('ssl', None); pretrain = pretrain_images = None\n"
+                 f"{first}\n{then}\n"
+                 "from engine.ssl import pretrain_images\n"
+                 "assert isinstance(pretrain, types.ModuleType) and pretrain.pretrain_images is pretrain_images\n"
+                 "assert callable(pretrain_images) and pretrain_images.__name__ == 'pretrain_images'\n")
+    out = subprocess.run([sys.executable, "-c", code + "print('ok')"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 def test_presets_merge_under_the_callers_settings():
