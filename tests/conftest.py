@@ -53,10 +53,9 @@ def _cheaper_apptest() -> None:
 
     import threading
 
-    import streamlit.testing.v1.app_test as app_test
-    import streamlit.testing.v1.local_script_runner as local_script_runner
     from streamlit import config
     from streamlit.runtime.scriptrunner.script_cache import ScriptCache
+    from streamlit.testing.v1 import app_test, local_script_runner
 
     compiled: dict[tuple, object] = {}
     lock = threading.Lock()
