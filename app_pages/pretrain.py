@@ -17,7 +17,7 @@ from engine.tasks.pretrain import pretrain_rows
 from ui.backbone_import import import_section
 from ui.jobs import job_table, job_warnings, start_job, status_block, watch, watched
 from ui.monitor_plots import control_figure, online_eval_figure, study_collapse_figure
-from ui.plots import collapse_figure, loss_figure
+from ui.plots import collapse_figure, live_figure, loss_figure
 from ui.services import services
 from ui.widgets import default_image_size, empty_state, init_label, is_ssl, method_label, page_header
 
@@ -203,10 +203,11 @@ def draw_job(snap: JobSnapshot) -> None:
         m3.metric("Mean cosine", f"{last.get('collapse_cos', float('nan')):.3f}", help="Collapse monitor: lower is healthier.")
         m4.metric("Effective rank", f"{last.get('collapse_erank', float('nan')):.1f}", help="Collapse monitor: higher is healthier.")
     c1, c2 = st.columns([2, 3])
-    c1.plotly_chart(loss_figure(hist), width="stretch", key=f"loss:{snap.id}")
+    c1.plotly_chart(live_figure(loss_figure, hist, uses=("loss",)), width="stretch", key=f"loss:{snap.id}")
     online_panel(snap, hist, c1)
     if coll:
-        c2.plotly_chart(collapse_figure(hist, STD_MIN, ERANK_MIN), width="stretch", key=f"collapse:{snap.id}")
+        c2.plotly_chart(live_figure(collapse_figure, hist, STD_MIN, ERANK_MIN, uses=("collapse_",)), width="stretch",
+                        key=f"collapse:{snap.id}")
         st.caption("Collapse monitor: a fixed sample of the training images is embedded every few steps. A healthy run "
                    "keeps the images spread apart (spread above the dotted line, mean cosine well below 1, effective "
                    "rank above the dotted line). If these flatline, the backbone is learning nothing useful.")
@@ -233,7 +234,8 @@ def online_panel(snap: JobSnapshot, hist: list[dict[str, Any]], where: Any) -> N
     if not rows:
         return
     finding = snap.params.get("online_eval_finding") or ""
-    where.plotly_chart(online_eval_figure(hist, finding), width="stretch", key=f"online:{snap.id}")
+    where.plotly_chart(live_figure(online_eval_figure, hist, finding, uses=("online_",)), width="stretch",
+                       key=f"online:{snap.id}")
     first, last = rows[0], rows[-1]
     d, se = last["online_auc"] - first["online_auc"], (last["online_auc_se"] ** 2 + first["online_auc_se"] ** 2) ** 0.5
     verdict = ("better than at its first reading" if d > 2 * se else "worse than at its first reading" if d < -2 * se
@@ -262,7 +264,8 @@ def study_metrics(snap: JobSnapshot, hist: list[dict[str, Any]], last: dict[str,
                                     "Mean cosine of random pairs": st.column_config.NumberColumn(format="%.3f"),
                                     "Effective rank (centred)": st.column_config.NumberColumn(format="%.1f"),
                                     "Effective rank (uncentred, RankMe)": st.column_config.NumberColumn(format="%.1f")})
-        st.plotly_chart(study_collapse_figure(hist), width="stretch", key=f"study:{snap.id}")
+        st.plotly_chart(live_figure(study_collapse_figure, hist, uses=("collapse_",)), width="stretch",
+                        key=f"study:{snap.id}")
         st.caption("The numbers the seed study reports, for comparison with it: raw feature std (per-dimension std "
                    "of the unnormalized features, averaged; in feature units, so compare it within one method), mean "
                    "cosine of random pairs (the same quantity as the mean cosine above), and the effective rank of "
@@ -284,7 +287,8 @@ def control_panel(snap: JobSnapshot, hist: list[dict[str, Any]], last: dict[str,
               help="Doubled at a reading below the target, halved at 1.25 x the target or more, within 1/8 to 16 x "
                    "the starting value (engine/ssl/monitor.py).")
     c2.metric("Adjustments (latest log)", len(adjustments))
-    st.plotly_chart(control_figure(hist, knob), width="stretch", key=f"control:{snap.id}")
+    st.plotly_chart(live_figure(control_figure, hist, knob, uses=("collapse_",)), width="stretch",
+                    key=f"control:{snap.id}")
     weights = {h.get("collapse_control_weight") for h in hist if "collapse_control_weight" in h}
     if len(weights) <= 1:
         st.info(f"No adjustment was needed so far: the effective rank stayed at or above the target at every reading, "

@@ -1,6 +1,9 @@
 """Plotly figures the pages share (pure builders; the pages call st.plotly_chart)."""
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -15,6 +18,39 @@ COLLAPSE = (  # (metric key in the job history, title, healthy-direction note)
     ("collapse_cos", "Mean cosine", "lower is healthier; near 1 = collapsed"),
     ("collapse_erank", "Effective rank", "higher is healthier; near 1 = collapsed"),
 )
+
+
+LIVE_FIGURES_KEPT = 32  # figures remembered by live_figure (a few per watched job)
+_live: OrderedDict[tuple, go.Figure] = OrderedDict()
+_live_lock = threading.Lock()
+
+
+def live_figure(build: Callable[..., go.Figure], history: list[dict[str, Any]], *args: Any,
+                uses: tuple[str, ...]) -> go.Figure:
+    """`build(rows, *args)` for the records of `history` that carry a key starting with one of `uses`; built
+    once per distinct content of those records, then reused.
+
+    A watched job's fragment redraws its charts every second (ui.jobs.watch), in every session that watches
+    it, and one of these plotly figures takes ~60 ms of CPU to build (bench/app_live_page.py); on a 2-core
+    machine that slowed every page while a job ran. A chart changes only when its own records do: the loss
+    every step, the collapse monitor every few steps. The key is the builder, `args` and the repr of exactly
+    the records the builder is given, so any change of content builds anew (the builders read records by
+    their keys and `step`, so the figure equals `build(history, *args)`). The figure is shared between
+    sessions: callers pass it to st.plotly_chart unchanged and never modify it. Keeps the LIVE_FIGURES_KEPT
+    most recently used figures; thread-safe (each session runs in its own thread)."""
+    rows = [h for h in history if any(k.startswith(uses) for k in h)]
+    key = (build.__module__, build.__qualname__, repr(rows), args)
+    with _live_lock:
+        fig = _live.get(key)
+        if fig is not None:
+            _live.move_to_end(key)
+            return fig
+    fig = build(rows, *args)
+    with _live_lock:
+        _live[key] = fig
+        while len(_live) > LIVE_FIGURES_KEPT:
+            _live.popitem(last=False)
+    return fig
 
 
 def history_frame(history: list[dict[str, Any]], key: str) -> pd.DataFrame:

@@ -408,6 +408,14 @@ def test_pretrain_runs_shows_curves_and_lists_the_backbone(phantom):
     assert "bt-tiny** was saved and appears as an init" in texts(at) and "is ready" not in texts(at)
     assert "within the collapse monitor's warm-up" in texts(at)
     assert "since recovered" not in texts(at)
+    # a redraw with the same history builds no figure anew (ui.plots.live_figure; the live fragment redraws each second)
+    import ui.plots
+
+    kept = dict(ui.plots._live)
+    assert any(k[1] == "loss_figure" for k in kept) and any(k[1] == "collapse_figure" for k in kept)
+    at.run()
+    assert len(at.get("plotly_chart")) >= 2 and {k: id(f) for k, f in ui.plots._live.items()} == {
+        k: id(f) for k, f in kept.items()}
 
 
 def test_pretrain_job_left_running_by_a_dead_server_is_interrupted_and_resumes(phantom):
