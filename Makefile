@@ -9,10 +9,11 @@ run:
 	.venv/bin/python -m streamlit run app.py --server.port 8501 --server.headless true
 
 # -n auto: one pytest-xdist worker per core; --dist loadfile: a file's tests (and its module fixtures, e.g. a
-# browser test's server) stay on one worker. `pytest tests/x.py` alone runs serially, as usual.
+# browser test's server) stay on one worker; --no-loadscope-reorder: files are handed out in the order
+# tests/conftest.py sorts them (longest first). `pytest tests/x.py` alone runs serially, as usual.
 test:
 	bash scripts/setup.sh --browser
-	.venv/bin/python -m pytest -q -n auto --dist loadfile
+	.venv/bin/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
 
 bench:
 	bash scripts/setup.sh

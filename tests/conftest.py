@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,66 @@ def pytest_configure(config):
     except ImportError:
         pass
 
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the browser modules first, the module with most tests first, then the others, most tests first.
+
+    Under `make test` (pytest-xdist `--dist loadfile --no-loadscope-reorder`) each module is one unit of work,
+    handed out in this order to whichever worker is free. xdist's own order (most tests first) put the
+    one-test browser modules last, and a 100 s browser module started at the end kept one worker busy while
+    the other had nothing left to do (measured: ~60 s of a 10.5-minute run). Longest first is the classic
+    fix (LPT scheduling); a module's test count is the cost estimate, except that a browser test is long."""
+    counts = Counter(item.nodeid.split("::")[0] for item in items)
+
+    def key(item) -> tuple[bool, int, str]:
+        path = item.nodeid.split("::")[0]
+        return (item.get_closest_marker("browser") is None, -counts[path], path)
+
+    items.sort(key=key)  # stable: a module's tests keep their order
+
+
+BROWSER_NICE, OTHER_NICE = 0, 10
+
+
+def _nice(value: int) -> None:
+    """Set this thread's nice value (Linux keeps one per thread; threads and processes started later inherit it).
+    Raising it back needs CAP_SYS_NICE (root): without it the worker simply stays at OTHER_NICE, like the others."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, value)
+    except (OSError, AttributeError):
+        pass
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Under pytest-xdist, a browser test (its server and Chromium included) runs at normal priority and every
+    other test at nice OTHER_NICE: the browser tests wait on page loads and slow down badly when they compete
+    for the cores, while the other tests only need the cores busy (see pytest_xdist_auto_num_workers)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        _nice(BROWSER_NICE if item.get_closest_marker("browser") else OTHER_NICE)
+    yield
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker more than the cores. One worker runs the browser tests (see
+    pytest_xdist_make_scheduler), which wait on page loads about half the time; the others, at a lower
+    priority (pytest_runtest_protocol), fill the cores meanwhile. $PYTEST_XDIST_AUTO_NUM_WORKERS still wins."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    return (os.cpu_count() or 1) + 1
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile`, except that the browser tests (tests/e2e/) are one unit of work: one worker runs them
+    one after the other, first (pytest_collection_modifyitems puts them first and `--no-loadscope-reorder`
+    keeps that order), instead of three browser servers and their Chromiums competing for the cores."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class BrowserAsOneUnit(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "tests/e2e" if nodeid.startswith("tests/e2e/") else super()._split_scope(nodeid)
+
+    return BrowserAsOneUnit(config, log)

@@ -259,15 +259,30 @@ def selectbox_value(d, label: str) -> str:
         return ""
 
 
+def shown_options(d) -> list:
+    """The displayed options of the open selectbox dropdown, with their texts ([] while it is redrawn)."""
+    try:
+        return [(e, e.text.strip()) for e in d.find_elements(By.CSS_SELECTOR, '[role="option"]') if e.is_displayed()]
+    except (StaleElementReferenceException, WebDriverException):
+        return []
+
+
 def choose(d, label: str, option: str) -> None:
-    """Type `option` into the selectbox labeled `label` and press Enter (new options allowed)."""
+    """Type `option` into the selectbox labeled `label` and pick it: the option of exactly that text is clicked,
+    else (a new option) Enter takes the first one. Both wait until the dropdown is filtered to the typed text:
+    clicking the box opens it with every option shown, and an early Enter took the option chosen before."""
     inp = d.find_element(By.XPATH, selectbox_xpath(label)).find_element(By.TAG_NAME, "input")
     d.execute_script("arguments[0].scrollIntoView({block: 'center'});", inp)
     inp.click()
     inp.send_keys(option)
-    wait_for(d, lambda _: shown(d, '[role="option"]'), timeout=15, what=f"the options of {label!r} for {option!r}")
-    inp.send_keys(Keys.ENTER)
-    wait_for(d, lambda _: not shown(d, '[role="option"]') and selectbox_value(d, label) == option, timeout=15,
+    wait_for(d, lambda _: (opts := shown_options(d)) and all(option.lower() in t.lower() for _, t in opts),
+             timeout=15, what=f"the options of {label!r} filtered to {option!r}")
+    exact = [e for e, t in shown_options(d) if t == option]
+    try:
+        exact[0].click() if exact else inp.send_keys(Keys.ENTER)
+    except (StaleElementReferenceException, WebDriverException):
+        inp.send_keys(Keys.ENTER)  # redrawn between the look and the click: the filtered list's first is it
+    wait_for(d, lambda _: not shown(d, '[role="option"]') and selectbox_value(d, label) == option, timeout=30,
              what=f"{option!r} chosen in {label!r}")
 
 
