@@ -116,7 +116,6 @@ def pytest_configure(config):
         pass
 
 
-
 def pytest_collection_modifyitems(config, items):
     """Run the browser modules first, the module with most tests first, then the others, most tests first.
 
@@ -156,15 +155,18 @@ def pytest_runtest_protocol(item, nextitem):
     yield
 
 
+@pytest.hookimpl(optionalhook=True)  # xdist's hooks: pytest -p no:xdist still runs
 def pytest_xdist_auto_num_workers(config):
     """`-n auto`: one worker more than the cores. One worker runs the browser tests (see
     pytest_xdist_make_scheduler), which wait on page loads about half the time; the others, at a lower
     priority (pytest_runtest_protocol), fill the cores meanwhile. $PYTEST_XDIST_AUTO_NUM_WORKERS still wins."""
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None
-    return (os.cpu_count() or 1) + 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores + 1
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """`--dist loadfile`, except that the browser tests (tests/e2e/) are one unit of work: one worker runs them
     one after the other, first (pytest_collection_modifyitems puts them first and `--no-loadscope-reorder`
