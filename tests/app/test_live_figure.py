@@ -1,7 +1,7 @@
 """ui.plots.live_figure: a watched job's charts are built once per content of the records they draw (issue 24)."""
 from __future__ import annotations
 
-import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import ui.plots
 from ui.plots import LIVE_FIGURES_KEPT, collapse_figure, live_figure, loss_figure
@@ -45,18 +45,10 @@ def test_keeps_only_the_most_recently_used_figures_and_is_thread_safe():
         live_figure(loss_figure, history(1), uses=LOSS)  # used again: stays
     assert len(ui.plots._live) == LIVE_FIGURES_KEPT
     assert live_figure(loss_figure, history(1), uses=LOSS) is kept
-    errors: list[BaseException] = []
 
-    def hammer(offset: int) -> None:
-        try:
-            for n in range(offset, offset + 30):
-                assert len(live_figure(loss_figure, history(n % 12 + 1), uses=LOSS).data) == 2
-        except BaseException as e:  # noqa: BLE001 (reported below)
-            errors.append(e)
+    def hammer(offset: int) -> int:
+        return sum(len(live_figure(loss_figure, history(n % 12 + 1), uses=LOSS).data) for n in range(offset, offset + 30))
 
-    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors and len(ui.plots._live) <= LIVE_FIGURES_KEPT
+    with ThreadPoolExecutor(4) as pool:  # map re-raises a thread's exception here
+        assert list(pool.map(hammer, range(4))) == [60] * 4
+    assert len(ui.plots._live) <= LIVE_FIGURES_KEPT
