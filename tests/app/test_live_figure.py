@@ -47,7 +47,8 @@ def test_keeps_only_the_most_recently_used_figures_and_is_thread_safe():
     assert live_figure(loss_figure, history(1), uses=LOSS) is kept
 
     def hammer(offset: int) -> int:
-        return sum(len(live_figure(loss_figure, history(n % 12 + 1), uses=LOSS).data) for n in range(offset, offset + 30))
+        figures = (live_figure(loss_figure, history(n % 12 + 1), uses=LOSS) for n in range(offset, offset + 30))
+        return sum(len(f.data) for f in figures)
 
     with ThreadPoolExecutor(4) as pool:  # map re-raises a thread's exception here
         assert list(pool.map(hammer, range(4))) == [60] * 4
