@@ -29,7 +29,8 @@ before params were typed, so old rows load and resume) and handed to the functio
 
 Scheduling: jobs registered with `uses_gpu=True` run one at a time through one lock (also on a
 CPU-only machine: two pretraining runs fighting over two cores help nobody); CPU jobs run beside
-them, at most `max_cpu_jobs` at once. Waiting jobs stay `queued`, first come first served.
+them, at most `max_cpu_jobs` at once. Waiting jobs stay `queued`, first come first served. Job threads run
+at nice JOB_NICENESS (runner.lower_thread_priority), so page script runs in the same process come first.
 
 Persistence: every job and its events go to the store (`jobs`, `job_events`). Progress-only events
 are coalesced to at most one write per FLUSH_INTERVAL_S per job; events with a message, warnings,

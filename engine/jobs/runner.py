@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 import time
 import traceback
@@ -30,9 +31,30 @@ from engine.store import OrphanReport, Store
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["CANCEL_POLL_S", "REAP_INTERVAL_S", "JobRunner", "error_text"]
+__all__ = ["CANCEL_POLL_S", "JOB_NICENESS", "REAP_INTERVAL_S", "JobRunner", "error_text", "lower_thread_priority"]
 
 CANCEL_POLL_S = 0.5       # how often the store is asked for cancel requests from other runners
+JOB_NICENESS = 10         # the nice value job threads run at (unless their thread was already nicer)
+
+
+def lower_thread_priority(nice: int = JOB_NICENESS) -> int | None:
+    """Set the calling thread's nice value to `nice` if it is lower (a thread never gets a higher priority here)
+    and return the value in force; None where the platform has no per-thread priority (Linux keeps one nice
+    value per thread, setpriority(2); threads and processes it starts later inherit it).
+
+    A job's thread calls it first, so the page script runs that share the server process with the jobs (and
+    the machine's other programs) come before a training loop when the cores are busy; the job still gets
+    every cycle nothing else wants. Raises nothing."""
+    if not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
+        return None
+    tid = threading.get_native_id()
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        if current < nice:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        return os.getpriority(os.PRIO_PROCESS, tid)
+    except OSError:
+        return None
 
 
 def error_text(e: BaseException) -> str:
@@ -217,6 +239,7 @@ class JobRunner:
     def _run(self, live: LiveJob) -> None:
         """The job's thread: wait for a slot, call the function, record how it ended."""
         t = live.tracker
+        lower_thread_priority()
         if not self._take_slot(live):
             self._finish(live, "cancelled", Event(message="cancelled before it started", kind="log"))
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import threading
 import time
 from pathlib import Path
@@ -157,6 +158,35 @@ def test_failing_job_keeps_message_and_logs_traceback(store, runner):
     runner.register("boom", lambda p, c: 1 / 0, uses_gpu=False)
     snap = runner.wait(runner.submit("boom", {}), timeout=20)
     assert snap.state == "failed" and snap.error == "ZeroDivisionError: division by zero"
+
+
+@pytest.mark.skipif(not hasattr(threading, "get_native_id") or not hasattr(os, "setpriority"),
+                    reason="per-thread priorities are a Linux feature")
+def test_jobs_run_at_job_niceness_and_never_raise_their_thread_priority(store, runner):
+    """A job's thread runs at nice JOB_NICENESS (page script runs in the same process come first); one started
+    from an already nicer thread keeps that thread's value; the thread that submitted is left as it was."""
+    from engine.jobs.runner import JOB_NICENESS
+
+    def own_nice(tid: int | None = None) -> int:
+        return os.getpriority(os.PRIO_PROCESS, tid or threading.get_native_id())
+
+    runner.register("nice", lambda p, c: {"nice": own_nice()}, uses_gpu=False)
+    before = own_nice()
+    snap = runner.wait(runner.submit("nice", {}), timeout=20)
+    assert snap.state == "done" and snap.result["nice"] == max(before, JOB_NICENESS)
+    assert own_nice() == before
+
+    box: dict = {}
+
+    def submit_from_a_nicer_thread() -> None:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, JOB_NICENESS + 5))
+        box["job"] = runner.submit("nice", {})
+
+    t = threading.Thread(target=submit_from_a_nicer_thread)
+    t.start()
+    t.join()
+    snap = runner.wait(box["job"], timeout=20)
+    assert snap.state == "done" and snap.result["nice"] == min(19, JOB_NICENESS + 5)
 
 
 def _serve(workspace: str, job_box) -> None:
