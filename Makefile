@@ -1,5 +1,8 @@
 # scarce-cxr: `make run` (demo app on http://localhost:8501) and `make test` (the whole suite).
 .PHONY: run test bench setup
+# Some machines set PYTHONDONTWRITEBYTECODE=1: then every process (test workers, the app servers and CLI runs
+# the tests start) compiles the project's modules again. __pycache__/ is git-ignored.
+unexport PYTHONDONTWRITEBYTECODE
 
 setup:
 	bash scripts/setup.sh
