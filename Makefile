@@ -11,9 +11,9 @@ run:
 	bash scripts/setup.sh
 	.venv/bin/python -m streamlit run app.py --server.port 8501 --server.headless true
 
-# -n auto: one pytest-xdist worker per core; --dist loadfile: a file's tests (and its module fixtures, e.g. a
-# browser test's server) stay on one worker; --no-loadscope-reorder: files are handed out in the order
-# tests/conftest.py sorts them (longest first). `pytest tests/x.py` alone runs serially, as usual.
+# -n auto: one pytest-xdist worker more than the cores (tests/conftest.py); --dist loadfile: a file's tests (and
+# its module fixtures, e.g. a browser test's server) stay on one worker, the browser tests all on one;
+# --no-loadscope-reorder: files are handed out in the order tests/conftest.py sorts them (longest first). `pytest tests/x.py` alone runs serially, as usual.
 test:
 	bash scripts/setup.sh --browser
 	.venv/bin/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder

@@ -116,21 +116,30 @@ def pytest_configure(config):
         pass
 
 
-def pytest_collection_modifyitems(config, items):
-    """Run the browser modules first, the module with most tests first, then the others, most tests first.
+BROWSER_UNIT = "tests/e2e"  # where the browser-marked tests live
 
-    Under `make test` (pytest-xdist `--dist loadfile --no-loadscope-reorder`) each module is one unit of work,
-    handed out in this order to whichever worker is free. xdist's own order (most tests first) put the
+
+def work_unit(nodeid: str) -> str:
+    """The unit of work `make test` hands to one worker: the browser folder as a whole, else the test's file."""
+    path = nodeid.split("::", 1)[0]
+    return BROWSER_UNIT if path.startswith(BROWSER_UNIT + "/") else path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Order the units of work (work_unit) longest first: the browser folder, then the files, most tests first.
+
+    Under `make test` (pytest-xdist `--dist loadfile --no-loadscope-reorder`, pytest_xdist_make_scheduler) the
+    units are handed out in this order to whichever worker is free. xdist's own order (most tests first) put the
     one-test browser modules last, and a 100 s browser module started at the end kept one worker busy while
     the other had nothing left to do (measured: ~60 s of a 10.5-minute run). Longest first is the classic
-    fix (LPT scheduling); a module's test count is the cost estimate, except that a browser test is long."""
-    counts = Counter(item.nodeid.split("::")[0] for item in items)
+    fix (LPT scheduling); a file's test count is the cost estimate, except that the browser tests are long."""
+    counts = Counter(work_unit(item.nodeid) for item in items)
 
     def key(item) -> tuple[bool, int, str]:
-        path = item.nodeid.split("::")[0]
-        return (item.get_closest_marker("browser") is None, -counts[path], path)
+        unit = work_unit(item.nodeid)
+        return (unit != BROWSER_UNIT, -counts[unit], unit)
 
-    items.sort(key=key)  # stable: a module's tests keep their order
+    items.sort(key=key)  # stable: a unit's tests keep their order
 
 
 BROWSER_NICE, OTHER_NICE = 0, 10
@@ -168,15 +177,15 @@ def pytest_xdist_auto_num_workers(config):
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """`--dist loadfile`, except that the browser tests (tests/e2e/) are one unit of work: one worker runs them
-    one after the other, first (pytest_collection_modifyitems puts them first and `--no-loadscope-reorder`
-    keeps that order), instead of three browser servers and their Chromiums competing for the cores."""
+    """`--dist loadfile` with work_unit's units: the browser tests are one unit, so one worker runs them one
+    after the other, first (pytest_collection_modifyitems puts them first and `--no-loadscope-reorder` keeps
+    that order), instead of three browser servers and their Chromiums competing for the cores."""
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
 
     class BrowserAsOneUnit(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "tests/e2e" if nodeid.startswith("tests/e2e/") else super()._split_scope(nodeid)
+            return work_unit(nodeid)
 
     return BrowserAsOneUnit(config, log)

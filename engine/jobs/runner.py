@@ -52,7 +52,7 @@ def lower_thread_priority(nice: int = JOB_NICENESS) -> int | None:
         current = os.getpriority(os.PRIO_PROCESS, tid)
         if current < nice:
             os.setpriority(os.PRIO_PROCESS, tid, nice)
-        return os.getpriority(os.PRIO_PROCESS, tid)
+        return max(current, nice)
     except OSError:
         return None
 
